@@ -1,0 +1,58 @@
+# gossiplearn developer targets. Two commands on a fresh machine: `make sim` and `make test`.
+# Every target creates .venv if missing and installs what it needs, system packages included.
+
+PYTHON     ?= python3
+VENV       ?= .venv
+# Installed before the project so pip never resolves torch to a multi-GB CUDA build.
+# Override elsewhere, e.g. `make test TORCH_SPEC="torch --index-url https://..."`.
+TORCH_SPEC ?= torch==2.13.0
+PIP_FLAGS  ?= --disable-pip-version-check --quiet
+
+BIN := $(VENV)/bin
+PY  := $(BIN)/python
+
+.PHONY: sim test bench lint sysdeps clean
+
+# libp2p's fastecdsa builds from source against GMP. Installed here when root with apt,
+# otherwise we say exactly what is missing.
+sysdeps:
+	@if [ -e /usr/include/gmp.h ] || ls /usr/include/*/gmp.h >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing libgmp-dev (needed to build libp2p's fastecdsa)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libgmp-dev; \
+	else \
+		echo "error: GMP headers missing; install libgmp-dev (Debian/Ubuntu) or gmp-devel, then rerun" >&2; exit 1; \
+	fi
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install $(PIP_FLAGS) --upgrade pip
+
+$(VENV)/.torch: | $(BIN)/activate
+	$(BIN)/pip install $(PIP_FLAGS) "$(TORCH_SPEC)"
+	@touch $@
+
+$(VENV)/.installed: pyproject.toml $(VENV)/.torch | sysdeps
+	$(BIN)/pip install $(PIP_FLAGS) -e .
+	@touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install $(PIP_FLAGS) -e ".[dev]"
+	@touch $@
+
+sim: $(VENV)/.installed
+	$(BIN)/gossiplearn sim --peers 4 --rounds 5 --mode process --out out/sim
+
+test: $(VENV)/.installed-dev
+	$(BIN)/pytest
+
+bench: $(VENV)/.installed-dev
+	$(PY) benchmarks/crypto_bench.py
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check gossiplearn tests benchmarks
+	$(BIN)/ruff format --check gossiplearn tests benchmarks
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,245 @@
+"""The signed envelope every gossiplearn message travels in.
+
+Wire form: one msgpack map with keys in this fixed order::
+
+    {v, type, sender, recipient, group, seq, ts, body, sig}
+
+``sig`` is an Ed25519 signature by ``sender`` over the canonical msgpack encoding of the same
+map without ``sig`` (binary type on, no ext types, minimal-size ints and lengths, fixed key
+order). A receiver re-encodes what it decoded and refuses any frame that is not byte-identical
+to that canonical form, so one message has exactly one signed encoding.
+
+``sender`` and ``recipient`` are raw 32-byte Ed25519 public keys (a peer id is their
+base58 form); ``group`` is a 16-byte group id, or empty for messages outside a round
+(PEERS, STATUS); ``ts`` is the sender's clock in milliseconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from gossiplearn.crypto.signing import Signer, verify
+from gossiplearn.protocol.errors import (
+    BadSignature,
+    FrameTooLarge,
+    MalformedFrame,
+    NonCanonicalEncoding,
+    NotAdmitted,
+    ProtocolError,
+    SchemaViolation,
+    SenderMismatch,
+    UnsupportedVersion,
+    WrongRecipient,
+)
+from gossiplearn.protocol.messages import KEY_BYTES, MESSAGE_TYPES, SIGNATURE_BYTES, Message
+from gossiplearn.protocol.replay import ReplayGuard
+from gossiplearn.protocol.schema import Record, binary, text, uint
+from gossiplearn.protocol.shards import MAX_SHARD_BYTES
+
+VERSION = 1
+GROUP_ID_BYTES = 16
+_SIG_KEY = msgpack.packb("sig")
+_SIG_ENTRY_BYTES = len(_SIG_KEY) + 2 + SIGNATURE_BYTES  # "sig", bin8 header, 64 bytes
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Decoder limits, all checked before anything of that size is allocated."""
+
+    #: A full shard plus generous room for the envelope and shard header.
+    max_frame_bytes: int = MAX_SHARD_BYTES + 64 * 1024
+    max_str_len: int = 256 * 1024
+    max_array_len: int = 256
+    max_map_len: int = 32
+
+
+DEFAULT_LIMITS = Limits()
+
+HEADER_SCHEMA = Record(
+    "envelope",
+    (
+        ("v", uint()),
+        ("type", text(16)),
+        ("sender", binary(KEY_BYTES)),
+        ("recipient", binary(KEY_BYTES)),
+        ("group", binary(sizes=(0, GROUP_ID_BYTES))),
+        ("seq", uint()),
+        ("ts", uint()),
+        ("body", lambda value, where: value),  # checked by the body's own schema, by type
+        ("sig", binary(SIGNATURE_BYTES)),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A verified message. Only :func:`verify_envelope` and :func:`decode_envelope` make these
+    from wire bytes, and only after every check has passed."""
+
+    type: str
+    sender: bytes
+    recipient: bytes
+    group: bytes
+    seq: int
+    ts: int
+    body: Message
+    sig: bytes
+    v: int = VERSION
+
+
+def _pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True, strict_types=True)
+
+
+def _signed_map(
+    v: int, type_: str, sender: bytes, recipient: bytes, group: bytes, seq: int, ts: int, body: Any
+) -> bytes:
+    return _pack(
+        {
+            "v": v,
+            "type": type_,
+            "sender": sender,
+            "recipient": recipient,
+            "group": group,
+            "seq": seq,
+            "ts": ts,
+            "body": body,
+        }
+    )
+
+
+def _frame(signed: bytes, sig: bytes) -> bytes:
+    # The 9-entry map is the 8-entry signed map with "sig" appended: same bytes after the
+    # fixmap header (0x88 -> 0x89), so the frame costs one concatenation, not a re-encode.
+    return b"\x89" + signed[1:] + _SIG_KEY + _pack(sig)
+
+
+def encode_envelope(
+    signer: Signer,
+    sender: bytes,
+    recipient: bytes,
+    body: Message,
+    *,
+    group: bytes = b"",
+    seq: int,
+    ts: int,
+) -> bytes:
+    """Sign ``body`` from ``sender`` (the signer's public key) to ``recipient``; returns the frame."""
+    if len(group) not in (0, GROUP_ID_BYTES):
+        raise ValueError(f"a group id has {GROUP_ID_BYTES} bytes (or none)")
+    signed = _signed_map(VERSION, body.TYPE, sender, recipient, group, seq, ts, body.to_wire())
+    return _frame(signed, signer.sign(signed))
+
+
+def _unpack(raw: bytes, limits: Limits) -> Any:
+    try:
+        return msgpack.unpackb(
+            raw,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_bin_len=limits.max_frame_bytes,
+            max_str_len=limits.max_str_len,
+            max_array_len=limits.max_array_len,
+            max_map_len=limits.max_map_len,
+            max_ext_len=0,
+        )
+    except (ValueError, TypeError, OverflowError, MemoryError, RecursionError) as exc:
+        # msgpack raises ExtraData/FormatError/StackError (ValueError subclasses),
+        # UnicodeDecodeError (a ValueError), TypeError for unhashable keys.
+        raise MalformedFrame(type(exc).__name__) from None
+    except Exception as exc:  # OutOfData and anything else the C decoder may raise
+        raise MalformedFrame(type(exc).__name__) from None
+
+
+def verify_envelope(
+    raw: bytes | bytearray | memoryview,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    admitted: Container[bytes] | None = None,
+    expected_sender: bytes | None = None,
+) -> Envelope:
+    """Checks that need no receiver state: size, decode, schema, version, canonical form,
+    sender (admitted; equal to the authenticated connection's peer if given) and signature.
+
+    Used on its own for the ACCEPT frames inside a ROSTER; :func:`decode_envelope` adds the
+    recipient, freshness and replay checks.
+    """
+    if not isinstance(raw, bytes | bytearray | memoryview):
+        raise MalformedFrame(f"expected bytes, got {type(raw).__name__}")
+    if len(raw) > limits.max_frame_bytes:
+        raise FrameTooLarge(f"{len(raw)} bytes > limit {limits.max_frame_bytes}")
+    raw = bytes(raw)
+    decoded = _unpack(raw, limits)
+    header = HEADER_SCHEMA.validate(decoded)
+    if header["v"] != VERSION:
+        raise UnsupportedVersion(f"version {header['v']}, this peer speaks {VERSION}")
+    message_type = MESSAGE_TYPES.get(header["type"])
+    if message_type is None:
+        raise SchemaViolation(f"unknown message type {header['type'][:16]!r}")
+    try:
+        body = message_type.from_wire(header["body"])
+    except ProtocolError:
+        raise
+    except (TypeError, ValueError) as exc:  # a body dataclass refusing a combination of fields
+        raise SchemaViolation(f"{header['type']}: {exc}") from None
+
+    signed = _signed_map(
+        VERSION,
+        message_type.TYPE,
+        header["sender"],
+        header["recipient"],
+        header["group"],
+        header["seq"],
+        header["ts"],
+        body.to_wire(),
+    )
+    if raw != _frame(signed, header["sig"]):
+        raise NonCanonicalEncoding("frame is not the canonical encoding of its content")
+
+    sender = header["sender"]
+    if admitted is not None and sender not in admitted:
+        raise NotAdmitted("sender is not on the allowlist")
+    if expected_sender is not None and sender != expected_sender:
+        raise SenderMismatch("envelope sender differs from the connection's peer")
+    if not verify(sender, signed, header["sig"]):
+        raise BadSignature("signature does not verify against the sender's key")
+    return Envelope(
+        type=message_type.TYPE,
+        sender=sender,
+        recipient=header["recipient"],
+        group=header["group"],
+        seq=header["seq"],
+        ts=header["ts"],
+        body=body,
+        sig=header["sig"],
+    )
+
+
+def decode_envelope(
+    raw: bytes | bytearray | memoryview,
+    *,
+    recipient: bytes,
+    now_ms: int,
+    replay: ReplayGuard,
+    limits: Limits = DEFAULT_LIMITS,
+    admitted: Container[bytes] | None = None,
+    expected_sender: bytes | None = None,
+) -> Envelope:
+    """Decode and check a frame addressed to ``recipient``, in this order, cheapest first:
+    size limit, decode (msgpack limits), schema, version, canonical form, sender admission,
+    signature, recipient, freshness, replay.
+
+    Every failure raises a :class:`ProtocolError` subclass; nothing else escapes. Only a frame
+    that passes every check is recorded in ``replay``.
+    """
+    envelope = verify_envelope(raw, limits=limits, admitted=admitted, expected_sender=expected_sender)
+    if envelope.recipient != recipient:
+        raise WrongRecipient("addressed to another peer")
+    replay.check_fresh(envelope.ts, now_ms)
+    replay.check_and_record(envelope.group, envelope.sender, envelope.seq, now_ms)
+    return envelope

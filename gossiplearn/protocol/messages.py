@@ -1,0 +1,265 @@
+"""Typed bodies of every message gossiplearn peers exchange, with their wire schemas.
+
+Matchmaking: INVITE, ACCEPT, BUSY, ROSTER, CANCEL. The round: WEIGHT_SHARE, PART (a masked
+shard), REDUCED (a reduced part), ABORT. The daemon: PEERS (signed peer records), STATUS.
+Each class validates itself on construction, so a body built locally and one decoded from the
+wire obey the same rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import msgpack
+
+from gossiplearn.crypto.signing import Signer, verify
+from gossiplearn.protocol.errors import SchemaViolation
+from gossiplearn.protocol.schema import Record, array, binary, text, uint
+from gossiplearn.protocol.shards import SHARD_SCHEMA, Shard
+
+KEY_BYTES = 32
+SIGNATURE_BYTES = 64
+HASH_BYTES = 32
+MIN_GROUP = 3
+MAX_GROUP = 16
+MAX_FRAC_BITS = 30
+MAX_VECTOR_LENGTH = 1 << 34
+#: A signed ACCEPT envelope is ~250 bytes; the bound leaves room without inviting abuse.
+MAX_ACCEPT_FRAME = 1024
+MAX_REASON = 256
+MAX_PEER_RECORDS = 64
+MAX_ADDRS = 8
+MAX_ADDR_LEN = 256
+MAX_STATUS_JSON = 256 * 1024
+
+_member = binary(KEY_BYTES)
+_members = array(_member, MAX_GROUP, MIN_GROUP)
+
+
+class Message:
+    """Base of every body. Subclasses are frozen dataclasses with a TYPE and a SCHEMA."""
+
+    TYPE: ClassVar[str]
+    SCHEMA: ClassVar[Record]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {name: _to_wire(getattr(self, name)) for name, _ in self.SCHEMA.fields}
+
+    @classmethod
+    def from_wire(cls, value: Any) -> Message:
+        return cls(**cls.SCHEMA.validate(value, f"body<{cls.TYPE}>"))
+
+
+def _to_wire(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_to_wire(v) for v in value]
+    if dataclasses.is_dataclass(value) and hasattr(value, "to_wire"):
+        return value.to_wire()
+    return value
+
+
+def _require_distinct(members: tuple[bytes, ...], where: str) -> None:
+    if len(set(members)) != len(members):
+        raise SchemaViolation(f"{where}: members repeat")
+
+
+@dataclass(frozen=True)
+class Invite(Message):
+    """Initiator -> invitee: join group ``envelope.group`` (the proposed members, initiator first)."""
+
+    TYPE = "INVITE"
+    SCHEMA = Record(
+        TYPE,
+        (
+            ("members", _members),
+            ("schema_hash", binary(HASH_BYTES)),
+            ("length", uint(MAX_VECTOR_LENGTH)),
+            ("frac_bits", uint(MAX_FRAC_BITS)),
+            ("deadline_ms", uint()),
+        ),
+    )
+    members: tuple[bytes, ...]
+    schema_hash: bytes
+    length: int
+    frac_bits: int
+    deadline_ms: int
+
+    def __post_init__(self) -> None:
+        _require_distinct(self.members, "INVITE")
+
+
+@dataclass(frozen=True)
+class Accept(Message):
+    """Invitee -> initiator: a fresh X25519 key for this group only, signed via the envelope."""
+
+    TYPE = "ACCEPT"
+    SCHEMA = Record(TYPE, (("ephemeral_key", binary(KEY_BYTES)), ("schema_hash", binary(HASH_BYTES))))
+    ephemeral_key: bytes
+    schema_hash: bytes
+
+
+@dataclass(frozen=True)
+class Busy(Message):
+    TYPE = "BUSY"
+    SCHEMA = Record(TYPE, (("reason", text(MAX_REASON)),))
+    reason: str
+
+
+@dataclass(frozen=True)
+class Roster(Message):
+    """Initiator -> members: the final ordered group with every member's signed ACCEPT frame.
+
+    ``accepts[i]`` is member i's complete signed ACCEPT envelope (the initiator's own too), so
+    each member verifies every ephemeral key itself and the initiator cannot substitute one.
+    """
+
+    TYPE = "ROSTER"
+    SCHEMA = Record(
+        TYPE,
+        (
+            ("members", _members),
+            ("accepts", array(binary(max_size=MAX_ACCEPT_FRAME), MAX_GROUP, MIN_GROUP)),
+            ("deadline_ms", uint()),
+        ),
+    )
+    members: tuple[bytes, ...]
+    accepts: tuple[bytes, ...]
+    deadline_ms: int
+
+    def __post_init__(self) -> None:
+        _require_distinct(self.members, "ROSTER")
+        if len(self.accepts) != len(self.members):
+            raise SchemaViolation("ROSTER: one ACCEPT per member is required")
+
+
+@dataclass(frozen=True)
+class Cancel(Message):
+    TYPE = "CANCEL"
+    SCHEMA = Record(TYPE, (("reason", text(MAX_REASON)),))
+    reason: str
+
+
+@dataclass(frozen=True)
+class WeightShare(Message):
+    """One member's masked weight (a Z/2^64 element) in the weight pre-pass."""
+
+    TYPE = "WEIGHT_SHARE"
+    SCHEMA = Record(TYPE, (("value", uint()),))
+    value: int
+
+
+@dataclass(frozen=True)
+class _ShardMessage(Message):
+    """A body carrying one shard of part ``part`` of the group's vector."""
+
+    part: int
+    shard: Shard
+
+    @classmethod
+    def from_wire(cls, value: Any) -> Message:
+        fields = cls.SCHEMA.validate(value, f"body<{cls.TYPE}>")
+        return cls(fields["part"], Shard(**fields["shard"]))
+
+
+_SHARD_MESSAGE_FIELDS = (("part", uint(MAX_GROUP - 1)), ("shard", SHARD_SCHEMA))
+
+
+@dataclass(frozen=True)
+class Part(_ShardMessage):
+    """One shard of a member's masked part ``part``, sent to the member that reduces it."""
+
+    TYPE = "PART"
+    SCHEMA = Record(TYPE, _SHARD_MESSAGE_FIELDS)
+
+
+@dataclass(frozen=True)
+class Reduced(_ShardMessage):
+    """One shard of reduced part ``part`` (that part of the group's sum), sent to every member."""
+
+    TYPE = "REDUCED"
+    SCHEMA = Record(TYPE, _SHARD_MESSAGE_FIELDS)
+
+
+@dataclass(frozen=True)
+class Abort(Message):
+    TYPE = "ABORT"
+    SCHEMA = Record(TYPE, (("reason", text(MAX_REASON)),))
+    reason: str
+
+
+_PEER_RECORD_DOMAIN = "gossiplearn/peer-record/1"
+PEER_RECORD_SCHEMA = Record(
+    "peer_record",
+    (
+        ("key", binary(KEY_BYTES)),
+        ("addrs", array(text(MAX_ADDR_LEN), MAX_ADDRS)),
+        ("seq", uint()),
+        ("expires_ms", uint()),
+        ("sig", binary(SIGNATURE_BYTES)),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class PeerRecord:
+    """Where a peer listens, signed by that peer itself, valid until ``expires_ms``."""
+
+    key: bytes
+    addrs: tuple[str, ...]
+    seq: int
+    expires_ms: int
+    sig: bytes
+
+    def to_wire(self) -> dict[str, Any]:
+        return {name: _to_wire(getattr(self, name)) for name, _ in PEER_RECORD_SCHEMA.fields}
+
+    @staticmethod
+    def signed_bytes(key: bytes, addrs: tuple[str, ...], seq: int, expires_ms: int) -> bytes:
+        return msgpack.packb(
+            [_PEER_RECORD_DOMAIN, key, list(addrs), seq, expires_ms], use_bin_type=True
+        )
+
+    @classmethod
+    def create(
+        cls, signer: Signer, key: bytes, addrs: tuple[str, ...], seq: int, expires_ms: int
+    ) -> PeerRecord:
+        sig = signer.sign(cls.signed_bytes(key, addrs, seq, expires_ms))
+        return cls(key, tuple(addrs), seq, expires_ms, sig)
+
+    def verify(self, now_ms: int) -> bool:
+        """True iff signed by ``key`` and not expired."""
+        if self.expires_ms <= now_ms:
+            return False
+        message = self.signed_bytes(self.key, self.addrs, self.seq, self.expires_ms)
+        return verify(self.key, message, self.sig)
+
+
+@dataclass(frozen=True)
+class Peers(Message):
+    """Peer exchange: signed records of admitted peers the sender knows."""
+
+    TYPE = "PEERS"
+    SCHEMA = Record(TYPE, (("records", array(PEER_RECORD_SCHEMA, MAX_PEER_RECORDS)),))
+    records: tuple[PeerRecord, ...]
+
+    @classmethod
+    def from_wire(cls, value: Any) -> Message:
+        fields = cls.SCHEMA.validate(value, f"body<{cls.TYPE}>")
+        return cls(tuple(PeerRecord(**record) for record in fields["records"]))
+
+
+@dataclass(frozen=True)
+class Status(Message):
+    """A status request (empty ``json``) or a response (the status document as JSON text)."""
+
+    TYPE = "STATUS"
+    SCHEMA = Record(TYPE, (("json", text(MAX_STATUS_JSON)),))
+    json: str
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (Invite, Accept, Busy, Roster, Cancel, WeightShare, Part, Reduced, Abort, Peers, Status)
+}

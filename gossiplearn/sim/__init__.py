@@ -1,0 +1,1 @@
+"""Local multi-peer simulation: datasets, partitions, baselines, launcher and reports."""
