@@ -25,7 +25,7 @@ def _root(
         raise typer.Exit()
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def sim() -> None:
     """Run a local multi-peer simulation (not yet available)."""
     typer.echo(
