@@ -61,8 +61,13 @@ def main() -> None:
     def sign_all() -> list[bytes]:
         return [
             encode_envelope(
-                sender, sender.public_key, receiver.public_key, Part(0, shard),
-                group=group, seq=i, ts=1_000,
+                sender,
+                sender.public_key,
+                receiver.public_key,
+                Part(0, shard),
+                group=group,
+                seq=i,
+                ts=1_000,
             )
             for i, shard in enumerate(shards)
         ]

@@ -65,7 +65,9 @@ def encode(
 
 
 def decode(
-    v: npt.NDArray[np.unsignedinteger], frac_bits: int = DEFAULT_FRAC_BITS, ring: Ring = RING32,
+    v: npt.NDArray[np.unsignedinteger],
+    frac_bits: int = DEFAULT_FRAC_BITS,
+    ring: Ring = RING32,
     dtype: type[np.floating] = np.float32,
 ) -> np.ndarray:
     """Decode ring elements (two's complement) back to floats."""

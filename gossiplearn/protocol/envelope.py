@@ -237,7 +237,9 @@ def decode_envelope(
     Every failure raises a :class:`ProtocolError` subclass; nothing else escapes. Only a frame
     that passes every check is recorded in ``replay``.
     """
-    envelope = verify_envelope(raw, limits=limits, admitted=admitted, expected_sender=expected_sender)
+    envelope = verify_envelope(
+        raw, limits=limits, admitted=admitted, expected_sender=expected_sender
+    )
     if envelope.recipient != recipient:
         raise WrongRecipient("addressed to another peer")
     replay.check_fresh(envelope.ts, now_ms)

@@ -95,7 +95,9 @@ class Accept(Message):
     """Invitee -> initiator: a fresh X25519 key for this group only, signed via the envelope."""
 
     TYPE = "ACCEPT"
-    SCHEMA = Record(TYPE, (("ephemeral_key", binary(KEY_BYTES)), ("schema_hash", binary(HASH_BYTES))))
+    SCHEMA = Record(
+        TYPE, (("ephemeral_key", binary(KEY_BYTES)), ("schema_hash", binary(HASH_BYTES)))
+    )
     ephemeral_key: bytes
     schema_hash: bytes
 
@@ -261,5 +263,17 @@ class Status(Message):
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
-    for cls in (Invite, Accept, Busy, Roster, Cancel, WeightShare, Part, Reduced, Abort, Peers, Status)
+    for cls in (
+        Invite,
+        Accept,
+        Busy,
+        Roster,
+        Cancel,
+        WeightShare,
+        Part,
+        Reduced,
+        Abort,
+        Peers,
+        Status,
+    )
 }

@@ -29,7 +29,9 @@ def uint(maximum: int = UINT64_MAX, minimum: int = 0) -> Check:
     return check
 
 
-def binary(size: int | None = None, max_size: int | None = None, sizes: Iterable[int] = ()) -> Check:
+def binary(
+    size: int | None = None, max_size: int | None = None, sizes: Iterable[int] = ()
+) -> Check:
     allowed = frozenset(sizes)
 
     def check(value: Any, where: str) -> bytes:

@@ -104,7 +104,9 @@ def split_shards(array: np.ndarray, max_bytes: int = MAX_SHARD_BYTES) -> list[Sh
         start = index * per_shard
         piece = flat[start : start + per_shard].tobytes()
         shards.append(
-            Shard(index, total, start, name, len(piece) // wire.itemsize, shard_digest(piece), piece)
+            Shard(
+                index, total, start, name, len(piece) // wire.itemsize, shard_digest(piece), piece
+            )
         )
     return shards
 

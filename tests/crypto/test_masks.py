@@ -102,7 +102,9 @@ def test_ring_sum_of_masked_vectors_equals_plain_weighted_sum(k, n, frac_bits, s
 def test_a_single_masked_vector_looks_uniform():
     # With two or more peers' masks on it, a member's vector of zeros is indistinguishable from
     # uniform noise: its bytes' mean and spread match a uniform distribution's.
-    masked = apply_pairwise_masks(np.zeros(200_000, np.uint32), 1, {0: b"\x01" * 32, 2: b"\x02" * 32})
+    masked = apply_pairwise_masks(
+        np.zeros(200_000, np.uint32), 1, {0: b"\x01" * 32, 2: b"\x02" * 32}
+    )
     as_unit = masked.astype(np.float64) / 2**32
     assert abs(as_unit.mean() - 0.5) < 0.01
     assert abs(as_unit.std() - (1 / 12) ** 0.5) < 0.01

@@ -64,7 +64,7 @@ def test_ring_sum_of_encodings_decodes_to_sum_of_values(values):
     total = np.zeros(1, np.uint32)
     for e in encoded:
         total += e  # wraps modulo 2^32
-    assert abs(decode(total, frac_bits, dtype=np.float64)[0] - sum(values)) <= len(values) * 2**-(
+    assert abs(decode(total, frac_bits, dtype=np.float64)[0] - sum(values)) <= len(values) * 2 ** -(
         frac_bits + 1
     )
 
