@@ -36,6 +36,7 @@ from gossiplearn.protocol.errors import (
     WrongRecipient,
 )
 from gossiplearn.protocol.messages import KEY_BYTES, MESSAGE_TYPES, SIGNATURE_BYTES, Message
+from gossiplearn.protocol.prescan import prescan
 from gossiplearn.protocol.replay import ReplayGuard
 from gossiplearn.protocol.schema import Record, binary, text, uint
 from gossiplearn.protocol.shards import MAX_SHARD_BYTES
@@ -55,6 +56,10 @@ class Limits:
     max_str_len: int = 256 * 1024
     max_array_len: int = 256
     max_map_len: int = 32
+    #: Decoded objects per frame: a full PEERS message has ~1,300; bounds memory to ~100x this.
+    max_objects: int = 4096
+    #: Nesting: envelope > body > records > record > addrs is 5 deep.
+    max_depth: int = 8
 
 
 DEFAULT_LIMITS = Limits()
@@ -136,6 +141,7 @@ def encode_envelope(
 
 
 def _unpack(raw: bytes, limits: Limits) -> Any:
+    prescan(raw, max_objects=limits.max_objects, max_depth=limits.max_depth)
     try:
         return msgpack.unpackb(
             raw,
@@ -231,7 +237,7 @@ def decode_envelope(
     expected_sender: bytes | None = None,
 ) -> Envelope:
     """Decode and check a frame addressed to ``recipient``, in this order, cheapest first:
-    size limit, decode (msgpack limits), schema, version, canonical form, sender admission,
+    size limit, decode (structural pre-scan, then msgpack with limits), schema, version, canonical form, sender admission,
     signature, recipient, freshness, replay.
 
     Every failure raises a :class:`ProtocolError` subclass; nothing else escapes. Only a frame
