@@ -1,0 +1,180 @@
+"""The round state machine, fed by hand: correctness for k = 3..8, matchmaking rules,
+determinism. (Faults over the in-memory network are in tests/sim/test_round_faults.py.)"""
+
+import random
+from collections import deque
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gossiplearn.crypto.identity import Identity
+from gossiplearn.protocol.round import (
+    MessageRefused,
+    Node,
+    RoundCancelled,
+    RoundConfig,
+    RoundFinished,
+    RoundUsageError,
+    Send,
+    Wake,
+    part_bounds,
+)
+
+SCHEMA = b"s" * 32
+START_MS = 1_700_000_000_000
+
+
+def make_nodes(count: int, config: RoundConfig, seed: int = 0) -> list[Node]:
+    return [
+        Node(
+            Identity(bytes([seed, i + 1]) * 16),
+            config,
+            rng=random.Random(seed * 1000 + i),
+            now_ms=START_MS,
+        )
+        for i in range(count)
+    ]
+
+
+def route(nodes: list[Node], actions: list, now_ms: int = START_MS) -> dict[bytes, list]:
+    """Deliver every Send in FIFO order (no latency) until quiet; returns outcomes per node."""
+    by_key = {n.public_key: n for n in nodes}
+    outcomes: dict[bytes, list] = {k: [] for k in by_key}
+    queue = deque((nodes[0].public_key, a) for a in actions)
+    while queue:
+        origin, action = queue.popleft()
+        if isinstance(action, Send):
+            target = by_key[action.to]
+            queue.extend(
+                (action.to, a) for a in target.receive(action.frame, now_ms, from_peer=origin)
+            )
+        elif not isinstance(action, Wake):
+            outcomes[origin].append(action)
+    return outcomes
+
+
+def contribute(nodes: list[Node], n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(0, 3, size=(len(nodes), n)).astype(np.float32)
+    weights = rng.integers(1, 10_000, size=len(nodes))
+    for node, vector, weight in zip(nodes, vectors, weights, strict=True):
+        node.set_contribution(vector, int(weight), SCHEMA)
+    return vectors, weights
+
+
+@given(k=st.integers(3, 8), n=st.integers(1, 5000), seed=st.integers(0, 2**16))
+@settings(max_examples=40)
+def test_every_member_gets_the_same_weighted_average(k, n, seed):
+    config = RoundConfig(max_group_size=k, shard_bytes=4096)
+    nodes = make_nodes(k, config, seed % 250)
+    vectors, weights = contribute(nodes, n, seed)
+    outcomes = route(nodes, nodes[0].start_round([x.public_key for x in nodes[1:]], START_MS))
+
+    results = [outcomes[node.public_key] for node in nodes]
+    assert all(len(r) == 1 and isinstance(r[0], RoundFinished) for r in results), results
+    averages = [r[0].average for r in results]
+    assert all(np.array_equal(averages[0], a) for a in averages[1:])  # bit-identical
+    expected = np.average(vectors.astype(np.float64), axis=0, weights=weights)
+    assert np.abs(averages[0] - expected).max() <= k * 2.0**-config.frac_bits
+    assert results[0][0].total_weight == int(weights.sum())
+    assert not any(node.busy for node in nodes)
+
+
+def test_bytes_per_member_are_about_twice_the_model():
+    k, n = 4, 200_000
+    nodes = make_nodes(k, RoundConfig(max_group_size=k))
+    contribute(nodes, n, 1)
+    outcomes = route(nodes, nodes[0].start_round([x.public_key for x in nodes[1:]], START_MS))
+    for node in nodes:
+        stats = outcomes[node.public_key][0].stats
+        assert 2 * (k - 1) / k <= stats.bytes_sent / (4 * n) <= 2.1
+
+
+def test_a_group_of_two_is_impossible():
+    nodes = make_nodes(3, RoundConfig(max_group_size=3))
+    contribute(nodes, 10, 0)
+    with pytest.raises(RoundUsageError):
+        nodes[0].start_round([nodes[1].public_key], START_MS)
+    # Three invited, one declines: the initiator cancels rather than run a pair.
+    nodes[2]._contribution = None  # not ready: answers BUSY
+    outcomes = route(nodes, nodes[0].start_round([n.public_key for n in nodes[1:]], START_MS))
+    assert [type(o) for o in outcomes[nodes[0].public_key]] == [RoundCancelled]
+    assert [type(o) for o in outcomes[nodes[1].public_key]] == [RoundCancelled]
+    assert not any(node.busy for node in nodes)
+
+
+def test_a_busy_peer_answers_busy_and_stays_in_its_group():
+    config = RoundConfig(max_group_size=3)
+    nodes = make_nodes(5, config)
+    contribute(nodes, 10, 0)
+    first = nodes[0].start_round([nodes[1].public_key, nodes[2].public_key], START_MS)
+    # Node 1 takes the first invitation, then gets a second one directly.
+    accept = nodes[1].receive(first[0].frame, START_MS, from_peer=nodes[0].public_key)
+    assert nodes[1].busy and accept[0].kind == "ACCEPT"
+    second = nodes[3].start_round([nodes[1].public_key, nodes[4].public_key], START_MS)
+    invite_to_1 = next(a for a in second if isinstance(a, Send) and a.to == nodes[1].public_key)
+    reply = nodes[1].receive(invite_to_1.frame, START_MS, from_peer=nodes[3].public_key)
+    assert [a.kind for a in reply] == ["BUSY"]
+    assert nodes[1].current_group == nodes[0].current_group
+
+
+def test_schema_or_parameter_mismatch_answers_busy():
+    nodes = make_nodes(3, RoundConfig(max_group_size=3))
+    contribute(nodes, 10, 0)
+    nodes[1].set_contribution(np.zeros(11, np.float32), 1, SCHEMA)  # other length
+    invites = nodes[0].start_round([nodes[1].public_key, nodes[2].public_key], START_MS)
+    reply = nodes[1].receive(invites[0].frame, START_MS, from_peer=nodes[0].public_key)
+    assert [a.kind for a in reply] == ["BUSY"] and not nodes[1].busy
+
+
+def test_invite_not_naming_me_or_not_from_its_initiator_is_refused():
+    nodes = make_nodes(4, RoundConfig(max_group_size=3))
+    contribute(nodes, 10, 0)
+    invites = nodes[0].start_round([nodes[1].public_key, nodes[2].public_key], START_MS)
+    # An invitation addressed to node 1 cannot be replayed at node 3 (recipient check).
+    refused = nodes[3].receive(invites[0].frame, START_MS, from_peer=nodes[0].public_key)
+    assert isinstance(refused[0], MessageRefused) and refused[0].reason == "recipient"
+    # A frame delivered by a peer other than its signer is refused.
+    refused = nodes[1].receive(invites[0].frame, START_MS, from_peer=nodes[2].public_key)
+    assert refused[0].reason == "sender_mismatch" and not nodes[1].busy
+
+
+def test_rounds_replay_exactly_with_the_same_seed():
+    def run() -> list[bytes]:
+        nodes = make_nodes(4, RoundConfig(max_group_size=4), seed=7)
+        contribute(nodes, 300, 7)
+        actions = nodes[0].start_round([x.public_key for x in nodes[1:]], START_MS)
+        outcomes = route(nodes, actions)
+        return [outcomes[n.public_key][0].average.tobytes() for n in nodes] + [
+            outcomes[nodes[0].public_key][0].group
+        ]
+
+    assert run() == run()
+
+
+def test_timeout_aborts_and_clears_state():
+    nodes = make_nodes(
+        3, RoundConfig(max_group_size=3, invite_timeout_ms=100, round_timeout_ms=1000)
+    )
+    contribute(nodes, 10, 0)
+    nodes[0].start_round([nodes[1].public_key, nodes[2].public_key], START_MS)
+    assert nodes[0].next_deadline() == START_MS + 100
+    # Nobody answers: at the invite deadline the initiator cancels (too few accepted).
+    outcome = nodes[0].tick(START_MS + 100)
+    assert isinstance(outcome[-1], RoundCancelled) and not nodes[0].busy
+
+
+def test_part_bounds_cover_the_vector_contiguously():
+    for length in (0, 1, 7, 100):
+        for parts in (3, 4, 8):
+            bounds = part_bounds(length, parts)
+            assert bounds[0][0] == 0 and bounds[-1][1] == length
+            assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
+
+
+def test_config_refuses_groups_outside_3_to_16():
+    for k in (2, 17):
+        with pytest.raises(ValueError):
+            RoundConfig(max_group_size=k)
