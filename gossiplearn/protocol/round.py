@@ -523,15 +523,17 @@ class Node:
 
     def _close_invitations(self, group: _Group, now_ms: int, actions: list[Action]) -> None:
         accepted = [peer for peer in group.invitees if peer in group.accepts]
-        if 1 + len(accepted) < MIN_GROUP:
-            for peer in accepted:
-                actions.append(self._send(group, peer, Cancel("too_few_accepted"), now_ms))
-            actions.append(self._end(group, RoundCancelled, "too_few_accepted", now_ms))
-            return
+        too_few = 1 + len(accepted) < MIN_GROUP
+        reason = "too_few_accepted" if too_few else "roster_closed"
         for peer in group.invitees:
-            if peer not in group.accepts and peer not in group.declined:
-                # No answer yet: if its ACCEPT is in flight, this releases it early.
-                actions.append(self._send(group, peer, Cancel("roster_closed"), now_ms))
+            # Release everyone not in the roster who may hold state for this group: those who
+            # accepted (when cancelling) and those whose answer may still be in flight.
+            unanswered = peer not in group.accepts and peer not in group.declined
+            if unanswered or (too_few and peer in group.accepts):
+                actions.append(self._send(group, peer, Cancel(reason), now_ms))
+        if too_few:
+            actions.append(self._end(group, RoundCancelled, reason, now_ms))
+            return
         members = (self.public_key, *accepted)
         roster = Roster(
             members=members,
@@ -599,6 +601,7 @@ class Node:
         group.phase = _Phase.RUNNING
         group.members = members
         group.stats.members = members
+        actions.append(Wake(group.deadline_ms))  # the initiator's last wake was for invitations
         group.index = members.index(self.public_key)
         for j, (member, key) in enumerate(zip(members, ephemeral_keys, strict=True)):
             if j == group.index:

@@ -1,0 +1,796 @@
+"""Fault injection for the secure averaging round, on the deterministic in-memory network.
+
+Every scenario builds a small swarm of :class:`Node` machines on a :class:`MemoryNetwork`,
+injects one fault (a crash, a dropped, duplicated or tampered frame, a forged roster, a replay)
+and then checks the round invariant with :func:`check_round_invariant`:
+
+* every honest member that finished holds the bit-identical average, equal (within
+  k * 2^-frac_bits) to the weighted average of the finishing group's contributions;
+* every other honest member ended with RoundAborted/RoundCancelled no later than the round's
+  deadline (the INVITE's start + round_timeout_ms);
+* once the network has drained, no honest node holds group state.
+
+A last pair of tests re-derives every member's pairwise masks from the recorded ephemeral keys
+and shows that what went on the wire was masked, in a finished and in an aborted round.
+
+Seeds are fixed and time is virtual, so each scenario replays exactly.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from gossiplearn.crypto import (
+    EphemeralKey,
+    Identity,
+    derive_pair_seed,
+    encode,
+    prg,
+    shared_secret,
+)
+from gossiplearn.protocol import (
+    MAX_SHARD_BYTES,
+    Abort,
+    Accept,
+    Busy,
+    Cancel,
+    Envelope,
+    Invite,
+    Message,
+    Part,
+    Reduced,
+    Roster,
+    Shard,
+    WeightShare,
+    encode_envelope,
+    split_shards,
+    verify_envelope,
+)
+from gossiplearn.protocol.round import (
+    Action,
+    MessageRefused,
+    Node,
+    RoundAborted,
+    RoundCancelled,
+    RoundConfig,
+    RoundFinished,
+    Send,
+    part_bounds,
+)
+from gossiplearn.protocol.shards import shard_digest
+from gossiplearn.sim.memnet import MemoryNetwork, Outcome
+
+SCHEMA_HASH = b"\x5a" * 32
+VECTOR_LENGTH = 2000
+#: Sequence numbers for frames the tests forge: far above anything a node has used.
+_forged_seq = itertools.count(1 << 60)
+
+
+class RoundDeadlineMissed(AssertionError):
+    """An honest node still held a round after its deadline: stuck, or ended late."""
+
+
+# ---- the swarm ------------------------------------------------------------------------------
+
+
+@dataclass
+class Peer:
+    identity: Identity
+    node: Node
+    vector: np.ndarray
+    weight: int
+
+
+@dataclass(frozen=True)
+class Round:
+    group: bytes
+    initiator: bytes
+    deadline_ms: int
+
+
+@dataclass
+class Swarm:
+    net: MemoryNetwork
+    config: RoundConfig
+    peers: dict[bytes, Peer]
+
+    @property
+    def keys(self) -> list[bytes]:
+        return list(self.peers)
+
+    def start(self, initiator: bytes, candidates: Iterable[bytes] | None = None) -> Round:
+        started_ms = int(self.net.now_ms)
+        self.net.start_round(initiator, candidates)
+        group = self.peers[initiator].node.current_group
+        assert group is not None
+        return Round(group, initiator, started_ms + self.config.round_timeout_ms)
+
+    def new_contributions(self, seed: int) -> None:
+        data = np.random.default_rng(seed)
+        length = next(iter(self.peers.values())).vector.size
+        for peer in self.peers.values():
+            peer.vector = data.normal(size=length).astype(np.float32)
+            peer.weight = int(data.integers(1, 100))
+            peer.node.set_contribution(peer.vector, peer.weight, SCHEMA_HASH)
+
+    def forge(self, sender: bytes, recipient: bytes, body: Message, group: bytes) -> bytes:
+        """A validly signed frame from ``sender`` (the test holds every identity)."""
+        return encode_envelope(
+            self.peers[sender].identity,
+            sender,
+            recipient,
+            body,
+            group=group,
+            seq=next(_forged_seq),
+            ts=int(self.net.now_ms),
+        )
+
+    def deliveries_in(self, group: bytes, since: int = 0) -> list[tuple[Envelope, bytes]]:
+        """Recorded (envelope, frame) pairs of ``group``, from delivery index ``since`` on."""
+        pairs = [(verify_envelope(d.frame), d.frame) for d in self.net.deliveries[since:]]
+        return [(envelope, frame) for envelope, frame in pairs if envelope.group == group]
+
+
+def build_swarm(
+    size: int = 4,
+    *,
+    k: int = 4,
+    n: int = VECTOR_LENGTH,
+    seed: int = 0,
+    shard_bytes: int = MAX_SHARD_BYTES,
+    latency_ms: float = 3,
+    jitter_ms: float = 5,
+    **network: float | bool,
+) -> Swarm:
+    """``size`` nodes with random contributions of ``n`` floats on one network."""
+    net = MemoryNetwork(seed=seed, latency_ms=latency_ms, jitter_ms=jitter_ms, **network)
+    config = RoundConfig(max_group_size=k, shard_bytes=shard_bytes)
+    peers = {}
+    for i in range(size):
+        identity = Identity(bytes([i + 1]) * 32)
+        node = Node(identity, config, rng=random.Random(seed * 1000 + i), now_ms=int(net.now_ms))
+        net.add(node)
+        peers[identity.public_key] = Peer(identity, node, np.empty(n, np.float32), 0)
+    swarm = Swarm(net, config, peers)
+    swarm.new_contributions(seed)
+    return swarm
+
+
+# ---- faults ---------------------------------------------------------------------------------
+
+
+def die_at_first(swarm: Swarm, victim: bytes, kind: str, *, sent: bool) -> None:
+    """``victim`` crashes at its first ``kind`` frame: just after sending it if ``sent``,
+    else just before (the frame is lost). A dead peer sends, receives and ticks no more."""
+
+    def intercept(sender: bytes, send: Send) -> list[bytes] | None:
+        if sender != victim or send.kind != kind:
+            return None
+        swarm.net.kill(victim)
+        return None if sent else []
+
+    swarm.net.intercept = intercept
+
+
+def drop_frames(swarm: Swarm, *, sender: bytes, kind: str, to: bytes | None = None) -> None:
+    """Lose every ``kind`` frame from ``sender`` (to ``to`` only, if given); nobody dies."""
+
+    def intercept(from_peer: bytes, send: Send) -> list[bytes] | None:
+        if from_peer == sender and send.kind == kind and to in (None, send.to):
+            return []
+        return None
+
+    swarm.net.intercept = intercept
+
+
+def resign(identity: Identity, envelope: Envelope, body: Message, sender: bytes) -> bytes:
+    """``envelope`` with ``body`` instead, signed by ``identity`` as ``sender``."""
+    return encode_envelope(
+        identity,
+        sender,
+        envelope.recipient,
+        body,
+        group=envelope.group,
+        seq=envelope.seq,
+        ts=envelope.ts,
+    )
+
+
+# ---- the invariant --------------------------------------------------------------------------
+
+
+def check_finished_agree(swarm: Swarm, finished: dict[bytes, RoundFinished]) -> None:
+    first = next(iter(finished.values()))
+    members = first.members
+    assert set(finished) <= set(members)
+    for outcome in finished.values():
+        assert outcome.members == members
+        assert outcome.total_weight == first.total_weight
+        assert np.array_equal(outcome.average, first.average)
+    weights = [swarm.peers[m].weight for m in members]
+    assert first.total_weight == sum(weights)
+    weighted = sum(
+        w * swarm.peers[m].vector.astype(np.float64) for m, w in zip(members, weights, strict=True)
+    )
+    expected = weighted / sum(weights)
+    tolerance = len(members) * 2.0**-swarm.config.frac_bits
+    np.testing.assert_allclose(first.average, expected, rtol=0, atol=tolerance)
+
+
+def check_round_invariant(
+    swarm: Swarm, rnd: Round, *, malicious: Sequence[bytes] = ()
+) -> dict[bytes, Outcome]:
+    """Check the round invariant after the network drained; returns each honest node's
+    outcome for the round. Honest: alive and not in ``malicious``. Deadline violations
+    (a missing, late or stuck ending) raise :class:`RoundDeadlineMissed`, checked last."""
+    net = swarm.net
+    assert net.idle, "run the network until it drains first"
+    honest = [key for key in swarm.peers if key not in net.dead and key not in malicious]
+    outcomes: dict[bytes, Outcome] = {}
+    for key in honest:
+        mine = [o for o in net.outcomes[key] if o.group == rnd.group]
+        assert len(mine) <= 1, "one outcome per group"
+        if mine:
+            outcomes[key] = mine[0]
+    finished = {k: o for k, o in outcomes.items() if isinstance(o, RoundFinished)}
+    if finished:
+        check_finished_agree(swarm, finished)
+    for outcome in outcomes.values():
+        assert isinstance(outcome, RoundFinished | RoundAborted | RoundCancelled)
+        assert outcome.group == rnd.group
+
+    missed = [
+        f"{key.hex()[:8]}: {type(o).__name__}({getattr(o, 'reason', '')}) ended "
+        f"{o.stats.ended_ms - rnd.deadline_ms} ms after the deadline"
+        for key, o in outcomes.items()
+        if o.stats.ended_ms > rnd.deadline_ms
+    ]
+    if rnd.initiator in honest and rnd.initiator not in outcomes:
+        missed.append(f"initiator {rnd.initiator.hex()[:8]} never ended the round")
+    missed += [f"{key.hex()[:8]} is still busy" for key in honest if swarm.peers[key].node.busy]
+    if missed:
+        raise RoundDeadlineMissed("; ".join(missed))
+    return outcomes
+
+
+def outcomes_of(swarm: Swarm, rnd: Round) -> list[Outcome]:
+    """Every node's outcomes for ``rnd``, dead or alive."""
+    return [o for key in swarm.keys for o in swarm.net.outcomes[key] if o.group == rnd.group]
+
+
+def reasons(outcomes: dict[bytes, Outcome]) -> dict[bytes, str]:
+    return {key: getattr(o, "reason", "finished") for key, o in outcomes.items()}
+
+
+# ---- 1-4: members that fall silent ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("silence", ["killed_at_start", "accept_dropped"])
+@pytest.mark.parametrize("size", [4, 3])
+def test_member_silent_before_accept(size: int, silence: str) -> None:
+    swarm = build_swarm(size)
+    initiator, silent = swarm.keys[0], swarm.keys[-1]
+    if silence == "killed_at_start":
+        swarm.net.kill(silent, at_ms=swarm.net.now_ms + 1)  # before its INVITE arrives
+    else:
+        drop_frames(swarm, sender=silent, kind="ACCEPT")
+    rnd = swarm.start(initiator)
+    swarm.net.run()
+
+    outcomes = check_round_invariant(swarm, rnd)
+    others = [key for key in swarm.keys if key != silent]
+    if size == 4:  # the round closes at the invite timeout and runs with the other three
+        assert all(isinstance(outcomes[key], RoundFinished) for key in others)
+        assert set(outcomes[initiator].members) == set(others)
+    else:  # two are too few: cancelled
+        assert all(isinstance(outcomes[key], RoundCancelled) for key in others)
+        assert reasons(outcomes)[initiator] == "too_few_accepted"
+
+
+@pytest.mark.parametrize(
+    ("kind", "sent"),
+    [
+        pytest.param("ACCEPT", True, id="after_accept_before_roster"),
+        pytest.param("WEIGHT_SHARE", False, id="at_first_weight_share"),
+    ],
+)
+def test_member_silent_after_accept(kind: str, sent: bool) -> None:
+    swarm = build_swarm()
+    victim = swarm.keys[2]
+    die_at_first(swarm, victim, kind, sent=sent)
+    rnd = swarm.start(swarm.keys[0])
+    swarm.net.run()
+
+    outcomes = check_round_invariant(swarm, rnd)
+    assert len(outcomes) == 3
+    assert not any(isinstance(o, RoundFinished) for o in outcomes.values())
+
+
+VICTIM_ROLES = ["initiator", "member"]
+
+
+@pytest.mark.parametrize("role", VICTIM_ROLES)
+def test_member_dies_midway_through_its_parts(role: str) -> None:
+    swarm = build_swarm(n=5000, shard_bytes=1024)  # 1250-element parts: 5 shards each
+    victim = swarm.keys[0 if role == "initiator" else 1]
+    die_at_first(swarm, victim, "PART", sent=True)
+    rnd = swarm.start(swarm.keys[0])
+    swarm.net.run()
+
+    outcomes = check_round_invariant(swarm, rnd)
+    assert len(outcomes) == 3
+    assert set(reasons(outcomes).values()) <= {"timeout_running", "peer_aborted"}
+
+
+@pytest.mark.parametrize("role", VICTIM_ROLES)
+def test_reducer_dies_before_sending_reduced(role: str) -> None:
+    swarm = build_swarm()
+    victim = swarm.keys[0 if role == "initiator" else 3]
+    die_at_first(swarm, victim, "REDUCED", sent=False)
+    rnd = swarm.start(swarm.keys[0])
+    swarm.net.run()
+
+    outcomes = check_round_invariant(swarm, rnd)
+    assert len(outcomes) == 3
+    assert set(reasons(outcomes).values()) <= {"timeout_running", "peer_aborted"}
+
+
+# ---- 5: an unreliable network ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_duplicated_and_reordered_frames_still_finish(seed: int) -> None:
+    swarm = build_swarm(seed=seed, duplicate=0.3, jitter_ms=50)
+    rnd = swarm.start(swarm.keys[0])
+    swarm.net.run()
+
+    outcomes = check_round_invariant(swarm, rnd)
+    assert len(outcomes) == 4
+    assert all(isinstance(o, RoundFinished) for o in outcomes.values())
+    assert sum(swarm.net.refused[key]["replay"] for key in swarm.keys) > 0
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_lossy_network_finishes_or_aborts_cleanly(seed: int) -> None:
+    swarm = build_swarm(seed=seed, loss=0.2, duplicate=0.1, jitter_ms=20)
+    rnd = swarm.start(swarm.keys[0])
+    swarm.net.run()
+
+    check_round_invariant(swarm, rnd)
+
+
+def test_initiator_that_misses_one_reduced_part_times_out() -> None:
+    swarm = build_swarm()
+    initiator = swarm.keys[0]
+    drop_frames(swarm, sender=swarm.keys[1], kind="REDUCED", to=initiator)
+    rnd = swarm.start(initiator)
+    swarm.net.run()
+
+    outcomes = check_round_invariant(swarm, rnd)
+    assert all(isinstance(outcomes[key], RoundFinished) for key in swarm.keys[1:])
+    assert reasons(outcomes)[initiator] == "timeout_running"
+
+
+# ---- 6-7: a malicious initiator forges the roster -------------------------------------------
+
+EVIL_EPHEMERAL_KEY = EphemeralKey.generate(b"\x66" * 32).public_key
+
+
+@dataclass(frozen=True)
+class RosterForgery:
+    """What a malicious initiator has at hand to replace one member's ACCEPT in its ROSTER."""
+
+    initiator: Identity
+    outsider: Identity
+    earlier_accepts: dict[bytes, bytes]  # member -> its ACCEPT frame from an earlier group
+
+    def evil_accept(self, signer: Identity, sender: bytes, genuine: bytes) -> bytes:
+        """An ACCEPT carrying the initiator's own ephemeral key, in place of ``genuine``."""
+        body = Accept(EVIL_EPHEMERAL_KEY, SCHEMA_HASH)
+        return resign(signer, verify_envelope(genuine), body, sender)
+
+
+def accept_by_another_identity(forgery: RosterForgery, member: bytes, genuine: bytes) -> bytes:
+    return forgery.evil_accept(forgery.outsider, forgery.outsider.public_key, genuine)
+
+
+def corrupted_signature(forgery: RosterForgery, member: bytes, genuine: bytes) -> bytes:
+    return genuine[:-1] + bytes([genuine[-1] ^ 1])  # the signature is the frame's tail
+
+
+def substituted_key_signed_as_member(
+    forgery: RosterForgery, member: bytes, genuine: bytes
+) -> bytes:
+    return forgery.evil_accept(forgery.initiator, member, genuine)
+
+
+def substituted_key_signed_as_initiator(
+    forgery: RosterForgery, member: bytes, genuine: bytes
+) -> bytes:
+    return forgery.evil_accept(forgery.initiator, forgery.initiator.public_key, genuine)
+
+
+def member_accept_from_an_earlier_group(
+    forgery: RosterForgery, member: bytes, genuine: bytes
+) -> bytes:
+    return forgery.earlier_accepts[member]
+
+
+FORGERIES = {
+    forge.__name__: forge
+    for forge in (
+        accept_by_another_identity,
+        corrupted_signature,
+        substituted_key_signed_as_member,
+        substituted_key_signed_as_initiator,
+        member_accept_from_an_earlier_group,
+    )
+}
+
+
+@pytest.mark.parametrize("forgery_name", FORGERIES)
+def test_forged_accept_in_roster_makes_every_honest_member_abort(forgery_name: str) -> None:
+    swarm = build_swarm(5, record=True)
+    initiator, target, outsider = swarm.keys[0], swarm.keys[1], swarm.keys[4]
+    candidates = swarm.keys[1:4]
+    # An honest earlier round with the same initiator: the source of replayable ACCEPTs.
+    earlier = swarm.start(initiator, candidates)
+    swarm.net.run()
+    check_round_invariant(swarm, earlier)
+    forgery = RosterForgery(
+        swarm.peers[initiator].identity,
+        swarm.peers[outsider].identity,
+        {
+            env.sender: frame
+            for env, frame in swarm.deliveries_in(earlier.group)
+            if env.type == "ACCEPT"
+        },
+    )
+    forge = FORGERIES[forgery_name]
+
+    def tamper_roster(sender: bytes, send: Send) -> list[bytes] | None:
+        if sender != initiator or send.kind != "ROSTER":
+            return None
+        envelope = verify_envelope(send.frame)
+        roster = envelope.body
+        assert isinstance(roster, Roster)
+        j = roster.members.index(target)
+        accepts = list(roster.accepts)
+        accepts[j] = forge(forgery, target, accepts[j])
+        forged = Roster(roster.members, tuple(accepts), roster.deadline_ms)
+        return [resign(forgery.initiator, envelope, forged, initiator)]
+
+    swarm.net.intercept = tamper_roster
+    since = len(swarm.net.deliveries)
+    rnd = swarm.start(initiator, candidates)
+    swarm.net.run()
+
+    outcomes = check_round_invariant(swarm, rnd, malicious=[initiator])
+    members = set(candidates)
+    assert set(outcomes) == members
+    assert all(isinstance(outcomes[key], RoundAborted) for key in members)
+    assert reasons(outcomes)[target] in {"roster_altered_my_accept", "peer_aborted"}
+    assert set(reasons(outcomes).values()) <= {
+        "bad_roster_accept",
+        "roster_altered_my_accept",
+        "peer_aborted",
+    }
+    sent_by_members = {
+        env.type for env, _ in swarm.deliveries_in(rnd.group, since) if env.sender in members
+    }
+    assert sent_by_members.isdisjoint({"WEIGHT_SHARE", "PART", "REDUCED"})
+
+
+# ---- 8: a malformed PART ---------------------------------------------------------------------
+
+
+def _reshaped(shard: Shard, data: bytes, dtype: str = "u4") -> Shard:
+    return Shard(
+        shard.index, shard.total, shard.offset, dtype, len(data) // 4, shard_digest(data), data
+    )
+
+
+BAD_PARTS: dict[str, tuple[Callable[[Shard], Shard], str]] = {
+    "dtype_f4": (lambda s: _reshaped(s, s.data, "f4"), "bad_part_dtype"),
+    "one_extra_element": (lambda s: _reshaped(s, s.data + bytes(4)), "oversized_part"),
+    "one_element_short": (lambda s: _reshaped(s, s.data[:-4]), "bad_part"),
+}
+
+
+@pytest.mark.parametrize("bad_part", BAD_PARTS)
+def test_malformed_part_aborts_the_reducer_and_then_everyone(bad_part: str) -> None:
+    swarm = build_swarm()
+    cheat = swarm.keys[1]
+    reshape, expected_reason = BAD_PARTS[bad_part]
+    victims: list[bytes] = []
+
+    def tamper_first_part(sender: bytes, send: Send) -> list[bytes] | None:
+        if sender != cheat or send.kind != "PART" or victims:
+            return None
+        victims.append(send.to)
+        envelope = verify_envelope(send.frame)
+        part = envelope.body
+        assert isinstance(part, Part)
+        forged = Part(part.part, reshape(part.shard))
+        return [resign(swarm.peers[cheat].identity, envelope, forged, cheat)]
+
+    swarm.net.intercept = tamper_first_part
+    rnd = swarm.start(swarm.keys[0])
+    swarm.net.run()
+
+    outcomes = check_round_invariant(swarm, rnd, malicious=[cheat])
+    (reducer,) = victims
+    assert reasons(outcomes)[reducer] == expected_reason
+    others = set(outcomes) - {reducer}
+    assert len(others) == 2
+    assert {reasons(outcomes)[key] for key in others} <= {"peer_aborted", "timeout_running"}
+
+
+# ---- 9-10, 12: frames that must be refused without effect -----------------------------------
+
+
+GROUP_KINDS = ["ABORT", "ACCEPT", "BUSY", "CANCEL", "PART", "REDUCED", "ROSTER", "WEIGHT_SHARE"]
+
+
+def group_body(kind: str, swarm: Swarm, sender: bytes, recipient: bytes) -> Message:
+    """A well-formed body of ``kind`` (any type a group's frames carry, or INVITE)."""
+    shard = split_shards(np.arange(8, dtype=np.uint32))[0]
+    third = next(key for key in swarm.keys if key not in (sender, recipient))
+    members = (sender, recipient, third)
+    deadline_ms = int(swarm.net.now_ms) + 1000
+    bodies: dict[str, Callable[[], Message]] = {
+        "ABORT": lambda: Abort("forged"),
+        "ACCEPT": lambda: Accept(EVIL_EPHEMERAL_KEY, SCHEMA_HASH),
+        "BUSY": lambda: Busy("busy"),
+        "CANCEL": lambda: Cancel("forged"),
+        "INVITE": lambda: Invite(
+            members, SCHEMA_HASH, VECTOR_LENGTH, swarm.config.frac_bits, deadline_ms
+        ),
+        "PART": lambda: Part(1, shard),
+        "REDUCED": lambda: Reduced(1, shard),
+        "ROSTER": lambda: Roster(members, (b"accept",) * 3, deadline_ms),
+        "WEIGHT_SHARE": lambda: WeightShare(7),
+    }
+    return bodies[kind]()
+
+
+def refusal_reasons(actions: list[Action]) -> list[str]:
+    """The reasons of ``actions``, which must all be refusals."""
+    refused = [a for a in actions if isinstance(a, MessageRefused)]
+    assert len(refused) == len(actions), actions
+    return [a.reason for a in refused]
+
+
+@pytest.mark.parametrize("kind", GROUP_KINDS)
+def test_frame_for_an_unknown_group_is_refused_without_state(kind: str) -> None:
+    swarm = build_swarm(3)
+    sender, node = swarm.keys[0], swarm.peers[swarm.keys[1]].node
+    body = group_body(kind, swarm, sender, node.public_key)
+    frame = swarm.forge(sender, node.public_key, body, random.Random(kind).randbytes(16))
+    actions = node.receive(frame, int(swarm.net.now_ms), from_peer=sender)
+
+    assert refusal_reasons(actions) == ["unknown_group"]
+    assert not node.busy and node.current_group is None
+
+
+@pytest.mark.parametrize("kind", [*GROUP_KINDS, "INVITE"])
+def test_frame_for_a_finished_group_is_refused_without_state(kind: str) -> None:
+    swarm = build_swarm()
+    rnd = swarm.start(swarm.keys[0])
+    swarm.net.run(until_ms=swarm.net.now_ms + 1000)  # finished, well within the freshness window
+    assert [type(o) for o in outcomes_of(swarm, rnd)] == [RoundFinished] * 4
+    for sender, recipient in itertools.permutations(swarm.keys, 2):
+        node = swarm.peers[recipient].node
+        body = group_body(kind, swarm, sender, recipient)
+        frame = swarm.forge(sender, recipient, body, rnd.group)
+        actions = node.receive(frame, int(swarm.net.now_ms), from_peer=sender)
+        assert refusal_reasons(actions) == ["ended_group"]
+        assert not node.busy
+    swarm.net.run()
+    check_round_invariant(swarm, rnd)
+
+
+def test_replayed_frames_of_an_earlier_group_are_refused() -> None:
+    swarm = build_swarm(record=True)
+    first = swarm.start(swarm.keys[0])
+    swarm.net.run(until_ms=swarm.net.now_ms + 1000)
+    assert [type(o) for o in outcomes_of(swarm, first)] == [RoundFinished] * 4
+    recorded = list(swarm.net.deliveries)
+
+    swarm.new_contributions(seed=99)
+    second = swarm.start(swarm.keys[1])
+    swarm.net.run(until_ms=swarm.net.now_ms + 8)
+    assert not outcomes_of(swarm, second), "still mid-way through the second round"
+    for delivery in recorded:
+        node = swarm.peers[delivery.recipient].node
+        actions = node.receive(delivery.frame, int(swarm.net.now_ms), from_peer=delivery.sender)
+        assert refusal_reasons(actions) in (["replay"], ["ended_group"])
+    swarm.net.run()
+
+    outcomes = check_round_invariant(swarm, second)
+    assert len(outcomes) == 4
+    assert all(isinstance(o, RoundFinished) for o in outcomes.values())
+
+
+@pytest.mark.parametrize("abort_from", ["never_invited", "invitee_left_out_of_roster"])
+def test_abort_from_a_non_member_is_refused(abort_from: str) -> None:
+    swarm = build_swarm(6, k=5, latency_ms=5, jitter_ms=0)
+    members, left_out, outsider = swarm.keys[:4], swarm.keys[4], swarm.keys[5]
+    swarm.net.kill(left_out, at_ms=swarm.net.now_ms + 1)  # dies before its INVITE arrives
+    rnd = swarm.start(members[0], [*members[1:], left_out])
+    # The roster closes at the invite timeout; stop once every member has it.
+    swarm.net.run(until_ms=swarm.net.now_ms + swarm.config.invite_timeout_ms + 7)
+    assert all(swarm.peers[key].node.current_group == rnd.group for key in members)
+
+    sender = outsider if abort_from == "never_invited" else left_out
+    for key in members:
+        frame = swarm.forge(sender, key, Abort("forged"), rnd.group)
+        actions = swarm.peers[key].node.receive(frame, int(swarm.net.now_ms), from_peer=sender)
+        assert refusal_reasons(actions) == ["not_in_group"]
+    swarm.net.run()
+
+    outcomes = check_round_invariant(swarm, rnd, malicious=[sender])
+    assert set(outcomes) == set(members)
+    assert all(isinstance(o, RoundFinished) for o in outcomes.values())
+
+
+# ---- 11: two initiators at once --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_two_initiators_inviting_the_same_peer_at_once(seed: int) -> None:
+    swarm = build_swarm(5, seed=seed, record=True)
+    a, b, only_a, shared, only_b = swarm.keys
+    first = swarm.start(a, [b, only_a, shared])
+    second = swarm.start(b, [a, shared, only_b])  # same event step: each finds the other busy
+    swarm.net.run()
+
+    outcomes = [check_round_invariant(swarm, rnd) for rnd in (first, second)]
+    busy_answers = {(d.sender, d.recipient) for d in swarm.net.deliveries if d.kind == "BUSY"}
+    assert {(a, b), (b, a)} <= busy_answers
+    for key in swarm.keys:
+        assert len(swarm.net.outcomes[key]) <= 1, "no node joins two groups"
+    assert set(outcomes[0]).isdisjoint(outcomes[1])
+    # `shared` joins whichever invitation reached it first: that round runs, the other is
+    # left with two members and cancels.
+    kinds = sorted(type(o).__name__ for group in outcomes for o in group.values())
+    assert kinds == ["RoundCancelled"] * 2 + ["RoundFinished"] * 3
+
+
+# ---- privacy: everything on the wire is masked ----------------------------------------------
+
+
+@pytest.fixture
+def ephemeral_private_keys(monkeypatch: pytest.MonkeyPatch) -> dict[bytes, bytes]:
+    """Every ephemeral key pair the nodes generate: public key -> private key."""
+    generated: dict[bytes, bytes] = {}
+    original = EphemeralKey.generate
+
+    def recording_generate(random_bytes: bytes | None = None) -> EphemeralKey:
+        key = original(random_bytes)
+        generated[key.public_key] = key.private_key
+        return key
+
+    monkeypatch.setattr(EphemeralKey, "generate", staticmethod(recording_generate))
+    return generated
+
+
+@dataclass(frozen=True)
+class GroupSecrets:
+    """What the test re-derives for one group: each member's plain and masked encodings."""
+
+    members: tuple[bytes, ...]
+    plain: list[np.ndarray]  # encode(x_i, f, scale=w_i/W)
+    masked: list[np.ndarray]  # plain + sum_{j>i} PRG(seed_ij) - sum_{j<i} PRG(seed_ij)
+    masked_weights: list[int]  # w_i masked the same way in Z/2^64
+
+
+def pairwise_masked(value: np.ndarray, i: int, seeds: dict[int, bytes]) -> np.ndarray:
+    """value + sum_{j>i} PRG(seed_ij) - sum_{j<i} PRG(seed_ij), in value's ring."""
+    masked = value.copy()
+    for j, seed in seeds.items():
+        mask = prg(seed, value.size, value.dtype.type)
+        masked = masked + mask if j > i else masked - mask
+    return masked
+
+
+def rederive_secrets(
+    swarm: Swarm, roster: Roster, group: bytes, private_keys: dict[bytes, bytes]
+) -> GroupSecrets:
+    """Each member's encodings, from its recorded ephemeral private key and the roster."""
+    members = roster.members
+    accepts = [verify_envelope(frame).body for frame in roster.accepts]
+    ephemeral = [accept.ephemeral_key for accept in accepts if isinstance(accept, Accept)]
+    assert len(ephemeral) == len(members)
+    total = sum(swarm.peers[m].weight for m in members)
+
+    def seeds(i: int, label: bytes) -> dict[int, bytes]:
+        private = private_keys[ephemeral[i]]
+        return {
+            j: derive_pair_seed(
+                shared_secret(private, ephemeral[j]), group, members[i], members[j], label
+            )
+            for j in range(len(members))
+            if j != i
+        }
+
+    plain, masked, masked_weights = [], [], []
+    for i, member in enumerate(members):
+        peer = swarm.peers[member]
+        encoded, _ = encode(peer.vector, swarm.config.frac_bits, scale=peer.weight / total)
+        plain.append(encoded)
+        masked.append(pairwise_masked(encoded, i, seeds(i, b"mask")))
+        weight = np.array([peer.weight], dtype=np.uint64)
+        masked_weights.append(int(pairwise_masked(weight, i, seeds(i, b"weight"))[0]))
+    return GroupSecrets(members, plain, masked, masked_weights)
+
+
+def aligned_blocks(data: bytes, size: int) -> set[bytes]:
+    return {data[o : o + size] for o in range(0, len(data) - size + 1, size)}
+
+
+def contains_any_block(frame: bytes, blocks: set[bytes], size: int) -> bool:
+    return any(frame[o : o + size] in blocks for o in range(len(frame) - size + 1))
+
+
+@pytest.mark.parametrize("ending", ["finished", "aborted"])
+def test_everything_on_the_wire_is_masked(
+    ending: str, ephemeral_private_keys: dict[bytes, bytes]
+) -> None:
+    n = 12_000
+    swarm = build_swarm(n=n, shard_bytes=4096, record=True)  # 3000-element parts, 3 shards
+    initiator = swarm.keys[0]
+    if ending == "aborted":  # the initiator dies after the weight pre-pass, before any PART
+        die_at_first(swarm, initiator, "PART", sent=False)
+    rnd = swarm.start(initiator)
+    swarm.net.run()
+
+    outcomes = check_round_invariant(swarm, rnd)
+    expected = RoundFinished if ending == "finished" else RoundAborted
+    assert len(outcomes) == (4 if ending == "finished" else 3)
+    assert all(isinstance(o, expected) for o in outcomes.values())
+
+    recorded = swarm.deliveries_in(rnd.group)
+    (roster,) = {env.body for env, _ in recorded if env.type == "ROSTER"}  # one, to everyone
+    assert isinstance(roster, Roster)
+    secrets = rederive_secrets(swarm, roster, rnd.group, ephemeral_private_keys)
+    members = secrets.members
+    bounds = part_bounds(n, len(members))
+    group_sum = np.sum(secrets.plain, axis=0, dtype=np.uint32)  # wraps: the ring sum
+    seen = {"WEIGHT_SHARE": 0, "PART": 0, "REDUCED": 0}
+    for envelope, _ in recorded:
+        body = envelope.body
+        i = members.index(envelope.sender)
+        if isinstance(body, WeightShare):
+            assert body.value == secrets.masked_weights[i]
+            assert body.value != swarm.peers[envelope.sender].weight
+        elif isinstance(body, Part | Reduced):
+            start = bounds[body.part][0] + body.shard.offset
+            where = slice(start, start + body.shard.length)
+            data = body.shard.array()
+            if isinstance(body, Part):
+                assert np.array_equal(data, secrets.masked[i][where])
+                assert np.count_nonzero(data == secrets.plain[i][where]) < 0.001 * data.size
+            else:  # the reducer's sum is the group's aggregate, and nothing else
+                assert body.part == i
+                assert np.array_equal(data, group_sum[where])
+        else:
+            continue
+        seen[envelope.type] += 1
+    senders = 4 if ending == "finished" else 3
+    shards_per_part = 3
+    assert seen["WEIGHT_SHARE"] == 4 * 3
+    assert seen["PART"] == senders * 3 * shards_per_part
+    assert seen["REDUCED"] == (4 * 3 * shards_per_part if ending == "finished" else 0)
+
+    # No 64-byte run of any member's unmasked encoding appears in any frame: every such run
+    # contains a whole 32-byte-aligned block of it, and no block appears anywhere.
+    blocks = set().union(*(aligned_blocks(p.tobytes(), 32) for p in secrets.plain))
+    for delivery in swarm.net.deliveries:
+        assert not contains_any_block(delivery.frame, blocks, 32), delivery.kind
