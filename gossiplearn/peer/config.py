@@ -1,0 +1,270 @@
+"""A peer's configuration: ``DIR/config.toml``, every key documented in the file itself.
+
+The file is rendered from :class:`PeerConfig` by :func:`render_config`, so ``gossiplearn init``
+and ``gossiplearn allow`` always write the same documented template; :func:`load_config`
+reads it back with clear errors for unknown keys and wrong types.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CONFIG_FILE = "config.toml"
+IDENTITY_FILE = "identity.key"
+CHECKPOINT_DIR = "checkpoints"
+LOG_DIR = "logs"
+ADMISSION_MODES = ("allowlist", "open")
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message says which key and why."""
+
+
+@dataclass
+class PeerSection:
+    listen: list[str] = field(default_factory=lambda: ["/ip4/127.0.0.1/tcp/0"])
+    admission: str = "allowlist"
+    allow: list[str] = field(default_factory=list)
+    bootstrap: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DiscoverySection:
+    peer_exchange: bool = True
+    mdns: bool = False
+    max_neighbours: int = 16
+    ping_interval_s: float = 5.0
+    neighbour_timeout_s: float = 20.0
+
+
+@dataclass
+class RoundSection:
+    group_size: int = 4
+    frac_bits: int = 20
+    interval_s: float = 10.0
+    invite_timeout_s: float = 2.0
+    round_timeout_s: float = 60.0
+    mix: float = 1.0
+
+
+@dataclass
+class ModelSection:
+    factory: str = "gossiplearn.peer.models:mlp"
+    head_prefixes: list[str] = field(default_factory=list)
+    share_batchnorm_stats: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataSection:
+    loader: str = "gossiplearn.sim.datasets:digits"
+    options: dict[str, Any] = field(default_factory=lambda: {"shard": "0/1"})
+
+
+@dataclass
+class TrainingSection:
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    head_epochs: int = 1
+    seed: int = 0
+    threads: int = 1
+
+
+@dataclass
+class StatusSection:
+    port: int = 0
+
+
+@dataclass
+class LoggingSection:
+    level: str = "info"
+    file: str = "logs/peer.log"
+
+
+@dataclass
+class PeerConfig:
+    peer: PeerSection = field(default_factory=PeerSection)
+    discovery: DiscoverySection = field(default_factory=DiscoverySection)
+    round: RoundSection = field(default_factory=RoundSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    training: TrainingSection = field(default_factory=TrainingSection)
+    status: StatusSection = field(default_factory=StatusSection)
+    logging: LoggingSection = field(default_factory=LoggingSection)
+
+    def validate(self) -> PeerConfig:
+        if self.peer.admission not in ADMISSION_MODES:
+            raise ConfigError(f"peer.admission must be one of {ADMISSION_MODES}")
+        if not self.peer.listen:
+            raise ConfigError("peer.listen needs at least one multiaddr")
+        if not 3 <= self.round.group_size <= 16:
+            raise ConfigError("round.group_size must be in 3..16 (groups of 2 would leak)")
+        if not 0 < self.round.mix <= 1:
+            raise ConfigError("round.mix must be in (0, 1]")
+        if not 0 < self.round.invite_timeout_s < self.round.round_timeout_s:
+            raise ConfigError("need 0 < round.invite_timeout_s < round.round_timeout_s")
+        if not 0 <= self.status.port <= 65535:
+            raise ConfigError("status.port must be a TCP port")
+        if self.discovery.max_neighbours < 2:
+            raise ConfigError("discovery.max_neighbours must be >= 2 to form a group of 3")
+        return self
+
+
+# Each key's documentation, written above it in the rendered file.
+_DOCS: dict[str, str] = {
+    "peer": "This peer on the network.",
+    "peer.listen": "Multiaddrs to listen on. 127.0.0.1 keeps the peer on this machine;\n"
+    "use /ip4/0.0.0.0/tcp/PORT to accept peers from other machines.",
+    "peer.admission": '"allowlist": only the peer ids in `allow` may connect (refused ones are\n'
+    'counted). "open": anyone may (demos only; a warning is logged at start).',
+    "peer.allow": "Peer ids (12D3KooW...) admitted. Add with `gossiplearn allow DIR PEER`.",
+    "peer.bootstrap": "Full multiaddrs (.../p2p/PEER_ID) dialed at start to find the network.",
+    "discovery": "Finding and watching neighbours.",
+    "discovery.peer_exchange": "Exchange signed address records of admitted peers with neighbours.",
+    "discovery.mdns": "Announce on the local network with mDNS (off by default; binds every\n"
+    "interface and probes an outside address, so enable it only where that is wanted).",
+    "discovery.max_neighbours": "At most this many neighbours are tracked.",
+    "discovery.ping_interval_s": "Seconds between liveness pings to each neighbour.",
+    "discovery.neighbour_timeout_s": "A neighbour not heard from for this long is not live.",
+    "round": "Secure averaging rounds.",
+    "round.group_size": "k: invite up to k-1 live neighbours; groups are 3..k members.",
+    "round.frac_bits": "Fixed-point fractional bits (every peer of a network must agree).",
+    "round.interval_s": "Mean seconds between this peer's invitations (randomized +-50%).",
+    "round.invite_timeout_s": "How long an initiator waits for answers to its INVITE.",
+    "round.round_timeout_s": "A round not finished by then is aborted (nothing leaks).",
+    "round.mix": "After a round, backbone <- (1 - mix) * backbone + mix * group average.",
+    "model": "The model: a torch module with a shared backbone and a personal head.",
+    "model.factory": '"module:function" returning the torch module.',
+    "model.head_prefixes": "Parameter-name prefixes of the personal head. Empty: the module has\n"
+    "`backbone` and `head` attributes.",
+    "model.share_batchnorm_stats": "Average BatchNorm running statistics too (default: local).",
+    "model.options": "Keyword arguments for the factory.",
+    "data": "This organization's data. It never leaves the peer.",
+    "data.loader": '"module:function" returning (train_dataset, validation_dataset).',
+    "data.options": 'Keyword arguments for the loader (built-in digits: shard = "I/N",\n'
+    'partition = "dirichlet:0.3" or "iid", seed).',
+    "training": "Local training between rounds.",
+    "training.epochs": "Local epochs (all parameters) between invitations.",
+    "training.batch_size": "Mini-batch size.",
+    "training.lr": "SGD learning rate.",
+    "training.momentum": "SGD momentum.",
+    "training.head_epochs": "Epochs of head-only fine-tuning after each successful round.",
+    "training.seed": "Seed for shuffling and initialization.",
+    "training.threads": "torch CPU threads for this peer.",
+    "status": "The local status endpoint: GET /status (JSON) and /metrics (Prometheus).",
+    "status.port": "TCP port on 127.0.0.1.",
+    "logging": "Logs: one line per round, plus warnings and errors.",
+    "logging.level": "debug, info, warning or error.",
+    "logging.file": "Log file, relative to the peer directory (libp2p's own logs go only here).",
+}
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, list):
+        if not value:
+            return "[]"
+        return "[\n" + "".join(f"    {_toml_value(v)},\n" for v in value) + "]"
+    raise ConfigError(f"cannot write {value!r} to TOML")
+
+
+def _comment(text: str) -> str:
+    return "".join(f"# {line}\n" for line in text.splitlines())
+
+
+def render_config(config: PeerConfig) -> str:
+    """The documented TOML text of ``config``."""
+    out = [
+        "# gossiplearn peer configuration. Every key is documented above it.\n",
+        "# Restart the daemon (`gossiplearn run DIR`) after editing.\n",
+    ]
+    for section in dataclasses.fields(config):
+        values = getattr(config, section.name)
+        out.append(f"\n{_comment(_DOCS[section.name])}[{section.name}]\n")
+        tables = []
+        for item in dataclasses.fields(values):
+            value = getattr(values, item.name)
+            key = f"{section.name}.{item.name}"
+            if isinstance(value, dict):
+                tables.append((key, value))
+                continue
+            out.append(f"{_comment(_DOCS[key])}{item.name} = {_toml_value(value)}\n")
+        for key, table in tables:
+            out.append(f"\n{_comment(_DOCS[key])}[{key}]\n")
+            out.extend(f"{name} = {_toml_value(v)}\n" for name, v in table.items())
+    return "".join(out)
+
+
+def _build(cls: type, values: Any, where: str) -> Any:
+    """``cls`` from a parsed TOML table, checking keys and types; ``where`` is its dotted path."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"[{where}] must be a table")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        place = f"[{where}]" if where else "the top level"
+        raise ConfigError(f"unknown key(s) in {place}: {', '.join(unknown)}")
+    kwargs = {}
+    defaults = cls()
+    for name, value in values.items():
+        default = getattr(defaults, name)
+        path = f"{where}.{name}" if where else name
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = _build(type(default), value, path)
+            continue
+        expected = type(default)
+        ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if not ok:
+            raise ConfigError(f"{path} must be {expected.__name__}, got {type(value).__name__}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def parse_config(text: str, source: str = CONFIG_FILE) -> PeerConfig:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    try:
+        return _build(PeerConfig, raw, "").validate()
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def load_config(directory: Path) -> PeerConfig:
+    path = Path(directory) / CONFIG_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"no {CONFIG_FILE} in {directory}: create the peer with `gossiplearn init {directory}`"
+        ) from None
+    return parse_config(text, str(path))
+
+
+def save_config(directory: Path, config: PeerConfig) -> Path:
+    """Write the documented config atomically (temp file, fsync, rename)."""
+    config.validate()
+    path = Path(directory) / CONFIG_FILE
+    tmp = path.with_name(f".{CONFIG_FILE}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(render_config(config))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    return path

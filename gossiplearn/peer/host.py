@@ -1,0 +1,301 @@
+"""Our wrapper around a py-libp2p host, with every trap in LIBP2P_NOTES.md handled here.
+
+- Noise is the only security transport (default hosts also accept plaintext peers); yamux.
+- The 250 ms "happy eyeballs" wait on every connect is switched off.
+- Admission: connections and streams from peers not admitted are refused before any payload
+  is read, and counted; refused connections are closed.
+- Every stream handler runs inside a catch-all that logs, counts and resets the stream: an
+  exception escaping a handler would otherwise kill the whole host.
+- Frames are length-prefixed with the size limit checked before allocating (framing.py).
+- ``run()`` always ends with ``host.close()`` (leaving ``host.run()`` alone leaks sockets).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import multiaddr
+import trio
+
+from gossiplearn.crypto.identity import Identity, IdentityError, public_key_from_peer_id
+from gossiplearn.peer.framing import HEADER_BYTES, read_frame, write_frame
+
+log = logging.getLogger("gossiplearn.host")
+
+ROUND_PROTOCOL = "/gossiplearn/round/1.0.0"
+PEERS_PROTOCOL = "/gossiplearn/peers/1.0.0"
+PING_PROTOCOL = "/gossiplearn/ping/1.0.0"
+STATUS_PROTOCOL = "/gossiplearn/status/1.0.0"
+
+StreamHandler = Callable[[bytes, object], Awaitable[None]]
+
+
+class Admission:
+    """Who may talk to this peer: an allowlist of Ed25519 public keys, or everyone ("open")."""
+
+    def __init__(self, allowed: Iterable[bytes], open_to_all: bool = False) -> None:
+        self.allowed = set(allowed)
+        self.open_to_all = open_to_all
+
+    def __contains__(self, key: object) -> bool:
+        return self.open_to_all or key in self.allowed
+
+    def admit(self, key: bytes) -> None:
+        self.allowed.add(key)
+
+
+@dataclass
+class HostCounters:
+    refused_connections: int = 0
+    refused_streams: int = 0
+    handler_errors: Counter[str] = field(default_factory=Counter)
+    bytes_in: Counter[bytes] = field(default_factory=Counter)
+    bytes_out: Counter[bytes] = field(default_factory=Counter)
+
+
+def peer_key(peer_id: object) -> bytes | None:
+    """The Ed25519 public key inside a libp2p ID, or None for other key types."""
+    try:
+        return public_key_from_peer_id(str(peer_id))
+    except IdentityError:
+        return None
+
+
+def split_p2p_multiaddr(address: str) -> tuple[str, str]:
+    """("/ip4/.../tcp/N", "12D3KooW...") from a full multiaddr ending in /p2p/ID."""
+    head, sep, peer_id = address.rpartition("/p2p/")
+    if not sep or not head or "/" in peer_id:
+        raise ValueError(f"{address!r} does not end in /p2p/PEER_ID")
+    public_key_from_peer_id(peer_id)  # raises IdentityError for a malformed id
+    return head, peer_id
+
+
+def _disable_connect_delay() -> None:
+    # Trap 1: swarm waits _HAPPY_EYEBALLS_DELAY (250 ms) after every dial, even a successful one.
+    import libp2p.network.swarm as swarm
+
+    swarm._HAPPY_EYEBALLS_DELAY = 0.0
+
+
+class Host:
+    """A running libp2p host for one identity. Use ``async with Host(...).run() as host``."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        listen: list[str],
+        admission: Admission,
+        *,
+        enable_mdns: bool = False,
+    ) -> None:
+        self.identity = identity
+        self.listen = listen
+        self.admission = admission
+        self.enable_mdns = enable_mdns
+        self.counters = HostCounters()
+        self._host: object | None = None
+        self._handlers: dict[str, StreamHandler] = {}
+        self._refused_peers: trio.MemorySendChannel[object] | None = None
+
+    # ---- lifecycle ----
+
+    @asynccontextmanager
+    async def run(self) -> AsyncIterator[Host]:
+        from libp2p import new_host
+        from libp2p.crypto.ed25519 import create_new_key_pair
+        from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+        from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
+        from libp2p.security.noise.transport import Transport as NoiseTransport
+
+        _disable_connect_delay()
+        key_pair = create_new_key_pair(self.identity.seed)
+        noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
+        host = new_host(
+            key_pair=key_pair,
+            muxer_preference="YAMUX",
+            sec_opt={NOISE_ID: noise},  # trap 2: Noise only, never plaintext
+            enable_mDNS=self.enable_mdns,
+        )
+        self._host = host
+        send, receive = trio.open_memory_channel[object](256)
+        self._refused_peers = send
+        host.get_network().register_notifee(_AdmissionNotifee(self))
+        try:
+            addrs = [multiaddr.Multiaddr(a) for a in self.listen]
+            async with host.run(listen_addrs=addrs), trio.open_nursery() as nursery:
+                # libp2p's auto-connector redials every peer in the peerstore (refused ones
+                # included) to keep ~200 connections; our discovery decides whom to dial.
+                auto_connector = getattr(host.get_network(), "auto_connector", None)
+                if auto_connector is not None:
+                    await auto_connector.stop()
+                nursery.start_soon(self._close_refused, receive)
+                for protocol, handler in self._handlers.items():
+                    self._register(protocol, handler)
+                try:
+                    yield self
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(3):
+                await host.close()  # trap 6: leaving host.run() alone leaks connections
+            self._host = None
+
+    @property
+    def libp2p(self):  # noqa: ANN201 - the libp2p IHost, for the few calls we do not wrap
+        if self._host is None:
+            raise RuntimeError("host is not running")
+        return self._host
+
+    @property
+    def peer_id(self) -> str:
+        return self.identity.peer_id
+
+    def addrs(self) -> list[str]:
+        """Full listen multiaddrs, each ending in /p2p/PEER_ID."""
+        out = []
+        for addr in self.libp2p.get_addrs():
+            text = str(addr)
+            out.append(text if "/p2p/" in text else f"{text}/p2p/{self.peer_id}")
+        return out
+
+    # ---- handlers ----
+
+    def handle(self, protocol: str, handler: StreamHandler) -> None:
+        """Serve ``protocol``: ``handler(peer_key, stream)`` runs only for admitted peers."""
+        self._handlers[protocol] = handler
+        if self._host is not None:
+            self._register(protocol, handler)
+
+    def _register(self, protocol: str, handler: StreamHandler) -> None:
+        from libp2p.custom_types import TProtocol
+
+        async def guarded(stream: object) -> None:
+            key = peer_key(stream.muxed_conn.peer_id)  # type: ignore[attr-defined]
+            if key is None or key not in self.admission:
+                # Refused before a byte of payload is read.
+                self.counters.refused_streams += 1
+                await _reset(stream)
+                return
+            try:
+                await handler(key, stream)
+            except Exception as exc:  # trap 3: an escaping exception kills the host
+                self.counters.handler_errors[protocol] += 1
+                log.warning("handler %s failed for %s: %r", protocol, _short(key), exc)
+                await _reset(stream)
+
+        self.libp2p.set_stream_handler(TProtocol(protocol), guarded)
+
+    # ---- frames, counted per peer ----
+
+    async def receive_frame(self, key: bytes, stream: object, max_bytes: int) -> bytes | None:
+        frame = await read_frame(stream, max_bytes)  # type: ignore[arg-type]
+        if frame is not None:
+            self.counters.bytes_in[key] += HEADER_BYTES + len(frame)
+        return frame
+
+    async def send_frame(self, key: bytes, stream: object, frame: bytes) -> None:
+        await write_frame(stream, frame)  # type: ignore[arg-type]
+        self.counters.bytes_out[key] += HEADER_BYTES + len(frame)
+
+    # ---- dialing ----
+
+    async def connect(self, address: str, timeout_s: float = 5.0) -> bytes:
+        """Dial a full multiaddr (.../p2p/ID); returns the peer's public key."""
+        from libp2p.peer.peerinfo import info_from_p2p_addr
+
+        _, peer_id = split_p2p_multiaddr(address)
+        with trio.fail_after(timeout_s):
+            await self.libp2p.connect(info_from_p2p_addr(multiaddr.Multiaddr(address)))
+        return public_key_from_peer_id(peer_id)
+
+    async def open_stream(self, key: bytes, protocol: str, timeout_s: float = 5.0) -> object:
+        from libp2p.custom_types import TProtocol
+        from libp2p.peer.id import ID
+
+        peer = ID.from_base58(_peer_id_of(key))
+        with trio.fail_after(timeout_s):
+            return await self.libp2p.new_stream(peer, [TProtocol(protocol)])
+
+    def remember_addrs(self, key: bytes, addrs: Iterable[str], ttl_s: int = 600) -> None:
+        from libp2p.peer.id import ID
+
+        parsed = []
+        for addr in addrs:
+            try:
+                parsed.append(multiaddr.Multiaddr(split_p2p_multiaddr(addr)[0]))
+            except Exception:  # a malformed address from a peer record is skipped
+                continue
+        if parsed:
+            self.libp2p.get_peerstore().add_addrs(ID.from_base58(_peer_id_of(key)), parsed, ttl_s)
+
+    def is_connected(self, key: bytes) -> bool:
+        from libp2p.peer.id import ID
+
+        return bool(self.libp2p.get_network().connections.get(ID.from_base58(_peer_id_of(key))))
+
+    # ---- admission at the connection level ----
+
+    def _on_connected(self, conn: object) -> None:
+        key = peer_key(conn.muxed_conn.peer_id)  # type: ignore[attr-defined]
+        if key is None or key not in self.admission:
+            self.counters.refused_connections += 1
+            if self._refused_peers is not None:
+                try:
+                    self._refused_peers.send_nowait(conn.muxed_conn.peer_id)  # type: ignore[attr-defined]
+                except trio.WouldBlock:
+                    pass  # a flood: the stream-level check still refuses every stream
+
+    async def _close_refused(self, receive: trio.MemoryReceiveChannel[object]) -> None:
+        async for peer_id in receive:
+            with trio.move_on_after(2):
+                try:
+                    await self.libp2p.disconnect(peer_id)
+                except Exception as exc:
+                    log.debug("closing refused connection failed: %r", exc)
+
+
+class _AdmissionNotifee:
+    """libp2p network notifee: refuses connections from peers that are not admitted."""
+
+    def __init__(self, host: Host) -> None:
+        self._host = host
+
+    async def connected(self, network: object, conn: object) -> None:
+        self._host._on_connected(conn)
+
+    async def disconnected(self, network: object, conn: object) -> None:
+        return None
+
+    async def opened_stream(self, network: object, stream: object) -> None:
+        return None
+
+    async def closed_stream(self, network: object, stream: object) -> None:
+        return None
+
+    async def listen(self, network: object, multiaddr: object) -> None:
+        return None
+
+    async def listen_close(self, network: object, multiaddr: object) -> None:
+        return None
+
+
+def _peer_id_of(key: bytes) -> str:
+    from gossiplearn.crypto.identity import peer_id_from_public_key
+
+    return peer_id_from_public_key(key)
+
+
+def _short(key: bytes) -> str:
+    return _peer_id_of(key)[-8:]
+
+
+async def _reset(stream: object) -> None:
+    with trio.move_on_after(1):
+        try:
+            await stream.reset()  # type: ignore[attr-defined]
+        except Exception:  # already closed or reset: nothing left to do
+            pass
