@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -243,11 +244,10 @@ class Host:
         key = peer_key(conn.muxed_conn.peer_id)  # type: ignore[attr-defined]
         if key is None or key not in self.admission:
             self.counters.refused_connections += 1
+            # In a flood the queue fills; the stream-level check still refuses every stream.
             if self._refused_peers is not None:
-                try:
+                with contextlib.suppress(trio.WouldBlock):
                     self._refused_peers.send_nowait(conn.muxed_conn.peer_id)  # type: ignore[attr-defined]
-                except trio.WouldBlock:
-                    pass  # a flood: the stream-level check still refuses every stream
 
     async def _close_refused(self, receive: trio.MemoryReceiveChannel[object]) -> None:
         async for peer_id in receive:
@@ -294,8 +294,6 @@ def _short(key: bytes) -> str:
 
 
 async def _reset(stream: object) -> None:
-    with trio.move_on_after(1):
-        try:
-            await stream.reset()  # type: ignore[attr-defined]
-        except Exception:  # already closed or reset: nothing left to do
-            pass
+    # Already closed or reset: nothing left to do.
+    with trio.move_on_after(1), contextlib.suppress(Exception):
+        await stream.reset()  # type: ignore[attr-defined]
