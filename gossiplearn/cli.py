@@ -1,18 +1,23 @@
-"""The ``gossiplearn`` command. Commands land one issue at a time; each says what it does."""
+"""The ``gossiplearn`` command: one module per command in ``gossiplearn/commands``."""
 
 from __future__ import annotations
-
-import sys
 
 import typer
 
 from gossiplearn import __version__
+from gossiplearn.commands.allow import allow
+from gossiplearn.commands.init import init
+from gossiplearn.commands.keys import keys_app
+from gossiplearn.commands.run import run
+from gossiplearn.commands.sim import sim
+from gossiplearn.commands.status import status
 
 app = typer.Typer(
     name="gossiplearn",
     help="Decentralized gossip learning: secure group averaging, personalized heads.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,
 )
 
 
@@ -25,17 +30,16 @@ def _root(
         raise typer.Exit()
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def sim() -> None:
-    """Run a local multi-peer simulation (not yet available)."""
-    typer.echo(
-        "gossiplearn sim: not yet available. The foundation (crypto, wire format) is in place; "
-        "the peer daemon and the simulation come next. Run `make test` to check the install."
-    )
+app.command()(init)
+app.command()(run)
+app.command()(status)
+app.command()(allow)
+app.add_typer(keys_app, name="keys")
+app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(sim)
 
 
 def main() -> None:
-    sys.exit(app())
+    app()
 
 
 if __name__ == "__main__":

@@ -124,7 +124,7 @@ class Host:
         self._host = host
         send, receive = trio.open_memory_channel[object](256)
         self._refused_peers = send
-        host.get_network().register_notifee(_AdmissionNotifee(self))
+        host.get_network().register_notifee(_AdmissionNotifee(self))  # type: ignore[arg-type]
         try:
             addrs = [multiaddr.Multiaddr(a) for a in self.listen]
             async with host.run(listen_addrs=addrs), trio.open_nursery() as nursery:

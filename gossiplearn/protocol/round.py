@@ -479,7 +479,9 @@ class Node:
             return "ended_group"
         if not now_ms < invite.deadline_ms <= now_ms + self.config.round_timeout_ms:
             return "bad_invite_deadline"
-        if self._admitted is not None and any(m not in self._admitted for m in invite.members):
+        if self._admitted is not None and any(
+            m not in self._admitted for m in invite.members if m != self.public_key
+        ):
             return "not_admitted_member"
         return None
 

@@ -48,12 +48,17 @@ def test_secure_peers_refuse_a_plaintext_initiator():
         assert [a.kind for a in reply] == ["BUSY"] and not node.busy
 
 
-def test_no_peer_or_cli_code_refers_to_the_plaintext_variant():
+def test_nothing_a_peer_runs_can_select_the_plaintext_variant():
     offenders = [
         path
         for path in PACKAGE.rglob("*.py")
-        if "plaintext" in path.read_text().lower()
-        and path.relative_to(PACKAGE).parts[0] in ("peer", "cli.py", "sim")
+        if path.relative_to(PACKAGE).parts[0] in ("peer", "sim", "commands", "cli.py")
+        and ("protocol.plaintext" in path.read_text() or "PlaintextNode" in path.read_text())
     ]
     assert offenders == []
+    # And no config key could switch masking off.
+    from gossiplearn.peer.config import PeerConfig, render_config
+
+    keys = [line.split("=")[0].strip() for line in render_config(PeerConfig()).splitlines()]
+    assert not [k for k in keys if any(w in k for w in ("plain", "mask", "secure", "unsafe"))]
     assert issubclass(PlaintextNode, Node)

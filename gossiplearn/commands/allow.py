@@ -1,0 +1,39 @@
+"""``gossiplearn allow DIR PEER...``: admit peers (a multiaddr also becomes a bootstrap address)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from gossiplearn.commands.common import fail, parse_peer
+from gossiplearn.peer.config import ConfigError, load_config, save_config
+
+
+def allow(
+    directory: Path = typer.Argument(..., help="The peer directory."),
+    peers: list[str] = typer.Argument(..., help="Peer ids, or full multiaddrs ending in /p2p/ID."),
+) -> None:
+    """Admit PEERs to DIR's network; restart the daemon for it to take effect."""
+    try:
+        config = load_config(directory)
+    except ConfigError as exc:
+        fail(str(exc))
+    added, bootstraps = [], []
+    for text in peers:
+        peer_id, address = parse_peer(text)
+        if peer_id not in config.peer.allow:
+            config.peer.allow.append(peer_id)
+            added.append(peer_id)
+        if address and address not in config.peer.bootstrap:
+            config.peer.bootstrap.append(address)
+            bootstraps.append(address)
+    save_config(directory, config)
+    for peer_id in added:
+        typer.echo(f"admitted  {peer_id}")
+    for address in bootstraps:
+        typer.echo(f"bootstrap {address}")
+    if not added and not bootstraps:
+        typer.echo("nothing new: every peer was already admitted")
+    else:
+        typer.echo(f"restart the daemon (`gossiplearn run {directory}`) for this to take effect")

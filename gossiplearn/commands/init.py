@@ -1,0 +1,101 @@
+"""``gossiplearn init DIR``: a new peer directory with an identity and a documented config."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import typer
+
+from gossiplearn.commands.common import fail, free_port, parse_peer
+from gossiplearn.crypto.identity import Identity, write_key_file
+from gossiplearn.peer.config import (
+    CONFIG_FILE,
+    IDENTITY_FILE,
+    DataSection,
+    PeerConfig,
+    save_config,
+)
+
+DATASETS = {"digits": "gossiplearn.sim.datasets:digits"}
+_TCP_PORT = re.compile(r"^/ip4/(?P<ip>[0-9.]+)/tcp/(?P<port>\d+)$")
+
+
+def _listen_address(listen: str) -> str:
+    """The listen multiaddr with port 0 replaced by a free port, so it can be shared now."""
+    match = _TCP_PORT.match(listen)
+    if not match:
+        fail(f"--listen must look like /ip4/127.0.0.1/tcp/PORT, got {listen!r}", 2)
+    if match["port"] != "0":
+        return listen
+    bind_ip = match["ip"] if match["ip"] != "0.0.0.0" else "127.0.0.1"
+    return f"/ip4/{match['ip']}/tcp/{free_port(bind_ip)}"
+
+
+def init(
+    directory: Path = typer.Argument(..., help="The peer directory to create."),
+    listen: str = typer.Option(
+        "/ip4/127.0.0.1/tcp/0", help="Listen multiaddr (port 0: pick a free one)."
+    ),
+    bootstrap: list[str] = typer.Option(
+        [], help="Multiaddr .../p2p/ID to dial at start (repeatable)."
+    ),
+    allow: list[str] = typer.Option(
+        [], help="Peer id or .../p2p/ID multiaddr to admit (repeatable)."
+    ),
+    dataset: str = typer.Option("digits", help=f"Built-in dataset: {', '.join(DATASETS)}."),
+    shard: str = typer.Option("0/1", help="This peer's shard I/N of the dataset's seeded split."),
+    partition: str = typer.Option(
+        "dirichlet:0.3", help='How the dataset is split: "dirichlet:ALPHA" or "iid".'
+    ),
+    status_port: int = typer.Option(0, help="Status port on 127.0.0.1 (0: pick a free one)."),
+    open_admission: bool = typer.Option(False, "--open", help="Admit any peer (demos only)."),
+) -> None:
+    """Create DIR with config.toml and identity.key (mode 0600); print the peer id and address."""
+    key_path = directory / IDENTITY_FILE
+    if key_path.exists():
+        fail(f"{key_path} already exists; refusing to overwrite an identity")
+    if (directory / CONFIG_FILE).exists():
+        fail(f"{directory / CONFIG_FILE} already exists; refusing to overwrite it")
+    if dataset not in DATASETS:
+        fail(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}", 2)
+    from gossiplearn.sim.datasets import parse_shard
+
+    try:
+        parse_shard(shard)
+    except ValueError as exc:
+        fail(f"--shard: {exc}", 2)
+    allowed: list[str] = []
+    boot: list[str] = []
+    for text in allow:
+        peer_id, address = parse_peer(text)
+        allowed.append(peer_id)
+        if address:
+            boot.append(address)
+    for address in bootstrap:
+        peer_id, parsed = parse_peer(address)
+        if parsed is None:
+            fail(f"--bootstrap needs a full multiaddr ending in /p2p/ID, got {address!r}", 2)
+        boot.append(address)
+
+    config = PeerConfig()
+    config.peer.listen = [_listen_address(listen)]
+    config.peer.allow = list(dict.fromkeys(allowed))
+    config.peer.bootstrap = list(dict.fromkeys(boot))
+    config.peer.admission = "open" if open_admission else "allowlist"
+    config.data = DataSection(
+        DATASETS[dataset], {"shard": shard, "partition": partition, "seed": 0}
+    )
+    config.status.port = status_port or free_port()
+    config.validate()
+
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    identity = Identity.generate()
+    write_key_file(key_path, identity)
+    save_config(directory, config)
+    typer.echo(f"peer id:  {identity.peer_id}")
+    typer.echo(f"address:  {config.peer.listen[0]}/p2p/{identity.peer_id}")
+    typer.echo(f"created:  {directory}/{CONFIG_FILE}, {directory}/{IDENTITY_FILE} (0600)")
+    typer.echo(f"next:     gossiplearn allow {directory} <other peer>; gossiplearn run {directory}")

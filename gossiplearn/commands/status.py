@@ -1,0 +1,215 @@
+"""``gossiplearn status DIR``: what a peer is doing, from its local endpoint or, with ``--addr``,
+over libp2p from a remote peer that admits us."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from gossiplearn.commands.common import fail
+from gossiplearn.peer.config import ConfigError, load_config
+
+WATCH_INTERVAL_S = 2.0
+
+
+class NotRunning(Exception):
+    pass
+
+
+def fetch_local(directory: Path) -> dict[str, Any]:
+    try:
+        config = load_config(directory)
+    except ConfigError as exc:
+        fail(str(exc))
+    url = f"http://127.0.0.1:{config.status.port}/status"
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:
+            document: dict[str, Any] = json.load(response)
+    except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError) as exc:
+        raise NotRunning(
+            f"the daemon for {directory} is not running (nothing answers on 127.0.0.1:"
+            f"{config.status.port}); start it with `gossiplearn run {directory}`"
+        ) from exc
+    return document
+
+
+def fetch_remote(address: str, identity_dir: Path) -> dict[str, Any]:
+    import trio
+
+    from gossiplearn.crypto.identity import load_key_file
+    from gossiplearn.peer.config import IDENTITY_FILE
+    from gossiplearn.peer.framing import read_frame, write_frame
+    from gossiplearn.peer.host import STATUS_PROTOCOL, Admission, Host
+    from gossiplearn.protocol import (
+        ReplayGuard,
+        Status,
+        decode_envelope,
+        encode_envelope,
+        sequence_start,
+    )
+
+    identity = load_key_file(identity_dir / IDENTITY_FILE)
+
+    async def ask() -> dict[str, Any]:
+        from gossiplearn.crypto.identity import public_key_from_peer_id
+        from gossiplearn.peer.host import split_p2p_multiaddr
+
+        target = public_key_from_peer_id(split_p2p_multiaddr(address)[1])
+        host = Host(identity, ["/ip4/127.0.0.1/tcp/0"], Admission([target]))
+        async with host.run():
+            await host.connect(address)
+            with trio.fail_after(10):
+                stream = await host.open_stream(target, STATUS_PROTOCOL)
+                now = int(time.time() * 1000)
+                request = encode_envelope(
+                    identity,
+                    identity.public_key,
+                    target,
+                    Status(""),
+                    seq=sequence_start(now),
+                    ts=now,
+                )
+                await write_frame(stream, request)
+                reply = await read_frame(stream, 1 << 20)
+        if reply is None:
+            raise NotRunning(f"{address} closed the stream: does it admit {identity.peer_id}?")
+        envelope = decode_envelope(
+            reply,
+            recipient=identity.public_key,
+            now_ms=int(time.time() * 1000),
+            replay=ReplayGuard(),
+            expected_sender=target,
+        )
+        assert isinstance(envelope.body, Status)
+        return dict(json.loads(envelope.body.json))
+
+    try:
+        return trio.run(ask)
+    except NotRunning:
+        raise
+    except Exception as exc:
+        raise NotRunning(f"no status from {address}: {exc!r}") from exc
+
+
+def render(document: dict[str, Any]) -> Any:
+    from rich.console import Group
+    from rich.table import Table
+
+    rounds = document.get("rounds", {})
+    summary = Table.grid(padding=(0, 2))
+    summary.add_column(style="bold")
+    summary.add_column()
+    accuracy = document.get("accuracy")
+    last = rounds.get("last") or {}
+    rows = [
+        ("peer id", document.get("peer_id", "?")),
+        ("addresses", "\n".join(document.get("addrs", [])) or "-"),
+        ("uptime", f"{document.get('uptime_s', 0):.0f} s"),
+        (
+            "rounds",
+            f"{rounds.get('completed', 0)} completed, {rounds.get('aborted', 0)} aborted, "
+            f"{rounds.get('cancelled', 0)} cancelled",
+        ),
+        (
+            "abort reasons",
+            ", ".join(f"{k}: {v}" for k, v in rounds.get("abort_reasons", {}).items()) or "-",
+        ),
+        (
+            "last round",
+            f"{last.get('seconds', 0):.2f} s, group {last.get('group', '')[:8]}, "
+            f"{len(last.get('members', []))} members"
+            if last
+            else "-",
+        ),
+        ("model digest", (document.get("model_digest") or "-")[:16]),
+        ("accuracy", "-" if accuracy is None else f"{accuracy:.4f} (local held-out data)"),
+        ("refused", f"{document.get('refused_connections', 0)} connections/streams"),
+        (
+            "rejected",
+            ", ".join(f"{k}: {v}" for k, v in document.get("rejected_messages", {}).items()) or "-",
+        ),
+    ]
+    for name, value in rows:
+        summary.add_row(name, str(value))
+    neighbours = Table(title="neighbours", expand=False)
+    for column in ("peer id", "address", "live", "rtt ms", "last seen", "in", "out"):
+        neighbours.add_column(column)
+    for n in document.get("neighbours", []):
+        neighbours.add_row(
+            n["peer_id"][-12:],
+            (n.get("addrs") or ["(inbound)"])[0],
+            "yes" if n.get("live") else "no",
+            "-" if n.get("rtt_ms") is None else f"{n['rtt_ms']:.1f}",
+            "-" if n.get("last_seen_s") is None else f"{n['last_seen_s']:.0f} s ago",
+            _bytes(n.get("bytes_in", 0)),
+            _bytes(n.get("bytes_out", 0)),
+        )
+    return Group(summary, neighbours)
+
+
+def _bytes(count: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if count < 1000 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    return str(count)
+
+
+def status(
+    directory: Path | None = typer.Argument(None, help="The peer directory (local status)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON status document."),
+    watch: bool = typer.Option(
+        False, "--watch", help=f"Refresh every {WATCH_INTERVAL_S:.0f} s until Ctrl-C."
+    ),
+    addr: str | None = typer.Option(
+        None, "--addr", help="Ask a remote peer at this .../p2p/ID multiaddr."
+    ),
+    identity: Path | None = typer.Option(
+        None, "--identity", help="With --addr: the peer directory whose identity to use."
+    ),
+) -> None:
+    """Identity, neighbours, rounds, model digest, accuracy. Exits 1 if the daemon is not running."""
+    if addr is None and directory is None:
+        fail("give a peer directory, or --addr MULTIADDR --identity DIR", 2)
+    if addr is not None and identity is None:
+        fail("--addr needs --identity DIR (a peer directory the remote peer admits)", 2)
+
+    def fetch() -> dict[str, Any]:
+        if addr is not None:
+            assert identity is not None
+            return fetch_remote(addr, identity)
+        assert directory is not None
+        return fetch_local(directory)
+
+    try:
+        document = fetch()
+    except NotRunning as exc:
+        fail(str(exc))
+    if not watch:
+        if as_json:
+            typer.echo(json.dumps(document, indent=2, sort_keys=True))
+        else:
+            from rich.console import Console
+
+            Console().print(render(document))
+        return
+
+    from rich.live import Live
+
+    try:
+        with Live(render(document), refresh_per_second=4) as live:
+            while True:
+                time.sleep(WATCH_INTERVAL_S)
+                try:
+                    live.update(render(fetch()))
+                except NotRunning as exc:
+                    live.stop()
+                    fail(str(exc))
+    except KeyboardInterrupt:
+        return

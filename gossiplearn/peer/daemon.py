@@ -1,0 +1,447 @@
+"""The peer daemon: one organization's long-running peer.
+
+It loads its identity, config, model and private data, resumes from its last checkpoint, and
+then, until SIGINT/SIGTERM, alternates local training with secure averaging rounds: it
+invites random live neighbours now and then, answers invitations otherwise, and after every
+successful round sets its backbone to the group's average, fine-tunes its personal head and
+evaluates on its own held-out data. It serves its status on 127.0.0.1 and to admitted peers.
+
+On a stop signal it aborts the current round (ABORT sent), writes a checkpoint, closes the
+host and returns, well within 5 seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import signal
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from gossiplearn import __version__
+from gossiplearn.crypto.identity import (
+    load_key_file,
+    peer_id_from_public_key,
+    public_key_from_peer_id,
+)
+from gossiplearn.peer.config import CHECKPOINT_DIR, IDENTITY_FILE, PeerConfig, load_config
+from gossiplearn.peer.discovery import Discovery
+from gossiplearn.peer.engine import RoundEngine
+from gossiplearn.peer.host import (
+    PEERS_PROTOCOL,
+    PING_PROTOCOL,
+    ROUND_PROTOCOL,
+    STATUS_PROTOCOL,
+    Admission,
+    Host,
+)
+from gossiplearn.peer.neighbours import NeighbourTable
+from gossiplearn.peer.status import STATUS_SCHEMA_VERSION, Metrics, serve_status
+from gossiplearn.protocol import (
+    ProtocolError,
+    ReplayGuard,
+    SequenceCounter,
+    Status,
+    decode_envelope,
+    encode_envelope,
+    sequence_start,
+)
+from gossiplearn.protocol.round import (
+    Action,
+    MessageRefused,
+    Node,
+    RoundAborted,
+    RoundCancelled,
+    RoundConfig,
+    RoundFinished,
+)
+
+log = logging.getLogger("gossiplearn.peer")
+
+RUNTIME_FILE = "daemon.json"
+STOP_BUDGET_S = 4.0  # the whole stop (abort, checkpoint, close) fits in the 5 s promise
+
+
+@dataclass
+class RoundLog:
+    completed: int = 0
+    aborted: int = 0
+    cancelled: int = 0
+    abort_reasons: Counter[str] = field(default_factory=Counter)
+    last: dict[str, Any] | None = None
+
+
+class Peer:
+    """A peer daemon for the directory ``DIR`` made by ``gossiplearn init``."""
+
+    def __init__(self, directory: Path, config: PeerConfig | None = None) -> None:
+        self.directory = Path(directory)
+        self.config = config or load_config(self.directory)
+        self.identity = load_key_file(self.directory / IDENTITY_FILE)
+        self.peer_id = self.identity.peer_id
+        peer = self.config.peer
+        self.admission = Admission(
+            (public_key_from_peer_id(p) for p in peer.allow), open_to_all=peer.admission == "open"
+        )
+        self.metrics = Metrics()
+        self.rounds = RoundLog()
+        self.started = time.time()
+        self.accuracy: float | None = None
+        self.digests: dict[str, str] = {}
+        self.rejected: Counter[str] = Counter()
+        self.training_samples = 0
+        self.validation_samples = 0
+        self.status_port: int | None = None
+        self._model_lock = trio.Lock()
+        self._stopping = False
+        self._rng = random.Random(os.urandom(8))
+
+    # ---- set-up (CPU work, run in a thread) ----
+
+    def _load_model_and_data(self) -> None:
+        import torch
+
+        from gossiplearn.peer.checkpoint import CheckpointMeta, load_checkpoint
+        from gossiplearn.peer.data import load_datasets, resolve
+        from gossiplearn.peer.model import SplitModel
+        from gossiplearn.peer.trainer import TrainConfig, Trainer
+
+        cfg = self.config
+        torch.manual_seed(cfg.training.seed)
+        module = resolve(cfg.model.factory)(**cfg.model.options)
+        self.model = SplitModel(
+            module,
+            head_prefixes=cfg.model.head_prefixes or None,
+            share_batchnorm_stats=cfg.model.share_batchnorm_stats,
+        )
+        train, validation = load_datasets(cfg.data.loader, cfg.data.options)
+        t = cfg.training
+        self.trainer = Trainer(
+            self.model,
+            train,
+            validation,
+            TrainConfig(
+                epochs=t.epochs,
+                batch_size=t.batch_size,
+                lr=t.lr,
+                momentum=t.momentum,
+                head_epochs=t.head_epochs,
+                seed=t.seed,
+            ),
+        )
+        self.training_samples = self.trainer.num_train_samples
+        self.validation_samples = len(validation)
+        meta = load_checkpoint(self.directory / CHECKPOINT_DIR, self.model) or CheckpointMeta()
+        self.rounds.completed = meta.rounds_completed
+        self.rounds.aborted = meta.rounds_aborted
+        self.accuracy = meta.metrics.get("accuracy")
+        self._refresh_digests()
+        if self.accuracy is None:
+            self.accuracy = self.trainer.evaluate()["accuracy"]
+        self.metrics.accuracy.set(self.accuracy)
+
+    def _refresh_digests(self) -> None:
+        self.digests = {
+            "model": self.model.model_digest(),
+            "backbone": self.model.backbone_digest(),
+            "head": self.model.head_digest(),
+        }
+
+    def _checkpoint(self) -> None:
+        from gossiplearn.peer.checkpoint import CheckpointMeta, save_checkpoint
+
+        meta = CheckpointMeta(
+            rounds_completed=self.rounds.completed,
+            rounds_aborted=self.rounds.aborted,
+            metrics={"accuracy": self.accuracy} if self.accuracy is not None else {},
+        )
+        save_checkpoint(self.directory / CHECKPOINT_DIR, self.model, meta)
+        self._refresh_digests()
+
+    # ---- running ----
+
+    async def run(self) -> None:
+        """Run until SIGINT/SIGTERM (or cancellation); always checkpoints and closes the host."""
+        import torch
+
+        torch.set_num_threads(max(1, self.config.training.threads))
+        await trio.to_thread.run_sync(self._load_model_and_data)
+        cfg = self.config
+        if cfg.peer.admission == "open":
+            log.warning("admission is OPEN: any peer may connect and join rounds (demo mode)")
+        self.node = Node(
+            self.identity,
+            RoundConfig(
+                max_group_size=cfg.round.group_size,
+                frac_bits=cfg.round.frac_bits,
+                invite_timeout_ms=int(cfg.round.invite_timeout_s * 1000),
+                round_timeout_ms=int(cfg.round.round_timeout_s * 1000),
+            ),
+            admitted=self.admission,
+            now_ms=int(time.time() * 1000),
+        )
+        self.host = Host(
+            self.identity, cfg.peer.listen, self.admission, enable_mdns=cfg.discovery.mdns
+        )
+        self.table = NeighbourTable(
+            self.identity.public_key,
+            cfg.discovery.max_neighbours,
+            cfg.discovery.neighbour_timeout_s,
+        )
+        self._sequence = SequenceCounter(sequence_start(int(time.time() * 1000)))
+        self._replay = ReplayGuard()
+        self.discovery = Discovery(
+            self.host,
+            self.table,
+            self.admission,
+            self.identity,
+            bootstrap=cfg.peer.bootstrap,
+            ping_interval_s=cfg.discovery.ping_interval_s,
+            peer_exchange=cfg.discovery.peer_exchange,
+            replay=self._replay,
+            sequence=self._sequence,
+        )
+        self.engine = RoundEngine(self.host, self.node, self._on_action)
+        self.host.handle(ROUND_PROTOCOL, self._handle_round)
+        self.host.handle(PING_PROTOCOL, self.discovery.handle_ping)
+        self.host.handle(PEERS_PROTOCOL, self.discovery.handle_peers)
+        self.host.handle(STATUS_PROTOCOL, self._handle_status)
+
+        try:
+            async with self.host.run(), trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self.status_port = await nursery.start(
+                    serve_status, cfg.status.port, self.status_document, self._render_metrics
+                )
+                self._write_runtime_file()
+                log.info(
+                    "peer %s listening on %s; status on http://127.0.0.1:%d/status",
+                    self.peer_id,
+                    ", ".join(self.host.addrs()),
+                    self.status_port,
+                )
+                nursery.start_soon(self.engine.run)
+                nursery.start_soon(self.discovery.run)
+                nursery.start_soon(self._training_loop)
+                await self._wait_for_stop_signal()
+                await self._stop(nursery)
+        finally:
+            (self.directory / RUNTIME_FILE).unlink(missing_ok=True)
+        log.info("peer %s stopped", self.peer_id)
+
+    async def _wait_for_stop_signal(self) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("received %s: stopping", signal.Signals(signum).name)
+                return
+
+    async def _stop(self, nursery: trio.Nursery) -> None:
+        self._stopping = True
+        with trio.move_on_after(STOP_BUDGET_S):
+            await self.engine.abort("peer_stopping", timeout_s=1.0)
+            async with self._model_lock:
+                await trio.to_thread.run_sync(self._checkpoint)
+        nursery.cancel_scope.cancel()
+
+    def _write_runtime_file(self) -> None:
+        info = {
+            "pid": os.getpid(),
+            "peer_id": self.peer_id,
+            "addrs": self.host.addrs(),
+            "status_port": self.status_port,
+            "started": self.started,
+        }
+        tmp = self.directory / f".{RUNTIME_FILE}.tmp"
+        tmp.write_text(json.dumps(info, indent=2))
+        tmp.replace(self.directory / RUNTIME_FILE)
+
+    # ---- training and gossip ----
+
+    async def _training_loop(self) -> None:
+        """Train locally, publish the new backbone, and now and then invite neighbours."""
+        interval = self.config.round.interval_s
+        while not self._stopping:
+            async with self._model_lock:
+                await trio.to_thread.run_sync(self.trainer.train_local)
+                vector = await trio.to_thread.run_sync(self.model.get_backbone)
+            await self.engine.set_contribution(
+                vector, self.training_samples, self.model.schema_hash
+            )
+            await trio.sleep(interval * self._rng.uniform(0.5, 1.5))
+            live = [n.key for n in self.table.live(time.monotonic())]
+            if len(live) >= 2 and not self.node.busy:
+                await self.engine.start_round(live)
+
+    def _on_action(self, action: Action) -> None:
+        if isinstance(action, MessageRefused):
+            self.rejected[action.reason] += 1
+            self.metrics.rejected_messages.labels(action.reason).inc()
+            if action.sender is not None and action.sender in self.admission:
+                self.discovery.inbound(action.sender)
+        elif isinstance(action, RoundFinished):
+            self._nursery.start_soon(self._apply_round, action)
+        elif isinstance(action, RoundAborted):
+            self.rounds.aborted += 1
+            self.rounds.abort_reasons[action.reason] += 1
+            self.metrics.rounds.labels("aborted").inc()
+            self.metrics.round_aborts.labels(action.reason).inc()
+            self._log_round(action.stats, f"aborted ({action.reason})")
+        elif isinstance(action, RoundCancelled):
+            self.rounds.cancelled += 1
+            self.metrics.rounds.labels("cancelled").inc()
+            log.debug("round %s cancelled: %s", action.group.hex()[:8], action.reason)
+
+    async def _apply_round(self, result: RoundFinished) -> None:
+        mix = self.config.round.mix
+
+        def apply() -> str:
+            self.model.set_backbone(result.average, mix=mix)
+            applied = self.model.backbone_digest()
+            self.trainer.finetune_head()
+            self.accuracy = self.trainer.evaluate()["accuracy"]
+            self.rounds.completed += 1
+            self._checkpoint()
+            return applied
+
+        async with self._model_lock:
+            backbone_digest = await trio.to_thread.run_sync(apply)
+        stats = result.stats
+        self.metrics.rounds.labels("finished").inc()
+        self.metrics.round_seconds.observe(stats.seconds)
+        self.metrics.round_bytes_sent.inc(stats.bytes_sent)
+        self.metrics.accuracy.set(self.accuracy or 0.0)
+        self.rounds.last = {
+            "group": result.group.hex(),
+            "members": [peer_id_from_public_key(m) for m in result.members],
+            "role": stats.role,
+            "seconds": stats.seconds,
+            "bytes_sent": stats.bytes_sent,
+            "bytes_received": stats.bytes_received,
+            "finished_at": time.time(),
+            "backbone_digest": backbone_digest,
+            "clipped": stats.clipped,
+        }
+        self._log_round(stats, f"finished, accuracy {self.accuracy:.4f}")
+
+    def _log_round(self, stats: Any, outcome: str) -> None:
+        members = ",".join(peer_id_from_public_key(m)[-6:] for m in stats.members) or "-"
+        log.info(
+            "round %s members=%s role=%s sent=%dB received=%dB %.2fs %s",
+            stats.group.hex()[:8],
+            members,
+            stats.role,
+            stats.bytes_sent,
+            stats.bytes_received,
+            stats.seconds,
+            outcome,
+        )
+
+    # ---- protocol handlers ----
+
+    async def _handle_round(self, key: bytes, stream: object) -> None:
+        self.discovery.inbound(key)
+        await self.engine.handle_stream(key, stream)
+
+    async def _handle_status(self, key: bytes, stream: object) -> None:
+        frame = await self.host.receive_frame(key, stream, 64 * 1024)
+        if frame is None:
+            return
+        now = int(time.time() * 1000)
+        try:
+            request = decode_envelope(
+                frame,
+                recipient=self.identity.public_key,
+                now_ms=now,
+                replay=self._replay,
+                admitted=self.admission,
+                expected_sender=key,
+            )
+        except ProtocolError as exc:
+            self.rejected[exc.reason] += 1
+            self.metrics.rejected_messages.labels(exc.reason).inc()
+            return
+        if not isinstance(request.body, Status):
+            return
+        reply = encode_envelope(
+            self.identity,
+            self.identity.public_key,
+            key,
+            Status(json.dumps(self.status_document())),
+            seq=self._sequence(),
+            ts=now,
+        )
+        await self.host.send_frame(key, stream, reply)
+        await stream.close()  # type: ignore[attr-defined]
+
+    # ---- status ----
+
+    def status_document(self) -> dict[str, Any]:
+        now = time.monotonic()
+        counters = self.host.counters
+        neighbours = []
+        for n in self.table.all():
+            neighbours.append(
+                {
+                    "peer_id": n.peer_id,
+                    "addrs": n.addrs,
+                    "live": self.table.is_live(n, now),
+                    "rtt_ms": None if n.rtt_ms is None else round(n.rtt_ms, 3),
+                    "last_seen_s": None if n.last_seen is None else round(now - n.last_seen, 3),
+                    "source": n.source,
+                    "failures": n.failures,
+                    "bytes_in": counters.bytes_in.get(n.key, 0),
+                    "bytes_out": counters.bytes_out.get(n.key, 0),
+                }
+            )
+        rejected = Counter(self.rejected)
+        rejected.update(self.discovery.rejected)
+        return {
+            "schema": STATUS_SCHEMA_VERSION,
+            "version": __version__,
+            "peer_id": self.peer_id,
+            "addrs": self.host.addrs(),
+            "uptime_s": round(time.time() - self.started, 3),
+            "neighbours": neighbours,
+            "rounds": {
+                "completed": self.rounds.completed,
+                "aborted": self.rounds.aborted,
+                "cancelled": self.rounds.cancelled,
+                "abort_reasons": dict(self.rounds.abort_reasons),
+                "in_progress": self.node.busy,
+                "last": self.rounds.last,
+            },
+            "refused_connections": counters.refused_connections + counters.refused_streams,
+            "rejected_messages": dict(rejected),
+            "model_digest": self.digests.get("model"),
+            "backbone_digest": self.digests.get("backbone"),
+            "head_digest": self.digests.get("head"),
+            "accuracy": self.accuracy,
+            "data": {
+                "train_samples": self.training_samples,
+                "validation_samples": self.validation_samples,
+            },
+        }
+
+    def _render_metrics(self) -> bytes:
+        counters = self.host.counters
+        self.metrics.refused_connections.set(
+            counters.refused_connections + counters.refused_streams
+        )
+        self.metrics.neighbours_live.set(len(self.table.live(time.monotonic())))
+        self.metrics.uptime.set(time.time() - self.started)
+        return self.metrics.render()
+
+
+def runtime_info(directory: Path) -> dict[str, Any] | None:
+    """What a running daemon wrote about itself (pid, addresses, status port), if anything."""
+    try:
+        return json.loads((Path(directory) / RUNTIME_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None

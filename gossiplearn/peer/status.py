@@ -1,0 +1,121 @@
+"""The status endpoint: ``GET /status`` (JSON) and ``GET /metrics`` (Prometheus text) served
+on 127.0.0.1 only, plus the metrics themselves.
+
+The JSON document's schema is stable and documented in README.md ("Status document"); new keys
+may be added, existing ones keep their meaning. ``STATUS_SCHEMA_VERSION`` changes only if a key
+changes meaning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import trio
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+log = logging.getLogger("gossiplearn.status")
+
+STATUS_SCHEMA_VERSION = 1
+MAX_REQUEST_BYTES = 8192
+REQUEST_TIMEOUT_S = 5.0
+
+
+class Metrics:
+    """Prometheus metrics of one peer, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.rounds = Counter("gossiplearn_rounds", "Rounds by outcome.", ["outcome"], registry=r)
+        self.round_aborts = Counter(
+            "gossiplearn_round_aborts", "Aborted rounds by reason.", ["reason"], registry=r
+        )
+        self.rejected_messages = Counter(
+            "gossiplearn_rejected_messages",
+            "Messages refused, by reason (decode, signature, replay, ...).",
+            ["reason"],
+            registry=r,
+        )
+        self.round_seconds = Histogram(
+            "gossiplearn_round_seconds",
+            "Duration of completed rounds.",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            registry=r,
+        )
+        self.round_bytes_sent = Counter(
+            "gossiplearn_round_bytes_sent", "Frame bytes sent in rounds.", registry=r
+        )
+        self.refused_connections = Gauge(
+            "gossiplearn_refused_connections",
+            "Connections and streams refused by admission since start.",
+            registry=r,
+        )
+        self.neighbours_live = Gauge(
+            "gossiplearn_neighbours_live", "Neighbours that answered recently.", registry=r
+        )
+        self.accuracy = Gauge(
+            "gossiplearn_validation_accuracy", "Accuracy on local held-out data.", registry=r
+        )
+        self.uptime = Gauge("gossiplearn_uptime_seconds", "Seconds since start.", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+async def serve_status(
+    port: int,
+    status: Callable[[], dict[str, Any]],
+    metrics: Callable[[], bytes],
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,  # type: ignore[name-defined]
+) -> None:
+    """Serve the endpoint on 127.0.0.1:``port`` until cancelled; reports the bound port."""
+    listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
+    task_status.started(listeners[0].socket.getsockname()[1])
+
+    async def handle(stream: trio.SocketStream) -> None:
+        try:
+            with trio.move_on_after(REQUEST_TIMEOUT_S):
+                path = await _read_request_path(stream)
+                if path is None:
+                    await _respond(stream, 400, "text/plain", b"bad request\n")
+                elif path in ("/status", "/status/"):
+                    body = json.dumps(status(), indent=2, sort_keys=True).encode() + b"\n"
+                    await _respond(stream, 200, "application/json", body)
+                elif path == "/metrics":
+                    await _respond(stream, 200, "text/plain; version=0.0.4", metrics())
+                else:
+                    await _respond(stream, 404, "text/plain", b"try /status or /metrics\n")
+        except Exception as exc:  # a broken client must never take the endpoint down
+            log.debug("status request failed: %r", exc)
+        finally:
+            await stream.aclose()
+
+    await trio.serve_listeners(handle, listeners)
+
+
+async def _read_request_path(stream: trio.SocketStream) -> str | None:
+    data = b""
+    while b"\r\n\r\n" not in data and b"\n\n" not in data:
+        chunk = await stream.receive_some(1024)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > MAX_REQUEST_BYTES:
+            return None
+    parts = data.split(b"\r\n", 1)[0].split(b"\n", 1)[0].split()
+    if len(parts) < 2 or parts[0] != b"GET":
+        return None
+    return parts[1].split(b"?", 1)[0].decode("ascii", "replace")
+
+
+async def _respond(stream: trio.SocketStream, code: int, kind: str, body: bytes) -> None:
+    reason = {200: "OK", 400: "Bad Request", 404: "Not Found"}[code]
+    head = (
+        f"HTTP/1.1 {code} {reason}\r\nContent-Type: {kind}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    await stream.send_all(head.encode() + body)

@@ -1,0 +1,103 @@
+"""Data loader specs: resolving 'module:function' and the loader's contract."""
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from gossiplearn.peer.data import DataLoaderError, load_datasets, resolve
+from gossiplearn.sim.datasets import digits
+
+SAMPLES = TensorDataset(torch.zeros(3, 2), torch.zeros(3, dtype=torch.int64))
+EMPTY = TensorDataset(torch.zeros(0, 2), torch.zeros(0, dtype=torch.int64))
+
+
+# Loaders for the contract tests, named through this module's own spec.
+def good_loader(size: int = 3):
+    return SAMPLES, TensorDataset(torch.zeros(size, 2), torch.zeros(size, dtype=torch.int64))
+
+
+def list_loader():
+    return [SAMPLES, SAMPLES]
+
+
+def triple_loader():
+    return SAMPLES, SAMPLES, SAMPLES
+
+
+def iterable_loader():
+    return SAMPLES, iter([1, 2])
+
+
+def empty_loader():
+    return EMPTY, SAMPLES
+
+
+def failing_loader():
+    raise RuntimeError("disk on fire")
+
+
+NOT_CALLABLE = 42
+
+
+class Namespace:
+    @staticmethod
+    def loader():
+        return SAMPLES, SAMPLES
+
+
+def spec(name: str) -> str:
+    return f"{__name__}:{name}"
+
+
+def test_resolve_finds_functions_and_dotted_attributes():
+    assert resolve("gossiplearn.sim.datasets:digits") is digits
+    assert resolve(spec("Namespace.loader")) is Namespace.loader
+
+
+@pytest.mark.parametrize(
+    ("bad_spec", "message"),
+    [
+        ("gossiplearn.sim.datasets.digits", "not of the form"),
+        ("gossiplearn.sim.datasets:", "not of the form"),
+        (":digits", "not of the form"),
+        ("a:b:c", "not of the form"),
+        ("gossip-learn:x", "not of the form"),
+        ("no_such_package_xyz.data:load", "module 'no_such_package_xyz.data' not found"),
+        ("gossiplearn.no_such_module:load", "not found"),
+        ("gossiplearn.sim.datasets:no_such_function", "'no_such_function' not found"),
+        (spec("NOT_CALLABLE"), "not callable"),
+    ],
+)
+def test_resolve_errors_are_clear(bad_spec, message):
+    with pytest.raises(DataLoaderError, match=message):
+        resolve(bad_spec)
+
+
+def test_load_datasets_passes_options():
+    train, validation = load_datasets(spec("good_loader"), {"size": 5})
+    assert len(train) == 3
+    assert len(validation) == 5
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("list_loader", {}, "must return a \\(train, validation\\) tuple, got list"),
+        ("triple_loader", {}, "tuple"),
+        ("iterable_loader", {}, "validation set .* is not a map-style dataset"),
+        ("empty_loader", {}, "training set is empty"),
+        ("good_loader", {"size": 0}, "validation set is empty"),
+        ("good_loader", {"colour": "red"}, "failed: TypeError"),
+        ("failing_loader", {}, "failed: RuntimeError: disk on fire"),
+    ],
+)
+def test_load_datasets_contract_errors(name, options, message):
+    with pytest.raises(DataLoaderError, match=message):
+        load_datasets(spec(name), options)
+
+
+def test_builtin_digits_loader_through_a_spec():
+    train, validation = load_datasets(
+        "gossiplearn.sim.datasets:digits", {"shard": "1/4", "partition": "iid"}
+    )
+    assert len(train) + len(validation) in (449, 450)
