@@ -75,8 +75,8 @@ def fetch_remote(address: str, identity_dir: Path) -> dict[str, Any]:
                     seq=sequence_start(now),
                     ts=now,
                 )
-                await write_frame(stream, request)
-                reply = await read_frame(stream, 1 << 20)
+                await write_frame(stream, request)  # type: ignore[arg-type]
+                reply = await read_frame(stream, 1 << 20)  # type: ignore[arg-type]
         if reply is None:
             raise NotRunning(f"{address} closed the stream: does it admit {identity.peer_id}?")
         envelope = decode_envelope(
@@ -154,11 +154,12 @@ def render(document: dict[str, Any]) -> Any:
 
 
 def _bytes(count: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if count < 1000 or unit == "GB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1000
-    return str(count)
+    value = float(count)
+    for unit in ("B", "KB", "MB"):
+        if value < 1000:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} GB"
 
 
 def status(

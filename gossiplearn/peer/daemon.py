@@ -18,7 +18,7 @@ import os
 import random
 import signal
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,7 +66,8 @@ from gossiplearn.protocol.round import (
 log = logging.getLogger("gossiplearn.peer")
 
 RUNTIME_FILE = "daemon.json"
-STOP_BUDGET_S = 4.0  # the whole stop (abort, checkpoint, close) fits in the 5 s promise
+STOP_BUDGET_S = 4.0
+HISTORY = 32  # finished rounds kept for the status document  # the whole stop (abort, checkpoint, close) fits in the 5 s promise
 
 
 @dataclass
@@ -75,7 +76,11 @@ class RoundLog:
     aborted: int = 0
     cancelled: int = 0
     abort_reasons: Counter[str] = field(default_factory=Counter)
-    last: dict[str, Any] | None = None
+    history: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=HISTORY))
+
+    @property
+    def last(self) -> dict[str, Any] | None:
+        return self.history[-1] if self.history else None
 
 
 class Peer:
@@ -137,7 +142,7 @@ class Peer:
             ),
         )
         self.training_samples = self.trainer.num_train_samples
-        self.validation_samples = len(validation)
+        self.validation_samples = len(validation)  # type: ignore[arg-type]
         meta = load_checkpoint(self.directory / CHECKPOINT_DIR, self.model) or CheckpointMeta()
         self.rounds.completed = meta.rounds_completed
         self.rounds.aborted = meta.rounds_aborted
@@ -317,17 +322,19 @@ class Peer:
         self.metrics.round_seconds.observe(stats.seconds)
         self.metrics.round_bytes_sent.inc(stats.bytes_sent)
         self.metrics.accuracy.set(self.accuracy or 0.0)
-        self.rounds.last = {
-            "group": result.group.hex(),
-            "members": [peer_id_from_public_key(m) for m in result.members],
-            "role": stats.role,
-            "seconds": stats.seconds,
-            "bytes_sent": stats.bytes_sent,
-            "bytes_received": stats.bytes_received,
-            "finished_at": time.time(),
-            "backbone_digest": backbone_digest,
-            "clipped": stats.clipped,
-        }
+        self.rounds.history.append(
+            {
+                "group": result.group.hex(),
+                "members": [peer_id_from_public_key(m) for m in result.members],
+                "role": stats.role,
+                "seconds": stats.seconds,
+                "bytes_sent": stats.bytes_sent,
+                "bytes_received": stats.bytes_received,
+                "finished_at": time.time(),
+                "backbone_digest": backbone_digest,
+                "clipped": stats.clipped,
+            }
+        )
         self._log_round(stats, f"finished, accuracy {self.accuracy:.4f}")
 
     def _log_round(self, stats: Any, outcome: str) -> None:
@@ -416,6 +423,7 @@ class Peer:
                 "abort_reasons": dict(self.rounds.abort_reasons),
                 "in_progress": self.node.busy,
                 "last": self.rounds.last,
+                "history": list(self.rounds.history),
             },
             "refused_connections": counters.refused_connections + counters.refused_streams,
             "rejected_messages": dict(rejected),

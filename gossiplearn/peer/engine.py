@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import trio
@@ -106,9 +107,8 @@ class RoundEngine:
                     actions = await self._execute(command)
                 self._dispatch(actions)
 
-    async def _call(
-        self, fn: Callable[..., list[Action]], *args: object, **kwargs: object
-    ) -> list[Action]:
+    async def _call(self, fn: Callable[..., Any], *args: object, **kwargs: object) -> Any:
+        """Run a machine method in a worker thread (only this task ever touches the machine)."""
         return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
 
     async def _execute(self, command: object) -> list[Action]:
