@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +177,18 @@ def test_three_peers_average_securely_and_survive_restart(network, tmp_path: Pat
     assert shared, "no round in every peer's history"
     assert all(len(by_group[g]) == 1 for g in shared), "backbones differ after a round"
     assert len({doc["head_digest"] for doc in docs}) == PEERS, "personal heads should differ"
+
+    # An admitted peer can ask for the status remotely, over libp2p.
+    remote = json.loads(
+        cli("status", "--addr", addresses[0], "--identity", dirs[1], "--json").stdout
+    )
+    assert remote["peer_id"] == docs[0]["peer_id"]
+    # Prometheus text on /metrics.
+    port = load_config(dirs[0]).status.port
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        metrics = response.read().decode()
+    assert 'gossiplearn_rounds_total{outcome="finished"}' in metrics
+    assert "gossiplearn_refused_connections" in metrics
 
     # A peer on nobody's allowlist is refused and counted, and changes nothing.
     stranger = tmp_path / "stranger"

@@ -1,0 +1,63 @@
+"""Discovery over real libp2p hosts in one trio process: peers that only know a bootstrap
+peer find each other through signed peer records, and only admitted peers are passed on."""
+
+import time
+
+import pytest
+import trio
+
+from gossiplearn.crypto.identity import Identity
+from gossiplearn.peer.discovery import Discovery
+from gossiplearn.peer.host import PEERS_PROTOCOL, PING_PROTOCOL, Admission, Host
+from gossiplearn.peer.neighbours import NeighbourTable
+from gossiplearn.protocol import ReplayGuard, SequenceCounter, sequence_start
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def make_peer(identity: Identity, admitted: list[bytes], bootstrap: list[str]):
+    admission = Admission(admitted)
+    host = Host(identity, ["/ip4/127.0.0.1/tcp/0"], admission)
+    table = NeighbourTable(identity.public_key, max_neighbours=8, timeout_s=5)
+    discovery = Discovery(
+        host,
+        table,
+        admission,
+        identity,
+        bootstrap=bootstrap,
+        ping_interval_s=0.2,
+        peer_exchange=True,
+        replay=ReplayGuard(),
+        sequence=SequenceCounter(sequence_start(int(time.time() * 1000))),
+    )
+    host.handle(PING_PROTOCOL, discovery.handle_ping)
+    host.handle(PEERS_PROTOCOL, discovery.handle_peers)
+    return host, table, discovery
+
+
+async def test_peers_meet_through_a_bootstrap_peer_and_strangers_are_not_passed_on():
+    hub, left, right, stranger = (Identity.generate() for _ in range(4))
+    members = [hub.public_key, left.public_key, right.public_key]
+    hub_host, hub_table, hub_discovery = make_peer(hub, members + [stranger.public_key], [])
+    async with hub_host.run(), trio.open_nursery() as nursery:
+        nursery.start_soon(hub_discovery.run)
+        hub_address = hub_host.addrs()[0]
+        others = [make_peer(identity, members, [hub_address]) for identity in (left, right)]
+        others.append(make_peer(stranger, [hub.public_key], [hub_address]))
+        async with others[0][0].run(), others[1][0].run(), others[2][0].run():
+            for _, _, discovery in others:
+                nursery.start_soon(discovery.run)
+            left_table, right_table = others[0][1], others[1][1]
+            with trio.fail_after(30):
+                while not (
+                    right.public_key in {n.key for n in left_table.live(time.monotonic())}
+                    and left.public_key in {n.key for n in right_table.live(time.monotonic())}
+                ):
+                    await trio.sleep(0.1)
+            neighbour = left_table.get(right.public_key)
+            assert neighbour.source == "exchange" and neighbour.addrs
+            assert neighbour.rtt_ms is not None
+            # The hub admits the stranger, but left and right do not: never passed to them.
+            assert stranger.public_key not in left_table
+            assert stranger.public_key not in right_table
+            nursery.cancel_scope.cancel()
