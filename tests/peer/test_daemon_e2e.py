@@ -217,10 +217,11 @@ def test_three_peers_average_securely_and_survive_restart(network, tmp_path: Pat
     assert stopped.returncode == 1
     assert "not running" in stopped.stderr and len(stopped.stderr.strip().splitlines()) == 1
 
-    # Restarted alone (no group possible), it resumes the checkpoint exactly.
-    sidecar = json.loads((dirs[0] / "checkpoints" / "model.json").read_text())
-    processes[dirs[0]] = start(dirs[0])
-    resumed = wait_for(lambda: status(dirs[0]), 30, "the restarted daemon")
-    assert resumed["rounds"]["completed"] == sidecar["rounds_completed"]
-    assert resumed["model_digest"] == sidecar["model_digest"]
-    assert stop(processes[dirs[0]]) < STOP_BUDGET_S
+    # Restarted (alone, so no round can change it meanwhile), each resumes its checkpoint.
+    for directory in dirs:
+        sidecar = json.loads((directory / "checkpoints" / "model.json").read_text())
+        processes[directory] = start(directory)
+        resumed = wait_for(lambda d=directory: status(d), 30, "the restarted daemon")
+        assert resumed["rounds"]["completed"] == sidecar["rounds_completed"]
+        assert resumed["model_digest"] == sidecar["model_digest"]
+        assert stop(processes[directory]) < STOP_BUDGET_S
