@@ -15,6 +15,8 @@ from pathlib import Path
 import nacl.exceptions
 import nacl.signing
 
+from gossiplearn.fileio import fsync_directory
+
 SEED_BYTES = 32
 PUBLIC_KEY_BYTES = 32
 
@@ -107,14 +109,6 @@ class Identity:
         return signing_key.sign(message).signature
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_key_file(path: str | os.PathLike[str], identity: Identity) -> Path:
     """Write the seed atomically with mode 0600; never overwrites an existing file.
 
@@ -140,7 +134,7 @@ def write_key_file(path: str | os.PathLike[str], identity: Identity) -> Path:
             ) from None
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_directory(path.parent)
     return path
 
 

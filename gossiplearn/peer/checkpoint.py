@@ -14,10 +14,8 @@ writer per directory is assumed (the daemon owns its directory).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from gossiplearn.fileio import TEMP_SUFFIX, temp_prefix, write_atomically
 from gossiplearn.peer.model import SplitModel, digest_of
 
 MODEL_FILE = "model.safetensors"
@@ -34,7 +33,6 @@ FORMAT_VERSION = 1
 # Checkpoints hold a model trained on private data: readable by the owner only.
 _FILE_MODE = 0o600
 _DIRECTORY_MODE = 0o700
-_TEMP_SUFFIX = ".tmp"
 
 
 class CheckpointError(RuntimeError):
@@ -56,40 +54,9 @@ class CheckpointMeta:
     version: int = FORMAT_VERSION
 
 
-def _temp_prefix(name: str) -> str:
-    return f".{name}."
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """Have ``write`` fill a temp file next to ``path``, make it durable, rename it over."""
-    fd, temp_name = tempfile.mkstemp(
-        prefix=_temp_prefix(path.name), suffix=_TEMP_SUFFIX, dir=path.parent
-    )
-    temp = Path(temp_name)
-    try:
-        os.close(fd)
-        write(temp)
-        os.chmod(temp, _FILE_MODE)
-        with open(temp, "rb+") as written:
-            os.fsync(written.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-
-
 def _remove_stale_temp_files(directory: Path) -> None:
     for name in (MODEL_FILE, SIDECAR_FILE):
-        for stale in directory.glob(f"{_temp_prefix(name)}*{_TEMP_SUFFIX}"):
+        for stale in directory.glob(f"{temp_prefix(name)}*{TEMP_SUFFIX}"):
             stale.unlink(missing_ok=True)
 
 
@@ -134,10 +101,14 @@ def save_checkpoint(directory: Path, model: SplitModel, meta: CheckpointMeta) ->
     tensors = _tensors_for_saving(model)
 
     model_path = directory / MODEL_FILE
-    _write_atomically(
-        model_path, lambda temp: save_file(tensors, temp, metadata={METADATA_KEY: meta_json})
+    write_atomically(
+        model_path,
+        lambda temp: save_file(tensors, temp, metadata={METADATA_KEY: meta_json}),
+        _FILE_MODE,
     )
-    _write_atomically(directory / SIDECAR_FILE, lambda temp: temp.write_text(meta_json + "\n"))
+    write_atomically(
+        directory / SIDECAR_FILE, lambda temp: temp.write_text(meta_json + "\n"), _FILE_MODE
+    )
     return model_path
 
 

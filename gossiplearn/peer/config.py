@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from gossiplearn.fileio import write_atomically
 
 CONFIG_FILE = "config.toml"
 IDENTITY_FILE = "identity.key"
@@ -261,10 +262,6 @@ def save_config(directory: Path, config: PeerConfig) -> Path:
     """Write the documented config atomically (temp file, fsync, rename)."""
     config.validate()
     path = Path(directory) / CONFIG_FILE
-    tmp = path.with_name(f".{CONFIG_FILE}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(render_config(config))
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    text = render_config(config)
+    write_atomically(path, lambda temp: temp.write_text(text, encoding="utf-8"), 0o644)
     return path

@@ -12,6 +12,7 @@ host and returns, well within 5 seconds.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -45,11 +46,9 @@ from gossiplearn.peer.host import (
 from gossiplearn.peer.neighbours import NeighbourTable
 from gossiplearn.peer.status import STATUS_SCHEMA_VERSION, Metrics, serve_status
 from gossiplearn.protocol import (
-    ProtocolError,
     ReplayGuard,
     SequenceCounter,
     Status,
-    decode_envelope,
     encode_envelope,
     sequence_start,
 )
@@ -65,7 +64,6 @@ from gossiplearn.protocol.round import (
 
 log = logging.getLogger("gossiplearn.peer")
 
-RUNTIME_FILE = "daemon.json"
 STOP_BUDGET_S = 4.0
 HISTORY = 32  # finished rounds kept for the status document  # the whole stop (abort, checkpoint, close) fits in the 5 s promise
 
@@ -127,20 +125,11 @@ class Peer:
             share_batchnorm_stats=cfg.model.share_batchnorm_stats,
         )
         train, validation = load_datasets(cfg.data.loader, cfg.data.options)
-        t = cfg.training
-        self.trainer = Trainer(
-            self.model,
-            train,
-            validation,
-            TrainConfig(
-                epochs=t.epochs,
-                batch_size=t.batch_size,
-                lr=t.lr,
-                momentum=t.momentum,
-                head_epochs=t.head_epochs,
-                seed=t.seed,
-            ),
+        # The config's training section is TrainConfig's fields plus `threads` (set in run()).
+        train_config = TrainConfig(
+            **{f.name: getattr(cfg.training, f.name) for f in dataclasses.fields(TrainConfig)}
         )
+        self.trainer = Trainer(self.model, train, validation, train_config)
         self.training_samples = self.trainer.num_train_samples
         self.validation_samples = len(validation)  # type: ignore[arg-type]
         meta = load_checkpoint(self.directory / CHECKPOINT_DIR, self.model) or CheckpointMeta()
@@ -212,6 +201,7 @@ class Peer:
             peer_exchange=cfg.discovery.peer_exchange,
             replay=self._replay,
             sequence=self._sequence,
+            on_rejected=self._count_rejected,
         )
         self.engine = RoundEngine(self.host, self.node, self._on_action)
         self.host.handle(ROUND_PROTOCOL, self._handle_round)
@@ -219,26 +209,22 @@ class Peer:
         self.host.handle(PEERS_PROTOCOL, self.discovery.handle_peers)
         self.host.handle(STATUS_PROTOCOL, self._handle_status)
 
-        try:
-            async with self.host.run(), trio.open_nursery() as nursery:
-                self._nursery = nursery
-                self.status_port = await nursery.start(
-                    serve_status, cfg.status.port, self.status_document, self._render_metrics
-                )
-                self._write_runtime_file()
-                log.info(
-                    "peer %s listening on %s; status on http://127.0.0.1:%d/status",
-                    self.peer_id,
-                    ", ".join(self.host.addrs()),
-                    self.status_port,
-                )
-                nursery.start_soon(self.engine.run)
-                nursery.start_soon(self.discovery.run)
-                nursery.start_soon(self._training_loop)
-                await self._wait_for_stop_signal()
-                await self._stop(nursery)
-        finally:
-            (self.directory / RUNTIME_FILE).unlink(missing_ok=True)
+        async with self.host.run(), trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self.status_port = await nursery.start(
+                serve_status, cfg.status.port, self.status_document, self._render_metrics
+            )
+            log.info(
+                "peer %s listening on %s; status on http://127.0.0.1:%d/status",
+                self.peer_id,
+                ", ".join(self.host.addrs()),
+                self.status_port,
+            )
+            nursery.start_soon(self.engine.run)
+            nursery.start_soon(self.discovery.run)
+            nursery.start_soon(self._training_loop)
+            await self._wait_for_stop_signal()
+            await self._stop(nursery)
         log.info("peer %s stopped", self.peer_id)
 
     async def _wait_for_stop_signal(self) -> None:
@@ -254,18 +240,6 @@ class Peer:
             async with self._model_lock:
                 await trio.to_thread.run_sync(self._checkpoint)
         nursery.cancel_scope.cancel()
-
-    def _write_runtime_file(self) -> None:
-        info = {
-            "pid": os.getpid(),
-            "peer_id": self.peer_id,
-            "addrs": self.host.addrs(),
-            "status_port": self.status_port,
-            "started": self.started,
-        }
-        tmp = self.directory / f".{RUNTIME_FILE}.tmp"
-        tmp.write_text(json.dumps(info, indent=2))
-        tmp.replace(self.directory / RUNTIME_FILE)
 
     # ---- training and gossip ----
 
@@ -284,10 +258,13 @@ class Peer:
             if len(live) >= 2 and not self.node.busy:
                 await self.engine.start_round(live)
 
+    def _count_rejected(self, reason: str) -> None:
+        self.rejected[reason] += 1
+        self.metrics.rejected_messages.labels(reason).inc()
+
     def _on_action(self, action: Action) -> None:
         if isinstance(action, MessageRefused):
-            self.rejected[action.reason] += 1
-            self.metrics.rejected_messages.labels(action.reason).inc()
+            self._count_rejected(action.reason)
             if action.sender is not None and action.sender in self.admission:
                 self.discovery.inbound(action.sender)
         elif isinstance(action, RoundFinished):
@@ -360,19 +337,8 @@ class Peer:
         frame = await self.host.receive_frame(key, stream, 64 * 1024)
         if frame is None:
             return
-        now = int(time.time() * 1000)
-        try:
-            request = decode_envelope(
-                frame,
-                recipient=self.identity.public_key,
-                now_ms=now,
-                replay=self._replay,
-                admitted=self.admission,
-                expected_sender=key,
-            )
-        except ProtocolError as exc:
-            self.rejected[exc.reason] += 1
-            self.metrics.rejected_messages.labels(exc.reason).inc()
+        request = self.discovery.open_envelope(key, frame)
+        if request is None:
             return
         if not isinstance(request.body, Status):
             return
@@ -382,7 +348,7 @@ class Peer:
             key,
             Status(json.dumps(self.status_document())),
             seq=self._sequence(),
-            ts=now,
+            ts=int(time.time() * 1000),
         )
         await self.host.send_frame(key, stream, reply)
         await stream.close()  # type: ignore[attr-defined]
@@ -407,8 +373,6 @@ class Peer:
                     "bytes_out": counters.bytes_out.get(n.key, 0),
                 }
             )
-        rejected = Counter(self.rejected)
-        rejected.update(self.discovery.rejected)
         return {
             "schema": STATUS_SCHEMA_VERSION,
             "version": __version__,
@@ -426,7 +390,7 @@ class Peer:
                 "history": list(self.rounds.history),
             },
             "refused_connections": counters.refused_connections + counters.refused_streams,
-            "rejected_messages": dict(rejected),
+            "rejected_messages": dict(self.rejected),
             "model_digest": self.digests.get("model"),
             "backbone_digest": self.digests.get("backbone"),
             "head_digest": self.digests.get("head"),
@@ -445,11 +409,3 @@ class Peer:
         self.metrics.neighbours_live.set(len(self.table.live(time.monotonic())))
         self.metrics.uptime.set(time.time() - self.started)
         return self.metrics.render()
-
-
-def runtime_info(directory: Path) -> dict[str, Any] | None:
-    """What a running daemon wrote about itself (pid, addresses, status port), if anything."""
-    try:
-        return json.loads((Path(directory) / RUNTIME_FILE).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None

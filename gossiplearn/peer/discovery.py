@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable
 
 import trio
 
@@ -31,6 +32,7 @@ from gossiplearn.peer.host import (
 )
 from gossiplearn.peer.neighbours import NeighbourTable
 from gossiplearn.protocol import (
+    Envelope,
     PeerRecord,
     Peers,
     ProtocolError,
@@ -66,6 +68,7 @@ class Discovery:
         peer_exchange: bool,
         replay: ReplayGuard,
         sequence: SequenceCounter,
+        on_rejected: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self.host = host
         self.table = table
@@ -77,7 +80,7 @@ class Discovery:
         self.replay = replay
         self.sequence = sequence
         self.records: dict[bytes, PeerRecord] = {}
-        self.rejected: dict[str, int] = {}
+        self.on_rejected = on_rejected
         self._rng = random.Random(os.urandom(8))
 
     # ---- tasks ----
@@ -204,28 +207,34 @@ class Discovery:
             self.identity, self.identity.public_key, to, body, seq=self.sequence(), ts=now
         )
 
-    def _ingest(self, sender: bytes, frame: bytes) -> None:
-        now = _now_ms()
+    def open_envelope(self, sender: bytes, frame: bytes) -> Envelope | None:
+        """Decode and check a PEERS or STATUS frame from ``sender``; None (counted) if refused."""
         try:
-            envelope = decode_envelope(
+            return decode_envelope(
                 frame,
                 recipient=self.identity.public_key,
-                now_ms=now,
+                now_ms=_now_ms(),
                 replay=self.replay,
                 admitted=self.admission,
                 expected_sender=sender,
             )
         except ProtocolError as exc:
-            self.rejected[exc.reason] = self.rejected.get(exc.reason, 0) + 1
+            self.on_rejected(exc.reason)
+            return None
+
+    def _ingest(self, sender: bytes, frame: bytes) -> None:
+        envelope = self.open_envelope(sender, frame)
+        if envelope is None:
             return
         if not isinstance(envelope.body, Peers):
-            self.rejected["unexpected_type"] = self.rejected.get("unexpected_type", 0) + 1
+            self.on_rejected("unexpected_type")
             return
+        now = _now_ms()
         for record in envelope.body.records:
             if record.key == self.identity.public_key or record.key not in self.admission:
                 continue  # only admitted peers are passed on
             if not record.verify(now):
-                self.rejected["bad_peer_record"] = self.rejected.get("bad_peer_record", 0) + 1
+                self.on_rejected("bad_peer_record")
                 continue
             known = self.records.get(record.key)
             if known is None or record.seq > known.seq:
