@@ -11,7 +11,7 @@ PIP_FLAGS  ?= --disable-pip-version-check --quiet
 BIN := $(VENV)/bin
 PY  := $(BIN)/python
 
-.PHONY: sim test bench lint sysdeps clean
+.PHONY: sim test bench lint sysdeps datasets clean
 
 # libp2p's fastecdsa builds from source against GMP. Installed here when root with apt,
 # otherwise we say exactly what is missing.
@@ -22,6 +22,17 @@ sysdeps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libgmp-dev; \
 	else \
 		echo "error: GMP headers missing; install libgmp-dev (Debian/Ubuntu) or gmp-devel, then rerun" >&2; exit 1; \
+	fi
+
+# Fashion-MNIST ships as a Debian package (no downloads at run time); the loader tests and the
+# learning benchmark use it. Installed when root with apt; otherwise its tests are skipped.
+datasets:
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing dataset-fashion-mnist"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+		echo "note: dataset-fashion-mnist not installed (apt-get install dataset-fashion-mnist)"; \
 	fi
 
 $(BIN)/activate:
@@ -41,13 +52,17 @@ $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 	@touch $@
 
 sim: $(VENV)/.installed
-	$(BIN)/gossiplearn sim --peers 4 --rounds 5 --mode process --out out/sim
+	$(BIN)/gossiplearn sim --peers 4 --rounds 5 --mode process --out out/sim --overwrite
 
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev datasets
 	$(BIN)/pytest
 
-bench: $(VENV)/.installed-dev
+bench: $(VENV)/.installed-dev datasets
 	$(PY) benchmarks/crypto_bench.py
+	$(PY) benchmarks/round_bench.py --net memory
+	$(PY) benchmarks/round_bench.py --net libp2p
+	$(PY) benchmarks/learning_bench.py
+	$(PY) benchmarks/scale_bench.py
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check gossiplearn tests benchmarks

@@ -9,8 +9,19 @@ sharding, signing and verifying. Figures:
 - secure_cpu_s, plain_cpu_s: those CPU seconds (all k members together), the minimum over
   --repeats alternating runs after one untimed warm-up round.
 
+``--net libp2p`` runs 4 peer processes on 127.0.0.1, each a libp2p host driving the same
+machine through the daemon's round engine (no training), and prints one JSON line per n:
+
+- secure_round_s, plain_round_s: wall time of a round at the initiator, from invitation to
+  the average (median of --rounds after one warm-up round), secure and unmasked.
+- secure_over_plain_time: their ratio.
+- bytes_per_member_over_model: frame bytes the initiator sent / model bytes.
+- round_model_mb_s: model MB averaged per second (4n / secure_round_s).
+- stream_mb_s: one libp2p stream between two of the same processes, 64 MiB in 1 MiB frames.
+- round_over_stream: round_model_mb_s / stream_mb_s.
+
 Usage: python benchmarks/round_bench.py --net memory [--k 3,4,8] [--n 1000000,10000000]
-(--net libp2p, real peer processes, arrives with the daemon.)
+       python benchmarks/round_bench.py --net libp2p [--n 1000000,10000000]
 """
 
 from __future__ import annotations
@@ -18,15 +29,26 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import random
+import statistics
+import subprocess
 import sys
 import time
 
 import numpy as np
+import trio
 
+from gossiplearn.commands.common import free_port
 from gossiplearn.crypto import Identity
 from gossiplearn.protocol.plaintext import PlaintextNode
-from gossiplearn.protocol.round import Node, RoundConfig, RoundFinished
+from gossiplearn.protocol.round import (
+    Node,
+    RoundAborted,
+    RoundCancelled,
+    RoundConfig,
+    RoundFinished,
+)
 from gossiplearn.sim.memnet import MemoryNetwork
 
 
@@ -57,15 +79,215 @@ def run_round(
     return cpu, sum(net.bytes_sent[key] for key in keys) / k
 
 
+LIBP2P_PEERS = 4
+SINK_PROTOCOL = "/gossiplearn/bench-sink/1.0.0"
+STOP_PROTOCOL = "/gossiplearn/bench-stop/1.0.0"
+STREAM_MIB = 64
+
+
+def run_libp2p(n: int, rounds: int) -> None:
+    """Both variants with fresh processes each; prints one JSON line for this n."""
+    figures = {}
+    for variant in ("secure", "plain"):
+        seeds = [os.urandom(32).hex() for _ in range(LIBP2P_PEERS)]
+        ports = [str(free_port()) for _ in seeds]
+        children = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    __file__,
+                    "--net",
+                    "libp2p",
+                    "--child",
+                    str(i),
+                    "--seeds",
+                    ",".join(seeds),
+                    "--ports",
+                    ",".join(ports),
+                    "--variant",
+                    variant,
+                    "--vector",
+                    str(n),
+                    "--rounds",
+                    str(rounds),
+                ],
+                stdout=subprocess.PIPE if i == 0 else subprocess.DEVNULL,
+                text=True,
+            )
+            for i in range(LIBP2P_PEERS)
+        ]
+        try:
+            output, _ = children[0].communicate(timeout=1800)
+            for child in children[1:]:
+                child.wait(timeout=60)
+        finally:
+            for child in children:
+                if child.poll() is None:
+                    child.kill()
+        figures[variant] = json.loads(output.strip().splitlines()[-1])
+    secure, plain = figures["secure"], figures["plain"]
+    model_mb = 4 * n / 1e6
+    round_mb_s = model_mb / secure["round_s"]
+    print(
+        json.dumps(
+            {
+                "bench": "round",
+                "net": "libp2p",
+                "k": LIBP2P_PEERS,
+                "n": n,
+                "secure_round_s": round(secure["round_s"], 3),
+                "plain_round_s": round(plain["round_s"], 3),
+                "secure_over_plain_time": round(secure["round_s"] / plain["round_s"], 3),
+                "bytes_per_member_over_model": round(secure["bytes_sent"] / (4 * n), 4),
+                "round_model_mb_s": round(round_mb_s, 1),
+                "stream_mb_s": round(secure["stream_mb_s"], 1),
+                "round_over_stream": round(round_mb_s / secure["stream_mb_s"], 3),
+            }
+        ),
+        flush=True,
+    )
+
+
+async def libp2p_child(args: argparse.Namespace) -> None:
+    """One peer process: a host, the round engine, a synthetic backbone. Peer 0 measures."""
+    from gossiplearn.peer.engine import RoundEngine
+    from gossiplearn.peer.host import ROUND_PROTOCOL, Admission, Host
+
+    identities = [Identity(bytes.fromhex(s)) for s in args.seeds.split(",")]
+    ports = args.ports.split(",")
+    me = identities[args.child]
+    keys = [identity.public_key for identity in identities]
+    admission = Admission(keys)
+    host = Host(me, [f"/ip4/127.0.0.1/tcp/{ports[args.child]}"], admission)
+    node_class = PlaintextNode if args.variant == "plain" else Node
+    node = node_class(
+        me,
+        RoundConfig(max_group_size=len(keys), round_timeout_ms=600_000),
+        admitted=admission,
+        now_ms=int(time.time() * 1000),
+    )
+    outcome: dict[str, object] = {}
+    round_over = trio.Event()
+
+    def on_action(action: object) -> None:
+        nonlocal round_over
+        if isinstance(action, RoundFinished | RoundAborted | RoundCancelled):
+            outcome["last"] = action
+            round_over.set()
+
+    engine = RoundEngine(host, node, on_action)
+    stop = trio.Event()
+
+    async def sink(key: bytes, stream: object) -> None:
+        while await host.receive_frame(key, stream, 2 << 20) is not None:
+            pass
+        await host.send_frame(key, stream, b"ok")
+        await stream.close()  # type: ignore[attr-defined]
+
+    async def on_stop(key: bytes, stream: object) -> None:
+        stop.set()
+        await stream.close()  # type: ignore[attr-defined]
+
+    host.handle(ROUND_PROTOCOL, engine.handle_stream)
+    host.handle(SINK_PROTOCOL, sink)
+    host.handle(STOP_PROTOCOL, on_stop)
+    vector = np.random.default_rng(args.child).normal(0, 1, args.vector).astype(np.float32)
+    async with host.run(), trio.open_nursery() as nursery:
+        for key, port in zip(keys, ports, strict=True):
+            if key != me.public_key:  # members send parts to each other, not only to peer 0
+                host.remember_addrs(key, [_address(key, port)])
+        nursery.start_soon(engine.run)
+        await engine.set_contribution(vector, 100 + args.child, b"b" * 32)
+        if args.child != 0:
+            await stop.wait()
+            nursery.cancel_scope.cancel()
+            return
+        others = keys[1:]
+        for key, port in zip(others, ports[1:], strict=True):
+            await _connect_with_retry(host, key, port)
+        stream_mb_s = await _stream_mb_s(host, others[0])
+        times, sent = [], []
+        for _attempt in range(args.rounds + 1 + 20):  # one warm-up; retries if a peer was busy
+            round_over = trio.Event()
+            began = time.perf_counter()
+            await engine.start_round(others)
+            with trio.fail_after(600):
+                await round_over.wait()
+            result = outcome["last"]
+            if isinstance(result, RoundFinished):
+                times.append(time.perf_counter() - began)
+                sent.append(result.stats.bytes_sent)
+                if len(times) == args.rounds + 1:
+                    break
+            await trio.sleep(0.5)  # let every member finish the last round
+        for key in others:
+            with trio.move_on_after(5):
+                stream = await host.open_stream(key, STOP_PROTOCOL)
+                await stream.close()  # type: ignore[attr-defined]
+        timed = times[1:] or times
+        print(
+            json.dumps(
+                {
+                    "round_s": statistics.median(timed),
+                    "bytes_sent": sent[-1],
+                    "stream_mb_s": stream_mb_s,
+                    "rounds": len(timed),
+                }
+            ),
+            flush=True,
+        )
+        nursery.cancel_scope.cancel()
+
+
+def _address(key: bytes, port: str) -> str:
+    from gossiplearn.crypto.identity import peer_id_from_public_key
+
+    return f"/ip4/127.0.0.1/tcp/{port}/p2p/{peer_id_from_public_key(key)}"
+
+
+async def _connect_with_retry(host: object, key: bytes, port: str) -> None:
+    address = _address(key, port)
+    with trio.fail_after(60):
+        while True:
+            try:
+                await host.connect(address)  # type: ignore[attr-defined]
+                return
+            except Exception:
+                await trio.sleep(0.2)
+
+
+async def _stream_mb_s(host: object, key: bytes) -> float:
+    chunk = os.urandom(1 << 20)
+    stream = await host.open_stream(key, SINK_PROTOCOL)  # type: ignore[attr-defined]
+    began = time.perf_counter()
+    for _ in range(STREAM_MIB):
+        await host.send_frame(key, stream, chunk)  # type: ignore[attr-defined]
+    await stream.close_write()  # type: ignore[attr-defined]
+    await host.receive_frame(key, stream, 16)  # type: ignore[attr-defined]
+    return STREAM_MIB * (1 << 20) / 1e6 / (time.perf_counter() - began)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--net", choices=["memory", "libp2p"], default="memory")
     parser.add_argument("--k", default="3,4,8", help="group sizes, comma-separated")
     parser.add_argument("--n", default="100000,1000000,10000000", help="vector lengths")
     parser.add_argument("--repeats", type=int, default=2, help="rounds per figure (min taken)")
+    parser.add_argument("--rounds", type=int, default=3, help="libp2p: timed rounds per variant")
+    # Internal: how the parent starts each peer process of the libp2p benchmark.
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--seeds", help=argparse.SUPPRESS)
+    parser.add_argument("--ports", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", choices=["secure", "plain"], help=argparse.SUPPRESS)
+    parser.add_argument("--vector", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child is not None:
+        trio.run(libp2p_child, args)
+        return
     if args.net == "libp2p":
-        sys.exit("round_bench: --net libp2p needs the peer daemon, which is not built yet")
+        for n in (int(float(x)) for x in args.n.split(",")):
+            run_libp2p(n, args.rounds)
+        return
 
     for n in (int(float(x)) for x in args.n.split(",")):
         for k in (int(x) for x in args.k.split(",")):

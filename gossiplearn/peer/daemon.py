@@ -64,8 +64,8 @@ from gossiplearn.protocol.round import (
 
 log = logging.getLogger("gossiplearn.peer")
 
-STOP_BUDGET_S = 4.0
-HISTORY = 32  # finished rounds kept for the status document  # the whole stop (abort, checkpoint, close) fits in the 5 s promise
+STOP_BUDGET_S = 4.0  # the whole stop (abort, checkpoint, close) fits in the 5 s promise
+HISTORY = 256  # finished rounds kept for the status document
 
 
 @dataclass
@@ -102,6 +102,7 @@ class Peer:
         self.training_samples = 0
         self.validation_samples = 0
         self.status_port: int | None = None
+        self.ready = False  # True once serving: status_document() is then complete
         self._model_lock = trio.Lock()
         self._stopping = False
         self._rng = random.Random(os.urandom(8))
@@ -161,8 +162,9 @@ class Peer:
 
     # ---- running ----
 
-    async def run(self) -> None:
-        """Run until SIGINT/SIGTERM (or cancellation); always checkpoints and closes the host."""
+    async def run(self, stop: trio.Event | None = None) -> None:
+        """Run until SIGINT/SIGTERM, or until ``stop`` is set if given (several peers in one
+        process); always checkpoints and closes the host."""
         import torch
 
         torch.set_num_threads(max(1, self.config.training.threads))
@@ -223,7 +225,11 @@ class Peer:
             nursery.start_soon(self.engine.run)
             nursery.start_soon(self.discovery.run)
             nursery.start_soon(self._training_loop)
-            await self._wait_for_stop_signal()
+            self.ready = True
+            if stop is None:
+                await self._wait_for_stop_signal()
+            else:
+                await stop.wait()
             await self._stop(nursery)
         log.info("peer %s stopped", self.peer_id)
 
@@ -309,6 +315,7 @@ class Peer:
                 "bytes_received": stats.bytes_received,
                 "finished_at": time.time(),
                 "backbone_digest": backbone_digest,
+                "accuracy": self.accuracy,
                 "clipped": stats.clipped,
             }
         )

@@ -23,7 +23,7 @@ import trio
 
 from gossiplearn.peer.host import ROUND_PROTOCOL, Host
 from gossiplearn.protocol.envelope import DEFAULT_LIMITS
-from gossiplearn.protocol.round import Action, Node, RoundUsageError, Send
+from gossiplearn.protocol.round import Action, Node, RoundUsageError, Send, Wake
 
 log = logging.getLogger("gossiplearn.engine")
 
@@ -143,7 +143,8 @@ class RoundEngine:
         for key, frames in _by_recipient(actions).items():
             self._nursery.start_soon(self._send_batch, key, frames)
         for action in actions:
-            if not isinstance(action, Send):
+            # Wake needs no handling: run() asks the machine for its next deadline each turn.
+            if not isinstance(action, Send | Wake):
                 self._on_action(action)
 
     async def _send_batch(

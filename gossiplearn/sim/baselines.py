@@ -1,0 +1,215 @@
+"""Reference methods that gossiplearn is compared against, on the same shards and budget.
+
+Each baseline takes the peers' ``(train, val)`` shards, a model factory and the same
+:class:`TrainConfig` gossiplearn peers use, runs ``rounds`` rounds and returns a
+:class:`MethodResult` (peer p's accuracy on its own validation data after every round).
+
+=======  ===========================  ======================  ===================
+method   averaged by the server       kept per peer           after averaging
+=======  ===========================  ======================  ===================
+local    nothing                      the whole model         -
+fedavg   every floating-point tensor  non-float buffers       -
+fedper   the backbone                 head and local buffers  ``finetune_head``
+=======  ===========================  ======================  ===================
+
+* **local**: every peer trains alone, one ``train_local`` (``config.epochs`` epochs) per round.
+  Sends nothing.
+* **fedavg** (centralized FedAvg): one global model. Each round every peer starts from it and
+  runs ``train_local``; the server replaces it by the training-sample-weighted average of the
+  peers' models. Peer p's accuracy is the global model's accuracy on p's validation data.
+  Each peer downloads and uploads the model once per round as float32.
+* **fedper** (centralized FedPer, same backbone/head split as gossiplearn): each peer keeps its
+  head; each round it starts from the global backbone, runs ``train_local``, and the server
+  averages only the backbones (weighted by samples). Unlike the original FedPer, each peer then
+  fine-tunes its head on the new backbone (``finetune_head``) before it is evaluated. That is
+  what a gossiplearn round does, so the two differ only in how the backbone is averaged (exact
+  and central vs. gossip), not in local compute. Traffic: the backbone, down and up, per round.
+
+All peers start from the same initial weights (``factory()`` under ``torch.manual_seed(seed)``,
+run with torch's global generator saved and restored) and results are deterministic given
+``seed`` and ``config.seed``. ``extra["train_loss"]`` is the peers' mean training loss in the
+last round's ``train_local``. Each peer has its own :class:`Trainer`, so its shuffles follow its
+own epoch counter exactly as a gossiplearn peer's would.
+
+Memory: the three methods share one loop (:func:`_run`) over a single working module; per-peer
+state is kept as tensor snapshots of only what the peer keeps to itself (a whole model for
+local, heads for fedper, usually nothing for fedavg), so 50 peers cost 50 heads, not 50 models.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from gossiplearn.peer.model import SplitModel
+from gossiplearn.peer.trainer import TrainConfig, Trainer
+from gossiplearn.sim.results import MethodResult
+
+#: Returns a fresh module with ``backbone`` and ``head`` submodules (same init given torch seed).
+ModelFactory = Callable[[], torch.nn.Module]
+#: Called as ``progress(method_name, round_index)`` after each round (``round_index`` from 0).
+Progress = Callable[[str, int], None]
+Shards = Sequence[tuple[Dataset, Dataset]]
+
+# Tensors travel as float32, like gossiplearn's backbone vectors.
+_WIRE_BYTES_PER_VALUE = 4
+
+_State = Mapping[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class _Scheme:
+    """What distinguishes one baseline from another inside the shared loop."""
+
+    name: str
+    #: names of the state_dict entries the server averages (the rest stays with each peer)
+    shared: Callable[[SplitModel], tuple[str, ...]]
+    #: whether each peer fine-tunes its head after receiving the averaged tensors
+    finetune_head: bool
+
+
+def _nothing(split: SplitModel) -> tuple[str, ...]:
+    return ()
+
+
+def _float_tensors(split: SplitModel) -> tuple[str, ...]:
+    # Integer buffers (BatchNorm batch counters) cannot be averaged; they stay per peer.
+    state = split.module.state_dict()
+    return tuple(sorted(name for name, tensor in state.items() if tensor.is_floating_point()))
+
+
+def _backbone(split: SplitModel) -> tuple[str, ...]:
+    return split.backbone_names
+
+
+_LOCAL = _Scheme("local", _nothing, finetune_head=False)
+_FEDAVG = _Scheme("fedavg", _float_tensors, finetune_head=False)
+_FEDPER = _Scheme("fedper", _backbone, finetune_head=True)
+
+
+def _initial_module(factory: ModelFactory, seed: int) -> torch.nn.Module:
+    """``factory()`` under ``torch.manual_seed(seed)``, leaving torch's global generator as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return factory()
+
+
+def _snapshot(state: _State, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    return {name: state[name].detach().clone() for name in names}
+
+
+def _copy(target: _State, source: _State, names: Sequence[str]) -> None:
+    """In-place ``target[name] = source[name]``: reuses storage instead of allocating."""
+    with torch.no_grad():
+        for name in names:
+            target[name].copy_(source[name])
+
+
+def _run(
+    scheme: _Scheme,
+    shards: Shards,
+    factory: ModelFactory,
+    config: TrainConfig,
+    rounds: int,
+    seed: int,
+    progress: Progress | None,
+) -> MethodResult:
+    """The loop all baselines share: per round, train every peer, average, evaluate every peer."""
+    if not shards:
+        raise ValueError("need at least one peer shard")
+    if rounds < 1:
+        raise ValueError("rounds must be >= 1")
+    start = time.perf_counter()
+    split = SplitModel(_initial_module(factory, seed))
+    trainers = [Trainer(split, train, val, config) for train, val in shards]
+    # state_dict() tensors alias the module's storage, so copying into them sets the module.
+    state = split.module.state_dict()
+    shared_names = scheme.shared(split)
+    personal_names = tuple(sorted(set(state) - set(shared_names)))
+    global_shared = _snapshot(state, shared_names)
+    personal = [_snapshot(state, personal_names) for _ in trainers]
+    samples = [trainer.num_train_samples for trainer in trainers]
+
+    def load(peer: int) -> None:
+        _copy(state, global_shared, shared_names)
+        _copy(state, personal[peer], personal_names)
+
+    history: list[list[float]] = []
+    losses: list[float] = []
+    for round_index in range(rounds):
+        # Float64 accumulation: summing 50 float32 models must not lose the small updates.
+        totals = {
+            name: torch.zeros_like(global_shared[name], dtype=torch.float64)
+            for name in shared_names
+        }
+        losses = []
+        for peer, trainer in enumerate(trainers):
+            load(peer)
+            losses.append(trainer.train_local()["loss"])
+            for name in shared_names:
+                totals[name].add_(state[name].to(torch.float64), alpha=samples[peer])
+            _copy(personal[peer], state, personal_names)
+        for name in shared_names:
+            global_shared[name].copy_(totals[name] / sum(samples))
+
+        accuracies = []
+        for peer, trainer in enumerate(trainers):
+            load(peer)
+            if scheme.finetune_head:
+                trainer.finetune_head()
+                _copy(personal[peer], state, personal_names)
+            accuracies.append(trainer.evaluate()["accuracy"])
+        history.append(accuracies)
+        if progress is not None:
+            progress(scheme.name, round_index)
+
+    shared_values = sum(global_shared[name].numel() for name in shared_names)
+    return MethodResult(
+        name=scheme.name,
+        accuracy_per_round=history,
+        # Every round each peer downloads the shared tensors and uploads its trained ones.
+        bytes_per_peer=float(rounds * 2 * shared_values * _WIRE_BYTES_PER_VALUE),
+        wall_s=time.perf_counter() - start,
+        extra={"train_loss": float(np.mean(losses))},
+    )
+
+
+def run_local_only(
+    shards: Shards,
+    factory: ModelFactory,
+    config: TrainConfig,
+    rounds: int,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> MethodResult:
+    """Every peer trains its own model on its own data only; nothing is sent."""
+    return _run(_LOCAL, shards, factory, config, rounds, seed, progress)
+
+
+def run_fedavg(
+    shards: Shards,
+    factory: ModelFactory,
+    config: TrainConfig,
+    rounds: int,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> MethodResult:
+    """Centralized FedAvg: one global model, averaged over all peers every round."""
+    return _run(_FEDAVG, shards, factory, config, rounds, seed, progress)
+
+
+def run_fedper(
+    shards: Shards,
+    factory: ModelFactory,
+    config: TrainConfig,
+    rounds: int,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> MethodResult:
+    """Centralized FedPer: the backbone is averaged, each peer keeps and fine-tunes its head."""
+    return _run(_FEDPER, shards, factory, config, rounds, seed, progress)

@@ -1,0 +1,109 @@
+"""One simulation run end to end: split the data, run gossiplearn in the chosen mode, run the
+baselines on the same split and budget, then print the table and write results and plots."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from gossiplearn.sim.launcher import (
+    SimConfig,
+    model_factory,
+    run_inproc,
+    run_memory,
+    run_process,
+    train_config,
+)
+from gossiplearn.sim.results import MethodResult
+
+
+def _human_bytes(count: float) -> str:
+    for unit in ("B", "KB", "MB"):
+        if count < 1000:
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count:.1f} GB"
+
+
+def run_experiment(
+    config: SimConfig, out: Path, with_baselines: bool = True, console: Console | None = None
+) -> list[MethodResult]:
+    from gossiplearn.sim.baselines import run_fedavg, run_fedper, run_local_only
+    from gossiplearn.sim.datasets import load_all_shards
+    from gossiplearn.sim.report import plot_results, summary_table, write_results
+
+    console = console or Console()
+    # Peers log through our logger; the progress bar is the console's story here.
+    logging.getLogger("gossiplearn").setLevel(logging.WARNING)
+    started = time.perf_counter()
+    shards = load_all_shards(
+        config.dataset, config.peers, config.partition, config.seed, config.holdout
+    )
+    methods: list[MethodResult] = []
+
+    columns = (
+        TextColumn("{task.description:<12}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("gossiplearn", total=config.rounds, detail="starting peers")
+
+        def on_round(done: int, accuracy: float, sent: float) -> None:
+            detail = f"mean acc {accuracy:.3f}  sent/peer {_human_bytes(sent)}"
+            progress.update(task, completed=min(done, config.rounds), detail=detail)
+
+        if config.mode == "memory":
+            methods.append(run_memory(config, shards, on_round))
+        elif config.mode == "inproc":
+            methods.append(run_inproc(config, out, on_round))
+        else:
+            methods.append(run_process(config, out, on_round))
+        progress.update(task, completed=config.rounds)
+
+        if with_baselines:
+            factory, training = model_factory(config), train_config(config)
+            baselines: list[tuple[str, Callable[..., MethodResult]]] = [
+                ("local", run_local_only),
+                ("fedavg", run_fedavg),
+                ("fedper", run_fedper),
+            ]
+            for name, run in baselines:
+                baseline_task = progress.add_task(name, total=config.rounds, detail="")
+
+                def on_baseline(_: str, index: int, task_id: TaskID = baseline_task) -> None:
+                    progress.update(task_id, completed=index + 1)
+
+                methods.append(
+                    run(
+                        shards,
+                        factory,
+                        training,
+                        config.rounds,
+                        seed=config.seed,
+                        progress=on_baseline,
+                    )
+                )
+
+    run_config = config.as_dict() | {"wall_s": round(time.perf_counter() - started, 3)}
+    results = write_results(out, run_config, methods)
+    plots = plot_results(out, methods)
+    console.print(summary_table(methods))
+    console.print(f"results: {results}")
+    for plot in plots:
+        console.print(f"plot:    {plot}")
+    return methods

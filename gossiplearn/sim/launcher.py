@@ -1,0 +1,378 @@
+"""Run gossiplearn on a local network of N peers, in one of three modes.
+
+- ``process``: N real daemons (``gossiplearn run``) as subprocesses on 127.0.0.1, each with
+  its own directory, admitting each other: exactly what an organization runs.
+- ``inproc``: N daemons (libp2p hosts and all) in one trio process.
+- ``memory``: the protocol machines over the in-memory network, no libp2p: for N up to
+  1000+. Rounds are synchronous: every round, peers train, are shuffled into groups of k,
+  and each group runs the real secure round (masks, shards, signatures) on the memnet.
+
+Every mode returns a :class:`MethodResult` for "gossiplearn" with each peer's accuracy on
+its own held-out data after each of its rounds.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gossiplearn.crypto.identity import Identity, write_key_file
+from gossiplearn.peer.config import IDENTITY_FILE, PeerConfig, save_config
+from gossiplearn.sim.results import MethodResult
+
+MODES = ("process", "inproc", "memory")
+Progress = Callable[[int, float, float], None]  # (rounds done, mean accuracy, bytes per peer)
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    peers: int = 4
+    rounds: int = 5
+    dataset: str = "digits"
+    partition: str = "dirichlet:0.3"
+    group_size: int = 4
+    mode: str = "process"
+    seed: int = 0
+    holdout: float = 0.25
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    hidden: tuple[int, ...] = (64, 64)
+    #: process/inproc: mean seconds between a peer's invitations
+    interval_s: float = 1.0
+
+    def validate(self) -> SimConfig:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}")
+        if self.peers < 3:
+            raise ValueError("a simulation needs at least 3 peers (a group has 3 or more)")
+        if self.rounds < 1:
+            raise ValueError("rounds must be >= 1")
+        if not 3 <= self.group_size <= 16:
+            raise ValueError("group size must be in 3..16")
+        return self
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
+
+
+def model_options(config: SimConfig) -> dict[str, Any]:
+    from gossiplearn.sim.datasets import DATASETS
+
+    info = DATASETS[config.dataset]
+    return {"input_dim": info.input_dim, "hidden": list(config.hidden), "classes": info.classes}
+
+
+def train_config(config: SimConfig) -> Any:
+    from gossiplearn.peer.trainer import TrainConfig
+
+    return TrainConfig(
+        epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed
+    )
+
+
+def model_factory(config: SimConfig) -> Callable[[], Any]:
+    from gossiplearn.peer.models import mlp
+
+    options = model_options(config)
+    return lambda: mlp(options["input_dim"], tuple(options["hidden"]), options["classes"])
+
+
+# ---- memory mode ------------------------------------------------------------------------
+
+
+def run_memory(
+    config: SimConfig,
+    shards: Sequence[tuple[Any, Any]],
+    progress: Progress | None = None,
+) -> MethodResult:
+    """Synchronous rounds of the real protocol machines over the in-memory network."""
+    import torch
+
+    from gossiplearn.peer.model import SplitModel
+    from gossiplearn.peer.trainer import Trainer
+    from gossiplearn.protocol.round import Node, RoundConfig, RoundFinished
+    from gossiplearn.sim.memnet import MemoryNetwork
+
+    started = time.perf_counter()
+    torch.manual_seed(config.seed)
+    initial = model_factory(config)()
+    models = [SplitModel(copy.deepcopy(initial)) for _ in shards]
+    trainers = [
+        Trainer(m, train, val, train_config(config))
+        for m, (train, val) in zip(models, shards, strict=True)
+    ]
+    net = MemoryNetwork(seed=config.seed, latency_ms=2.0, jitter_ms=2.0)
+    round_config = RoundConfig(max_group_size=config.group_size, round_timeout_ms=600_000)
+    nodes = [
+        net.add(
+            Node(
+                Identity(np.random.default_rng([config.seed, i]).bytes(32)),
+                round_config,
+                rng=random.Random(config.seed * 1_000_003 + i),
+                now_ms=int(net.now_ms),
+            )
+        )
+        for i in range(len(shards))
+    ]
+    index_of = {node.public_key: i for i, node in enumerate(nodes)}
+    rng = random.Random(config.seed)
+    accuracy_per_round: list[list[float]] = []
+    aborted = 0
+    for round_index in range(config.rounds):
+        for node, model, trainer in zip(nodes, models, trainers, strict=True):
+            trainer.train_local()
+            node.set_contribution(
+                model.get_backbone(), trainer.num_train_samples, model.schema_hash
+            )
+        for group in _groups(len(nodes), config.group_size, rng):
+            net.start_round(nodes[group[0]].public_key, [nodes[i].public_key for i in group[1:]])
+        net.run()
+        for key, outcomes in net.outcomes.items():
+            for outcome in outcomes:
+                if isinstance(outcome, RoundFinished):
+                    peer = index_of[key]
+                    models[peer].set_backbone(outcome.average)
+                    trainers[peer].finetune_head()
+                else:
+                    aborted += 1
+            outcomes.clear()
+        accuracy_per_round.append([t.evaluate()["accuracy"] for t in trainers])
+        bytes_per_peer = float(np.mean([net.bytes_sent[n.public_key] for n in nodes]))
+        if progress:
+            progress(round_index + 1, float(np.mean(accuracy_per_round[-1])), bytes_per_peer)
+    return MethodResult(
+        "gossiplearn",
+        accuracy_per_round,
+        bytes_per_peer=float(np.mean([net.bytes_sent[n.public_key] for n in nodes])),
+        wall_s=time.perf_counter() - started,
+        extra={"rounds_aborted": aborted},
+    )
+
+
+def _groups(count: int, size: int, rng: random.Random) -> list[list[int]]:
+    """A random split of ``count`` peers into groups of 3..size; every peer in one group."""
+    order = list(range(count))
+    rng.shuffle(order)
+    groups = [order[i : i + size] for i in range(0, count, size)]
+    if len(groups) > 1 and len(groups[-1]) < 3:
+        # Too few left for a group: spread them over the others, which may then exceed k by
+        # at most 2; the initiator then invites k-1 of its group and the rest sit out.
+        for j, peer in enumerate(groups.pop()):
+            groups[j % len(groups)].append(peer)
+    return [g for g in groups if len(g) >= 3]
+
+
+# ---- process and inproc modes: real daemons --------------------------------------------
+
+
+def prepare_peers(out_dir: Path, config: SimConfig) -> list[Path]:
+    """Create one peer directory per peer (identity, documented config), admitting each other."""
+    from gossiplearn.commands.common import free_port
+    from gossiplearn.sim.datasets import DATASETS
+
+    peers_dir = out_dir / "peers"
+    peers_dir.mkdir(parents=True, exist_ok=True)
+    identities = [Identity.generate() for _ in range(config.peers)]
+    ports = [free_port() for _ in identities]
+    addresses = [
+        f"/ip4/127.0.0.1/tcp/{port}/p2p/{identity.peer_id}"
+        for port, identity in zip(ports, identities, strict=True)
+    ]
+    dirs = []
+    for i, identity in enumerate(identities):
+        directory = peers_dir / f"peer-{i}"
+        directory.mkdir(exist_ok=True)
+        write_key_file(directory / IDENTITY_FILE, identity)
+        peer_config = PeerConfig()
+        peer_config.peer.listen = [f"/ip4/127.0.0.1/tcp/{ports[i]}"]
+        peer_config.peer.allow = [other.peer_id for other in identities if other is not identity]
+        # A few bootstrap peers each; peer exchange finds the rest.
+        neighbours = [(i + step) % config.peers for step in (1, 2, 3) if step < config.peers]
+        peer_config.peer.bootstrap = [addresses[j] for j in dict.fromkeys(neighbours) if j != i]
+        peer_config.discovery.ping_interval_s = 1.0
+        peer_config.discovery.max_neighbours = max(16, config.group_size * 2)
+        peer_config.round.group_size = config.group_size
+        peer_config.round.interval_s = config.interval_s
+        peer_config.model.options = model_options(config)
+        peer_config.data.loader = DATASETS[config.dataset].loader
+        peer_config.data.options = {
+            "shard": f"{i}/{config.peers}",
+            "partition": config.partition,
+            "seed": config.seed,
+        }
+        peer_config.training.epochs = config.epochs
+        peer_config.training.batch_size = config.batch_size
+        peer_config.training.lr = config.lr
+        peer_config.training.seed = config.seed
+        peer_config.status.port = free_port()
+        save_config(directory, peer_config)
+        dirs.append(directory)
+    return dirs
+
+
+def _fetch_status(port: int) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=2) as response:
+            return dict(json.load(response))
+    except (OSError, ValueError):
+        return None
+
+
+def _rounds_done(documents: Sequence[dict[str, Any] | None]) -> list[int]:
+    return [d["rounds"]["completed"] if d else 0 for d in documents]
+
+
+def _bytes_sent(document: dict[str, Any] | None) -> int:
+    return sum(n["bytes_out"] for n in document["neighbours"]) if document else 0
+
+
+def _report(documents: Sequence[dict[str, Any] | None], progress: Progress | None) -> None:
+    if progress is None:
+        return
+    accuracies = [d["accuracy"] for d in documents if d and d["accuracy"] is not None]
+    progress(
+        min(_rounds_done(documents)),
+        float(np.mean(accuracies)) if accuracies else 0.0,
+        float(np.mean([_bytes_sent(d) for d in documents])),
+    )
+
+
+def _result_from_documents(
+    documents: Sequence[dict[str, Any] | None], rounds: int, wall_s: float
+) -> MethodResult:
+    """Each peer's accuracy after each of its first ``rounds`` rounds, from its status
+    history (a peer short of rounds keeps its last accuracy; counted in ``extra``)."""
+    accuracy_per_round = []
+    histories = [(d or {}).get("rounds", {}).get("history", []) for d in documents]
+    for r in range(rounds):
+        row = []
+        for document, history in zip(documents, histories, strict=True):
+            if r < len(history):
+                row.append(float(history[r]["accuracy"]))
+            elif history:
+                row.append(float(history[-1]["accuracy"]))
+            else:
+                row.append(float((document or {}).get("accuracy") or 0.0))
+        accuracy_per_round.append(row)
+    return MethodResult(
+        "gossiplearn",
+        accuracy_per_round,
+        bytes_per_peer=float(np.mean([_bytes_sent(d) for d in documents])),
+        wall_s=wall_s,
+        extra={"peers_short_of_rounds": sum(len(h) < rounds for h in histories)},
+    )
+
+
+def run_process(
+    config: SimConfig,
+    out_dir: Path,
+    progress: Progress | None = None,
+    timeout_s: float | None = None,
+) -> MethodResult:
+    """N `gossiplearn run` subprocesses; stops them all (SIGTERM) when every peer has done
+    ``config.rounds`` rounds, on timeout, or on Ctrl-C."""
+    from gossiplearn.peer.config import load_config
+
+    started = time.perf_counter()
+    dirs = prepare_peers(out_dir, config)
+    ports = [load_config(d).status.port for d in dirs]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    processes = []
+    for directory in dirs:
+        log = open(directory / "stdout.log", "wb")  # noqa: SIM115 - the child owns it
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "gossiplearn.cli", "run", str(directory)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # Ctrl-C reaches us; we stop the children in order
+            )
+        )
+    budget = timeout_s if timeout_s is not None else 120 + 30 * config.rounds
+    deadline = time.monotonic() + budget
+    documents: list[dict[str, Any] | None] = [None] * len(dirs)
+    try:
+        while time.monotonic() < deadline:
+            for i, port in enumerate(ports):
+                documents[i] = _fetch_status(port) or documents[i]
+                if processes[i].poll() is not None:
+                    raise RuntimeError(
+                        f"peer {i} exited early (code {processes[i].returncode}); "
+                        f"see {dirs[i] / 'stdout.log'}"
+                    )
+            _report(documents, progress)
+            if min(_rounds_done(documents)) >= config.rounds:
+                break
+            time.sleep(1.0)
+    finally:
+        _stop_all(processes)
+    return _result_from_documents(documents, config.rounds, time.perf_counter() - started)
+
+
+def _stop_all(processes: Sequence[subprocess.Popen[bytes]], grace_s: float = 10.0) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def run_inproc(
+    config: SimConfig,
+    out_dir: Path,
+    progress: Progress | None = None,
+    timeout_s: float | None = None,
+) -> MethodResult:
+    """N daemons (each its own libp2p host) in one trio process; stopped when every peer has
+    done ``config.rounds`` rounds or on timeout."""
+    import trio
+
+    from gossiplearn.peer.daemon import Peer
+
+    started = time.perf_counter()
+    dirs = prepare_peers(out_dir, config)
+    budget = timeout_s if timeout_s is not None else 120 + 30 * config.rounds
+    documents: list[dict[str, Any] | None] = [None] * len(dirs)
+
+    async def main() -> None:
+        peers = [Peer(d) for d in dirs]
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            for peer in peers:
+                nursery.start_soon(peer.run, stop)
+            with trio.move_on_after(budget):
+                while True:
+                    await trio.sleep(1.0)
+                    for i, peer in enumerate(peers):
+                        if peer.ready:
+                            documents[i] = peer.status_document()
+                    _report(documents, progress)
+                    if min(_rounds_done(documents)) >= config.rounds:
+                        break
+            stop.set()
+
+    trio.run(main)
+    return _result_from_documents(documents, config.rounds, time.perf_counter() - started)

@@ -1,0 +1,298 @@
+"""A simulation run's results: the ``results.json`` document, a summary table and plots.
+
+``results.json`` (schema version 1) is one JSON object; this table (Markdown, as in README.md)
+is its reference:
+
+| key | meaning |
+|---|---|
+| `schema` | results schema version (1); readers reject other versions |
+| `config` | the run's configuration as given (tuples as lists, paths as strings) |
+| `peers` | peer ids (`"peer-0"`, `"peer-1"`, ... unless given); index p of every per-peer list is `peers[p]` |
+| `methods` | one entry per method, keyed by name: `gossiplearn`, `local`, `fedavg`, `fedper` |
+| `methods.NAME.accuracy_per_round` | `[round][peer]`: the peer's accuracy on its own held-out data after that round, in [0, 1] |
+| `methods.NAME.final` | `[peer]`: the last row of `accuracy_per_round` (`[]` if no round ran) |
+| `methods.NAME.summary` | `{mean, p10, min}` of `final` |
+| `methods.NAME.bytes_per_peer` | mean bytes each peer sent over the whole run (0 for `local`) |
+| `methods.NAME.wall_s` | wall-clock seconds the method took |
+| `methods.NAME.extra` | method-specific figures, `{name: number}` (e.g. `train_loss`) |
+
+Every number is a finite JSON number: a NaN or infinite value is written as ``null`` (e.g. an
+accuracy a peer never reported, or the summary of such a peer set).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.table import Table
+
+from gossiplearn.fileio import write_atomically
+from gossiplearn.sim.results import MethodResult
+
+RESULTS_SCHEMA_VERSION = 1
+RESULTS_FILE = "results.json"
+ACCURACY_PLOT_FILE = "accuracy_per_round.png"
+PER_PEER_PLOT_FILE = "per_peer_accuracy.png"
+
+_TOP_KEYS = ("schema", "config", "peers", "methods")
+_METHOD_KEYS = ("accuracy_per_round", "final", "summary", "bytes_per_peer", "wall_s", "extra")
+_SUMMARY_KEYS = ("mean", "p10", "min")
+
+
+def _number(value: float) -> float | None:
+    """A finite float, or None for NaN/infinity (JSON has no such numbers)."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _jsonable(value: object) -> object:
+    """``value`` as plain JSON types: mappings, sequences, paths, numpy and dataclasses too."""
+    if value is None or isinstance(value, bool | str | int):
+        return value
+    if isinstance(value, float | np.floating):
+        return _number(float(value))
+    if isinstance(value, np.integer | np.bool_):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(dataclasses.asdict(value))
+    if isinstance(value, Mapping):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, Sequence | np.ndarray | set | frozenset):
+        items = sorted(value) if isinstance(value, set | frozenset) else value
+        return [_jsonable(item) for item in items]
+    raise TypeError(f"cannot store a {type(value).__name__} in results.json: {value!r}")
+
+
+def _method_document(method: MethodResult) -> dict[str, Any]:
+    return {
+        "accuracy_per_round": [[_number(a) for a in row] for row in method.accuracy_per_round],
+        "final": [_number(a) for a in method.final],
+        "summary": {key: _number(value) for key, value in method.summary().items()},
+        "bytes_per_peer": _number(method.bytes_per_peer),
+        "wall_s": _number(method.wall_s),
+        "extra": {str(key): _number(value) for key, value in method.extra.items()},
+    }
+
+
+def results_document(
+    config: Mapping[str, object],
+    methods: Sequence[MethodResult],
+    peer_ids: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """The ``results.json`` content for ``methods`` (validated before it is returned)."""
+    names = [method.name for method in methods]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"method names must be unique, repeated: {', '.join(duplicates)}")
+    if peer_ids is None:
+        # The peer count is whatever the methods agree on; validation catches a disagreement.
+        count = len(methods[0].final) if methods else 0
+        peer_ids = [f"peer-{index}" for index in range(count)]
+    document = {
+        "schema": RESULTS_SCHEMA_VERSION,
+        "config": _jsonable(config),
+        "peers": [str(peer) for peer in peer_ids],
+        "methods": {method.name: _method_document(method) for method in methods},
+    }
+    validate_results(document)
+    return document
+
+
+def write_results(
+    out_dir: Path,
+    config: Mapping[str, object],
+    methods: Sequence[MethodResult],
+    peer_ids: Sequence[str] | None = None,
+) -> Path:
+    """Write ``out_dir/results.json`` atomically (a reader never sees half a file)."""
+    document = results_document(config, methods, peer_ids)
+    text = json.dumps(document, indent=2, allow_nan=False) + "\n"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / RESULTS_FILE
+    write_atomically(path, lambda temp: temp.write_text(text, encoding="utf-8"), mode=0o644)
+    return path
+
+
+def _check_number(
+    value: object, where: str, low: float | None = None, high: float | None = None
+) -> None:
+    """A finite number within [low, high], or null."""
+    if value is None:
+        return
+    # bool is an int subclass, but True is no accuracy.
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ValueError(f"{where}: expected a number or null, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{where}: {value} is not a finite number (write null instead)")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ValueError(f"{where}: {value} is outside [{low}, {high}]")
+
+
+def _check_keys(mapping: object, keys: Sequence[str], where: str) -> dict[str, Any]:
+    if not isinstance(mapping, dict):
+        raise ValueError(f"{where}: expected an object, got {type(mapping).__name__}")
+    missing = [key for key in keys if key not in mapping]
+    if missing:
+        raise ValueError(f"{where}: missing key {missing[0]!r}")
+    return mapping
+
+
+def _check_finite_everywhere(value: object, where: str) -> None:
+    """No NaN or infinity anywhere (config included): strict JSON cannot carry them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where}: {value} is not a finite number (write null instead)")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_finite_everywhere(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_finite_everywhere(item, f"{where}[{index}]")
+
+
+def _check_accuracies(row: object, peers: int, where: str) -> list[Any]:
+    if not isinstance(row, list):
+        raise ValueError(f"{where}: expected a list of per-peer accuracies")
+    if len(row) != peers:
+        raise ValueError(f"{where}: {len(row)} accuracies for {peers} peers")
+    for index, accuracy in enumerate(row):
+        _check_number(accuracy, f"{where}[{index}]", low=0.0, high=1.0)
+    return row
+
+
+def _check_method(method: object, peers: int, where: str) -> None:
+    entry = _check_keys(method, _METHOD_KEYS, where)
+    rounds = entry["accuracy_per_round"]
+    if not isinstance(rounds, list):
+        raise ValueError(f"{where}.accuracy_per_round: expected a list of rounds")
+    for index, row in enumerate(rounds):
+        _check_accuracies(row, peers, f"{where}.accuracy_per_round[{index}]")
+    final = _check_accuracies(entry["final"], peers if rounds else 0, f"{where}.final")
+    if rounds and final != rounds[-1]:
+        raise ValueError(f"{where}.final: differs from the last round of accuracy_per_round")
+    summary = _check_keys(entry["summary"], _SUMMARY_KEYS, f"{where}.summary")
+    for key in _SUMMARY_KEYS:
+        _check_number(summary[key], f"{where}.summary.{key}", low=0.0, high=1.0)
+    _check_number(entry["bytes_per_peer"], f"{where}.bytes_per_peer", low=0.0)
+    _check_number(entry["wall_s"], f"{where}.wall_s", low=0.0)
+    extra = _check_keys(entry["extra"], (), f"{where}.extra")
+    for key, value in extra.items():
+        _check_number(value, f"{where}.extra.{key}")
+
+
+def validate_results(document: dict[str, Any]) -> None:
+    """Raise ValueError naming the first way ``document`` breaks the results.json schema."""
+    _check_keys(document, _TOP_KEYS, "results")
+    _check_finite_everywhere(document, "results")
+    if document["schema"] != RESULTS_SCHEMA_VERSION:
+        raise ValueError(
+            f"results.schema: version {document['schema']!r}, expected {RESULTS_SCHEMA_VERSION}"
+        )
+    _check_keys(document["config"], (), "results.config")
+    peers = document["peers"]
+    if not isinstance(peers, list) or not all(isinstance(peer, str) for peer in peers):
+        raise ValueError("results.peers: expected a list of peer id strings")
+    if len(set(peers)) != len(peers):
+        raise ValueError("results.peers: peer ids repeat")
+    methods = _check_keys(document["methods"], (), "results.methods")
+    for name, method in methods.items():
+        _check_method(method, len(peers), f"results.methods.{name}")
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.1f}%" if math.isfinite(value) else "-"
+
+
+def human_bytes(count: float) -> str:
+    """``1536`` -> ``"1.5 KiB"`` (binary units)."""
+    if not math.isfinite(count):
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(count) < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
+
+
+def summary_table(methods: Sequence[MethodResult]) -> Table:
+    """One row per method: final accuracy (mean, p10, min), bytes sent per peer, wall time."""
+    table = Table(title="Final accuracy on each peer's own held-out data")
+    table.add_column("method")
+    for column in ("mean", "p10", "min", "sent / peer", "wall"):
+        table.add_column(column, justify="right")
+    for method in methods:
+        summary = method.summary()
+        table.add_row(
+            method.name,
+            *(_percent(summary[key]) for key in _SUMMARY_KEYS),
+            human_bytes(method.bytes_per_peer),
+            f"{method.wall_s:.1f} s",
+        )
+    return table
+
+
+def _mean_of_reported(row: Sequence[float]) -> float:
+    """Mean over the peers that reported (non-NaN): one missing peer must not blank a point."""
+    values = np.asarray(row, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if values.size else math.nan
+
+
+def plot_results(out_dir: Path, methods: Sequence[MethodResult]) -> list[Path]:
+    """Write the mean-accuracy-per-round and sorted per-peer final accuracy plots (PNG)."""
+    import matplotlib
+
+    # Headless: no display on simulation machines, and no GUI event loop wanted.
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    def save(figure: Any, name: str) -> None:
+        path = out_dir / name
+        try:
+            write_atomically(
+                path, lambda temp: figure.savefig(temp, format="png", dpi=120), mode=0o644
+            )
+        finally:
+            plt.close(figure)
+        written.append(path)
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for method in methods:
+        means = [_mean_of_reported(row) for row in method.accuracy_per_round]
+        axes.plot(np.arange(1, len(means) + 1), means, marker=".", label=method.name)
+    axes.set(
+        xlabel="round",
+        ylabel="mean accuracy",
+        ylim=(0, 1),
+        title="Mean accuracy over peers, per round",
+    )
+    axes.grid(alpha=0.3)
+    if methods:
+        axes.legend()
+    save(figure, ACCURACY_PLOT_FILE)
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for method in methods:
+        final = np.sort(np.asarray(method.final, dtype=np.float64))  # NaN sorts last
+        axes.plot(np.arange(1, len(final) + 1), final, marker=".", label=method.name)
+    axes.set(
+        xlabel="peer rank (worst to best)",
+        ylabel="final accuracy",
+        ylim=(0, 1),
+        title="Final accuracy per peer, sorted",
+    )
+    axes.grid(alpha=0.3)
+    if methods:
+        axes.legend()
+    save(figure, PER_PEER_PLOT_FILE)
+    return written

@@ -1,0 +1,40 @@
+"""What one method (gossiplearn or a baseline) achieved in a simulation run.
+
+Every method reports the same shape, so the report, the table and the plots treat them alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class MethodResult:
+    #: "gossiplearn", "local", "fedavg" or "fedper"
+    name: str
+    #: accuracy_per_round[r][p]: peer p's accuracy on its own held-out data after round r+1
+    #: (for gossiplearn: after the peer's (r+1)-th completed round).
+    accuracy_per_round: list[list[float]] = field(default_factory=list)
+    #: mean bytes each peer sent over the whole run (0 for local-only)
+    bytes_per_peer: float = 0.0
+    wall_s: float = 0.0
+    #: method-specific figures (rounds aborted, clipped values, ...)
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def final(self) -> list[float]:
+        """Each peer's accuracy at the end of the run."""
+        return self.accuracy_per_round[-1] if self.accuracy_per_round else []
+
+    def summary(self) -> dict[str, float]:
+        """Mean, 10th percentile and minimum of the peers' final accuracies."""
+        final = np.asarray(self.final, dtype=np.float64)
+        if final.size == 0:
+            return {"mean": float("nan"), "p10": float("nan"), "min": float("nan")}
+        return {
+            "mean": float(final.mean()),
+            "p10": float(np.percentile(final, 10)),
+            "min": float(final.min()),
+        }
