@@ -18,7 +18,7 @@ from gossiplearn.peer.config import (
     save_config,
 )
 
-DATASETS = {"digits": "gossiplearn.sim.datasets:digits"}
+BUILT_IN_DATASETS = ("digits", "fashion-mnist", "synthetic")  # gossiplearn.sim.datasets.DATASETS
 _TCP_PORT = re.compile(r"^/ip4/(?P<ip>[0-9.]+)/tcp/(?P<port>\d+)$")
 
 
@@ -44,7 +44,9 @@ def init(
     allow: list[str] = typer.Option(
         [], help="Peer id or .../p2p/ID multiaddr to admit (repeatable)."
     ),
-    dataset: str = typer.Option("digits", help=f"Built-in dataset: {', '.join(DATASETS)}."),
+    dataset: str = typer.Option(
+        "digits", help=f"Built-in dataset: {', '.join(BUILT_IN_DATASETS)}."
+    ),
     shard: str = typer.Option("0/1", help="This peer's shard I/N of the dataset's seeded split."),
     partition: str = typer.Option(
         "dirichlet:0.3", help='How the dataset is split: "dirichlet:ALPHA" or "iid".'
@@ -58,9 +60,9 @@ def init(
         fail(f"{key_path} already exists; refusing to overwrite an identity")
     if (directory / CONFIG_FILE).exists():
         fail(f"{directory / CONFIG_FILE} already exists; refusing to overwrite it")
-    if dataset not in DATASETS:
-        fail(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}", 2)
-    from gossiplearn.sim.datasets import parse_shard
+    if dataset not in BUILT_IN_DATASETS:
+        fail(f"unknown dataset {dataset!r}; choose one of {', '.join(BUILT_IN_DATASETS)}", 2)
+    from gossiplearn.sim.datasets import DATASETS, parse_shard
 
     try:
         parse_shard(shard)
@@ -84,9 +86,13 @@ def init(
     config.peer.allow = list(dict.fromkeys(allowed))
     config.peer.bootstrap = list(dict.fromkeys(boot))
     config.peer.admission = "open" if open_admission else "allowlist"
-    config.data = DataSection(
-        DATASETS[dataset], {"shard": shard, "partition": partition, "seed": 0}
-    )
+    info = DATASETS[dataset]
+    config.data = DataSection(info.loader, {"shard": shard, "partition": partition, "seed": 0})
+    config.model.options = {
+        "input_dim": info.input_dim,
+        "hidden": [64, 64],
+        "classes": info.classes,
+    }
     config.status.port = status_port or free_port()
     config.validate()
 
