@@ -252,6 +252,7 @@ def plot_results(out_dir: Path, methods: Sequence[MethodResult]) -> list[Path]:
     # Headless: no display on simulation machines, and no GUI event loop wanted.
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -276,6 +277,7 @@ def plot_results(out_dir: Path, methods: Sequence[MethodResult]) -> list[Path]:
         ylim=(0, 1),
         title="Mean accuracy over peers, per round",
     )
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
     axes.grid(alpha=0.3)
     if methods:
         axes.legend()
@@ -291,6 +293,7 @@ def plot_results(out_dir: Path, methods: Sequence[MethodResult]) -> list[Path]:
         ylim=(0, 1),
         title="Final accuracy per peer, sorted",
     )
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.grid(alpha=0.3)
     if methods:
         axes.legend()
