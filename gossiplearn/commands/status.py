@@ -101,6 +101,8 @@ def render(document: dict[str, Any]) -> Any:
     from rich.console import Group
     from rich.table import Table
 
+    from gossiplearn.sim.report import human_bytes
+
     rounds = document.get("rounds", {})
     summary = Table.grid(padding=(0, 2))
     summary.add_column(style="bold")
@@ -147,19 +149,10 @@ def render(document: dict[str, Any]) -> Any:
             "yes" if n.get("live") else "no",
             "-" if n.get("rtt_ms") is None else f"{n['rtt_ms']:.1f}",
             "-" if n.get("last_seen_s") is None else f"{n['last_seen_s']:.0f} s ago",
-            _bytes(n.get("bytes_in", 0)),
-            _bytes(n.get("bytes_out", 0)),
+            human_bytes(n.get("bytes_in", 0)),
+            human_bytes(n.get("bytes_out", 0)),
         )
     return Group(summary, neighbours)
-
-
-def _bytes(count: int) -> str:
-    value = float(count)
-    for unit in ("B", "KB", "MB"):
-        if value < 1000:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{value:.1f} GB"
 
 
 def status(

@@ -26,15 +26,8 @@ from gossiplearn.sim.launcher import (
     run_process,
     train_config,
 )
+from gossiplearn.sim.report import human_bytes, plot_results, summary_table, write_results
 from gossiplearn.sim.results import MethodResult
-
-
-def _human_bytes(count: float) -> str:
-    for unit in ("B", "KB", "MB"):
-        if count < 1000:
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1000
-    return f"{count:.1f} GB"
 
 
 def run_experiment(
@@ -42,7 +35,6 @@ def run_experiment(
 ) -> list[MethodResult]:
     from gossiplearn.sim.baselines import run_fedavg, run_fedper, run_local_only
     from gossiplearn.sim.datasets import load_all_shards
-    from gossiplearn.sim.report import plot_results, summary_table, write_results
 
     console = console or Console()
     # Peers log through our logger; the progress bar is the console's story here.
@@ -64,7 +56,7 @@ def run_experiment(
         task = progress.add_task("gossiplearn", total=config.rounds, detail="starting peers")
 
         def on_round(done: int, accuracy: float, sent: float) -> None:
-            detail = f"mean acc {accuracy:.3f}  sent/peer {_human_bytes(sent)}"
+            detail = f"mean acc {accuracy:.3f}  sent/peer {human_bytes(sent)}"
             progress.update(task, completed=min(done, config.rounds), detail=detail)
 
         if config.mode == "memory":
