@@ -70,6 +70,8 @@ def sim(
     except KeyboardInterrupt:
         typer.echo("interrupted: every peer was stopped; no results written", err=True)
         sys.exit(130)
+    except (RuntimeError, ValueError) as exc:  # a missing dataset, a peer that died, a bad spec
+        fail(str(exc))
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
