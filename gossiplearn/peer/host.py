@@ -45,9 +45,6 @@ class Admission:
     def __contains__(self, key: object) -> bool:
         return self.open_to_all or key in self.allowed
 
-    def admit(self, key: bytes) -> None:
-        self.allowed.add(key)
-
 
 @dataclass
 class HostCounters:
@@ -232,11 +229,6 @@ class Host:
                 continue
         if parsed:
             self.libp2p.get_peerstore().add_addrs(ID.from_base58(_peer_id_of(key)), parsed, ttl_s)
-
-    def is_connected(self, key: bytes) -> bool:
-        from libp2p.peer.id import ID
-
-        return bool(self.libp2p.get_network().connections.get(ID.from_base58(_peer_id_of(key))))
 
     # ---- admission at the connection level ----
 
