@@ -184,7 +184,11 @@ class Peer:
             now_ms=int(time.time() * 1000),
         )
         self.host = Host(
-            self.identity, cfg.peer.listen, self.admission, enable_mdns=cfg.discovery.mdns
+            self.identity,
+            cfg.peer.listen,
+            self.admission,
+            enable_mdns=cfg.discovery.mdns,
+            on_rejected=self._count_rejected,
         )
         self.table = NeighbourTable(
             self.identity.public_key,
@@ -348,6 +352,7 @@ class Peer:
         if request is None:
             return
         if not isinstance(request.body, Status):
+            self._count_rejected("unexpected_type")
             return
         reply = encode_envelope(
             self.identity,
@@ -357,8 +362,7 @@ class Peer:
             seq=self._sequence(),
             ts=int(time.time() * 1000),
         )
-        await self.host.send_frame(key, stream, reply)
-        await stream.close()  # type: ignore[attr-defined]
+        await self.host.send_frame(key, stream, reply)  # the host closes the stream after us
 
     # ---- status ----
 

@@ -23,7 +23,7 @@ import multiaddr
 import trio
 
 from gossiplearn.crypto.identity import Identity, IdentityError, public_key_from_peer_id
-from gossiplearn.peer.framing import HEADER_BYTES, read_frame, write_frame
+from gossiplearn.peer.framing import HEADER_BYTES, FramingError, read_frame, write_frame
 
 log = logging.getLogger("gossiplearn.host")
 
@@ -89,11 +89,13 @@ class Host:
         admission: Admission,
         *,
         enable_mdns: bool = False,
+        on_rejected: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self.identity = identity
         self.listen = listen
         self.admission = admission
         self.enable_mdns = enable_mdns
+        self.on_rejected = on_rejected  # counts framing refusals with the daemon's reasons
         self.counters = HostCounters()
         self._host: object | None = None
         self._handlers: dict[str, StreamHandler] = {}
@@ -182,8 +184,26 @@ class Host:
                 await handler(key, stream)
             except Exception as exc:  # trap 3: an escaping exception kills the host
                 self.counters.handler_errors[protocol] += 1
-                log.warning("handler %s failed for %s: %r", protocol, _short(key), exc)
+                # A peer that breaks framing or resets mid-frame sent a refused message: it is
+                # counted like any other; only an unexpected exception (our bug) is a warning.
+                peer_fault = isinstance(exc, FramingError) or type(exc).__module__.startswith(
+                    "libp2p"
+                )
+                self.on_rejected(
+                    f"frame_{exc.reason}" if isinstance(exc, FramingError) else "stream_error"
+                )
+                log.log(
+                    logging.DEBUG if peer_fault else logging.WARNING,
+                    "handler %s failed for %s: %r",
+                    protocol,
+                    _short(key),
+                    exc,
+                )
                 await _reset(stream)
+                return
+            # Handlers may return without closing; an unclosed inbound stream stays in yamux
+            # for the connection's whole life.
+            await _close(stream)
 
         self.libp2p.set_stream_handler(TProtocol(protocol), guarded)
 
@@ -289,3 +309,8 @@ async def _reset(stream: object) -> None:
     # Already closed or reset: nothing left to do.
     with trio.move_on_after(1), contextlib.suppress(Exception):
         await stream.reset()  # type: ignore[attr-defined]
+
+
+async def _close(stream: object) -> None:
+    with trio.move_on_after(1), contextlib.suppress(Exception):
+        await stream.close()  # type: ignore[attr-defined]
