@@ -185,13 +185,14 @@ class Host:
             except Exception as exc:  # trap 3: an escaping exception kills the host
                 self.counters.handler_errors[protocol] += 1
                 # A peer that breaks framing or resets mid-frame sent a refused message: it is
-                # counted like any other; only an unexpected exception (our bug) is a warning.
+                # counted like any other. Anything else is our bug: a warning, not a refusal.
                 peer_fault = isinstance(exc, FramingError) or type(exc).__module__.startswith(
                     "libp2p"
                 )
-                self.on_rejected(
-                    f"frame_{exc.reason}" if isinstance(exc, FramingError) else "stream_error"
-                )
+                if peer_fault:
+                    self.on_rejected(
+                        f"frame_{exc.reason}" if isinstance(exc, FramingError) else "stream_error"
+                    )
                 log.log(
                     logging.DEBUG if peer_fault else logging.WARNING,
                     "handler %s failed for %s: %r",
