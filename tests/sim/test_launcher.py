@@ -75,3 +75,15 @@ def test_sim_command_process_mode_runs_real_daemons(tmp_path):
     assert document["config"]["mode"] == "process"
     assert document["methods"]["gossiplearn"]["extra"]["peers_short_of_rounds"] == 0
     assert sorted(p.name for p in (out / "peers").iterdir()) == [f"peer-{i}" for i in range(4)]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_inproc_mode_runs_daemons_in_one_process(tmp_path):
+    from gossiplearn.sim.launcher import run_inproc
+
+    config = SimConfig(peers=3, rounds=1, group_size=3, mode="inproc", hidden=(16,)).validate()
+    result = run_inproc(config, tmp_path)
+    assert result.extra["peers_short_of_rounds"] == 0
+    assert len(result.final) == 3 and all(0 <= a <= 1 for a in result.final)
+    assert result.bytes_per_peer > 0
