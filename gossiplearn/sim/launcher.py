@@ -235,6 +235,11 @@ def _fetch_status(port: int) -> dict[str, Any] | None:
         return None
 
 
+def _budget_s(config: SimConfig, timeout_s: float | None) -> float:
+    """How long real daemons get to finish their rounds: start-up plus 30 s a round."""
+    return timeout_s if timeout_s is not None else 120 + 30 * config.rounds
+
+
 def _rounds_done(documents: Sequence[dict[str, Any] | None]) -> list[int]:
     return [d["rounds"]["completed"] if d else 0 for d in documents]
 
@@ -306,8 +311,7 @@ def run_process(
                 start_new_session=True,  # Ctrl-C reaches us; we stop the children in order
             )
         )
-    budget = timeout_s if timeout_s is not None else 120 + 30 * config.rounds
-    deadline = time.monotonic() + budget
+    deadline = time.monotonic() + _budget_s(config, timeout_s)
     documents: list[dict[str, Any] | None] = [None] * len(dirs)
     try:
         while time.monotonic() < deadline:
@@ -354,7 +358,7 @@ def run_inproc(
 
     started = time.perf_counter()
     dirs = prepare_peers(out_dir, config)
-    budget = timeout_s if timeout_s is not None else 120 + 30 * config.rounds
+    budget = _budget_s(config, timeout_s)
     documents: list[dict[str, Any] | None] = [None] * len(dirs)
 
     async def main() -> None:

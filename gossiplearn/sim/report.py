@@ -267,35 +267,32 @@ def plot_results(out_dir: Path, methods: Sequence[MethodResult]) -> list[Path]:
             plt.close(figure)
         written.append(path)
 
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    for method in methods:
-        means = [_mean_of_reported(row) for row in method.accuracy_per_round]
-        axes.plot(np.arange(1, len(means) + 1), means, marker=".", label=method.name)
-    axes.set(
-        xlabel="round",
-        ylabel="mean accuracy",
-        ylim=(0, 1),
-        title="Mean accuracy over peers, per round",
-    )
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
-    axes.grid(alpha=0.3)
-    if methods:
-        axes.legend()
-    save(figure, ACCURACY_PLOT_FILE)
+    def line_plot(
+        series: Sequence[np.ndarray], xlabel: str, ylabel: str, title: str, name: str
+    ) -> None:
+        """One line per method over 1, 2, ... (rounds, or peer ranks)."""
+        figure, axes = plt.subplots(figsize=(7, 4.5))
+        for method, values in zip(methods, series, strict=True):
+            axes.plot(np.arange(1, len(values) + 1), values, marker=".", label=method.name)
+        axes.set(xlabel=xlabel, ylabel=ylabel, ylim=(0, 1), title=title)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds and ranks are whole
+        axes.grid(alpha=0.3)
+        if methods:
+            axes.legend()
+        save(figure, name)
 
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    for method in methods:
-        final = np.sort(np.asarray(method.final, dtype=np.float64))  # NaN sorts last
-        axes.plot(np.arange(1, len(final) + 1), final, marker=".", label=method.name)
-    axes.set(
-        xlabel="peer rank (worst to best)",
-        ylabel="final accuracy",
-        ylim=(0, 1),
-        title="Final accuracy per peer, sorted",
+    line_plot(
+        [np.asarray([_mean_of_reported(row) for row in m.accuracy_per_round]) for m in methods],
+        "round",
+        "mean accuracy",
+        "Mean accuracy over peers, per round",
+        ACCURACY_PLOT_FILE,
     )
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.grid(alpha=0.3)
-    if methods:
-        axes.legend()
-    save(figure, PER_PEER_PLOT_FILE)
+    line_plot(
+        [np.sort(np.asarray(m.final, dtype=np.float64)) for m in methods],  # NaN sorts last
+        "peer rank (worst to best)",
+        "final accuracy",
+        "Final accuracy per peer, sorted",
+        PER_PEER_PLOT_FILE,
+    )
     return written
