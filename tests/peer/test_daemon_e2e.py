@@ -140,9 +140,12 @@ def test_three_peers_average_securely_and_survive_restart(network, tmp_path: Pat
 
     def all_ready() -> list[dict[str, Any]] | None:
         docs = [status(d) for d in dirs]
+        # Learning, too: local held-out accuracy well above chance (10 classes) by then.
         ready = all(
             doc["rounds"]["completed"] >= ROUNDS_WANTED
             and sum(n["live"] for n in doc["neighbours"]) == PEERS - 1
+            and doc["accuracy"] is not None
+            and doc["accuracy"] > 0.5
             for doc in docs
         )
         return docs if ready else None
