@@ -44,7 +44,13 @@ from gossiplearn.peer.host import (
     Host,
 )
 from gossiplearn.peer.neighbours import NeighbourTable
-from gossiplearn.peer.status import STATUS_SCHEMA_VERSION, Metrics, serve_status
+from gossiplearn.peer.status import (
+    STATUS_SCHEMA_VERSION,
+    Metrics,
+    process_figures,
+    serve_status,
+    trio_task_count,
+)
 from gossiplearn.protocol import (
     ReplayGuard,
     SequenceCounter,
@@ -103,6 +109,8 @@ class Peer:
         self.validation_samples = 0
         self.status_port: int | None = None
         self.ready = False  # True once serving: status_document() is then complete
+        #: The checkpoint this run started from (None: a fresh model), for status and churn tests.
+        self.resumed_from: dict[str, Any] | None = None
         self._model_lock = trio.Lock()
         self._stopping = False
         self._rng = random.Random(os.urandom(8))
@@ -133,7 +141,14 @@ class Peer:
         self.trainer = Trainer(self.model, train, validation, train_config)
         self.training_samples = self.trainer.num_train_samples
         self.validation_samples = len(validation)  # type: ignore[arg-type]
-        meta = load_checkpoint(self.directory / CHECKPOINT_DIR, self.model) or CheckpointMeta()
+        loaded = load_checkpoint(self.directory / CHECKPOINT_DIR, self.model)
+        if loaded is not None:
+            self.resumed_from = {
+                "rounds_completed": loaded.rounds_completed,
+                "model_digest": loaded.model_digest,
+                "saved_at": loaded.saved_at,
+            }
+        meta = loaded or CheckpointMeta()
         self.rounds.completed = meta.rounds_completed
         self.rounds.aborted = meta.rounds_aborted
         self.accuracy = meta.metrics.get("accuracy")
@@ -397,6 +412,7 @@ class Peer:
                 "cancelled": self.rounds.cancelled,
                 "abort_reasons": dict(self.rounds.abort_reasons),
                 "in_progress": self.node.busy,
+                "current": self._current_round(),
                 "last": self.rounds.last,
                 "history": list(self.rounds.history),
             },
@@ -406,10 +422,24 @@ class Peer:
             "backbone_digest": self.digests.get("backbone"),
             "head_digest": self.digests.get("head"),
             "accuracy": self.accuracy,
+            "resumed_from": self.resumed_from,
+            "process": process_figures(),
             "data": {
                 "train_samples": self.training_samples,
                 "validation_samples": self.validation_samples,
             },
+        }
+
+    def _current_round(self) -> dict[str, Any] | None:
+        current = self.node.current_round
+        if current is None:
+            return None
+        group, started_ms, deadline_ms = current
+        now_ms = time.time() * 1000
+        return {
+            "group": group.hex(),
+            "age_s": round((now_ms - started_ms) / 1000, 3),
+            "deadline_in_s": round((deadline_ms - now_ms) / 1000, 3),
         }
 
     def _render_metrics(self) -> bytes:
@@ -419,4 +449,5 @@ class Peer:
         )
         self.metrics.neighbours_live.set(len(self.table.live(time.monotonic())))
         self.metrics.uptime.set(time.time() - self.started)
+        self.metrics.trio_tasks.set(trio_task_count() or 0)
         return self.metrics.render()

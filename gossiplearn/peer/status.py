@@ -10,11 +10,20 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import resource
 from collections.abc import Callable
 from typing import Any
 
 import trio
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 
 log = logging.getLogger("gossiplearn.status")
 
@@ -60,9 +69,56 @@ class Metrics:
             "gossiplearn_validation_accuracy", "Accuracy on local held-out data.", registry=r
         )
         self.uptime = Gauge("gossiplearn_uptime_seconds", "Seconds since start.", registry=r)
+        # process_resident_memory_bytes, process_open_fds, ... (Linux /proc), for soak tests
+        ProcessCollector(registry=r)
+        self.trio_tasks = Gauge(
+            "gossiplearn_trio_tasks", "Live trio tasks in the daemon's run.", registry=r
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def trio_task_count() -> int | None:
+    """Live tasks under trio's root task (call from the trio thread); None outside trio."""
+    try:
+        stack = [trio.lowlevel.current_root_task()]
+    except RuntimeError:
+        return None
+    count = 0
+    while stack:
+        task = stack.pop()
+        if task is None:
+            continue
+        count += 1
+        for nursery in task.child_nurseries:
+            stack.extend(nursery.child_tasks)
+    return count
+
+
+def open_fd_count() -> int | None:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:  # not Linux
+        return None
+
+
+def resident_bytes() -> int | None:
+    """Current resident set size (Linux /proc), else the peak from getrusage."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def process_figures() -> dict[str, int | None]:
+    """What a soak test watches: memory, file descriptors and trio tasks."""
+    return {
+        "rss_bytes": resident_bytes(),
+        "open_fds": open_fd_count(),
+        "trio_tasks": trio_task_count(),
+    }
 
 
 async def serve_status(

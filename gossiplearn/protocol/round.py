@@ -334,6 +334,12 @@ class Node:
     def current_group(self) -> bytes | None:
         return self._group.id if self._group else None
 
+    @property
+    def current_round(self) -> tuple[bytes, int, int] | None:
+        """(group id, started_ms, deadline_ms) of the group this peer is in, if any."""
+        group = self._group
+        return (group.id, group.stats.started_ms, group.deadline_ms) if group else None
+
     def next_deadline(self) -> int | None:
         group = self._group
         if group is None:

@@ -192,6 +192,9 @@ def test_three_peers_average_securely_and_survive_restart(network, tmp_path: Pat
         metrics = response.read().decode()
     assert 'gossiplearn_rounds_total{outcome="finished"}' in metrics
     assert "gossiplearn_refused_connections" in metrics
+    assert "process_open_fds" in metrics and "gossiplearn_trio_tasks" in metrics
+    assert docs[0]["resumed_from"] is None  # fresh start
+    assert all(docs[0]["process"][k] > 0 for k in ("rss_bytes", "open_fds", "trio_tasks"))
 
     # A peer on nobody's allowlist is refused and counted, and changes nothing.
     stranger = tmp_path / "stranger"
@@ -227,4 +230,6 @@ def test_three_peers_average_securely_and_survive_restart(network, tmp_path: Pat
         resumed = wait_for(lambda d=directory: status(d), 30, "the restarted daemon")
         assert resumed["rounds"]["completed"] == sidecar["rounds_completed"]
         assert resumed["model_digest"] == sidecar["model_digest"]
+        assert resumed["resumed_from"]["rounds_completed"] == sidecar["rounds_completed"]
+        assert resumed["resumed_from"]["model_digest"] == sidecar["model_digest"]
         assert stop(processes[directory]) < STOP_BUDGET_S
