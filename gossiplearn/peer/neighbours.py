@@ -89,7 +89,13 @@ class NeighbourTable:
         return [n for n in self.all() if n.next_attempt <= now]
 
     def is_live(self, neighbour: Neighbour, now: float) -> bool:
-        return neighbour.last_seen is not None and now - neighbour.last_seen <= self.timeout_s
+        """Answered within the timeout and not failed since: a peer that has just died stops
+        being invited at its first failed ping, not ``timeout_s`` later."""
+        return (
+            neighbour.last_seen is not None
+            and now - neighbour.last_seen <= self.timeout_s
+            and neighbour.failures == 0
+        )
 
     def live(self, now: float) -> list[Neighbour]:
         return [n for n in self.all() if self.is_live(n, now)]

@@ -36,3 +36,13 @@ def test_failures_back_off_exponentially_up_to_a_cap():
     assert max(delays) == BACKOFF_MAX_S
     table.seen(A, now=1)
     assert table.get(A).failures == 0
+
+
+def test_a_failure_ends_liveness_until_the_next_answer():
+    table = NeighbourTable(ME, 8, timeout_s=10)
+    table.add(A)
+    table.seen(A, now=100)
+    table.failed(A, now=101)
+    assert table.live(now=101) == []
+    table.seen(A, now=102)
+    assert [n.key for n in table.live(now=102)] == [A]
