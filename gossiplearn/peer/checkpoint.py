@@ -152,6 +152,19 @@ def _first_schema_mismatch(
     return None
 
 
+def read_checkpoint_meta(directory: Path) -> CheckpointMeta | None:
+    """The metadata of the checkpoint in ``directory`` (header only, no tensors); None if
+    there is none. The tensors are not checked: :func:`load_checkpoint` does that."""
+    path = Path(directory) / MODEL_FILE
+    if not path.exists():
+        return None
+    try:
+        with safe_open(path, framework="pt", device="cpu") as reader:
+            return _parse_meta(reader.metadata())
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+
+
 def load_checkpoint(directory: Path, model: SplitModel) -> CheckpointMeta | None:
     """Load the checkpoint in ``directory`` into ``model``; None if there is none.
 

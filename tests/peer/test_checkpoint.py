@@ -16,6 +16,7 @@ from gossiplearn.peer.checkpoint import (
     CheckpointError,
     CheckpointMeta,
     load_checkpoint,
+    read_checkpoint_meta,
     save_checkpoint,
 )
 from gossiplearn.peer.model import SplitModel
@@ -65,6 +66,15 @@ def test_round_trip_restores_weights_and_meta(saved):
     assert restored.model_digest() == model.model_digest()
     assert restored.head_digest() == model.head_digest()
     assert restored.get_backbone().tobytes() == model.get_backbone().tobytes()
+
+
+def test_metadata_reads_without_a_model(saved, tmp_path):
+    directory, model, meta = saved
+    assert read_checkpoint_meta(directory) == meta
+    assert read_checkpoint_meta(tmp_path / "nowhere") is None
+    (directory / MODEL_FILE).write_bytes(b"not safetensors")
+    with pytest.raises(CheckpointError):
+        read_checkpoint_meta(directory)
 
 
 def test_files_are_private_and_no_temp_files_remain(saved):
