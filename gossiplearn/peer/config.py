@@ -52,6 +52,7 @@ class RoundSection:
     invite_timeout_s: float = 2.0
     round_timeout_s: float = 60.0
     mix: float = 1.0
+    max_abs_average: float = 64.0
 
 
 @dataclass
@@ -112,6 +113,12 @@ class PeerConfig:
             raise ConfigError("round.mix must be in (0, 1]")
         if not 0 < self.round.invite_timeout_s < self.round.round_timeout_s:
             raise ConfigError("need 0 < round.invite_timeout_s < round.round_timeout_s")
+        ring_range = 2.0 ** (31 - self.round.frac_bits)
+        if not 0 < self.round.max_abs_average < ring_range:
+            raise ConfigError(
+                f"round.max_abs_average must be in (0, {ring_range:g}) at frac_bits "
+                f"{self.round.frac_bits}"
+            )
         if not 0 <= self.status.port <= 65535:
             raise ConfigError("status.port must be a TCP port")
         if self.discovery.max_neighbours < 2:
@@ -142,6 +149,9 @@ _DOCS: dict[str, str] = {
     "round.invite_timeout_s": "How long an initiator waits for answers to its INVITE.",
     "round.round_timeout_s": "A round not finished by then is aborted (nothing leaks).",
     "round.mix": "After a round, backbone <- (1 - mix) * backbone + mix * group average.",
+    "round.max_abs_average": "Abort a round whose average has any value beyond +-this: a member\n"
+    "sent garbage, which decodes to values up to 2^(31 - frac_bits) (2048 at 20). Keep it above\n"
+    "any real backbone weight and below 2^(31 - frac_bits).",
     "model": "The model: a torch module with a shared backbone and a personal head.",
     "model.factory": '"module:function" returning the torch module.',
     "model.head_prefixes": "Parameter-name prefixes of the personal head. Empty: the module has\n"

@@ -194,6 +194,7 @@ class Peer:
                 frac_bits=cfg.round.frac_bits,
                 invite_timeout_ms=int(cfg.round.invite_timeout_s * 1000),
                 round_timeout_ms=int(cfg.round.round_timeout_s * 1000),
+                max_abs_average=cfg.round.max_abs_average,
             ),
             admitted=self.admission,
             now_ms=int(time.time() * 1000),

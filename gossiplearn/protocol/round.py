@@ -22,6 +22,16 @@ The round (see DESIGN.md, "The secure averaging round"):
    reduced part to every member, which joins and decodes them: the weighted average.
 5. Abort: a missed deadline or an invalid message makes a member send ABORT to the group and
    drop the round's state. Nothing unmasked was ever sent, so an aborted round leaks nothing.
+
+A member that sends well-formed, validly signed WEIGHT_SHARE, PART or REDUCED frames with
+random values cannot be caught frame by frame: masked values look random anyway. Two
+deterministic plausibility checks on the unmasked sums, which every honest member holds
+bit-identically, catch it instead: W must lie in [own weight + (m - 1), m * (2^32 - 1)] (each
+weight is in [1, 2^32)), else "bad_total_weight"; every element of the decoded average must be
+finite with |x| <= ``RoundConfig.max_abs_average``, else "implausible_average". Random garbage
+fails them almost surely, and one honest member's abort stops the round for all (the others
+cannot finish without its parts). A member that sends small, plausible garbage still skews the
+average undetected: catching that needs verifiable aggregation, which this protocol lacks.
 """
 
 from __future__ import annotations
@@ -42,7 +52,7 @@ from gossiplearn.crypto.agreement import (
 )
 from gossiplearn.crypto.identity import Identity
 from gossiplearn.crypto.masks import apply_pairwise_masks
-from gossiplearn.crypto.ring import DEFAULT_FRAC_BITS, decode, encode
+from gossiplearn.crypto.ring import DEFAULT_FRAC_BITS, RING32, decode, encode
 from gossiplearn.protocol.envelope import (
     DEFAULT_LIMITS,
     GROUP_ID_BYTES,
@@ -73,7 +83,7 @@ from gossiplearn.protocol.shards import MAX_SHARD_BYTES, Shard, join_shards, spl
 _MASK_LABEL = b"mask"
 _WEIGHT_LABEL = b"weight"
 _RING_BYTES = 4  # uint32 ring elements
-_MAX_TOTAL_WEIGHT = (1 << 63) - 1
+_MAX_WEIGHT = (1 << 32) - 1  # each member's weight is in [1, 2^32), see set_contribution
 _REMEMBERED_GROUPS = 1024
 
 
@@ -93,6 +103,12 @@ class RoundConfig:
     #: The whole round, from INVITE to the average, must finish within this.
     round_timeout_ms: int = 60_000
     shard_bytes: int = MAX_SHARD_BYTES
+    #: A decoded average with any element beyond +-this (or not finite) aborts the round as
+    #: "implausible_average". Garbage sent by a member decodes roughly uniformly over the
+    #: ring's range (+-2^(31 - frac_bits), +-2048 at f=20), so a part of even a few elements
+    #: exceeds 64 almost surely, while real model weights are far smaller. Must be below that
+    #: range, or the check could never fire.
+    max_abs_average: float = 64.0
 
     def __post_init__(self) -> None:
         if not MIN_GROUP <= self.max_group_size <= MAX_GROUP:
@@ -101,6 +117,12 @@ class RoundConfig:
             raise ValueError("need 0 < invite_timeout_ms < round_timeout_ms")
         if not 0 < self.shard_bytes <= MAX_SHARD_BYTES:
             raise ValueError(f"shard_bytes must be in (0, {MAX_SHARD_BYTES}]")
+        ring_range = (RING32.max_int + 1) / 2.0**self.frac_bits
+        if not 0 < self.max_abs_average < ring_range:
+            raise ValueError(
+                f"max_abs_average must be in (0, {ring_range:g}), the ring's range at "
+                f"frac_bits={self.frac_bits}"
+            )
 
 
 @dataclass(frozen=True)
@@ -721,7 +743,9 @@ class Node:
             if len(group.weight_shares) < m:
                 return
             total = sum(group.weight_shares.values()) % (1 << 64)
-            if not 0 < total <= _MAX_TOTAL_WEIGHT:
+            # Every weight is in [1, 2^32): a W outside these bounds means a member sent a
+            # garbage share (random 64-bit garbage passes with probability ~m * 2^-32).
+            if not group.contribution.weight + (m - 1) <= total <= m * _MAX_WEIGHT:
                 raise _Abort("bad_total_weight")
             group.total_weight = total
             self._send_parts(group, now_ms, actions)
@@ -747,6 +771,11 @@ class Node:
             for j in range(m)
         ]
         average = decode(np.concatenate(pieces), group.invite.frac_bits)
+        # Garbage from a member decodes to values spread over the whole ring's range; every
+        # honest member holds this same average, so all reach the same verdict. (NaN fails
+        # the comparison too.)
+        if not np.all(np.abs(average) <= self.config.max_abs_average):
+            raise _Abort("implausible_average")
         group.stats.ended_ms = now_ms
         self._forget(group, "finished")
         actions.append(

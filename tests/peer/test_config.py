@@ -39,6 +39,10 @@ def test_every_key_is_documented():
         ('[peer]\nadmission = "maybe"\n', "admission"),
         ("[peer\n", "not valid TOML"),
         ("[discovery]\nmax_neighbours = true\n", "must be int"),
+        ("[round]\nmax_abs_average = 0\n", "max_abs_average"),
+        ("[round]\nmax_abs_average = 2048\n", "max_abs_average"),
+        ("[round]\nfrac_bits = 26\n", "max_abs_average"),
+        ('[round]\nmax_abs_average = "big"\n', "must be float"),
     ],
 )
 def test_bad_configs_are_refused_with_the_key_named(text, message):
@@ -53,3 +57,11 @@ def test_ints_are_accepted_where_floats_are_expected():
 def test_missing_config_says_how_to_create_one(tmp_path):
     with pytest.raises(ConfigError, match="gossiplearn init"):
         load_config(tmp_path)
+
+
+def test_max_abs_average_is_documented_and_read_back():
+    text = render_config(PeerConfig())
+    assert "# Abort a round whose average" in text and "max_abs_average = 64.0\n" in text
+    assert parse_config("[round]\nmax_abs_average = 100\n").round.max_abs_average == 100.0
+    config = parse_config("[round]\nfrac_bits = 16\nmax_abs_average = 30000.0\n")
+    assert config.round.max_abs_average == 30_000.0

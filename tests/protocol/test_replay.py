@@ -1,5 +1,7 @@
 """Freshness and replay: each (group, sender, seq) accepted once, memory stays bounded."""
 
+from collections import Counter
+
 import pytest
 
 from gossiplearn.protocol.errors import ReplayedMessage, ReplayTableFull, StaleMessage
@@ -64,3 +66,54 @@ def test_sequence_counter_increases_across_restarts():
     last = [first_run() for _ in range(500)][-1]
     second_run = SequenceCounter(sequence_start(now_ms=1_000_001))
     assert second_run() > last
+
+
+def test_one_sender_flooding_fresh_groups_is_refused_alone():
+    guard = ReplayGuard(max_keys_per_sender=1024)
+    refused = 0
+    for i in range(5000):
+        try:
+            guard.check_and_record(i.to_bytes(16, "big"), S1, 1, now_ms=0)
+        except ReplayTableFull:
+            refused += 1
+    assert refused == 5000 - 1024
+    assert guard.pairs_of(S1) == 1024 and len(guard) == 1024
+    guard.check_and_record(G1, S2, 1, now_ms=0)  # another sender's new group: still accepted
+    guard.check_and_record((0).to_bytes(16, "big"), S1, 2, now_ms=0)  # known pairs still work
+    with pytest.raises(ReplayTableFull):
+        guard.check_and_record(G2, S1, 1, now_ms=0)
+
+
+def test_pruning_idle_pairs_frees_a_senders_quota():
+    guard = ReplayGuard(freshness_ms=1000, max_keys_per_sender=2)
+    guard.check_and_record(G1, S1, 1, now_ms=0)
+    guard.check_and_record(G2, S1, 1, now_ms=500)
+    with pytest.raises(ReplayTableFull):
+        guard.check_and_record(b"3" * 16, S1, 1, now_ms=2000)  # (G1, S1) idle only 2 windows
+    guard.check_and_record(b"3" * 16, S1, 1, now_ms=2001)  # now pruned: room for one
+    assert guard.pairs_of(S1) == 2
+    with pytest.raises(ReplayTableFull):
+        guard.check_and_record(b"4" * 16, S1, 1, now_ms=2001)
+    guard.check_and_record(b"4" * 16, S1, 1, now_ms=4002)  # both older pairs idle: pruned
+    assert guard.pairs_of(S1) == 1 and len(guard) == 1
+
+
+def test_activity_keeps_a_pair_from_being_pruned():
+    guard = ReplayGuard(freshness_ms=1000, max_keys_per_sender=2)
+    guard.check_and_record(G1, S1, 1, now_ms=0)
+    guard.check_and_record(G2, S1, 1, now_ms=10)
+    guard.check_and_record(G1, S1, 2, now_ms=1500)  # G1 active again, G2 now the idlest
+    guard.check_and_record(b"3" * 16, S1, 1, now_ms=2011)  # G2 pruned, G1 kept
+    with pytest.raises(ReplayedMessage):
+        guard.check_and_record(G1, S1, 2, now_ms=2011)
+
+
+def test_per_sender_counts_follow_the_table_and_stay_bounded():
+    guard = ReplayGuard(freshness_ms=1000, max_keys=50, max_keys_per_sender=4)
+    for t in range(0, 100_000, 100):  # a new sender, and a new group, every 100 ms
+        sender = (t // 300).to_bytes(32, "big")
+        guard.check_and_record(t.to_bytes(16, "big"), sender, 1, now_ms=t)
+        assert len(guard) <= 50
+    senders = [sender for _, sender in guard._windows]
+    assert dict(guard._per_sender) == dict(Counter(senders))  # no zero entries left behind
+    assert sum(guard._per_sender.values()) == len(guard)

@@ -38,11 +38,14 @@ def make_nodes(count: int, config: RoundConfig, seed: int = 0) -> list[Node]:
     ]
 
 
-def route(nodes: list[Node], actions: list, now_ms: int = START_MS) -> dict[bytes, list]:
-    """Deliver every Send in FIFO order (no latency) until quiet; returns outcomes per node."""
+def route(
+    nodes: list[Node], actions: list, now_ms: int = START_MS, first: bytes | None = None
+) -> dict[bytes, list]:
+    """Deliver every Send in FIFO order (no latency) until quiet; returns outcomes per node.
+    ``actions`` came from the node with key ``first`` (default: the first node)."""
     by_key = {n.public_key: n for n in nodes}
     outcomes: dict[bytes, list] = {k: [] for k in by_key}
-    queue = deque((nodes[0].public_key, a) for a in actions)
+    queue = deque((first or nodes[0].public_key, a) for a in actions)
     while queue:
         origin, action = queue.popleft()
         if isinstance(action, Send):
@@ -178,3 +181,45 @@ def test_config_refuses_groups_outside_3_to_16():
     for k in (2, 17):
         with pytest.raises(ValueError):
             RoundConfig(max_group_size=k)
+
+
+def test_current_round_names_the_group_while_it_runs():
+    config = RoundConfig(max_group_size=3)
+    nodes = make_nodes(3, config)
+    contribute(nodes, 10, 0)
+    assert [n.current_round for n in nodes] == [None] * 3
+    actions = nodes[0].start_round([n.public_key for n in nodes[1:]], START_MS)
+    group = nodes[0].current_group
+    assert group is not None
+    deadline = START_MS + config.round_timeout_ms
+    assert nodes[0].current_round == (group, START_MS, deadline)
+    # A member joins later: its own start, the invitation's deadline.
+    invite = next(a for a in actions if isinstance(a, Send) and a.to == nodes[1].public_key)
+    rest = [a for a in actions if a is not invite]
+    reply = nodes[1].receive(invite.frame, START_MS + 5, from_peer=nodes[0].public_key)
+    assert nodes[1].current_round == (group, START_MS + 5, deadline)
+    route(nodes, rest)
+    assert nodes[2].current_round == (group, START_MS, deadline)  # accepted, awaits the roster
+    outcomes = route(nodes, reply, first=nodes[1].public_key)
+    assert [[type(o) for o in outcomes[n.public_key]] for n in nodes] == [[RoundFinished]] * 3
+    assert [n.current_round for n in nodes] == [None] * 3
+    # An aborted round leaves nothing either.
+    nodes[0].start_round([n.public_key for n in nodes[1:]], START_MS + 10)
+    assert nodes[0].current_round is not None
+    nodes[0].tick(START_MS + 10 + config.round_timeout_ms)
+    assert nodes[0].current_round is None
+
+
+@pytest.mark.parametrize(
+    ("frac_bits", "limit"),
+    [(20, 0.0), (20, -1.0), (20, float("nan")), (20, float("inf")), (20, 2048.0), (26, 64.0)],
+)
+def test_config_refuses_a_max_abs_average_the_check_cannot_use(frac_bits, limit):
+    with pytest.raises(ValueError, match="max_abs_average"):
+        RoundConfig(frac_bits=frac_bits, max_abs_average=limit)
+
+
+def test_config_accepts_a_max_abs_average_below_the_rings_range():
+    assert RoundConfig().max_abs_average == 64.0
+    assert RoundConfig(max_abs_average=2047.5).max_abs_average == 2047.5
+    assert RoundConfig(frac_bits=16, max_abs_average=30_000.0).max_abs_average == 30_000.0

@@ -22,6 +22,7 @@ import itertools
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pytest
@@ -144,13 +145,14 @@ def build_swarm(
     n: int = VECTOR_LENGTH,
     seed: int = 0,
     shard_bytes: int = MAX_SHARD_BYTES,
+    max_abs_average: float = RoundConfig.max_abs_average,
     latency_ms: float = 3,
     jitter_ms: float = 5,
-    **network: float | bool,
+    **network: Any,  # loss, duplicate, record, ...: see MemoryNetwork
 ) -> Swarm:
     """``size`` nodes with random contributions of ``n`` floats on one network."""
     net = MemoryNetwork(seed=seed, latency_ms=latency_ms, jitter_ms=jitter_ms, **network)
-    config = RoundConfig(max_group_size=k, shard_bytes=shard_bytes)
+    config = RoundConfig(max_group_size=k, shard_bytes=shard_bytes, max_abs_average=max_abs_average)
     peers = {}
     for i in range(size):
         identity = Identity(bytes([i + 1]) * 32)
@@ -287,7 +289,9 @@ def test_member_silent_before_accept(size: int, silence: str) -> None:
     others = [key for key in swarm.keys if key != silent]
     if size == 4:  # the round closes at the invite timeout and runs with the other three
         assert all(isinstance(outcomes[key], RoundFinished) for key in others)
-        assert set(outcomes[initiator].members) == set(others)
+        finished = outcomes[initiator]
+        assert isinstance(finished, RoundFinished)
+        assert set(finished.members) == set(others)
     else:  # two are too few: cancelled
         assert all(isinstance(outcomes[key], RoundCancelled) for key in others)
         assert reasons(outcomes)[initiator] == "too_few_accepted"
@@ -532,6 +536,164 @@ def test_malformed_part_aborts_the_reducer_and_then_everyone(bad_part: str) -> N
     assert {reasons(outcomes)[key] for key in others} <= {"peer_aborted", "timeout_running"}
 
 
+# ---- 8b: well-formed frames carrying garbage values -----------------------------------------
+
+#: The message kind a cheat fills with random values, and the abort every honest member reaches.
+GARBAGE: dict[str, str] = {
+    "WEIGHT_SHARE": "bad_total_weight",
+    "PART": "implausible_average",
+    "REDUCED": "implausible_average",
+}
+
+
+def with_garbage(body: Message, rng: np.random.Generator) -> Message:
+    """``body`` with the same shape (lengths, dtype, offsets) but random ring elements."""
+    if isinstance(body, WeightShare):
+        return WeightShare(int(rng.integers(0, 1 << 64, dtype=np.uint64)))
+    assert isinstance(body, Part | Reduced)
+    data = rng.integers(0, 1 << 32, size=body.shard.length, dtype=np.uint32).tobytes()
+    return type(body)(body.part, _reshaped(body.shard, data))
+
+
+def send_garbage(swarm: Swarm, cheat: bytes, kind: str, seed: int) -> list[bytes]:
+    """Make ``cheat`` send random values in every ``kind`` frame, correctly signed and
+    well-formed; returns the recipients as they are tampered with."""
+    rng = np.random.default_rng(seed)
+    recipients: list[bytes] = []
+
+    def intercept(sender: bytes, send: Send) -> list[bytes] | None:
+        if sender != cheat or send.kind != kind:
+            return None
+        recipients.append(send.to)
+        envelope = verify_envelope(send.frame)
+        garbage = with_garbage(envelope.body, rng)
+        return [resign(swarm.peers[cheat].identity, envelope, garbage, cheat)]
+
+    swarm.net.intercept = intercept
+    return recipients
+
+
+@pytest.mark.parametrize("role", VICTIM_ROLES)
+@pytest.mark.parametrize("kind", GARBAGE)
+@pytest.mark.parametrize("k", [3, 4])
+def test_garbage_values_from_one_member_abort_every_honest_member(
+    k: int, kind: str, role: str
+) -> None:
+    # No jitter: every honest member reaches the check before any ABORT can reach it, so each
+    # one aborts for the reason itself rather than as "peer_aborted".
+    swarm = build_swarm(k, k=k, jitter_ms=0, record=True)
+    cheat = swarm.keys[0 if role == "initiator" else 1]
+    tampered = send_garbage(swarm, cheat, kind, seed=k)
+    rnd = swarm.start(swarm.keys[0])
+    swarm.net.run()
+
+    outcomes = check_round_invariant(swarm, rnd, malicious=[cheat])  # none is left busy
+    honest = [key for key in swarm.keys if key != cheat]
+    assert set(tampered) == set(honest)
+    assert set(outcomes) == set(honest)
+    for key in honest:
+        assert [type(o) for o in swarm.net.outcomes[key]] == [RoundAborted]
+    assert reasons(outcomes) == dict.fromkeys(honest, GARBAGE[kind])
+    # Each one told the whole group, through the ordinary abort path.
+    for key in honest:
+        aborts = [
+            (env.recipient, env.body)
+            for env, _ in swarm.deliveries_in(rnd.group)
+            if env.sender == key and env.type == "ABORT"
+        ]
+        assert sorted(to for to, _ in aborts) == sorted(m for m in swarm.keys if m != key)
+        assert {body for _, body in aborts} == {Abort(GARBAGE[kind])}
+
+
+#: Totals W no group of m members can have (each weight is in [1, 2^32)), as functions of m.
+IMPOSSIBLE_TOTALS: dict[str, Callable[[int], int]] = {
+    "zero": lambda m: 0,
+    "below_m": lambda m: m - 1,
+    "above_m_times_max_weight": lambda m: m * ((1 << 32) - 1) + 1,
+    "just_below_2^63": lambda m: (1 << 63) - 1,
+    "2^64-1": lambda m: (1 << 64) - 1,
+}
+
+
+def fake_total_weight(swarm: Swarm, cheat: bytes, target: int) -> None:
+    """Make ``cheat`` shift its weight shares so that every member sums W == ``target``."""
+    true_total = sum(peer.weight for peer in swarm.peers.values())
+
+    def shift_weight_share(sender: bytes, send: Send) -> list[bytes] | None:
+        if sender != cheat or send.kind != "WEIGHT_SHARE":
+            return None
+        envelope = verify_envelope(send.frame)
+        assert isinstance(envelope.body, WeightShare)
+        value = (envelope.body.value + target - true_total) % (1 << 64)
+        return [resign(swarm.peers[cheat].identity, envelope, WeightShare(value), cheat)]
+
+    swarm.net.intercept = shift_weight_share
+
+
+@pytest.mark.parametrize("total", IMPOSSIBLE_TOTALS)
+@pytest.mark.parametrize("k", [3, 4])
+def test_a_total_weight_no_group_can_have_aborts(k: int, total: str) -> None:
+    swarm = build_swarm(k, k=k, jitter_ms=0)
+    cheat = swarm.keys[1]
+    fake_total_weight(swarm, cheat, IMPOSSIBLE_TOTALS[total](k))
+    rnd = swarm.start(swarm.keys[0])
+    swarm.net.run()
+
+    outcomes = check_round_invariant(swarm, rnd, malicious=[cheat])
+    honest = [key for key in swarm.keys if key != cheat]
+    assert reasons(outcomes) == dict.fromkeys(honest, "bad_total_weight")
+
+
+def test_a_total_weight_below_one_members_own_weight_stops_the_round() -> None:
+    swarm = build_swarm(jitter_ms=0)
+    cheat = swarm.keys[1]
+    honest = [key for key in swarm.keys if key != cheat]
+    heaviest = max(honest, key=lambda key: swarm.peers[key].weight)
+    # One below the least W a group of 4 with `heaviest` in it can have: only it can tell.
+    fake_total_weight(swarm, cheat, swarm.peers[heaviest].weight + 4 - 2)
+    rnd = swarm.start(swarm.keys[0])
+    swarm.net.run()
+
+    outcomes = check_round_invariant(swarm, rnd, malicious=[cheat])
+    assert set(outcomes) == set(honest)
+    assert reasons(outcomes)[heaviest] == "bad_total_weight"
+    # The others cannot finish without the parts `heaviest` never sent.
+    assert all(isinstance(o, RoundAborted) for o in outcomes.values())
+
+
+def test_large_but_plausible_values_still_finish() -> None:
+    swarm = build_swarm(seed=3)
+    data = np.random.default_rng(3)
+    for i, peer in enumerate(swarm.peers.values()):
+        peer.vector = data.uniform(-50, 50, VECTOR_LENGTH).astype(np.float32)
+        peer.vector[:2] = (50.0, -50.0)  # the average is exactly +-50 there
+        peer.weight = 10 + i
+        peer.node.set_contribution(peer.vector, peer.weight, SCHEMA_HASH)
+    rnd = swarm.start(swarm.keys[0])
+    swarm.net.run()
+
+    outcomes = check_round_invariant(swarm, rnd)  # the averages are right, too
+    assert len(outcomes) == 4
+    finished = [o for o in outcomes.values() if isinstance(o, RoundFinished)]
+    assert len(finished) == 4
+    assert 49 < np.abs(finished[0].average).max() <= 50
+
+
+def test_an_average_beyond_max_abs_average_aborts_honest_members_too() -> None:
+    swarm = build_swarm(max_abs_average=10.0)
+    for peer in swarm.peers.values():
+        peer.vector[7] = 12.0  # one element of the average beyond the bound
+        peer.node.set_contribution(peer.vector, peer.weight, SCHEMA_HASH)
+    rnd = swarm.start(swarm.keys[0])
+    swarm.net.run()
+
+    outcomes = check_round_invariant(swarm, rnd)
+    assert len(outcomes) == 4
+    assert all(isinstance(o, RoundAborted) for o in outcomes.values())
+    assert set(reasons(outcomes).values()) <= {"implausible_average", "peer_aborted"}
+    assert "implausible_average" in reasons(outcomes).values()
+
+
 # ---- 9-10, 12: frames that must be refused without effect -----------------------------------
 
 
@@ -762,7 +924,7 @@ def test_everything_on_the_wire_is_masked(
     secrets = rederive_secrets(swarm, roster, rnd.group, ephemeral_private_keys)
     members = secrets.members
     bounds = part_bounds(n, len(members))
-    group_sum = np.sum(secrets.plain, axis=0, dtype=np.uint32)  # wraps: the ring sum
+    group_sum = np.asarray(np.sum(secrets.plain, axis=0, dtype=np.uint32))  # wraps: the ring sum
     seen = {"WEIGHT_SHARE": 0, "PART": 0, "REDUCED": 0}
     for envelope, _ in recorded:
         body = envelope.body
