@@ -85,6 +85,7 @@ _WEIGHT_LABEL = b"weight"
 _RING_BYTES = 4  # uint32 ring elements
 _MAX_WEIGHT = (1 << 32) - 1  # each member's weight is in [1, 2^32), see set_contribution
 _REMEMBERED_GROUPS = 1024
+_ROSTER_GRACE_MS = 3_000  # a member's wait for ROSTER beyond the invite timeout
 
 
 class RoundUsageError(RuntimeError):
@@ -270,7 +271,7 @@ class _Group:
     stats: RoundStats
     phase: _Phase
     my_accept_frame: bytes
-    # initiator, while inviting
+    # initiator, while inviting; member, until the roster: the matchmaking deadline
     invite_deadline_ms: int = 0
     invitees: tuple[bytes, ...] = ()
     accepts: dict[bytes, tuple[bytes, Accept]] = field(default_factory=dict)
@@ -366,7 +367,7 @@ class Node:
         group = self._group
         if group is None:
             return None
-        if group.phase is _Phase.INVITING:
+        if group.phase is not _Phase.RUNNING:
             return min(group.invite_deadline_ms, group.deadline_ms)
         return group.deadline_ms
 
@@ -450,6 +451,38 @@ class Node:
                 raise _Abort(f"timeout_{group.phase.value}")
             if group.phase is _Phase.INVITING and now_ms >= group.invite_deadline_ms:
                 self._close_invitations(group, now_ms, actions)
+            elif group.phase is _Phase.AWAIT_ROSTER and now_ms >= group.invite_deadline_ms:
+                raise _Abort("timeout_await_roster")  # the initiator is gone
+        except _Abort as abort:
+            actions.extend(self._abort(group, abort.reason, now_ms))
+        return actions
+
+    def peer_unreachable(self, peer: bytes, group_id: bytes, now_ms: int) -> list[Action]:
+        """The transport could not deliver a frame of group ``group_id`` to ``peer`` (or lost
+        its connection and could not reach it again).
+
+        An invitee that cannot be reached counts as having declined. A round that needs
+        ``peer`` (the initiator whose ROSTER we await, or a member once the roster is known)
+        can no longer finish, so it aborts now instead of at its deadline: under churn that
+        frees the survivors in milliseconds rather than a round timeout. Anything else,
+        including a report about an earlier group, is ignored.
+        """
+        group = self._group
+        if group is None or group.id != group_id or peer == self.public_key:
+            return []
+        actions: list[Action] = []
+        try:
+            if group.phase is _Phase.INVITING:
+                if peer in group.invitees and peer not in group.declined:
+                    group.accepts.pop(peer, None)
+                    group.declined.add(peer)
+                    if len(group.accepts) + len(group.declined) == len(group.invitees):
+                        self._close_invitations(group, now_ms, actions)
+            elif group.phase is _Phase.AWAIT_ROSTER:
+                if peer == group.initiator:
+                    raise _Abort("initiator_unreachable")
+            elif peer in group.members:
+                raise _Abort("member_unreachable")
         except _Abort as abort:
             actions.extend(self._abort(group, abort.reason, now_ms))
         return actions
@@ -490,12 +523,18 @@ class Node:
             stats=RoundStats(envelope.group, "member", now_ms),
             phase=_Phase.AWAIT_ROSTER,
             my_accept_frame=accept_frame,
+            invite_deadline_ms=min(now_ms + self._roster_wait_ms(), invite.deadline_ms),
         )
         self._group = group
         return [
             self._record_send(group, Send(sender, accept_frame, Accept.TYPE)),
-            Wake(group.deadline_ms),
+            Wake(group.invite_deadline_ms),
         ]
+
+    def _roster_wait_ms(self) -> int:
+        # The initiator sends ROSTER or CANCEL by its invite timeout (a network-wide setting,
+        # like frac_bits); waiting longer than that plus a grace only means it is gone.
+        return self.config.invite_timeout_ms + _ROSTER_GRACE_MS
 
     def _check_invite(self, envelope: Envelope, invite: Invite, now_ms: int) -> str | None:
         """Why this INVITE is malformed for us (refused silently), or None."""

@@ -17,6 +17,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from gossiplearn.protocol.envelope import verify_envelope
 from gossiplearn.protocol.round import (
     Action,
     MessageRefused,
@@ -59,6 +60,7 @@ class MemoryNetwork:
         duplicate: float = 0.0,
         start_ms: int = 1_700_000_000_000,
         record: bool = False,
+        report_unreachable: bool = False,
     ) -> None:
         if not (0 <= loss < 1 and 0 <= duplicate < 1 and latency_ms >= 0 and jitter_ms >= 0):
             raise ValueError("need 0 <= loss, duplicate < 1 and non-negative latency, jitter")
@@ -76,6 +78,9 @@ class MemoryNetwork:
         self.deliveries: list[Delivery] = []  # every frame sent, when record=True
         self.intercept: Interceptor | None = None
         self._record = record
+        #: Like a real transport (a refused dial): a frame for a dead peer is reported back to
+        #: its sender, one latency later, through ``Node.peer_unreachable``.
+        self.report_unreachable = report_unreachable
         self._rng = random.Random(seed)
         self._queue: list[tuple[float, int, str, tuple]] = []
         self._order = 0  # tie-breaker: equal times run in scheduling order
@@ -114,6 +119,10 @@ class MemoryNetwork:
             if kind == "deliver":
                 sender, recipient, frame = payload
                 if recipient in self.dead or recipient not in self.nodes:
+                    if self.report_unreachable and recipient in self.dead:
+                        group = verify_envelope(frame).group
+                        back = self.now_ms + self.latency_ms
+                        self._schedule(back, "unreachable", (sender, recipient, group))
                     continue
                 self.bytes_received[recipient] += len(frame)
                 node = self.nodes[recipient]
@@ -124,6 +133,11 @@ class MemoryNetwork:
                     self._apply(key, self.nodes[key].tick(int(self.now_ms)))
             elif kind == "kill":
                 self.dead.add(payload[0])
+            elif kind == "unreachable":
+                sender, recipient, group = payload
+                if sender not in self.dead:
+                    node = self.nodes[sender]
+                    self._apply(sender, node.peer_unreachable(recipient, group, int(self.now_ms)))
         if until_ms is not None and (not self._queue or self._queue[0][0] > until_ms):
             self.now_ms = max(self.now_ms, until_ms)
         return processed

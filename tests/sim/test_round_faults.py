@@ -345,6 +345,95 @@ def test_reducer_dies_before_sending_reduced(role: str) -> None:
     assert set(reasons(outcomes).values()) <= {"timeout_running", "peer_aborted"}
 
 
+# ---- 4b: dead peers that the transport reports (refused dials), and the roster wait -------
+
+#: With unreachable peers reported, a round ends within a few latencies of the death, not at
+#: its deadline (60 s): far below this.
+PROMPT_MS = 1_000
+
+
+def ended_promptly(outcomes: dict[bytes, Outcome], since_ms: float) -> bool:
+    return all(o.stats.ended_ms - since_ms < PROMPT_MS for o in outcomes.values())
+
+
+@pytest.mark.parametrize("role", VICTIM_ROLES)
+@pytest.mark.parametrize("kind", ["WEIGHT_SHARE", "PART", "REDUCED"])
+def test_a_member_that_dies_mid_round_ends_the_round_at_once(role: str, kind: str) -> None:
+    swarm = build_swarm(report_unreachable=True)
+    victim = swarm.keys[0 if role == "initiator" else 2]
+    died_at: list[float] = []
+
+    def intercept(sender: bytes, send: Send) -> list[bytes] | None:
+        if sender == victim and send.kind == kind and not died_at:
+            died_at.append(swarm.net.now_ms)
+            swarm.net.kill(victim)
+            return []
+        return None
+
+    swarm.net.intercept = intercept
+    rnd = swarm.start(swarm.keys[0])
+    swarm.net.run()
+
+    outcomes = check_round_invariant(swarm, rnd)
+    assert len(outcomes) == 3 and died_at
+    assert not any(isinstance(o, RoundFinished) for o in outcomes.values())
+    assert "member_unreachable" in reasons(outcomes).values()
+    assert ended_promptly(outcomes, died_at[0])
+
+
+def test_members_stop_waiting_for_a_roster_from_a_dead_initiator() -> None:
+    # The initiator dies after its INVITEs went out, before any ROSTER. The members have
+    # nothing more to send it, so no transport report can help them: each gives up after
+    # the invite timeout plus a grace, long before the round's deadline.
+    swarm = build_swarm()
+    initiator = swarm.keys[0]
+    die_at_first(swarm, initiator, "ROSTER", sent=False)
+    rnd = swarm.start(initiator)
+    started_ms = swarm.net.now_ms
+    swarm.net.run()
+
+    outcomes = check_round_invariant(swarm, rnd)
+    assert len(outcomes) == 3
+    assert set(reasons(outcomes).values()) == {"timeout_await_roster"}
+    wait_ms = swarm.config.invite_timeout_ms + 3_000
+    for outcome in outcomes.values():
+        assert outcome.stats.ended_ms - started_ms <= wait_ms + 100
+        assert outcome.stats.ended_ms < rnd.deadline_ms - 10_000
+
+
+def test_an_unreachable_invitee_counts_as_declined() -> None:
+    # Five peers, k = 5: the dead invitee's INVITE comes back unreachable, so the roster
+    # closes as soon as the other three have answered, not at the invite timeout.
+    swarm = build_swarm(5, k=5, report_unreachable=True)
+    dead = swarm.keys[4]
+    rnd = swarm.start(swarm.keys[0], swarm.keys[1:])
+    started_ms = swarm.net.now_ms
+    swarm.net.kill(dead, at_ms=started_ms + 1)  # invited, dead before its INVITE arrives
+    swarm.net.run()
+
+    outcomes = check_round_invariant(swarm, rnd)
+    assert len(outcomes) == 4
+    assert all(isinstance(o, RoundFinished) for o in outcomes.values())
+    assert dead not in outcomes[swarm.keys[0]].members  # type: ignore[union-attr]
+    assert all(
+        o.stats.ended_ms - started_ms < swarm.config.invite_timeout_ms for o in outcomes.values()
+    )
+
+
+def test_unreachable_reports_about_other_groups_or_strangers_change_nothing() -> None:
+    swarm = build_swarm()
+    rnd = swarm.start(swarm.keys[0])
+    swarm.net.run(until_ms=swarm.net.now_ms + 2)  # INVITEs in flight
+    node = swarm.peers[swarm.keys[0]].node
+    stranger = Identity(b"\x77" * 32).public_key
+    assert node.peer_unreachable(swarm.keys[1], b"\x00" * 16, int(swarm.net.now_ms)) == []
+    assert node.peer_unreachable(stranger, rnd.group, int(swarm.net.now_ms)) == []
+    assert node.current_group == rnd.group
+    swarm.net.run()
+    outcomes = check_round_invariant(swarm, rnd)
+    assert all(isinstance(o, RoundFinished) for o in outcomes.values())
+
+
 # ---- 5: an unreliable network ---------------------------------------------------------------
 
 
