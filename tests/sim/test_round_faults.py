@@ -1045,3 +1045,77 @@ def test_everything_on_the_wire_is_masked(
     blocks = set().union(*(aligned_blocks(p.tobytes(), 32) for p in secrets.plain))
     for delivery in swarm.net.deliveries:
         assert not contains_any_block(delivery.frame, blocks, 32), delivery.kind
+
+
+# ---- privacy against colluding members (SECURITY.md) ----------------------------------------
+
+
+def finished_round_secrets(
+    swarm: Swarm, private_keys: dict[bytes, bytes]
+) -> tuple[Roster, GroupSecrets, Callable[[int, int], bytes], list[tuple[Envelope, bytes]]]:
+    """Run one 4-member round to the end; its roster, secrets, pair seeds and frames."""
+    rnd = swarm.start(swarm.keys[0])
+    swarm.net.run()
+    outcomes = check_round_invariant(swarm, rnd)
+    assert len(outcomes) == 4 and all(isinstance(o, RoundFinished) for o in outcomes.values())
+    recorded = swarm.deliveries_in(rnd.group)
+    (roster,) = {env.body for env, _ in recorded if env.type == "ROSTER"}
+    assert isinstance(roster, Roster)
+    secrets = rederive_secrets(swarm, roster, rnd.group, private_keys)
+    ephemeral = [verify_envelope(f).body.ephemeral_key for f in roster.accepts]  # type: ignore[attr-defined]
+
+    def seed(i: int, j: int) -> bytes:
+        shared = shared_secret(private_keys[ephemeral[i]], ephemeral[j])
+        return derive_pair_seed(shared, rnd.group, roster.members[i], roster.members[j], b"mask")
+
+    return roster, secrets, seed, recorded
+
+
+def test_two_colluding_members_of_four_cannot_unmask_an_honest_one(
+    ephemeral_private_keys: dict[bytes, bytes],
+) -> None:
+    # Members 0 and 1 pool everything they hold: their own ephemeral keys (so every pair seed
+    # they share with anyone) and every frame sent to them. Stripping their masks from an
+    # honest member's PART leaves it masked by the honest pair's seed, which they lack.
+    n = 8_000
+    swarm = build_swarm(n=n, record=True)
+    roster, secrets, seed, recorded = finished_round_secrets(swarm, ephemeral_private_keys)
+    colluders, honest = (0, 1), (2, 3)
+    bounds = part_bounds(n, 4)
+    checked = 0
+    for envelope, _ in recorded:
+        body = envelope.body
+        if not isinstance(body, Part) or body.part not in colluders:
+            continue
+        h = roster.members.index(envelope.sender)
+        if h not in honest:
+            continue
+        start = bounds[body.part][0] + body.shard.offset
+        where = slice(start, start + body.shard.length)
+        stripped = body.shard.array().copy()
+        for c in colluders:  # remove every mask the colluders can compute
+            mask = prg(seed(h, c), n, np.uint32)[where]
+            stripped = stripped - mask if c > h else stripped + mask
+        assert np.count_nonzero(stripped == secrets.plain[h][where]) < 0.001 * stripped.size
+        other = honest[1] if h == honest[0] else honest[0]
+        residue = prg(seed(h, other), n, np.uint32)[where]
+        unmasked = stripped - residue if other > h else stripped + residue
+        assert np.array_equal(unmasked, secrets.plain[h][where])  # only that seed was missing
+        checked += 1
+    assert checked == 4  # each honest member's part for each colluder
+
+
+def test_all_but_one_colluding_members_learn_the_last_ones_contribution(
+    ephemeral_private_keys: dict[bytes, bytes],
+) -> None:
+    # The documented limit of any secure sum: the group's sum minus the colluders' own
+    # contributions is the remaining member's, exactly (its weighted encoding, and its
+    # weight from W). Hence groups of 2 are impossible and groups of 3 protect a member only
+    # against each single other member.
+    swarm = build_swarm(n=2_000, record=True)
+    roster, secrets, _, _ = finished_round_secrets(swarm, ephemeral_private_keys)
+    group_sum = np.asarray(np.sum(secrets.plain, axis=0, dtype=np.uint32))
+    colluders_sum = np.asarray(np.sum(secrets.plain[:3], axis=0, dtype=np.uint32))
+    assert np.array_equal(group_sum - colluders_sum, secrets.plain[3])
+    weights = [swarm.peers[m].weight for m in roster.members]
+    assert sum(weights) - sum(weights[:3]) == weights[3]
