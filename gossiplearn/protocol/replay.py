@@ -84,7 +84,10 @@ class ReplayGuard:
         key = (group, sender)
         window = self._windows.get(key)
         if window is None:
-            self._make_room(sender, now_ms)
+            # Forget idle pairs as we go (cheap: only the oldest, idle ones are looked at), so
+            # the table holds about two freshness windows of traffic, not a full quota.
+            self.prune(now_ms)
+            self._make_room(sender)
             self._windows[key] = _Window(seq, {seq}, now_ms)
             self._per_sender[sender] += 1
             return
@@ -99,14 +102,8 @@ class ReplayGuard:
                 floor = seq - self.seq_window
                 window.seen = {s for s in window.seen if s > floor}
 
-    def _make_room(self, sender: bytes, now_ms: int) -> None:
-        """Raise unless ``sender`` may open one more pair (pruning idle pairs if needed)."""
-        if (
-            self._per_sender[sender] < self.max_keys_per_sender
-            and len(self._windows) < self.max_keys
-        ):
-            return
-        self.prune(now_ms)
+    def _make_room(self, sender: bytes) -> None:
+        """Raise unless ``sender`` may open one more pair (idle pairs are already pruned)."""
         held = self._per_sender[sender]
         if held >= self.max_keys_per_sender:
             raise ReplayTableFull(f"this sender already has {held} (group, sender) pairs tracked")

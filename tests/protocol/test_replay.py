@@ -117,3 +117,11 @@ def test_per_sender_counts_follow_the_table_and_stay_bounded():
     senders = [sender for _, sender in guard._windows]
     assert dict(guard._per_sender) == dict(Counter(senders))  # no zero entries left behind
     assert sum(guard._per_sender.values()) == len(guard)
+
+
+def test_idle_pairs_are_forgotten_as_new_ones_arrive():
+    guard = ReplayGuard(freshness_ms=1_000)
+    for i in range(100):  # one new group a second from one sender, for 100 s
+        guard.check_and_record(i.to_bytes(16, "big"), b"s" * 32, 1, now_ms=i * 1_000)
+    # Pairs idle for over 2 s are gone: the table holds only the last few seconds' pairs.
+    assert len(guard) <= 3 and guard.pairs_of(b"s" * 32) == len(guard)
