@@ -63,6 +63,11 @@ bench: $(VENV)/.installed-dev datasets
 	$(PY) benchmarks/round_bench.py --net libp2p
 	$(PY) benchmarks/learning_bench.py
 	$(PY) benchmarks/scale_bench.py
+	$(PY) benchmarks/fuzz_bench.py
+	$(PY) benchmarks/hostile_bench.py
+	$(PY) benchmarks/checkpoint_crash_bench.py
+	$(PY) benchmarks/churn_bench.py
+	$(PY) benchmarks/soak_bench.py
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check gossiplearn tests benchmarks

@@ -225,7 +225,10 @@ class Peer:
             sequence=self._sequence,
             on_rejected=self._count_rejected,
         )
-        self.engine = RoundEngine(self.host, self.node, self._on_action)
+        self.engine = RoundEngine(
+            self.host, self.node, self._on_action, on_unreachable=self._peer_unreachable
+        )
+        self.host.disconnect_listeners.append(self.engine.peer_disconnected)
         self.host.handle(ROUND_PROTOCOL, self._handle_round)
         self.host.handle(PING_PROTOCOL, self.discovery.handle_ping)
         self.host.handle(PEERS_PROTOCOL, self.discovery.handle_peers)
@@ -283,6 +286,10 @@ class Peer:
             live = [n.key for n in self.table.live(time.monotonic())]
             if len(live) >= 2 and not self.node.busy:
                 await self.engine.start_round(live)
+
+    def _peer_unreachable(self, key: bytes) -> None:
+        # Not invited again until it answers a ping (or reaches us) again.
+        self.table.failed(key, time.monotonic())
 
     def _count_rejected(self, reason: str) -> None:
         self.rejected[reason] += 1

@@ -6,6 +6,14 @@ in a worker thread (masking and encoding 10M-element vectors must not stall the 
 yamux resets a stream whose reader is stuck for 5 s). Stream handlers only read frames into
 that channel, so they keep reading however busy the machine is. The machine's Send actions go
 out as one new stream per peer and batch; its outcomes go to the daemon's callback.
+
+Memory: the inbox holds at most INBOX_CAPACITY frames, and each peer may have at most
+PEER_FRAMES frames read or queued (taken before a frame is read, given back once the machine
+has taken it). So a peer's frames in memory are bounded however many streams it opens, and
+however fast it writes: PEER_FRAMES x the frame limit, ~34 MiB; the rest of a flood waits
+unread in its streams, each within yamux's receive window (for a sender that honours it:
+py-libp2p 0.8.1 only logs a peer that overruns it). And one peer cannot fill the inbox and
+starve the others: it never holds more than PEER_FRAMES of its INBOX_CAPACITY slots.
 """
 
 from __future__ import annotations
@@ -28,7 +36,16 @@ from gossiplearn.protocol.round import Action, Node, RoundUsageError, Send, Wake
 log = logging.getLogger("gossiplearn.engine")
 
 INBOX_CAPACITY = 128
+#: Frames of one peer read or queued for the machine at once. An honest member sends us
+#: ~2 x (the vector / group size) per round in <= 1 MiB shards (20 frames for 10M elements
+#: and k = 4), and the machine takes each in a few milliseconds (decode and signature check
+#: of ~1 MiB), so a member's streams only wait on its quota while the machine is busy
+#: masking (under a second even for 10M elements), far below yamux's 5 s write timeout. 32
+#: bounds a hostile peer to 32 frames (~34 MiB) and leaves 96 of the 128 inbox slots to
+#: everyone else.
+PEER_FRAMES = 32
 SEND_TIMEOUT_S = 30.0
+PROBE_TIMEOUT_S = 3.0
 
 
 def now_ms() -> int:
@@ -39,6 +56,31 @@ def now_ms() -> int:
 class _Frame:
     sender: bytes
     frame: bytes
+
+
+class _PeerQuota:
+    """At most ``per_peer`` slots per peer; a task waits for one of its peer's slots."""
+
+    def __init__(self, per_peer: int) -> None:
+        self.per_peer = per_peer
+        self._slots: dict[bytes, trio.Semaphore] = {}  # only peers holding or awaiting slots
+
+    def held(self, key: bytes) -> int:
+        slots = self._slots.get(key)
+        return 0 if slots is None else self.per_peer - slots.value
+
+    async def acquire(self, key: bytes) -> None:
+        slots = self._slots.get(key)
+        if slots is None:
+            slots = self._slots[key] = trio.Semaphore(self.per_peer)
+        await slots.acquire()
+
+    def release(self, key: bytes) -> None:
+        slots = self._slots[key]
+        slots.release()
+        # All given back and nobody waiting (a waiter implies value 0): forget the peer.
+        if slots.value == self.per_peer:
+            del self._slots[key]
 
 
 @dataclass(frozen=True)
@@ -59,23 +101,58 @@ class _Abort:
     done: trio.Event
 
 
+@dataclass(frozen=True)
+class _Unreachable:
+    """Frames of ``group`` could not reach ``peer``, or its connection died and it could
+    not be reached again."""
+
+    peer: bytes
+    group: bytes
+
+
 class RoundEngine:
-    def __init__(self, host: Host, node: Node, on_action: Callable[[Action], None]) -> None:
+    def __init__(
+        self,
+        host: Host,
+        node: Node,
+        on_action: Callable[[Action], None],
+        on_unreachable: Callable[[bytes], None] = lambda peer: None,
+    ) -> None:
         self.host = host
         self.node = node
         self._on_action = on_action
+        self._on_unreachable = on_unreachable
         self._inbox_send, self._inbox = trio.open_memory_channel[object](INBOX_CAPACITY)
+        self._quota = _PeerQuota(PEER_FRAMES)
         self._nursery: trio.Nursery | None = None
         self.send_failures = 0
 
     # ---- inputs ----
 
     async def handle_stream(self, key: bytes, stream: object) -> None:
-        """Round protocol handler: queue every frame the peer sends on this stream."""
+        """Round protocol handler: queue every frame the peer sends on this stream.
+
+        A slot of the peer's quota is taken before each frame is read, and handed on with the
+        frame to the machine's task, which gives it back (see PEER_FRAMES).
+        """
         limit = DEFAULT_LIMITS.max_frame_bytes
-        while (frame := await self.host.receive_frame(key, stream, limit)) is not None:
-            await self._inbox_send.send(_Frame(key, frame))
+        while True:
+            await self._quota.acquire(key)
+            queued = False
+            try:
+                frame = await self.host.receive_frame(key, stream, limit)
+                if frame is None:
+                    break
+                await self._inbox_send.send(_Frame(key, frame))
+                queued = True
+            finally:
+                if not queued:
+                    self._quota.release(key)
         await stream.close()  # type: ignore[attr-defined]
+
+    def queued_frames(self, key: bytes) -> int:
+        """Frames of the peer ``key`` read or queued, not yet taken by the machine."""
+        return self._quota.held(key)
 
     async def start_round(self, candidates: Sequence[bytes]) -> None:
         await self._inbox_send.send(_Start(tuple(candidates)))
@@ -114,12 +191,19 @@ class RoundEngine:
     async def _execute(self, command: object) -> list[Action]:
         node = self.node
         if isinstance(command, _Frame):
-            return await self._call(node.receive, command.frame, now_ms(), from_peer=command.sender)
+            try:
+                return await self._call(
+                    node.receive, command.frame, now_ms(), from_peer=command.sender
+                )
+            finally:
+                self._quota.release(command.sender)
         if isinstance(command, _Contribution):
             await self._call(
                 node.set_contribution, command.vector, command.weight, command.schema_hash
             )
             return []
+        if isinstance(command, _Unreachable):
+            return await self._call(node.peer_unreachable, command.peer, command.group, now_ms())
         if isinstance(command, _Start):
             if node.busy:
                 return []
@@ -140,15 +224,22 @@ class RoundEngine:
 
     def _dispatch(self, actions: list[Action]) -> None:
         assert self._nursery is not None
+        # The machine just produced these for its current group (or for one that has ended,
+        # or outsiders): a failed send is reported for that group only, never a later one.
+        group = self.node.current_group
         for key, frames in _by_recipient(actions).items():
-            self._nursery.start_soon(self._send_batch, key, frames)
+            self._nursery.start_soon(self._send_batch, key, frames, SEND_TIMEOUT_S, group)
         for action in actions:
             # Wake needs no handling: run() asks the machine for its next deadline each turn.
             if not isinstance(action, Send | Wake):
                 self._on_action(action)
 
     async def _send_batch(
-        self, key: bytes, frames: list[bytes], timeout_s: float = SEND_TIMEOUT_S
+        self,
+        key: bytes,
+        frames: list[bytes],
+        timeout_s: float = SEND_TIMEOUT_S,
+        group: bytes | None = None,
     ) -> None:
         try:
             with trio.fail_after(timeout_s):
@@ -158,9 +249,25 @@ class RoundEngine:
                         await self.host.send_frame(key, stream, frame)
                 finally:
                     await stream.close()  # type: ignore[attr-defined]
-        except Exception as exc:  # the peer is gone or refused: its round will time out
+        except Exception as exc:  # the peer is gone or refused us
             self.send_failures += 1
             log.debug("sending %d frame(s) failed: %r", len(frames), exc)
+            self._on_unreachable(key)
+            if group is not None:  # the machine decides whether its round can go on
+                await self._inbox_send.send(_Unreachable(key, group))
+
+    def peer_disconnected(self, key: bytes) -> None:
+        """The host lost a connection to ``key`` (a crash closes them all at once). If we
+        are in a round, check at once whether ``key`` can still be reached: a member that
+        died after we sent it everything would otherwise cost us the round's deadline."""
+        group = self.node.current_group
+        if group is not None and self._nursery is not None:
+            self._nursery.start_soon(self._probe, key, group)
+
+    async def _probe(self, key: bytes, group: bytes) -> None:
+        # Libp2p may keep or redial another connection: an empty round stream tells (the
+        # peer's handler reads no frame and closes it).
+        await self._send_batch(key, [], PROBE_TIMEOUT_S, group)
 
 
 def _by_recipient(actions: list[Action]) -> dict[bytes, list[bytes]]:

@@ -4,6 +4,10 @@
 - The 250 ms "happy eyeballs" wait on every connect is switched off.
 - Admission: connections and streams from peers not admitted are refused before any payload
   is read, and counted; refused connections are closed.
+- An admitted peer may have at most ``max_streams_per_peer`` inbound streams in its handlers
+  at once (all protocols together); one more is reset before any payload is read, and counted
+  as "too_many_streams". Each handled stream can pin a frame (~1 MiB) and yamux's buffers, so
+  without a cap one peer opening 1,000 streams could pin gigabytes.
 - Every stream handler runs inside a catch-all that logs, counts and resets the stream: an
   exception escaping a handler would otherwise kill the whole host.
 - Frames are length-prefixed with the size limit checked before allocating (framing.py).
@@ -34,6 +38,16 @@ STATUS_PROTOCOL = "/gossiplearn/status/1.0.0"
 
 StreamHandler = Callable[[bytes, object], Awaitable[None]]
 
+#: Inbound streams one peer may have in our handlers at once, all protocols together. An
+#: honest peer needs far fewer: its engine opens one round stream per batch of frames for us,
+#: and one round gives us at most ~6 batches from any one member (INVITE or ACCEPT/BUSY, ROSTER
+#: with its WEIGHT_SHARE, PARTs, REDUCEDs, ABORT or CANCEL), each stream closed once written;
+#: discovery adds at most one PING and one PEERS stream in flight per neighbour, and a status
+#: request one more. That is ~9 even if a round's streams all wait on us at once; 32 leaves
+#: more than 3x margin (say, for a new round's INVITE arriving while an old round's streams
+#: drain), yet bounds what one peer can pin: 32 streams, each one frame and a yamux buffer.
+MAX_STREAMS_PER_PEER = 32
+
 
 class Admission:
     """Who may talk to this peer: an allowlist of Ed25519 public keys, or everyone ("open")."""
@@ -50,6 +64,10 @@ class Admission:
 class HostCounters:
     refused_connections: int = 0
     refused_streams: int = 0
+    #: Streams of admitted peers reset because the peer was at max_streams_per_peer.
+    capped_streams: Counter[bytes] = field(default_factory=Counter)
+    #: Streams handed to a handler, per peer (only admitted peers ever appear here).
+    served_streams: Counter[bytes] = field(default_factory=Counter)
     handler_errors: Counter[str] = field(default_factory=Counter)
     bytes_in: Counter[bytes] = field(default_factory=Counter)
     bytes_out: Counter[bytes] = field(default_factory=Counter)
@@ -90,16 +108,23 @@ class Host:
         *,
         enable_mdns: bool = False,
         on_rejected: Callable[[str], None] = lambda reason: None,
+        max_streams_per_peer: int = MAX_STREAMS_PER_PEER,
     ) -> None:
+        if max_streams_per_peer < 1:
+            raise ValueError("max_streams_per_peer must be >= 1")
         self.identity = identity
         self.listen = listen
         self.admission = admission
         self.enable_mdns = enable_mdns
         self.on_rejected = on_rejected  # counts framing refusals with the daemon's reasons
         self.counters = HostCounters()
+        self.max_streams_per_peer = max_streams_per_peer
+        self._active_streams: Counter[bytes] = Counter()  # per peer, in our handlers now
         self._host: object | None = None
         self._handlers: dict[str, StreamHandler] = {}
         self._refused_peers: trio.MemorySendChannel[object] | None = None
+        #: Called with an admitted peer's key whenever one of its connections closes.
+        self.disconnect_listeners: list[Callable[[bytes], None]] = []
 
     # ---- lifecycle ----
 
@@ -180,33 +205,53 @@ class Host:
                 self.counters.refused_streams += 1
                 await _reset(stream)
                 return
-            try:
-                await handler(key, stream)
-            except Exception as exc:  # trap 3: an escaping exception kills the host
-                self.counters.handler_errors[protocol] += 1
-                # A peer that breaks framing or resets mid-frame sent a refused message: it is
-                # counted like any other. Anything else is our bug: a warning, not a refusal.
-                peer_fault = isinstance(exc, FramingError) or type(exc).__module__.startswith(
-                    "libp2p"
-                )
-                if peer_fault:
-                    self.on_rejected(
-                        f"frame_{exc.reason}" if isinstance(exc, FramingError) else "stream_error"
-                    )
-                log.log(
-                    logging.DEBUG if peer_fault else logging.WARNING,
-                    "handler %s failed for %s: %r",
-                    protocol,
-                    _short(key),
-                    exc,
-                )
+            if self._active_streams[key] >= self.max_streams_per_peer:
+                # Over its cap: refused like a bad message, before a byte of payload is read.
+                self.counters.capped_streams[key] += 1
+                self.on_rejected("too_many_streams")
                 await _reset(stream)
                 return
-            # Handlers may return without closing; an unclosed inbound stream stays in yamux
-            # for the connection's whole life.
-            await _close(stream)
+            self._active_streams[key] += 1
+            self.counters.served_streams[key] += 1
+            try:
+                await self._serve(protocol, handler, key, stream)
+            finally:
+                self._active_streams[key] -= 1
+                if not self._active_streams[key]:
+                    del self._active_streams[key]
 
         self.libp2p.set_stream_handler(TProtocol(protocol), guarded)
+
+    async def _serve(
+        self, protocol: str, handler: StreamHandler, key: bytes, stream: object
+    ) -> None:
+        try:
+            await handler(key, stream)
+        except Exception as exc:  # trap 3: an escaping exception kills the host
+            self.counters.handler_errors[protocol] += 1
+            # A peer that breaks framing or resets mid-frame sent a refused message: it is
+            # counted like any other. Anything else is our bug: a warning, not a refusal.
+            peer_fault = isinstance(exc, FramingError) or type(exc).__module__.startswith("libp2p")
+            if peer_fault:
+                self.on_rejected(
+                    f"frame_{exc.reason}" if isinstance(exc, FramingError) else "stream_error"
+                )
+            log.log(
+                logging.DEBUG if peer_fault else logging.WARNING,
+                "handler %s failed for %s: %r",
+                protocol,
+                _short(key),
+                exc,
+            )
+            await _reset(stream)
+            return
+        # Handlers may return without closing; an unclosed inbound stream stays in yamux
+        # for the connection's whole life.
+        await _close(stream)
+
+    def active_streams(self, key: bytes) -> int:
+        """Inbound streams of the peer ``key`` in our handlers right now."""
+        return self._active_streams.get(key, 0)
 
     # ---- frames, counted per peer ----
 
@@ -262,6 +307,12 @@ class Host:
                 with contextlib.suppress(trio.WouldBlock):
                     self._refused_peers.send_nowait(conn.muxed_conn.peer_id)  # type: ignore[attr-defined]
 
+    def _on_disconnected(self, conn: object) -> None:
+        key = peer_key(conn.muxed_conn.peer_id)  # type: ignore[attr-defined]
+        if key is not None and key in self.admission:
+            for listener in self.disconnect_listeners:
+                listener(key)
+
     async def _close_refused(self, receive: trio.MemoryReceiveChannel[object]) -> None:
         async for peer_id in receive:
             with trio.move_on_after(2):
@@ -281,7 +332,7 @@ class _AdmissionNotifee:
         self._host._on_connected(conn)
 
     async def disconnected(self, network: object, conn: object) -> None:
-        return None
+        self._host._on_disconnected(conn)
 
     async def opened_stream(self, network: object, stream: object) -> None:
         return None

@@ -77,3 +77,66 @@ async def test_an_exception_in_a_handler_resets_the_stream_but_keeps_the_host():
 def test_split_p2p_multiaddr_refuses_incomplete_addresses(bad):
     with pytest.raises(ValueError):
         split_p2p_multiaddr(bad)
+
+
+async def test_streams_beyond_the_per_peer_cap_are_reset_counted_and_freed_again():
+    a, b, c = (Identity.generate() for _ in range(3))
+    rejected: list[str] = []
+    server = Host(
+        a,
+        LOOPBACK,
+        Admission([b.public_key, c.public_key]),
+        on_rejected=rejected.append,
+        max_streams_per_peer=3,
+    )
+    release = trio.Event()
+    started: list[bytes] = []
+
+    async def hold(key: bytes, stream) -> None:
+        started.append(await server.receive_frame(key, stream, 100))
+        await release.wait()
+        await server.send_frame(key, stream, b"done")
+
+    server.handle("/gossiplearn/hold/1.0.0", hold)
+    server.handle(ECHO, echo_for(server))
+    async with server.run():
+        client = Host(b, LOOPBACK, Admission([a.public_key]))
+        other = Host(c, LOOPBACK, Admission([a.public_key]))
+        async with client.run(), other.run():
+            await client.connect(server.addrs()[0])
+            await other.connect(server.addrs()[0])
+            held = []
+            for i in range(3):
+                stream = await client.open_stream(a.public_key, "/gossiplearn/hold/1.0.0")
+                await write_frame(stream, b"%d" % i)
+                held.append(stream)
+            with trio.fail_after(5):
+                while len(started) < 3:
+                    await trio.sleep(0.01)
+            assert server.active_streams(b.public_key) == 3
+            # The fourth, on any protocol, is reset before its payload is read.
+            try:
+                reply = await ask(client, a.public_key, b"one too many")
+            except Exception:  # a reset, seen at open, write or read
+                reply = None
+            assert reply is None
+            assert server.counters.capped_streams[b.public_key] == 1
+            assert rejected == ["too_many_streams"]
+            assert server.counters.bytes_in[b.public_key] == 3 * (4 + 1)  # only the held ones
+            # Another peer has its own allowance.
+            assert await ask(other, a.public_key, b"mine") == b"mine"
+            # Once the held streams end, their slots are free again.
+            release.set()
+            for stream in held:
+                assert await read_frame(stream, 100) == b"done"
+                await stream.close()
+            with trio.fail_after(5):
+                while server.active_streams(b.public_key):
+                    await trio.sleep(0.01)
+            assert await ask(client, a.public_key, b"back") == b"back"
+            assert server.counters.capped_streams[b.public_key] == 1
+
+
+def test_the_stream_cap_must_allow_a_stream():
+    with pytest.raises(ValueError):
+        Host(Identity.generate(), LOOPBACK, Admission([]), max_streams_per_peer=0)
