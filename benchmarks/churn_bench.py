@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import signal
 import subprocess
@@ -49,7 +48,13 @@ from typing import Any
 
 from gossiplearn.peer.checkpoint import read_checkpoint_meta
 from gossiplearn.peer.config import CHECKPOINT_DIR, load_config, save_config
-from gossiplearn.sim.launcher import SimConfig, _fetch_status, _stop_all, prepare_peers
+from gossiplearn.sim.launcher import (
+    SimConfig,
+    _fetch_status,
+    _stop_all,
+    prepare_peers,
+    start_peer,
+)
 
 POLL_S = 0.5
 #: A round's deadline fires a tick in the engine, which aborts it in a worker thread. With
@@ -103,17 +108,9 @@ class Fleet:
         self.dirs = dirs
         self.ports = [load_config(d).status.port for d in dirs]
         self.processes: list[subprocess.Popen[bytes] | None] = [None] * len(dirs)
-        self._env = dict(os.environ, PYTHONUNBUFFERED="1")
 
     def start(self, i: int) -> None:
-        with open(self.dirs[i] / "stdout.log", "ab") as log:
-            self.processes[i] = subprocess.Popen(
-                [sys.executable, "-m", "gossiplearn.cli", "run", str(self.dirs[i])],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self._env,
-                start_new_session=True,
-            )
+        self.processes[i] = start_peer(self.dirs[i])
 
     def kill(self, i: int) -> None:
         process = self.processes[i]

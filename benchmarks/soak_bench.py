@@ -61,7 +61,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import signal
 import statistics
 import subprocess
@@ -74,7 +73,7 @@ from pathlib import Path
 from typing import Any
 
 from gossiplearn.peer.config import load_config
-from gossiplearn.sim.launcher import SimConfig, _fetch_status, _stop_all, prepare_peers
+from gossiplearn.sim.launcher import SimConfig, _fetch_status, _stop_all, prepare_peers, start_peer
 
 MB = 1024 * 1024
 PROGRESS_EVERY_S = 30.0
@@ -359,23 +358,13 @@ def run_soak(config: SoakConfig, out_dir: Path) -> dict[str, Any]:
     ).validate()
     dirs = prepare_peers(out_dir, sim)
     ports = [load_config(d).status.port for d in dirs]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
     processes: list[subprocess.Popen[bytes]] = []
     series: list[list[Sample]] = [[] for _ in dirs]
     missed = [0] * len(dirs)
     crashes: dict[int, Crash] = {}
     try:
         for directory in dirs:
-            with open(directory / "stdout.log", "wb") as log:  # the child has its own copy
-                processes.append(
-                    subprocess.Popen(
-                        [sys.executable, "-m", "gossiplearn.cli", "run", str(directory)],
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        env=env,
-                        start_new_session=True,  # Ctrl-C reaches us; we stop the children
-                    )
-                )
+            processes.append(start_peer(directory))
         t0 = time.monotonic()
         _say(f"[soak] {config.peers} peers started in {out_dir}; {config.duration_s:g} s")
         next_progress = PROGRESS_EVERY_S

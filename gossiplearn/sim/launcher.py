@@ -285,6 +285,20 @@ def _result_from_documents(
     )
 
 
+def start_peer(directory: Path) -> subprocess.Popen[bytes]:
+    """``gossiplearn run DIRECTORY`` as a subprocess, its output appended to
+    DIRECTORY/stdout.log, in a session of its own: Ctrl-C reaches only the caller, which
+    then stops its peers in order (:func:`_stop_all`)."""
+    with open(directory / "stdout.log", "ab") as log:  # the child keeps its own copy
+        return subprocess.Popen(
+            [sys.executable, "-m", "gossiplearn.cli", "run", str(directory)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            start_new_session=True,
+        )
+
+
 def run_process(
     config: SimConfig,
     out_dir: Path,
@@ -298,19 +312,7 @@ def run_process(
     started = time.perf_counter()
     dirs = prepare_peers(out_dir, config)
     ports = [load_config(d).status.port for d in dirs]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    processes = []
-    for directory in dirs:
-        log = open(directory / "stdout.log", "wb")  # noqa: SIM115 - the child owns it
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "gossiplearn.cli", "run", str(directory)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,  # Ctrl-C reaches us; we stop the children in order
-            )
-        )
+    processes = [start_peer(directory) for directory in dirs]
     deadline = time.monotonic() + _budget_s(config, timeout_s)
     documents: list[dict[str, Any] | None] = [None] * len(dirs)
     try:

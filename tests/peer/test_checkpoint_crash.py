@@ -6,31 +6,17 @@ benchmarks/ is not a package, and a real script file lets the child run as ``pyt
 instead of as untyped, unlinted ``python -c`` source.
 """
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import pytest
 
-BENCH_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "checkpoint_crash_bench.py"
+from tests.bench import load_bench
+
 TRIALS = 16
-
-
-def load_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("checkpoint_crash_bench", BENCH_PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses look the defining module up in sys.modules while building the class.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_kill_9_during_saves_leaves_the_old_or_the_new_checkpoint(tmp_path):
-    bench = load_bench()
+    bench = load_bench("checkpoint_crash_bench")
 
     report = bench.run_trials(tmp_path, TRIALS, seed=20240607, input_dim=256, hidden=(256, 256))
 

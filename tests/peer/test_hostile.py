@@ -20,9 +20,7 @@ Plus, fast: the round engine's per-peer frame quota, on its own.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -34,8 +32,8 @@ import trio.testing
 from gossiplearn.peer import engine as engine_module
 from gossiplearn.peer.engine import PEER_FRAMES, RoundEngine
 from gossiplearn.peer.host import MAX_STREAMS_PER_PEER
+from tests.bench import load_bench
 
-BENCH_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "hostile_bench.py"
 STRANGER_STREAMS = 40
 FORGED = 60
 REPLAYED = 60
@@ -53,21 +51,9 @@ FLOOD_MIN_ROUNDS = 2
 ABORTED_BY_GARBAGE = {"implausible_average", "peer_aborted"}
 
 
-def load_bench() -> ModuleType:
-    if "hostile_bench" in sys.modules:
-        return sys.modules["hostile_bench"]
-    spec = importlib.util.spec_from_file_location("hostile_bench", BENCH_PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses look the defining module up in sys.modules while building the class.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    return load_bench()
+    return load_bench("hostile_bench")
 
 
 def run_watched(bench: ModuleType, fn: Any, *args: Any) -> tuple[Any, dict[str, int]]:

@@ -13,17 +13,14 @@ breaks framing is refused and counted by the host, and shows in /metrics.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
 from gossiplearn.peer.host import PEERS_PROTOCOL, ROUND_PROTOCOL, STATUS_PROTOCOL
+from tests.bench import load_bench
 
-BENCH_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "fuzz_bench.py"
 MESSAGES = 3_000
 BUDGET_S = 60.0
 STOP_BUDGET_S = 5.0
@@ -52,19 +49,9 @@ REASONS = {
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
-def load_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fuzz_bench", BENCH_PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses look the defining module up in sys.modules while building the class.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    return load_bench()
+    return load_bench("fuzz_bench")
 
 
 @pytest.fixture(scope="module")

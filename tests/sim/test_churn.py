@@ -8,32 +8,18 @@ module fixture, about 4 minutes on 2 cores) feed every test below.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-BENCH_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "churn_bench.py"
+from tests.bench import load_bench
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
-def load_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("churn_bench", BENCH_PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses look the defining module up in sys.modules while building the class.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    bench = load_bench()
+    bench = load_bench("churn_bench")
     config = bench.ChurnConfig(peers=8, duration_s=90, kill_every_s=10, restart_delay_s=3)
     return dict(bench.run_churn(tmp_path_factory.mktemp("churn"), config, fault_free=True))
 

@@ -7,16 +7,14 @@ test_live_fuzz.py loads fuzz_bench.py).
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-BENCH_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "soak_bench.py"
+from tests.bench import load_bench
+
 MB = 1024 * 1024
 WARMUP_S = 120.0
 WINDOW_S = 60.0
@@ -24,19 +22,9 @@ DURATION_S = 600.0
 SAMPLE_S = 5.0
 
 
-def load_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("soak_bench", BENCH_PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses look the defining module up in sys.modules while building the class.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    return load_bench()
+    return load_bench("soak_bench")
 
 
 def series(
