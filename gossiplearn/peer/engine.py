@@ -18,6 +18,7 @@ starve the others: it never holds more than PEER_FRAMES of its INBOX_CAPACITY sl
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -170,19 +171,25 @@ class RoundEngine:
     # ---- the machine's task ----
 
     async def run(self) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            while True:
-                deadline = self.node.next_deadline()
-                timeout = math.inf if deadline is None else max(0.0, (deadline - now_ms()) / 1000)
-                command = None
-                with trio.move_on_after(timeout):
-                    command = await self._inbox.receive()
-                if command is None:
-                    actions = await self._call(self.node.tick, now_ms())
-                else:
-                    actions = await self._execute(command)
-                self._dispatch(actions)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                while True:
+                    deadline = self.node.next_deadline()
+                    timeout = (
+                        math.inf if deadline is None else max(0.0, (deadline - now_ms()) / 1000)
+                    )
+                    command = None
+                    with trio.move_on_after(timeout):
+                        command = await self._inbox.receive()
+                    if command is None:
+                        actions = await self._call(self.node.tick, now_ms())
+                    else:
+                        actions = await self._execute(command)
+                    self._dispatch(actions)
+        finally:
+            # The host closes its connections after we stop, and tells peer_disconnected.
+            self._nursery = None
 
     async def _call(self, fn: Callable[..., Any], *args: object, **kwargs: object) -> Any:
         """Run a machine method in a worker thread (only this task ever touches the machine)."""
@@ -262,7 +269,10 @@ class RoundEngine:
         died after we sent it everything would otherwise cost us the round's deadline."""
         group = self.node.current_group
         if group is not None and self._nursery is not None:
-            self._nursery.start_soon(self._probe, key, group)
+            # A notifee callback must never raise into libp2p: a nursery closing right now
+            # (we are stopping) refuses new tasks, and then there is nothing to probe for.
+            with contextlib.suppress(RuntimeError):
+                self._nursery.start_soon(self._probe, key, group)
 
     async def _probe(self, key: bytes, group: bytes) -> None:
         # Libp2p may keep or redial another connection: an empty round stream tells (the
