@@ -2,7 +2,7 @@
 
 A :class:`Node` takes events and returns actions, like h11: ``receive(frame, now_ms)`` for a
 frame that arrived, ``tick(now_ms)`` when time has passed, ``start_round(...)`` to invite
-neighbours. It returns :class:`Send` (a signed frame for a peer), :class:`Wake` (call ``tick``
+neighbours, ``peer_unreachable(...)`` when the transport could not deliver to a peer. It returns :class:`Send` (a signed frame for a peer), :class:`Wake` (call ``tick``
 at this time), and outcomes (:class:`RoundFinished`, :class:`RoundAborted`,
 :class:`RoundCancelled`, :class:`MessageRefused`). It never does I/O, never reads a clock and
 never draws randomness of its own: the caller injects ``now_ms`` and an ``rng``, so a test can
