@@ -85,8 +85,9 @@ from gossiplearn.peer.host import (
     Host,
 )
 from gossiplearn.protocol import Invite, Part, split_shards
+from gossiplearn.protocol.events import Action, MessageRefused
+from gossiplearn.protocol.node import Node
 from gossiplearn.protocol.replay import DEFAULT_FRESHNESS_MS
-from gossiplearn.protocol.round import Action, MessageRefused, Node
 from gossiplearn.sim.launcher import SimConfig, prepare_peers
 
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]

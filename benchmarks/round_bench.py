@@ -41,14 +41,9 @@ import trio
 
 from gossiplearn.commands.common import free_port
 from gossiplearn.crypto import Identity
+from gossiplearn.protocol.events import RoundAborted, RoundCancelled, RoundFinished
+from gossiplearn.protocol.node import Node, RoundConfig
 from gossiplearn.protocol.plaintext import PlaintextNode
-from gossiplearn.protocol.round import (
-    Node,
-    RoundAborted,
-    RoundCancelled,
-    RoundConfig,
-    RoundFinished,
-)
 from gossiplearn.sim.memnet import MemoryNetwork
 
 

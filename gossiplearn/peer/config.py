@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from gossiplearn.fileio import write_atomically
+from gossiplearn.protocol.messages import MAX_WEIGHT
+from gossiplearn.protocol.node import RoundConfig
 
 CONFIG_FILE = "config.toml"
 IDENTITY_FILE = "identity.key"
@@ -48,11 +50,23 @@ class DiscoverySection:
 class RoundSection:
     group_size: int = 4
     frac_bits: int = 20
+    max_weight: int = 1
     interval_s: float = 10.0
     invite_timeout_s: float = 2.0
     round_timeout_s: float = 60.0
     mix: float = 1.0
     max_abs_average: float = 64.0
+
+    def to_round_config(self) -> RoundConfig:
+        """The round machine's parameters from this section (the one place they are mapped)."""
+        return RoundConfig(
+            max_group_size=self.group_size,
+            frac_bits=self.frac_bits,
+            max_weight=self.max_weight,
+            invite_timeout_ms=int(self.invite_timeout_s * 1000),
+            round_timeout_ms=int(self.round_timeout_s * 1000),
+            max_abs_average=self.max_abs_average,
+        )
 
 
 @dataclass
@@ -109,6 +123,10 @@ class PeerConfig:
             raise ConfigError("peer.listen needs at least one multiaddr")
         if not 3 <= self.round.group_size <= 16:
             raise ConfigError("round.group_size must be in 3..16 (groups of 2 would leak)")
+        if not 1 <= self.round.max_weight <= MAX_WEIGHT:
+            raise ConfigError(
+                f"round.max_weight must be in [1, {MAX_WEIGHT}] (1: equal weights)"
+            )
         if not 0 < self.round.mix <= 1:
             raise ConfigError("round.mix must be in (0, 1]")
         if not 0 < self.round.invite_timeout_s < self.round.round_timeout_s:
@@ -145,9 +163,14 @@ _DOCS: dict[str, str] = {
     "round": "Secure averaging rounds.",
     "round.group_size": "k: invite up to k-1 live neighbours; groups are 3..k members.",
     "round.frac_bits": "Fixed-point fractional bits (every peer of a network must agree).",
+    "round.max_weight": "Cap on a member's averaging weight (every peer of a network must agree).\n"
+    "1: equal weights, each member counts the same. Above 1: each member weighs its training\n"
+    "sample count, capped here, so no member outweighs the cap; keep the cap near the members'\n"
+    "sample counts (precision degrades by cap x members / total weight).",
     "round.interval_s": "Mean seconds between this peer's invitations (randomized +-50%).",
     "round.invite_timeout_s": "How long an initiator waits for answers to its INVITE.",
-    "round.round_timeout_s": "A round not finished by then is aborted (nothing leaks).",
+    "round.round_timeout_s": "The longest any round may take. Each round's own deadline is scaled\n"
+    "to the backbone and the measured throughput (seconds for small models), within this.",
     "round.mix": "After a round, backbone <- (1 - mix) * backbone + mix * group average.",
     "round.max_abs_average": "Abort a round whose average has any value beyond +-this: a member\n"
     "sent garbage, which decodes to values up to 2^(31 - frac_bits) (2048 at 20). Keep it above\n"

@@ -58,15 +58,14 @@ from gossiplearn.protocol import (
     encode_envelope,
     sequence_start,
 )
-from gossiplearn.protocol.round import (
+from gossiplearn.protocol.events import (
     Action,
     MessageRefused,
-    Node,
     RoundAborted,
     RoundCancelled,
-    RoundConfig,
     RoundFinished,
 )
+from gossiplearn.protocol.node import Node
 
 log = logging.getLogger("gossiplearn.peer")
 
@@ -189,13 +188,7 @@ class Peer:
             log.warning("admission is OPEN: any peer may connect and join rounds (demo mode)")
         self.node = Node(
             self.identity,
-            RoundConfig(
-                max_group_size=cfg.round.group_size,
-                frac_bits=cfg.round.frac_bits,
-                invite_timeout_ms=int(cfg.round.invite_timeout_s * 1000),
-                round_timeout_ms=int(cfg.round.round_timeout_s * 1000),
-                max_abs_average=cfg.round.max_abs_average,
-            ),
+            cfg.round.to_round_config(),
             admitted=self.admission,
             now_ms=int(time.time() * 1000),
         )
@@ -274,13 +267,14 @@ class Peer:
 
     async def _training_loop(self) -> None:
         """Train locally, publish the new backbone, and now and then invite neighbours."""
-        interval = self.config.round.interval_s
+        cfg = self.config
+        interval = cfg.round.interval_s
         while not self._stopping:
             async with self._model_lock:
                 await trio.to_thread.run_sync(self.trainer.train_local)
                 vector = await trio.to_thread.run_sync(self.model.get_backbone)
             await self.engine.set_contribution(
-                vector, self.training_samples, self.model.schema_hash
+                vector, min(self.training_samples, cfg.round.max_weight), self.model.schema_hash
             )
             await trio.sleep(interval * self._rng.uniform(0.5, 1.5))
             live = [n.key for n in self.table.live(time.monotonic())]

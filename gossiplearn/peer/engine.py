@@ -1,4 +1,4 @@
-"""Drives the sans-I/O round machine (:class:`~gossiplearn.protocol.round.Node`) over libp2p.
+"""Drives the sans-I/O round machine (:class:`~gossiplearn.protocol.node.Node`) over libp2p.
 
 One task owns the machine: frames from round streams, "start a round", "here is a new
 contribution" and "abort" all arrive through one channel and are fed to the machine in order,
@@ -32,7 +32,8 @@ import trio
 
 from gossiplearn.peer.host import ROUND_PROTOCOL, Host
 from gossiplearn.protocol.envelope import DEFAULT_LIMITS
-from gossiplearn.protocol.round import Action, Node, RoundUsageError, Send, Wake
+from gossiplearn.protocol.events import Action, RoundUsageError, Send, Wake
+from gossiplearn.protocol.node import Node
 
 log = logging.getLogger("gossiplearn.engine")
 

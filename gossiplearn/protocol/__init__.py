@@ -13,6 +13,7 @@ from gossiplearn.protocol.envelope import (
     decode_envelope,
     encode_envelope,
     verify_envelope,
+    verify_statement,
 )
 from gossiplearn.protocol.errors import REASONS, ProtocolError
 from gossiplearn.protocol.messages import (
@@ -21,6 +22,7 @@ from gossiplearn.protocol.messages import (
     Accept,
     Busy,
     Cancel,
+    Confirm,
     Invite,
     Message,
     Part,
@@ -45,6 +47,7 @@ __all__ = [
     "Accept",
     "Busy",
     "Cancel",
+    "Confirm",
     "Envelope",
     "Invite",
     "Limits",
@@ -66,4 +69,5 @@ __all__ = [
     "sequence_start",
     "split_shards",
     "verify_envelope",
+    "verify_statement",
 ]

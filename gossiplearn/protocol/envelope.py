@@ -12,12 +12,20 @@ to that canonical form, so one message has exactly one signed encoding.
 ``sender`` and ``recipient`` are raw 32-byte Ed25519 public keys (a peer id is their
 base58 form); ``group`` is a 16-byte group id, or empty for messages outside a round
 (PEERS, STATUS); ``ts`` is the sender's clock in milliseconds.
+
+Shard data is detached from the signature: for PART and REDUCED, ``sig`` covers the map with
+the shard's ``data`` replaced by empty bytes, and the shard's ``digest`` (BLAKE2b of its data,
+inside the signed part) binds the data; a receiver refuses data that does not match it. So
+the signed map plus ``sig``, without the data, is a small :attr:`Envelope.statement` of what
+the sender sent, verifiable by anyone (:func:`verify_statement`): members relay statements to
+compare what they received, and two conflicting ones from one sender prove it equivocated.
+Signing a digest also spares hashing a 1 MiB shard twice inside Ed25519.
 """
 
 from __future__ import annotations
 
 from collections.abc import Container
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
@@ -35,13 +43,21 @@ from gossiplearn.protocol.errors import (
     UnsupportedVersion,
     WrongRecipient,
 )
-from gossiplearn.protocol.messages import KEY_BYTES, MESSAGE_TYPES, SIGNATURE_BYTES, Message
+from gossiplearn.protocol.messages import (
+    KEY_BYTES,
+    MAX_STATEMENT,
+    MESSAGE_TYPES,
+    SIGNATURE_BYTES,
+    Message,
+)
 from gossiplearn.protocol.prescan import prescan
 from gossiplearn.protocol.replay import ReplayGuard
 from gossiplearn.protocol.schema import Record, binary, text, uint
-from gossiplearn.protocol.shards import MAX_SHARD_BYTES
+from gossiplearn.protocol.shards import MAX_SHARD_BYTES, Shard, shard_digest
 
-VERSION = 1
+#: 2: round v2 (agreement step, detached shard signatures, INVITE.max_weight). Version 1
+#: frames are refused (reason "version"); a v1 INVITE is answered BUSY so its sender learns.
+VERSION = 2
 GROUP_ID_BYTES = 16
 _SIG_KEY = msgpack.packb("sig")
 _SIG_ENTRY_BYTES = len(_SIG_KEY) + 2 + SIGNATURE_BYTES  # "sig", bin8 header, 64 bytes
@@ -94,6 +110,9 @@ class Envelope:
     body: Message
     sig: bytes
     v: int = VERSION
+    #: The signed map and its signature without shard data: the frame itself for messages
+    #: without a shard, a few hundred bytes for PART and REDUCED (see verify_statement).
+    statement: bytes = field(default=b"", repr=False, compare=False)
 
 
 def _pack(value: Any) -> bytes:
@@ -123,6 +142,33 @@ def _frame(signed: bytes, sig: bytes) -> bytes:
     return b"\x89" + signed[1:] + _SIG_KEY + _pack(sig)
 
 
+def _full_frame(
+    v: int,
+    type_: str,
+    sender: bytes,
+    recipient: bytes,
+    group: bytes,
+    seq: int,
+    ts: int,
+    body: Any,
+    sig: bytes,
+) -> bytes:
+    """The frame of a message whose signature leaves shard data out: the full body + sig."""
+    return _pack(
+        {
+            "v": v,
+            "type": type_,
+            "sender": sender,
+            "recipient": recipient,
+            "group": group,
+            "seq": seq,
+            "ts": ts,
+            "body": body,
+            "sig": sig,
+        }
+    )
+
+
 def encode_envelope(
     signer: Signer,
     sender: bytes,
@@ -136,8 +182,19 @@ def encode_envelope(
     """Sign ``body`` from ``sender`` (the signer's public key) to ``recipient``; returns the frame."""
     if len(group) not in (0, GROUP_ID_BYTES):
         raise ValueError(f"a group id has {GROUP_ID_BYTES} bytes (or none)")
-    signed = _signed_map(VERSION, body.TYPE, sender, recipient, group, seq, ts, body.to_wire())
-    return _frame(signed, signer.sign(signed))
+    signed = _signed_map(
+        VERSION, body.TYPE, sender, recipient, group, seq, ts, body.to_signed_wire()
+    )
+    sig = signer.sign(signed)
+    if _detaches(body):
+        return _full_frame(
+            VERSION, body.TYPE, sender, recipient, group, seq, ts, body.to_wire(), sig
+        )
+    return _frame(signed, sig)
+
+
+def _detaches(body: Message) -> bool:
+    return isinstance(getattr(body, "shard", None), Shard)
 
 
 def _unpack(raw: bytes, limits: Limits) -> Any:
@@ -162,6 +219,54 @@ def _unpack(raw: bytes, limits: Limits) -> Any:
         raise MalformedFrame(type(exc).__name__) from None
 
 
+def _decode(raw: bytes, limits: Limits, *, detached: bool) -> tuple[dict[str, Any], Message]:
+    """Decode, check the header schema and version, and build the body (not yet trusted)."""
+    decoded = _unpack(raw, limits)
+    header = HEADER_SCHEMA.validate(decoded)
+    if header["v"] != VERSION:
+        raise UnsupportedVersion(
+            f"version {header['v']}, this peer speaks {VERSION}",
+            header={key: header[key] for key in ("v", "type", "sender", "recipient", "group")},
+        )
+    message_type = MESSAGE_TYPES.get(header["type"])
+    if message_type is None:
+        raise SchemaViolation(f"unknown message type {header['type'][:16]!r}")
+    try:
+        body = message_type.from_wire(header["body"], detached=detached)
+    except ProtocolError:
+        raise
+    except (TypeError, ValueError) as exc:  # a body dataclass refusing a combination of fields
+        raise SchemaViolation(f"{header['type']}: {exc}") from None
+    return header, body
+
+
+def _signed(header: dict[str, Any], body: Message) -> bytes:
+    return _signed_map(
+        VERSION,
+        body.TYPE,
+        header["sender"],
+        header["recipient"],
+        header["group"],
+        header["seq"],
+        header["ts"],
+        body.to_signed_wire(),
+    )
+
+
+def _envelope(header: dict[str, Any], body: Message, statement: bytes) -> Envelope:
+    return Envelope(
+        type=body.TYPE,
+        sender=header["sender"],
+        recipient=header["recipient"],
+        group=header["group"],
+        seq=header["seq"],
+        ts=header["ts"],
+        body=body,
+        sig=header["sig"],
+        statement=statement,
+    )
+
+
 def verify_envelope(
     raw: bytes | bytearray | memoryview,
     *,
@@ -170,7 +275,8 @@ def verify_envelope(
     expected_sender: bytes | None = None,
 ) -> Envelope:
     """Checks that need no receiver state: size, decode, schema, version, canonical form,
-    sender (admitted; equal to the authenticated connection's peer if given) and signature.
+    sender (admitted; equal to the authenticated connection's peer if given), signature, and
+    shard data against its signed digest.
 
     Used on its own for the ACCEPT frames inside a ROSTER; :func:`decode_envelope` adds the
     recipient, freshness and replay checks.
@@ -180,31 +286,24 @@ def verify_envelope(
     if len(raw) > limits.max_frame_bytes:
         raise FrameTooLarge(f"{len(raw)} bytes > limit {limits.max_frame_bytes}")
     raw = bytes(raw)
-    decoded = _unpack(raw, limits)
-    header = HEADER_SCHEMA.validate(decoded)
-    if header["v"] != VERSION:
-        raise UnsupportedVersion(f"version {header['v']}, this peer speaks {VERSION}")
-    message_type = MESSAGE_TYPES.get(header["type"])
-    if message_type is None:
-        raise SchemaViolation(f"unknown message type {header['type'][:16]!r}")
-    try:
-        body = message_type.from_wire(header["body"])
-    except ProtocolError:
-        raise
-    except (TypeError, ValueError) as exc:  # a body dataclass refusing a combination of fields
-        raise SchemaViolation(f"{header['type']}: {exc}") from None
-
-    signed = _signed_map(
-        VERSION,
-        message_type.TYPE,
-        header["sender"],
-        header["recipient"],
-        header["group"],
-        header["seq"],
-        header["ts"],
-        body.to_wire(),
-    )
-    if raw != _frame(signed, header["sig"]):
+    header, body = _decode(raw, limits, detached=False)
+    signed = _signed(header, body)
+    statement = _frame(signed, header["sig"])
+    if _detaches(body):
+        canonical = _full_frame(
+            VERSION,
+            body.TYPE,
+            header["sender"],
+            header["recipient"],
+            header["group"],
+            header["seq"],
+            header["ts"],
+            body.to_wire(),
+            header["sig"],
+        )
+    else:
+        canonical = statement
+    if raw != canonical:
         raise NonCanonicalEncoding("frame is not the canonical encoding of its content")
 
     sender = header["sender"]
@@ -214,16 +313,31 @@ def verify_envelope(
         raise SenderMismatch("envelope sender differs from the connection's peer")
     if not verify(sender, signed, header["sig"]):
         raise BadSignature("signature does not verify against the sender's key")
-    return Envelope(
-        type=message_type.TYPE,
-        sender=sender,
-        recipient=header["recipient"],
-        group=header["group"],
-        seq=header["seq"],
-        ts=header["ts"],
-        body=body,
-        sig=header["sig"],
-    )
+    shard = getattr(body, "shard", None)
+    if isinstance(shard, Shard) and shard_digest(shard.data) != shard.digest:
+        raise BadSignature("shard data does not match its signed digest")
+    return _envelope(header, body, statement)
+
+
+def verify_statement(raw: bytes, *, limits: Limits = DEFAULT_LIMITS) -> Envelope:
+    """Check a statement (a message's signed map and signature, shard data left out, as in
+    :attr:`Envelope.statement`): size, decode, schema, version, canonical form, signature.
+
+    Returns its envelope; any shard in it is a :class:`~gossiplearn.protocol.shards.DetachedShard`.
+    A statement proves what its sender signed, to anyone, at any time: no recipient,
+    freshness or replay check applies.
+    """
+    if not isinstance(raw, bytes):
+        raise MalformedFrame(f"expected bytes, got {type(raw).__name__}")
+    if len(raw) > MAX_STATEMENT:
+        raise FrameTooLarge(f"{len(raw)} bytes > statement limit {MAX_STATEMENT}")
+    header, body = _decode(raw, limits, detached=True)
+    signed = _signed(header, body)
+    if raw != _frame(signed, header["sig"]):
+        raise NonCanonicalEncoding("statement is not the canonical encoding of its content")
+    if not verify(header["sender"], signed, header["sig"]):
+        raise BadSignature("signature does not verify against the sender's key")
+    return _envelope(header, body, raw)
 
 
 def decode_envelope(

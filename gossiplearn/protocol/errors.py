@@ -39,7 +39,14 @@ class NonCanonicalEncoding(ProtocolError):
 
 
 class UnsupportedVersion(ProtocolError):
+    """Another protocol version. ``header`` holds the frame's unverified v, type, sender,
+    recipient and group, so a peer can answer an INVITE it cannot join."""
+
     reason = "version"
+
+    def __init__(self, detail: str = "", header: dict[str, object] | None = None) -> None:
+        super().__init__(detail)
+        self.header = header or {}
 
 
 class NotAdmitted(ProtocolError):

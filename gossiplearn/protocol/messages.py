@@ -1,9 +1,9 @@
 """Typed bodies of every message gossiplearn peers exchange, with their wire schemas.
 
 Matchmaking: INVITE, ACCEPT, BUSY, ROSTER, CANCEL. The round: WEIGHT_SHARE, PART (a masked
-shard), REDUCED (a reduced part), ABORT. The daemon: PEERS (signed peer records), STATUS.
-Each class validates itself on construction, so a body built locally and one decoded from the
-wire obey the same rules.
+shard), REDUCED (a reduced part), CONFIRM (the agreement step), ABORT. The daemon: PEERS
+(signed peer records), STATUS. Each class validates itself on construction, so a body built
+locally and one decoded from the wire obey the same rules.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import msgpack
 from gossiplearn.crypto.signing import Signer, verify
 from gossiplearn.protocol.errors import SchemaViolation
 from gossiplearn.protocol.schema import Record, array, binary, text, uint
-from gossiplearn.protocol.shards import SHARD_SCHEMA, Shard
+from gossiplearn.protocol.shards import SHARD_SCHEMA, DetachedShard, Shard
 
 KEY_BYTES = 32
 SIGNATURE_BYTES = 64
@@ -33,6 +33,17 @@ MAX_PEER_RECORDS = 64
 MAX_ADDRS = 8
 MAX_ADDR_LEN = 256
 MAX_STATUS_JSON = 256 * 1024
+#: Weights are in [1, MAX_WEIGHT]; the network-wide cap ``max_weight`` is at most this.
+MAX_WEIGHT = (1 << 32) - 1
+#: A statement (a signed message without shard data, see envelope.py) relayed as evidence.
+#: The largest is a ROSTER of MAX_GROUP members: 16 ACCEPTs of at most MAX_ACCEPT_FRAME
+#: bytes plus 16 keys and the envelope, ~17.3 KiB.
+MAX_STATEMENT = 24 * 1024
+#: A CONFIRM relays the ROSTER, the other members' WEIGHT_SHAREs and one REDUCED per other
+#: part: at most 1 + 2 * (MAX_GROUP - 1) statements.
+MAX_EVIDENCE = 2 * MAX_GROUP - 1
+#: An equivocation proof: two statements and their framing.
+MAX_PROOF = 2 * MAX_STATEMENT + 256
 
 _member = binary(KEY_BYTES)
 _members = array(_member, MAX_GROUP, MIN_GROUP)
@@ -47,8 +58,13 @@ class Message:
     def to_wire(self) -> dict[str, Any]:
         return {name: _to_wire(getattr(self, name)) for name, _ in self.SCHEMA.fields}
 
+    def to_signed_wire(self) -> dict[str, Any]:
+        """The wire form the sender's signature covers: the same, but shard data detached."""
+        return self.to_wire()
+
     @classmethod
-    def from_wire(cls, value: Any) -> Message:
+    def from_wire(cls, value: Any, *, detached: bool = False) -> Message:
+        """Validate a decoded body. ``detached``: shards carry no data (a statement)."""
         return cls(**cls.SCHEMA.validate(value, f"body<{cls.TYPE}>"))
 
 
@@ -77,6 +93,7 @@ class Invite(Message):
             ("schema_hash", binary(HASH_BYTES)),
             ("length", uint(MAX_VECTOR_LENGTH)),
             ("frac_bits", uint(MAX_FRAC_BITS)),
+            ("max_weight", uint(MAX_WEIGHT, minimum=1)),
             ("deadline_ms", uint()),
         ),
     )
@@ -84,6 +101,8 @@ class Invite(Message):
     schema_hash: bytes
     length: int
     frac_bits: int
+    #: The network-wide weight cap; an invitee with another one answers BUSY.
+    max_weight: int
     deadline_ms: int
 
     def __post_init__(self) -> None:
@@ -152,20 +171,23 @@ class WeightShare(Message):
     value: int
 
 
-@dataclass(frozen=True)
 class _ShardMessage(Message):
-    """A body carrying one shard of part ``part`` of the group's vector."""
+    """A body carrying one shard (its field ``shard``) of part ``part`` of the group's vector."""
 
     part: int
     shard: Shard
 
+    def to_signed_wire(self) -> dict[str, Any]:
+        wire = self.to_wire()
+        wire["shard"] = self.shard.detached().to_wire()
+        return wire
+
     @classmethod
-    def from_wire(cls, value: Any) -> Message:
+    def from_wire(cls, value: Any, *, detached: bool = False) -> Message:
         fields = cls.SCHEMA.validate(value, f"body<{cls.TYPE}>")
-        return cls(fields["part"], Shard(**fields["shard"]))
-
-
-_SHARD_MESSAGE_FIELDS = (("part", uint(MAX_GROUP - 1)), ("shard", SHARD_SCHEMA))
+        shard_class = DetachedShard if detached else Shard
+        fields["shard"] = shard_class(**fields["shard"])
+        return cls(**fields)
 
 
 @dataclass(frozen=True)
@@ -173,22 +195,67 @@ class Part(_ShardMessage):
     """One shard of a member's masked part ``part``, sent to the member that reduces it."""
 
     TYPE = "PART"
-    SCHEMA = Record(TYPE, _SHARD_MESSAGE_FIELDS)
+    SCHEMA = Record(TYPE, (("part", uint(MAX_GROUP - 1)), ("shard", SHARD_SCHEMA)))
+    part: int
+    shard: Shard
 
 
 @dataclass(frozen=True)
 class Reduced(_ShardMessage):
-    """One shard of reduced part ``part`` (that part of the group's sum), sent to every member."""
+    """One shard of reduced part ``part`` (that part of the group's sum), sent to every member.
+
+    ``part_digest`` is the digest of the whole reduced part, the same in each of its shards:
+    one signed shard header therefore commits its reducer to the entire part, so members can
+    compare what they received with a single relayed statement per part (see CONFIRM).
+    """
 
     TYPE = "REDUCED"
-    SCHEMA = Record(TYPE, _SHARD_MESSAGE_FIELDS)
+    SCHEMA = Record(
+        TYPE,
+        (
+            ("part", uint(MAX_GROUP - 1)),
+            ("part_digest", binary(HASH_BYTES)),
+            ("shard", SHARD_SCHEMA),
+        ),
+    )
+    part: int
+    part_digest: bytes
+    shard: Shard
+
+
+@dataclass(frozen=True)
+class Confirm(Message):
+    """The agreement step: what this member holds, before it applies anything.
+
+    ``digest`` covers the round's parameters, the roster, every WEIGHT_SHARE and every reduced
+    part's digest, so equal digests mean equal total weights and equal averages. ``evidence``
+    is the statements (signed messages without shard data) this member received from the
+    others: the ROSTER (unless it is the initiator), each other member's WEIGHT_SHARE and one
+    REDUCED header per other part. A receiver compares them with its own: two validly signed,
+    conflicting statements from one sender prove that sender equivocated.
+    """
+
+    TYPE = "CONFIRM"
+    SCHEMA = Record(
+        TYPE,
+        (
+            ("digest", binary(HASH_BYTES)),
+            ("evidence", array(binary(max_size=MAX_STATEMENT), MAX_EVIDENCE)),
+        ),
+    )
+    digest: bytes
+    evidence: tuple[bytes, ...]
 
 
 @dataclass(frozen=True)
 class Abort(Message):
+    """The round is over for everyone. ``proof`` is an encoded equivocation proof (or empty):
+    a receiver that verifies it refuses the equivocator too, instead of blaming the aborter."""
+
     TYPE = "ABORT"
-    SCHEMA = Record(TYPE, (("reason", text(MAX_REASON)),))
+    SCHEMA = Record(TYPE, (("reason", text(MAX_REASON)), ("proof", binary(max_size=MAX_PROOF))))
     reason: str
+    proof: bytes = b""
 
 
 _PEER_RECORD_DOMAIN = "gossiplearn/peer-record/1"
@@ -247,7 +314,7 @@ class Peers(Message):
     records: tuple[PeerRecord, ...]
 
     @classmethod
-    def from_wire(cls, value: Any) -> Message:
+    def from_wire(cls, value: Any, *, detached: bool = False) -> Message:
         fields = cls.SCHEMA.validate(value, f"body<{cls.TYPE}>")
         return cls(tuple(PeerRecord(**record) for record in fields["records"]))
 
@@ -272,6 +339,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         WeightShare,
         Part,
         Reduced,
+        Confirm,
         Abort,
         Peers,
         Status,

@@ -1,4 +1,4 @@
-"""The same butterfly round with masking switched off. For benchmarks only.
+"""The same round with masking switched off. For benchmarks only.
 
 It exists to measure what secure aggregation costs (``secure_over_plain_cpu`` in
 ``benchmarks/round_bench.py``). Nothing in ``gossiplearn.peer`` or the CLI imports it, and no
@@ -9,10 +9,12 @@ its schema hash is rewritten, so secure peers answer its invitations with BUSY.
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import numpy as np
 
-from gossiplearn.protocol.round import Node
+from gossiplearn.protocol.aggregation import no_masks
+from gossiplearn.protocol.node import Node
 
 
 def plaintext_schema_hash(schema_hash: bytes) -> bytes:
@@ -23,8 +25,8 @@ def plaintext_schema_hash(schema_hash: bytes) -> bytes:
 class PlaintextNode(Node):
     """A :class:`Node` whose parts and weights travel unmasked (benchmark baseline)."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{**kwargs, "masking": no_masks})
+
     def set_contribution(self, vector: np.ndarray, weight: int, schema_hash: bytes) -> None:
         super().set_contribution(vector, weight, plaintext_schema_hash(schema_hash))
-
-    def _mask(self, vector: np.ndarray, index: int, seeds: dict[int, bytes]) -> None:
-        return None

@@ -75,9 +75,33 @@ class Shard:
     def from_wire(cls, value: object, where: str = "shard") -> Shard:
         return cls(**SHARD_SCHEMA.validate(value, where))
 
+    def detached(self) -> DetachedShard:
+        """This shard without its data: what its sender's signature covers (see envelope.py)."""
+        return DetachedShard(
+            self.index, self.total, self.offset, self.dtype, self.length, self.digest, b""
+        )
+
     def array(self) -> np.ndarray:
         """The shard's elements (read-only view of ``data``)."""
         return np.frombuffer(self.data, dtype=DTYPES[self.dtype])
+
+
+@dataclass(frozen=True)
+class DetachedShard(Shard):
+    """A shard's header (digest included) without its data.
+
+    Signatures cover a shard's digest, not its data (the receiver checks the data against the
+    digest), so a signed message's header alone is a compact, verifiable statement of what
+    its sender sent: members relay such statements as evidence (see protocol/evidence.py).
+    """
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise SchemaViolation(f"shard dtype {self.dtype!r} is not one of {sorted(DTYPES)}")
+        if self.index >= self.total:
+            raise SchemaViolation(f"shard index {self.index} >= total {self.total}")
+        if self.data:
+            raise SchemaViolation("a detached shard carries no data")
 
 
 def dtype_name(dtype: np.dtype) -> str:

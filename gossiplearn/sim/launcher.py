@@ -107,7 +107,8 @@ def run_memory(
 
     from gossiplearn.peer.model import SplitModel
     from gossiplearn.peer.trainer import Trainer
-    from gossiplearn.protocol.round import Node, RoundConfig, RoundFinished
+    from gossiplearn.protocol.events import RoundFinished
+    from gossiplearn.protocol.node import Node, RoundConfig
     from gossiplearn.sim.memnet import MemoryNetwork
 
     started = time.perf_counter()
@@ -138,9 +139,7 @@ def run_memory(
     for round_index in range(config.rounds):
         for node, model, trainer in zip(nodes, models, trainers, strict=True):
             trainer.train_local()
-            node.set_contribution(
-                model.get_backbone(), trainer.num_train_samples, model.schema_hash
-            )
+            node.set_contribution(model.get_backbone(), 1, model.schema_hash)  # equal weights
         for group in _groups(len(nodes), config.group_size, rng):
             net.start_round(nodes[group[0]].public_key, [nodes[i].public_key for i in group[1:]])
         net.run()

@@ -1,6 +1,6 @@
 """A deterministic in-memory network for the sans-I/O protocol machines.
 
-Routes the :class:`~gossiplearn.protocol.round.Node` actions between nodes on a virtual clock,
+Routes the :class:`~gossiplearn.protocol.node.Node` actions between nodes on a virtual clock,
 with configurable latency, jitter (which reorders), loss, duplication and peer death. Given the
 same seed and inputs it replays exactly, so a fault found once is found every time. Tests use
 it for fault injection; the large-N simulation uses it to run a thousand peers in one process.
@@ -18,16 +18,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from gossiplearn.protocol.envelope import verify_envelope
-from gossiplearn.protocol.round import (
+from gossiplearn.protocol.events import (
     Action,
     MessageRefused,
-    Node,
     RoundAborted,
     RoundCancelled,
     RoundFinished,
     Send,
     Wake,
 )
+from gossiplearn.protocol.node import Node
 
 Outcome = RoundFinished | RoundAborted | RoundCancelled
 

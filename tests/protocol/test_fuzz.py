@@ -30,6 +30,7 @@ from gossiplearn.protocol import (
     Accept,
     Busy,
     Cancel,
+    Confirm,
     Envelope,
     Invite,
     Message,
@@ -45,6 +46,7 @@ from gossiplearn.protocol import (
     decode_envelope,
     encode_envelope,
     split_shards,
+    verify_envelope,
 )
 from gossiplearn.protocol.errors import FrameTooLarge
 from gossiplearn.protocol.replay import DEFAULT_FRESHNESS_MS
@@ -105,7 +107,14 @@ def _sample_bodies() -> list[Message]:
         SENDER, SENDER.public_key, ("/ip4/127.0.0.1/tcp/4001",), 7, NOW_MS + 60_000
     )
     return [
-        Invite(MEMBERS, SCHEMA_HASH, length=11, frac_bits=16, deadline_ms=NOW_MS + 5_000),
+        Invite(
+            MEMBERS,
+            SCHEMA_HASH,
+            length=11,
+            frac_bits=16,
+            max_weight=1,
+            deadline_ms=NOW_MS + 5_000,
+        ),
         Accept(ephemeral_key=b"\x42" * 32, schema_hash=SCHEMA_HASH),
         Busy("already in a round"),
         Roster(
@@ -116,7 +125,8 @@ def _sample_bodies() -> list[Message]:
         Cancel("initiator left"),
         WeightShare(value=2**64 - 1),
         Part(part=1, shard=part_shard),
-        Reduced(part=2, shard=reduced_shard),
+        Reduced(part=2, part_digest=b"\x17" * 32, shard=reduced_shard),
+        Confirm(digest=b"\x18" * 32, evidence=(b"statement",)),
         Abort("timeout"),
         Peers((record,)),
         Status('{"rounds": 3}'),
@@ -560,7 +570,13 @@ def test_the_same_frame_twice_is_a_replay() -> None:
     assert rejection_reason(VALID_FRAMES["PART"], replay) == "replay"
 
 
-def test_a_validly_signed_version_2_frame_is_refused() -> None:
+@pytest.mark.parametrize("version", [1, 3])
+def test_a_validly_signed_frame_of_another_version_is_refused(version: int) -> None:
     fields = {k: v for k, v in FRAME_DOCS["BUSY"].items() if k != "sig"}
     assert signed_frame(SENDER, fields) == VALID_FRAMES["BUSY"]  # only the version differs
-    assert rejection_reason(signed_frame(SENDER, fields | {"v": 2})) == "version"
+    frame = signed_frame(SENDER, fields | {"v": version})
+    assert rejection_reason(frame) == "version"
+    with pytest.raises(ProtocolError) as refused:
+        verify_envelope(frame)
+    assert str(refused.value) == f"version: version {version}, this peer speaks 2"
+    assert refused.value.header["sender"] == SENDER.public_key  # type: ignore[attr-defined]

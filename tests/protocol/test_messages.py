@@ -27,6 +27,7 @@ def test_every_type_is_registered_once():
             "WEIGHT_SHARE",
             "PART",
             "REDUCED",
+            "CONFIRM",
             "ABORT",
             "PEERS",
             "STATUS",
@@ -42,11 +43,12 @@ def test_groups_of_two_or_repeated_members_are_impossible():
                 "schema_hash": b"h" * 32,
                 "length": 10,
                 "frac_bits": 16,
+                "max_weight": 1,
                 "deadline_ms": 1,
             }
         )
     with pytest.raises(SchemaViolation):
-        Invite(MEMBERS[:2] + (MEMBERS[0],), b"h" * 32, 10, 16, 1)
+        Invite(MEMBERS[:2] + (MEMBERS[0],), b"h" * 32, 10, 16, 1, 1)
 
 
 def test_roster_needs_one_accept_per_member():

@@ -7,8 +7,9 @@ import random
 import numpy as np
 
 from gossiplearn.crypto.identity import Identity
+from gossiplearn.protocol.events import Send
+from gossiplearn.protocol.node import Node, RoundConfig
 from gossiplearn.protocol.plaintext import PlaintextNode
-from gossiplearn.protocol.round import Node, RoundConfig, Send
 
 from .test_round import START_MS, contribute, make_nodes, route
 

@@ -10,17 +10,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gossiplearn.crypto.identity import Identity
-from gossiplearn.protocol.round import (
+from gossiplearn.protocol.aggregation import part_bounds
+from gossiplearn.protocol.events import (
     MessageRefused,
-    Node,
     RoundCancelled,
-    RoundConfig,
     RoundFinished,
     RoundUsageError,
     Send,
     Wake,
-    part_bounds,
 )
+from gossiplearn.protocol.node import Node, RoundConfig
 
 SCHEMA = b"s" * 32
 START_MS = 1_700_000_000_000
@@ -59,18 +58,24 @@ def route(
 
 
 def contribute(nodes: list[Node], n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random vectors, and random weights up to the nodes' cap (all 1 with equal weights)."""
     rng = np.random.default_rng(seed)
     vectors = rng.normal(0, 3, size=(len(nodes), n)).astype(np.float32)
-    weights = rng.integers(1, 10_000, size=len(nodes))
+    weights = rng.integers(1, nodes[0].config.max_weight + 1, size=len(nodes))
     for node, vector, weight in zip(nodes, vectors, weights, strict=True):
         node.set_contribution(vector, int(weight), SCHEMA)
     return vectors, weights
 
 
-@given(k=st.integers(3, 8), n=st.integers(1, 5000), seed=st.integers(0, 2**16))
+@given(
+    k=st.integers(3, 8),
+    n=st.integers(1, 5000),
+    seed=st.integers(0, 2**16),
+    max_weight=st.sampled_from([1, 10_000]),
+)
 @settings(max_examples=40)
-def test_every_member_gets_the_same_weighted_average(k, n, seed):
-    config = RoundConfig(max_group_size=k, shard_bytes=4096)
+def test_every_member_gets_the_same_weighted_average(k, n, seed, max_weight):
+    config = RoundConfig(max_group_size=k, shard_bytes=4096, max_weight=max_weight)
     nodes = make_nodes(k, config, seed % 250)
     vectors, weights = contribute(nodes, n, seed)
     outcomes = route(nodes, nodes[0].start_round([x.public_key for x in nodes[1:]], START_MS))
@@ -80,8 +85,12 @@ def test_every_member_gets_the_same_weighted_average(k, n, seed):
     averages = [r[0].average for r in results]
     assert all(np.array_equal(averages[0], a) for a in averages[1:])  # bit-identical
     expected = np.average(vectors.astype(np.float64), axis=0, weights=weights)
-    assert np.abs(averages[0] - expected).max() <= k * 2.0**-config.frac_bits
-    assert results[0][0].total_weight == int(weights.sum())
+    # Each member encodes (w_i / S) x_i with S = k * max_weight, so the k rounding errors of
+    # 2^-(f+1) are scaled back up by S / W; then float32.
+    total = int(weights.sum())
+    tolerance = k * 2.0 ** -(config.frac_bits + 1) * (k * max_weight / total)
+    assert np.abs(averages[0] - expected).max() <= tolerance + 1e-6 * np.abs(expected).max()
+    assert results[0][0].total_weight == total
     assert not any(node.busy for node in nodes)
 
 
@@ -191,7 +200,8 @@ def test_current_round_names_the_group_while_it_runs():
     actions = nodes[0].start_round([n.public_key for n in nodes[1:]], START_MS)
     group = nodes[0].current_group
     assert group is not None
-    deadline = START_MS + config.round_timeout_ms
+    deadline = START_MS + nodes[0].round_budget_ms(10)
+    assert deadline < START_MS + config.round_timeout_ms  # scaled to the (tiny) backbone
     assert nodes[0].current_round == (group, START_MS, deadline)
     # A member joins later: its own start, the invitation's deadline.
     invite = next(a for a in actions if isinstance(a, Send) and a.to == nodes[1].public_key)
@@ -203,10 +213,11 @@ def test_current_round_names_the_group_while_it_runs():
     outcomes = route(nodes, reply, first=nodes[1].public_key)
     assert [[type(o) for o in outcomes[n.public_key]] for n in nodes] == [[RoundFinished]] * 3
     assert [n.current_round for n in nodes] == [None] * 3
-    # An aborted round leaves nothing either.
+    # An aborted round leaves nothing either (after new contributions: the old ones are spent).
+    contribute(nodes, 10, 1)
     nodes[0].start_round([n.public_key for n in nodes[1:]], START_MS + 10)
     assert nodes[0].current_round is not None
-    nodes[0].tick(START_MS + 10 + config.round_timeout_ms)
+    nodes[0].tick(START_MS + 10 + nodes[0].round_budget_ms(10))
     assert nodes[0].current_round is None
 
 

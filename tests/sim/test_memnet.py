@@ -5,7 +5,8 @@ import random
 import numpy as np
 
 from gossiplearn.crypto.identity import Identity
-from gossiplearn.protocol.round import Node, RoundConfig, RoundFinished
+from gossiplearn.protocol.events import RoundFinished
+from gossiplearn.protocol.node import Node, RoundConfig
 from gossiplearn.sim.memnet import MemoryNetwork
 
 SCHEMA = b"s" * 32
@@ -20,7 +21,7 @@ def build(net: MemoryNetwork, count: int, n: int = 500, k: int = 4) -> list[byte
             rng=random.Random(i),
             now_ms=int(net.now_ms),
         )
-        node.set_contribution(rng.normal(size=n).astype(np.float32), i + 1, SCHEMA)
+        node.set_contribution(rng.normal(size=n).astype(np.float32), 1, SCHEMA)
         net.add(node)
     return list(net.nodes)
 

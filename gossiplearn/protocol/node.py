@@ -1,0 +1,840 @@
+"""One peer's round machine: routing, the (role, phase) table, timers, backoff, contributions.
+
+A :class:`Node` takes events and returns actions, like h11: ``receive(frame, now_ms)`` for a
+frame that arrived, ``tick(now_ms)`` when time has passed, ``start_round(...)`` to invite
+neighbours, ``peer_unreachable(...)`` when the transport could not deliver to a peer,
+``set_contribution(...)`` for what to bring to the next round. It returns the actions of
+:mod:`gossiplearn.protocol.events`. It never does I/O, never reads a clock and never draws
+randomness of its own: the caller injects ``now_ms`` and an ``rng``, so a test can replay a
+round exactly, the in-memory network can run a thousand of them, and the daemon drives the
+same code over libp2p.
+
+A round, in three modules: matchmaking.py (INVITE -> ROSTER: a verified group),
+aggregation.py (shares, parts, reduce, agreement: the average), and this one, which routes
+each verified frame by (role, phase) through :data:`ALLOWED`, keeps the deadlines, and decides
+whom to invite and whom to answer:
+
+- **A contribution is sent in at most one round.** Once a contribution reaches the sharing
+  step of a round (finished or aborted), it is spent: the node declines invitations
+  ("contribution_spent") until the driver sets a different vector (it trains first). So the
+  sums of overlapping groups never share an unchanged vector, and differencing them (an
+  insider that aborts after seeing the others' reduced parts, then does it again with other
+  members) recovers a vector only up to the training steps taken in between.
+- **Weights are capped network-wide** (``RoundConfig.max_weight``; 1, equal weights, by
+  default). The cap travels in the INVITE and a peer with another one declines.
+- **Backoff** (backoff.py): members a round aborts because of are struck; a struck peer is
+  neither invited nor answered for an exponentially growing period; a proven equivocator is
+  refused until an operator clears it.
+- **Deadlines scale** with the backbone and the throughput measured in this node's finished
+  rounds, within ``round_timeout_ms``: a held round ends in seconds for a small model.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import random
+from collections import OrderedDict
+from collections.abc import Container, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gossiplearn.crypto.agreement import EphemeralKey
+from gossiplearn.crypto.identity import Identity
+from gossiplearn.crypto.ring import DEFAULT_FRAC_BITS, RING32
+from gossiplearn.protocol.aggregation import (
+    PAIRWISE_MASKS,
+    Aggregation,
+    Contribution,
+    Masking,
+    Step,
+)
+from gossiplearn.protocol.backoff import Backoff
+from gossiplearn.protocol.envelope import (
+    DEFAULT_LIMITS,
+    GROUP_ID_BYTES,
+    Envelope,
+    Limits,
+    decode_envelope,
+    encode_envelope,
+)
+from gossiplearn.protocol.errors import ProtocolError, UnsupportedVersion
+from gossiplearn.protocol.events import (
+    Action,
+    EquivocationDetected,
+    MessageRefused,
+    RoundAborted,
+    RoundCancelled,
+    RoundFault,
+    RoundFinished,
+    RoundStats,
+    RoundUsageError,
+    Send,
+    Wake,
+)
+from gossiplearn.protocol.evidence import InvalidProof, verify_proof
+from gossiplearn.protocol.matchmaking import (
+    Invitation,
+    RoundParams,
+    VerifiedGroup,
+    busy_reason,
+    invite_refusal,
+    propose,
+    verify_roster,
+)
+from gossiplearn.protocol.messages import (
+    MAX_GROUP,
+    MAX_WEIGHT,
+    MIN_GROUP,
+    Abort,
+    Accept,
+    Busy,
+    Cancel,
+    Confirm,
+    Invite,
+    Message,
+    Part,
+    Reduced,
+    Roster,
+    WeightShare,
+)
+from gossiplearn.protocol.replay import ReplayGuard, SequenceCounter, sequence_start
+from gossiplearn.protocol.shards import MAX_SHARD_BYTES
+
+_RING_BYTES = 4  # uint32 ring elements
+_REMEMBERED_GROUPS = 1024
+_ROSTER_GRACE_MS = 3_000  # a member's wait for ROSTER beyond the invite timeout
+_SPENT_REMEMBERED = 64  # digests of spent contributions kept
+#: A deadline allows this many times the expected transfer time at the measured throughput.
+_DEADLINE_SAFETY = 4
+_THROUGHPUT_FLOOR = 1_000_000  # bytes/s: a slow measurement never stretches deadlines further
+
+
+@dataclass(frozen=True)
+class Safeguards:
+    """The round v2 defences, each on by default. Tests switch one off to show the attack it
+    stops succeeding; no configuration file can."""
+
+    #: The agreement step (CONFIRM): stops weight and reducer equivocation (attacks 1, 5).
+    confirm: bool = True
+    #: A contribution is sent in at most one round: stops abort differencing (attack 2).
+    fresh_contributions: bool = True
+    #: The total weight must lie within the cap's bounds: stops the weight lever (attack 3).
+    weight_bounds: bool = True
+    #: Backing off from members that hold or abort rounds (attack 4).
+    backoff: bool = True
+    #: Deadlines scaled to the backbone (else always round_timeout_ms) (attack 4).
+    scaled_deadlines: bool = True
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    """Round parameters every member of a network must share (frac_bits, max_weight) or may
+    choose for itself."""
+
+    #: k: the initiator invites up to k-1 neighbours. Groups are 3..k; 2 is impossible.
+    max_group_size: int = 4
+    frac_bits: int = DEFAULT_FRAC_BITS
+    #: Network-wide cap on a member's weight. 1: equal weights. Above 1, weighting by sample
+    #: count is opted in, each weight capped here (a member's influence is at most its cap
+    #: over the total).
+    max_weight: int = 1
+    #: How long an initiator waits for ACCEPT/BUSY before closing the roster.
+    invite_timeout_ms: int = 2_000
+    #: The longest a round may take, from INVITE to the average; a round's own deadline is
+    #: scaled to the backbone (invite timeout + round_slack_ms + 4x the transfer time at the
+    #: measured throughput) and only capped here.
+    round_timeout_ms: int = 60_000
+    round_slack_ms: int = 3_000
+    #: Throughput assumed before this node has finished a round.
+    assumed_bytes_per_s: int = 10_000_000
+    shard_bytes: int = MAX_SHARD_BYTES
+    #: A decoded average with any element beyond +-this (or not finite) aborts the round as
+    #: "implausible_average". Garbage sent by a member decodes roughly uniformly over the
+    #: ring's range (+-2^(31 - frac_bits), +-2048 at f=20), so a part of even a few elements
+    #: exceeds 64 almost surely, while real model weights are far smaller. Must be below that
+    #: range, or the check could never fire.
+    max_abs_average: float = 64.0
+    #: A member's first backoff lasts this long, doubling with each further strike.
+    backoff_base_ms: int = 5_000
+    backoff_max_ms: int = 3_600_000
+    safeguards: Safeguards = field(default_factory=Safeguards)
+
+    def __post_init__(self) -> None:
+        if not MIN_GROUP <= self.max_group_size <= MAX_GROUP:
+            raise ValueError(f"max_group_size must be in [{MIN_GROUP}, {MAX_GROUP}]")
+        if not 1 <= self.max_weight <= MAX_WEIGHT:
+            raise ValueError(f"max_weight must be in [1, {MAX_WEIGHT}]")
+        if not 0 < self.invite_timeout_ms < self.round_timeout_ms:
+            raise ValueError("need 0 < invite_timeout_ms < round_timeout_ms")
+        if self.round_slack_ms < 0 or self.assumed_bytes_per_s <= 0:
+            raise ValueError("need round_slack_ms >= 0 and assumed_bytes_per_s > 0")
+        if not 0 < self.shard_bytes <= MAX_SHARD_BYTES:
+            raise ValueError(f"shard_bytes must be in (0, {MAX_SHARD_BYTES}]")
+        ring_range = (RING32.max_int + 1) / 2.0**self.frac_bits
+        if not 0 < self.max_abs_average < ring_range:
+            raise ValueError(
+                f"max_abs_average must be in (0, {ring_range:g}), the ring's range at "
+                f"frac_bits={self.frac_bits}"
+            )
+
+
+class Phase(enum.Enum):
+    INVITING = "inviting"  # initiator: waiting for ACCEPT/BUSY
+    AWAIT_ROSTER = "await_roster"  # member: accepted, waiting for ROSTER/CANCEL
+    RUNNING = "running"  # roster known: the aggregation runs
+
+
+_ROUND_TYPES = frozenset({WeightShare.TYPE, Part.TYPE, Reduced.TYPE, Confirm.TYPE})
+#: Which message types a member of the group may send us, by (our role, our phase). Anything
+#: else from a member aborts the round ("unexpected_<type>"); anything from a non-member is
+#: refused without effect. In AWAIT_ROSTER the round's types are buffered until the roster.
+ALLOWED: dict[tuple[str, Phase], frozenset[str]] = {
+    ("initiator", Phase.INVITING): frozenset({Accept.TYPE, Busy.TYPE, Abort.TYPE}),
+    ("member", Phase.AWAIT_ROSTER): _ROUND_TYPES | {Roster.TYPE, Cancel.TYPE, Abort.TYPE},
+    ("initiator", Phase.RUNNING): _ROUND_TYPES | {Abort.TYPE},
+    ("member", Phase.RUNNING): _ROUND_TYPES | {Abort.TYPE},
+}
+
+
+@dataclass
+class _Group:
+    id: bytes
+    role: str
+    initiator: bytes
+    invite: Invite
+    deadline_ms: int
+    ephemeral: EphemeralKey
+    contribution: Contribution
+    stats: RoundStats
+    phase: Phase
+    my_accept_frame: bytes
+    #: initiator, while inviting; member, until the roster: the matchmaking deadline
+    invite_deadline_ms: int = 0
+    invitation: Invitation | None = None  # initiator
+    #: member, before the roster: verified envelopes of this group, replayed after it
+    early: list[tuple[Envelope, int]] = field(default_factory=list)
+    early_bytes: int = 0
+    members: tuple[bytes, ...] = ()
+    aggregation: Aggregation | None = None
+
+    def participants(self) -> tuple[bytes, ...]:
+        """Everyone this member would tell about an abort."""
+        if self.members:
+            return self.members
+        if self.invitation is not None:
+            return self.invitation.invitees
+        return (self.initiator,)
+
+
+def contribution_digest(vector: np.ndarray) -> bytes:
+    return hashlib.blake2b(memoryview(vector).cast("B"), digest_size=16).digest()
+
+
+class Node:
+    """One peer's matchmaking and round state machine. At most one group at a time."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        config: RoundConfig | None = None,
+        *,
+        rng: random.Random | None = None,
+        now_ms: int = 0,
+        admitted: Container[bytes] | None = None,
+        replay: ReplayGuard | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+        masking: Masking = PAIRWISE_MASKS,
+    ) -> None:
+        self.identity = identity
+        self.public_key = identity.public_key
+        self.config = config or RoundConfig()
+        self.backoff = Backoff(self.config.backoff_base_ms, self.config.backoff_max_ms)
+        self._safeguards = self.config.safeguards
+        self._rng = rng or random.SystemRandom()
+        self._admitted = admitted
+        self._replay = replay or ReplayGuard()
+        self._limits = limits
+        self._masking = masking
+        self._seq = SequenceCounter(sequence_start(now_ms))
+        self._contribution: Contribution | None = None
+        self._spent: OrderedDict[bytes, None] = OrderedDict()
+        self._group: _Group | None = None
+        self._ended: OrderedDict[bytes, str] = OrderedDict()  # recent group ids -> outcome
+        self._throughput = float(self.config.assumed_bytes_per_s)  # bytes/s, measured
+
+    # ---- inputs from the driver ----
+
+    def set_contribution(self, vector: np.ndarray, weight: int, schema_hash: bytes) -> None:
+        """What to bring to the next round. Copied: later changes by the caller are not seen.
+
+        A vector already sent in a round stays spent: the node declines rounds until it gets
+        a different one.
+        """
+        vector = np.asarray(vector)
+        if vector.ndim != 1 or vector.dtype != np.float32:
+            raise ValueError("the contribution is a 1-D float32 vector")
+        if type(weight) is not int or not 1 <= weight <= self.config.max_weight:
+            raise ValueError(f"weight must be an int in [1, max_weight={self.config.max_weight}]")
+        if len(schema_hash) != 32:
+            raise ValueError("schema_hash has 32 bytes")
+        vector = np.ascontiguousarray(vector).copy()
+        self._contribution = Contribution(
+            vector, weight, bytes(schema_hash), contribution_digest(vector)
+        )
+
+    @property
+    def contribution_fresh(self) -> bool:
+        """A contribution is set and was not sent in a round yet."""
+        return self._contribution is not None and not self._is_spent(self._contribution)
+
+    @property
+    def busy(self) -> bool:
+        return self._group is not None
+
+    @property
+    def current_group(self) -> bytes | None:
+        return self._group.id if self._group else None
+
+    @property
+    def current_round(self) -> tuple[bytes, int, int] | None:
+        """(group id, started_ms, deadline_ms) of the group this peer is in, if any."""
+        group = self._group
+        return (group.id, group.stats.started_ms, group.deadline_ms) if group else None
+
+    def next_deadline(self) -> int | None:
+        group = self._group
+        if group is None:
+            return None
+        if group.phase is not Phase.RUNNING:
+            return min(group.invite_deadline_ms, group.deadline_ms)
+        return group.deadline_ms
+
+    def round_budget_ms(self, length: int) -> int:
+        """The deadline this node gives a round of ``length`` elements, from its start."""
+        config = self.config
+        if not self._safeguards.scaled_deadlines:
+            return config.round_timeout_ms
+        transfer_ms = _DEADLINE_SAFETY * 2 * _RING_BYTES * length * 1000 / self._throughput
+        budget = config.invite_timeout_ms + config.round_slack_ms + transfer_ms
+        return int(min(config.round_timeout_ms, budget))
+
+    def start_round(self, candidates: Iterable[bytes], now_ms: int) -> list[Action]:
+        """Invite up to k-1 of ``candidates`` (live neighbours), chosen at random among those
+        not backed off or refused."""
+        if self._group is not None:
+            raise RoundUsageError("already in a group")
+        contribution = self._contribution
+        if contribution is None:
+            raise RoundUsageError("no contribution set")
+        if self._is_spent(contribution):
+            raise RoundUsageError("contribution_spent: train before the next round")
+        pool = sorted(
+            {
+                c
+                for c in candidates
+                if c != self.public_key and self.backoff.blocked(c, now_ms) is None
+            }
+        )
+        if len(pool) < MIN_GROUP - 1:
+            raise RoundUsageError(
+                f"need at least {MIN_GROUP - 1} candidates not backed off, got {len(pool)}"
+            )
+        invitees = tuple(self._rng.sample(pool, min(len(pool), self.config.max_group_size - 1)))
+        group_id = self._rng.randbytes(GROUP_ID_BYTES)
+        params = self._params(contribution)
+        assert params is not None
+        invite = propose(
+            self.public_key,
+            invitees,
+            params,
+            now_ms + self.round_budget_ms(params.length),
+        )
+        ephemeral = EphemeralKey.generate(self._rng.randbytes(32))
+        accept = Accept(ephemeral.public_key, contribution.schema_hash)
+        group = _Group(
+            id=group_id,
+            role="initiator",
+            initiator=self.public_key,
+            invite=invite,
+            deadline_ms=invite.deadline_ms,
+            ephemeral=ephemeral,
+            contribution=contribution,
+            stats=RoundStats(group_id, "initiator", now_ms),
+            phase=Phase.INVITING,
+            my_accept_frame=self._encode(self.public_key, accept, group_id, now_ms),
+            invite_deadline_ms=now_ms + self.config.invite_timeout_ms,
+            invitation=Invitation(invitees, contribution.schema_hash),
+        )
+        self._group = group
+        actions: list[Action] = [self._send(group, peer, invite, now_ms) for peer in invitees]
+        actions.append(Wake(group.invite_deadline_ms))
+        return actions
+
+    def receive(self, frame: bytes, now_ms: int, *, from_peer: bytes | None = None) -> list[Action]:
+        """A frame arrived (from the authenticated peer ``from_peer``, when the transport knows)."""
+        try:
+            envelope = decode_envelope(
+                frame,
+                recipient=self.public_key,
+                now_ms=now_ms,
+                replay=self._replay,
+                limits=self._limits,
+                admitted=self._admitted,
+                expected_sender=from_peer,
+            )
+        except UnsupportedVersion as exc:
+            return self._other_version(exc, from_peer, now_ms)
+        except ProtocolError as exc:
+            return [MessageRefused(exc.reason, from_peer, exc.detail)]
+        if envelope.type == Invite.TYPE:
+            return self._on_invite(envelope, now_ms)
+        group = self._group
+        if group is None or envelope.group != group.id:
+            reason = "ended_group" if envelope.group in self._ended else "unknown_group"
+            return [MessageRefused(reason, envelope.sender, envelope.type)]
+        group.stats.bytes_received += len(frame)
+        group.stats.frames_received += 1
+        actions: list[Action] = []
+        try:
+            self._dispatch(group, envelope, frame, now_ms, actions)
+        except RoundFault as fault:
+            actions.extend(self._abort(group, fault, now_ms))
+        return actions
+
+    def tick(self, now_ms: int) -> list[Action]:
+        """Time has passed: close the invitations or abort a round past its deadline."""
+        group = self._group
+        if group is None:
+            return []
+        actions: list[Action] = []
+        try:
+            if now_ms >= group.deadline_ms:
+                raise RoundFault(f"timeout_{group.phase.value}", self._missing(group))
+            if group.phase is Phase.INVITING and now_ms >= group.invite_deadline_ms:
+                self._close_invitations(group, now_ms, actions)
+            elif group.phase is Phase.AWAIT_ROSTER and now_ms >= group.invite_deadline_ms:
+                raise RoundFault("timeout_await_roster", (group.initiator,))  # it is gone
+        except RoundFault as fault:
+            actions.extend(self._abort(group, fault, now_ms))
+        return actions
+
+    def peer_unreachable(self, peer: bytes, group_id: bytes, now_ms: int) -> list[Action]:
+        """The transport could not deliver a frame of group ``group_id`` to ``peer`` (or lost
+        its connection and could not reach it again).
+
+        An invitee that cannot be reached counts as having declined. A round that needs
+        ``peer`` (the initiator whose ROSTER we await, or a member once the roster is known)
+        can no longer finish, so it aborts now instead of at its deadline: under churn that
+        frees the survivors in milliseconds rather than a round timeout. Anything else,
+        including a report about an earlier group, is ignored.
+        """
+        group = self._group
+        if group is None or group.id != group_id or peer == self.public_key:
+            return []
+        actions: list[Action] = []
+        try:
+            if group.phase is Phase.INVITING:
+                assert group.invitation is not None
+                group.invitation.unreachable(peer)
+                if group.invitation.answered:
+                    self._close_invitations(group, now_ms, actions)
+            elif group.phase is Phase.AWAIT_ROSTER:
+                if peer == group.initiator:
+                    raise RoundFault("initiator_unreachable", (peer,))
+            elif peer in group.members:
+                raise RoundFault("member_unreachable", (peer,))
+        except RoundFault as fault:
+            actions.extend(self._abort(group, fault, now_ms))
+        return actions
+
+    def abort(self, reason: str, now_ms: int) -> list[Action]:
+        """Abort the current round (e.g. the daemon is stopping), telling the other members."""
+        if self._group is None:
+            return []
+        return self._abort(self._group, RoundFault(reason), now_ms)
+
+    def accept_proof(self, proof: bytes) -> bytes:
+        """Refuse the peer an encoded equivocation proof convicts (e.g. one kept on disk from
+        an earlier run); returns its key. Raises InvalidProof if it proves nothing."""
+        peer, _ = verify_proof(proof, self._limits)
+        if peer != self.public_key:
+            self.backoff.refuse(peer)
+        return peer
+
+    def clear_refusal(self, peer: bytes) -> bool:
+        """An operator cleared ``peer``: no refusal, no backoff. True if it had any."""
+        return self.backoff.clear(peer)
+
+    # ---- matchmaking ----
+
+    def _on_invite(self, envelope: Envelope, now_ms: int) -> list[Action]:
+        invite = envelope.body
+        assert isinstance(invite, Invite)
+        sender = envelope.sender
+        refused = invite_refusal(
+            envelope, self.public_key, now_ms, self.config.round_timeout_ms, self._admitted
+        )
+        if refused is None and (
+            envelope.group in self._ended or (self._group and self._group.id == envelope.group)
+        ):
+            refused = "ended_group"
+        if refused:
+            return [MessageRefused(refused, sender, "INVITE")]
+        busy = self._decline_reason(invite, sender, now_ms)
+        if busy:
+            return [self._send_outside_group(sender, Busy(busy), envelope.group, now_ms)]
+        contribution = self._contribution
+        assert contribution is not None
+        ephemeral = EphemeralKey.generate(self._rng.randbytes(32))
+        accept = Accept(ephemeral.public_key, invite.schema_hash)
+        accept_frame = self._encode(sender, accept, envelope.group, now_ms)
+        deadline_ms = min(invite.deadline_ms, now_ms + self.round_budget_ms(invite.length))
+        group = _Group(
+            id=envelope.group,
+            role="member",
+            initiator=sender,
+            invite=invite,
+            deadline_ms=deadline_ms,
+            ephemeral=ephemeral,
+            contribution=contribution,
+            stats=RoundStats(envelope.group, "member", now_ms),
+            phase=Phase.AWAIT_ROSTER,
+            my_accept_frame=accept_frame,
+            invite_deadline_ms=min(now_ms + self._roster_wait_ms(), deadline_ms),
+        )
+        self._group = group
+        return [
+            self._record_send(group, Send(sender, accept_frame, Accept.TYPE)),
+            Wake(group.invite_deadline_ms),
+        ]
+
+    def _decline_reason(self, invite: Invite, sender: bytes, now_ms: int) -> str | None:
+        """Why this well-formed INVITE gets BUSY, or None to accept."""
+        if self._group is not None:
+            return "busy"
+        blocked = self.backoff.blocked(sender, now_ms)
+        if blocked:
+            return blocked
+        if any(self.backoff.blocked(m, now_ms) for m in invite.members[1:] if m != self.public_key):
+            return "blocked_member"
+        contribution = self._contribution
+        if contribution is not None and self._is_spent(contribution):
+            return "contribution_spent"
+        return busy_reason(invite, self._params(contribution), self.config.max_group_size)
+
+    def _roster_wait_ms(self) -> int:
+        # The initiator sends ROSTER or CANCEL by its invite timeout (a network-wide setting,
+        # like frac_bits); waiting longer than that plus a grace only means it is gone.
+        return self.config.invite_timeout_ms + _ROSTER_GRACE_MS
+
+    def _params(self, contribution: Contribution | None) -> RoundParams | None:
+        if contribution is None:
+            return None
+        return RoundParams(
+            contribution.schema_hash,
+            contribution.vector.size,
+            self.config.frac_bits,
+            self.config.max_weight,
+        )
+
+    def _close_invitations(self, group: _Group, now_ms: int, actions: list[Action]) -> None:
+        invitation = group.invitation
+        assert invitation is not None
+        too_few = invitation.too_few()
+        reason = "too_few_accepted" if too_few else "roster_closed"
+        for peer in invitation.to_release(cancelling=too_few):
+            actions.append(self._send(group, peer, Cancel(reason), now_ms))
+        if too_few:
+            actions.append(self._end(group, RoundCancelled, reason, now_ms))
+            return
+        roster = invitation.roster(self.public_key, group.my_accept_frame, group.deadline_ms)
+        for peer in roster.members[1:]:
+            actions.append(self._send(group, peer, roster, now_ms))
+        verified = VerifiedGroup(
+            group.id,
+            roster.members,
+            invitation.ephemeral_keys(group.ephemeral.public_key),
+            roster,
+            b"",
+            RoundParams.of(group.invite),
+        )
+        self._begin_round(group, verified, now_ms, actions)
+
+    def _on_roster(
+        self, group: _Group, envelope: Envelope, now_ms: int, actions: list[Action]
+    ) -> None:
+        roster = envelope.body
+        assert isinstance(roster, Roster)
+        if envelope.sender != group.initiator:
+            raise RoundFault("unexpected_roster", (envelope.sender,))
+        group.members = roster.members  # from here on, aborts reach the whole roster
+        verified = verify_roster(
+            envelope,
+            group_id=group.id,
+            me=self.public_key,
+            initiator=group.initiator,
+            invite=group.invite,
+            my_accept_frame=group.my_accept_frame,
+            my_ephemeral_key=group.ephemeral.public_key,
+            limits=self._limits,
+            admitted=self._admitted,
+        )
+        group.deadline_ms = min(group.deadline_ms, roster.deadline_ms)
+        self._begin_round(group, verified, now_ms, actions)
+        early, group.early = group.early, []
+        for buffered, size in early:
+            self._dispatch(group, buffered, None, now_ms, actions, size)
+            if self._group is not group:
+                return
+
+    # ---- the round ----
+
+    def _begin_round(
+        self, group: _Group, verified: VerifiedGroup, now_ms: int, actions: list[Action]
+    ) -> None:
+        group.phase = Phase.RUNNING
+        group.members = verified.members
+        group.stats.members = verified.members
+        actions.append(Wake(group.deadline_ms))  # the initiator's last wake was for invitations
+        index = verified.members.index(self.public_key)
+        safeguards = self._safeguards
+        group.aggregation = Aggregation(
+            verified,
+            index,
+            group.ephemeral.private_key,
+            group.contribution,
+            masking=self._masking,
+            shard_bytes=self.config.shard_bytes,
+            max_abs_average=self.config.max_abs_average,
+            limits=self._limits,
+            confirm=safeguards.confirm,
+            weight_bounds=safeguards.weight_bounds,
+        )
+        if safeguards.fresh_contributions:
+            self._spend(group.contribution)
+        self._emit(group, group.aggregation.start(), now_ms, actions)
+
+    def _dispatch(
+        self,
+        group: _Group,
+        envelope: Envelope,
+        frame: bytes | None,
+        now_ms: int,
+        actions: list[Action],
+        size: int = 0,
+    ) -> None:
+        """Route one verified envelope of the current group by (role, phase).
+
+        ``frame`` is its raw bytes (kept for ACCEPTs, which go into the roster verbatim);
+        buffered early envelopes are replayed with ``frame=None`` and their ``size``.
+        """
+        kind = envelope.type
+        sender = envelope.sender
+        if sender not in (group.members or group.invite.members):
+            if (
+                kind == Accept.TYPE
+                and group.invitation is not None
+                and sender in group.invitation.invitees
+            ):
+                # Answered after the roster closed: release it rather than let it wait.
+                actions.append(self._send(group, sender, Cancel("roster_closed"), now_ms))
+            else:
+                # Someone outside the group cannot disturb it: refused, never an abort.
+                actions.append(MessageRefused("not_in_group", sender, kind))
+            return
+        if kind not in ALLOWED[(group.role, group.phase)]:
+            raise RoundFault("unexpected_" + kind.lower(), (sender,))
+        if kind == Abort.TYPE:
+            self._on_abort(group, envelope, now_ms, actions)
+        elif kind in (Accept.TYPE, Busy.TYPE):
+            assert group.invitation is not None
+            if sender not in group.invitation.invitees:
+                raise RoundFault("unexpected_" + kind.lower(), (sender,))
+            group.invitation.answer(sender, envelope.body, frame)
+            if group.invitation.answered:
+                self._close_invitations(group, now_ms, actions)
+        elif kind == Roster.TYPE:
+            self._on_roster(group, envelope, now_ms, actions)
+        elif kind == Cancel.TYPE:
+            if sender != group.initiator:
+                raise RoundFault("unexpected_cancel", (sender,))
+            actions.append(self._end(group, RoundCancelled, "initiator_cancelled", now_ms))
+        elif group.phase is Phase.AWAIT_ROSTER:
+            # A faster member may reach us before the roster does: keep it, bounded.
+            size = len(frame) if frame is not None else size
+            group.early_bytes += size
+            if group.early_bytes > self._early_budget(group):
+                raise RoundFault("too_much_before_roster", (sender,))
+            group.early.append((envelope, size))
+        else:
+            assert group.aggregation is not None
+            outgoing = group.aggregation.receive(group.members.index(sender), envelope)
+            self._emit(group, outgoing, now_ms, actions)
+
+    def _emit(
+        self,
+        group: _Group,
+        outgoing: list[tuple[int, Message]],
+        now_ms: int,
+        actions: list[Action],
+    ) -> None:
+        """Send the aggregation's messages; finish the round once it is done."""
+        for index, body in outgoing:
+            actions.append(self._send(group, group.members[index], body, now_ms))
+        aggregation = group.aggregation
+        assert aggregation is not None
+        if aggregation.step is not Step.DONE:
+            return
+        result = aggregation.result
+        assert result is not None
+        group.stats.ended_ms = now_ms
+        group.stats.clipped = result.clipped
+        self._forget(group, "finished")
+        self._measure(group.stats)
+        for member in group.members:
+            self.backoff.forgive(member)
+        actions.append(
+            RoundFinished(
+                group.id,
+                group.members,
+                result.average,
+                result.total_weight,
+                group.stats,
+                group.contribution.vector,
+            )
+        )
+
+    def _on_abort(
+        self, group: _Group, envelope: Envelope, now_ms: int, actions: list[Action]
+    ) -> None:
+        body = envelope.body
+        assert isinstance(body, Abort)
+        blamed: tuple[bytes, ...] = (envelope.sender,)
+        reason = "peer_aborted"
+        if body.proof:
+            try:
+                peer, _ = verify_proof(body.proof, self._limits)
+            except InvalidProof as exc:
+                actions.append(MessageRefused(exc.reason, envelope.sender, exc.detail))
+            else:
+                # A proven equivocator is to blame, not the member that caught it.
+                blamed, reason = (peer,), "equivocation"
+                actions.extend(self._convict(peer, body.proof, group.id))
+        actions.append(self._end(group, RoundAborted, reason, now_ms, blamed))
+
+    def _early_budget(self, group: _Group) -> int:
+        # Everything a member can legitimately send us in a round, plus framing slack.
+        return 2 * group.invite.length * _RING_BYTES + len(group.invite.members) * (1 << 20)
+
+    def _missing(self, group: _Group) -> tuple[bytes, ...]:
+        """Whom a deadline blames: the initiator if its roster never came, else the members
+        the aggregation still waits for (nobody while inviting: silence is a decline)."""
+        if group.aggregation is not None:
+            return group.aggregation.missing()
+        if group.phase is Phase.AWAIT_ROSTER:
+            return (group.initiator,)
+        return ()
+
+    def _measure(self, stats: RoundStats) -> None:
+        """Fold a finished round's throughput into the deadline estimate (halfway each time)."""
+        seconds = max(stats.seconds, 0.001)
+        measured = (stats.bytes_sent + stats.bytes_received) / seconds
+        self._throughput = max(_THROUGHPUT_FLOOR, (self._throughput + measured) / 2)
+
+    # ---- contributions ----
+
+    def _is_spent(self, contribution: Contribution) -> bool:
+        return self._safeguards.fresh_contributions and contribution.digest in self._spent
+
+    def _spend(self, contribution: Contribution) -> None:
+        self._spent[contribution.digest] = None
+        while len(self._spent) > _SPENT_REMEMBERED:
+            self._spent.popitem(last=False)
+
+    # ---- endings ----
+
+    def _abort(self, group: _Group, fault: RoundFault, now_ms: int) -> list[Action]:
+        actions: list[Action] = [
+            self._send(group, peer, Abort(fault.reason, fault.proof), now_ms)
+            for peer in group.participants()
+            if peer != self.public_key
+        ]
+        if fault.proof:
+            for peer in fault.blamed:
+                actions.extend(self._convict(peer, fault.proof, group.id))
+        actions.append(self._end(group, RoundAborted, fault.reason, now_ms, fault.blamed))
+        return actions
+
+    def _convict(self, peer: bytes, proof: bytes, group_id: bytes) -> list[Action]:
+        if peer == self.public_key:
+            return []
+        self.backoff.refuse(peer)
+        return [EquivocationDetected(peer, proof, group_id)]
+
+    def _end(
+        self,
+        group: _Group,
+        outcome: type[RoundAborted] | type[RoundCancelled],
+        reason: str,
+        now_ms: int,
+        blamed: tuple[bytes, ...] = (),
+    ) -> RoundAborted | RoundCancelled:
+        group.stats.ended_ms = now_ms
+        self._forget(group, reason)
+        if outcome is RoundCancelled:
+            return RoundCancelled(group.id, reason, group.stats)
+        blamed = tuple(peer for peer in blamed if peer != self.public_key)
+        if self._safeguards.backoff:
+            for peer in blamed:
+                self.backoff.strike(peer, now_ms)
+        return RoundAborted(group.id, reason, group.stats, blamed)
+
+    def _forget(self, group: _Group, outcome: str) -> None:
+        if self._group is group:
+            self._group = None
+        self._ended[group.id] = outcome
+        while len(self._ended) > _REMEMBERED_GROUPS:
+            self._ended.popitem(last=False)
+
+    # ---- sending ----
+
+    def _other_version(
+        self, exc: UnsupportedVersion, from_peer: bytes | None, now_ms: int
+    ) -> list[Action]:
+        """Refuse a frame of another protocol version; answer an INVITE with BUSY, so a peer
+        still on version 1 learns why nobody joins it (it refuses our frame as "version")."""
+        refused: list[Action] = [MessageRefused(exc.reason, from_peer, exc.detail)]
+        header = exc.header
+        group = header.get("group")
+        if (
+            header.get("type") == Invite.TYPE
+            and from_peer is not None
+            and header.get("sender") == from_peer
+            and header.get("recipient") == self.public_key
+            and isinstance(group, bytes)
+            and len(group) == GROUP_ID_BYTES
+        ):
+            busy = Busy("version_mismatch")
+            refused.append(self._send_outside_group(from_peer, busy, group, now_ms))
+        return refused
+
+    def _encode(self, to: bytes, body: Message, group_id: bytes, now_ms: int) -> bytes:
+        return encode_envelope(
+            self.identity, self.public_key, to, body, group=group_id, seq=self._seq(), ts=now_ms
+        )
+
+    def _send(self, group: _Group, to: bytes, body: Message, now_ms: int) -> Send:
+        return self._record_send(
+            group, Send(to, self._encode(to, body, group.id, now_ms), body.TYPE)
+        )
+
+    @staticmethod
+    def _record_send(group: _Group, send: Send) -> Send:
+        group.stats.bytes_sent += len(send.frame)
+        group.stats.frames_sent += 1
+        return send
+
+    def _send_outside_group(self, to: bytes, body: Message, group_id: bytes, now_ms: int) -> Send:
+        return Send(to, self._encode(to, body, group_id, now_ms), body.TYPE)
