@@ -124,9 +124,7 @@ class PeerConfig:
         if not 3 <= self.round.group_size <= 16:
             raise ConfigError("round.group_size must be in 3..16 (groups of 2 would leak)")
         if not 1 <= self.round.max_weight <= MAX_WEIGHT:
-            raise ConfigError(
-                f"round.max_weight must be in [1, {MAX_WEIGHT}] (1: equal weights)"
-            )
+            raise ConfigError(f"round.max_weight must be in [1, {MAX_WEIGHT}] (1: equal weights)")
         if not 0 < self.round.mix <= 1:
             raise ConfigError("round.mix must be in (0, 1]")
         if not 0 < self.round.invite_timeout_s < self.round.round_timeout_s:

@@ -286,9 +286,17 @@ class Aggregation:
                 self.step = Step.DONE
         if self.step is Step.CONFIRM:
             for j in sorted(set(self._confirms) - self._checked):
-                self._check_confirm(j, self._confirms[j])
+                self._check_evidence(j, self._confirms[j])
                 self._checked.add(j)
             if len(self._checked) == m - 1:
+                # Digests are compared only once every CONFIRM's evidence was searched for a
+                # proof: a member that disagrees because someone equivocated to it is not to
+                # blame, and the evidence of some other member names the equivocator.
+                disagreeing = [
+                    j for j in sorted(self._checked) if self._confirms[j].digest != self._digest
+                ]
+                if disagreeing:
+                    raise RoundFault("disagreement", tuple(self.members[j] for j in disagreeing))
                 self.step = Step.DONE
         return out
 
@@ -370,8 +378,9 @@ class Aggregation:
         )
         return hashlib.blake2b(content, digest_size=32, person=_DIGEST_PERSON).digest()
 
-    def _check_confirm(self, j: int, confirm: Confirm) -> None:
-        """Compare member j's evidence with what this member holds, then its digest."""
+    def _check_evidence(self, j: int, confirm: Confirm) -> None:
+        """Compare member j's evidence with what this member holds: a conflicting statement is
+        a proof against its sender; missing, extra or invalid evidence is j's fault."""
         member = self.members[j]
         expected = self._expected_evidence(j)
         found: set[tuple[int, Slot]] = set()
@@ -406,8 +415,6 @@ class Aggregation:
                 raise RoundFault("equivocation", (self.members[sender],), proof)
         if faulty or found != expected:
             raise RoundFault("bad_confirm", (member,))
-        if confirm.digest != self._digest:
-            raise RoundFault("disagreement", (member,))
 
     def _expected_evidence(self, j: int) -> set[tuple[int, Slot]]:
         keys = {(k, ("WEIGHT_SHARE", 0)) for k in range(len(self.members)) if k != j}

@@ -70,8 +70,8 @@ ABORT_REASONS: dict[str, str] = {
     "refused: that member",
     "bad_confirm": "a CONFIRM whose evidence is incomplete, invalid or not what was sent; "
     "blamed: its sender",
-    "disagreement": "a member's CONFIRM digest differs from this member's though its evidence "
-    "agrees; blamed: that member",
+    "disagreement": "CONFIRM digests differ though no evidence proves an equivocation; blamed: "
+    "the members whose digest differs from this member's",
     # the unmasked sums, which every honest member holds bit-identically (nobody blamed: the
     # masks hide who sent what)
     "bad_total_weight": "the total weight is outside what the weight cap allows",

@@ -275,7 +275,7 @@ class Node:
         vector = np.asarray(vector)
         if vector.ndim != 1 or vector.dtype != np.float32:
             raise ValueError("the contribution is a 1-D float32 vector")
-        if type(weight) is not int or not 1 <= weight <= self.config.max_weight:
+        if type(weight) is not int or not 1 <= weight <= self._weight_limit():
             raise ValueError(f"weight must be an int in [1, max_weight={self.config.max_weight}]")
         if len(schema_hash) != 32:
             raise ValueError("schema_hash has 32 bytes")
@@ -283,6 +283,10 @@ class Node:
         self._contribution = Contribution(
             vector, weight, bytes(schema_hash), contribution_digest(vector)
         )
+
+    def _weight_limit(self) -> int:
+        """The largest weight this node may declare: the network-wide cap."""
+        return self.config.max_weight
 
     @property
     def contribution_fresh(self) -> bool:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from gossiplearn.protocol.envelope import verify_envelope
 from gossiplearn.protocol.events import (
     Action,
+    EquivocationDetected,
     MessageRefused,
     RoundAborted,
     RoundCancelled,
@@ -73,6 +74,8 @@ class MemoryNetwork:
         self.dead: set[bytes] = set()
         self.outcomes: dict[bytes, list[Outcome]] = defaultdict(list)
         self.refused: dict[bytes, Counter[str]] = defaultdict(Counter)
+        #: Equivocation proofs each node produced (EquivocationDetected actions).
+        self.proofs: dict[bytes, list[EquivocationDetected]] = defaultdict(list)
         self.bytes_sent: Counter[bytes] = Counter()
         self.bytes_received: Counter[bytes] = Counter()
         self.deliveries: list[Delivery] = []  # every frame sent, when record=True
@@ -160,6 +163,8 @@ class MemoryNetwork:
                 self._schedule(max(action.at_ms, self.now_ms), "tick", (key,))
             elif isinstance(action, MessageRefused):
                 self.refused[key][action.reason] += 1
+            elif isinstance(action, EquivocationDetected):
+                self.proofs[key].append(action)
             else:
                 self.outcomes[key].append(action)
 

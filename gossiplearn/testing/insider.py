@@ -1,0 +1,268 @@
+"""Admitted members that deviate from the protocol: the attacks round v2 defends against.
+
+An :class:`Insider` is a round machine whose outgoing frames pass through an
+:class:`Attack` before they leave: the attack drops, rewrites (re-signing them with the
+insider's own key, as its own implementation of the wire format would) or adds frames. It
+also keeps every frame it received, so a test can reconstruct what the insider learned. It is
+a :class:`~gossiplearn.protocol.node.Node` for everything else, so the same insider runs on
+the in-memory network and inside a live daemon (``Peer(..., node_factory=...)``).
+
+The attacks, one per class of the red team's findings:
+
+1. :class:`WeightEquivocation`: a different WEIGHT_SHARE to one target than to the others.
+2. :class:`Withhold`: withhold its own REDUCED (and CONFIRM) parts, read everyone else's, so
+   each round it spoils shows it the group's sum (:func:`learned_sums`); repeated over
+   overlapping groups, such sums are differenced into one member's vector.
+3. :class:`WeightLever`: declare a huge weight (consistently to everyone, and in its own view).
+4. :class:`Holder`: invite, send the ROSTER, then fall silent, holding its victims.
+5. :class:`ReducerEquivocation`: a different REDUCED part to one victim than to the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gossiplearn.crypto.identity import Identity
+from gossiplearn.crypto.ring import RING32, decode
+from gossiplearn.protocol.aggregation import part_digest
+from gossiplearn.protocol.envelope import Envelope, encode_envelope, verify_envelope
+from gossiplearn.protocol.errors import ProtocolError
+from gossiplearn.protocol.events import Action, Send
+from gossiplearn.protocol.messages import Message, Reduced, Roster, WeightShare
+from gossiplearn.protocol.node import Node
+from gossiplearn.protocol.shards import Shard, shard_digest
+
+
+def resign(
+    identity: Identity, envelope: Envelope, body: Message, sender: bytes | None = None
+) -> bytes:
+    """``envelope`` with ``body`` instead, signed by ``identity`` as ``sender`` (default: the
+    envelope's own sender), with the same recipient, group, seq and ts."""
+    return encode_envelope(
+        identity,
+        envelope.sender if sender is None else sender,
+        envelope.recipient,
+        body,
+        group=envelope.group,
+        seq=envelope.seq,
+        ts=envelope.ts,
+    )
+
+
+def _resent(node: Node, envelope: Envelope, body: Message) -> Send:
+    """The Send of ``envelope`` rewritten to carry ``body``, signed by the insider."""
+    return Send(envelope.recipient, resign(node.identity, envelope, body), body.TYPE)
+
+
+class Attack:
+    """Rewrites the insider's outgoing frames. The default sends them unchanged."""
+
+    def rewrite(self, node: Insider, sends: list[Send]) -> list[Send]:
+        return sends
+
+
+class Insider(Node):
+    """A round machine whose frames go through ``attack``; it keeps what it received."""
+
+    def __init__(self, *args: Any, attack: Attack | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.attack = attack or Attack()
+        #: The envelope of every frame this insider received (refused or not).
+        self.received: list[Envelope] = []
+        #: Every frame the machine produced, before the attack rewrote it.
+        self.produced: list[Send] = []
+
+    def _weight_limit(self) -> int:
+        # Its own implementation declares what it likes (see WeightLever).
+        return (1 << 64) - 1
+
+    def _through(self, actions: list[Action]) -> list[Action]:
+        sends = [a for a in actions if isinstance(a, Send)]
+        self.produced.extend(sends)
+        rest = [a for a in actions if not isinstance(a, Send)]
+        return [*self.attack.rewrite(self, sends), *rest]
+
+    def receive(self, frame: bytes, now_ms: int, *, from_peer: bytes | None = None) -> list[Action]:
+        actions = super().receive(frame, now_ms, from_peer=from_peer)
+        with contextlib.suppress(ProtocolError):  # bytes it could not read teach it nothing
+            self.received.append(verify_envelope(frame))
+        return self._through(actions)
+
+    def tick(self, now_ms: int) -> list[Action]:
+        return self._through(super().tick(now_ms))
+
+    def start_round(self, candidates: Iterable[bytes], now_ms: int) -> list[Action]:
+        return self._through(super().start_round(candidates, now_ms))
+
+    def peer_unreachable(self, peer: bytes, group_id: bytes, now_ms: int) -> list[Action]:
+        return self._through(super().peer_unreachable(peer, group_id, now_ms))
+
+    def abort(self, reason: str, now_ms: int) -> list[Action]:
+        return self._through(super().abort(reason, now_ms))
+
+
+# ---- 1: weight equivocation ---------------------------------------------------------------------
+
+
+@dataclass
+class WeightEquivocation(Attack):
+    """Its true WEIGHT_SHARE to ``target``, the share + ``shift`` to every other member: in
+    version 1 the others computed W + shift, their scaled vectors encoded to 0, and the
+    "average" everyone applied was the target's vector (when shift made it so)."""
+
+    target: bytes
+    shift: int
+
+    def rewrite(self, node: Insider, sends: list[Send]) -> list[Send]:
+        out = []
+        for send in sends:
+            if send.kind == WeightShare.TYPE and send.to != self.target:
+                envelope = verify_envelope(send.frame)
+                assert isinstance(envelope.body, WeightShare)
+                value = (envelope.body.value + self.shift) % (1 << 64)
+                send = _resent(node, envelope, WeightShare(value))
+            out.append(send)
+        return out
+
+
+# ---- 2: withholding, and what it learns -----------------------------------------------------------
+
+
+@dataclass
+class Withhold(Attack):
+    """Never send its own REDUCED or CONFIRM: it reads the others' reduced parts (with its own,
+    it holds the group's whole sum) while nobody else can finish."""
+
+    kinds: frozenset[str] = frozenset({"REDUCED", "CONFIRM"})
+
+    def rewrite(self, node: Insider, sends: list[Send]) -> list[Send]:
+        return [send for send in sends if send.kind not in self.kinds]
+
+
+def learned_sums(insider: Insider, frac_bits: int) -> dict[bytes, np.ndarray]:
+    """Per group: the group's (scaled) sum the insider holds in full, decoded — its own reduced
+    part from what it produced, every other part from the REDUCED frames it received. For
+    equal weights this is the group's sum of vectors divided by the group's size."""
+    pieces: dict[bytes, dict[int, dict[int, Shard]]] = {}
+    rosters: dict[bytes, int] = {}
+    own = [verify_envelope(send.frame) for send in insider.produced if send.kind == "REDUCED"]
+    for envelope in [*insider.received, *own]:
+        body = envelope.body
+        if isinstance(body, Roster):
+            rosters[envelope.group] = len(body.members)
+        if isinstance(body, Reduced):
+            shards = pieces.setdefault(envelope.group, {}).setdefault(body.part, {})
+            shards[body.shard.index] = body.shard
+    for send in insider.produced:  # an initiator's own roster
+        if send.kind == "ROSTER":
+            envelope = verify_envelope(send.frame)
+            assert isinstance(envelope.body, Roster)
+            rosters[envelope.group] = len(envelope.body.members)
+    sums = {}
+    for group, parts in pieces.items():
+        m = rosters.get(group)
+        if m is None or sorted(parts) != list(range(m)):
+            continue
+        if any(len(shards) != next(iter(shards.values())).total for shards in parts.values()):
+            continue
+        joined = [
+            np.concatenate([shards[i].array() for i in range(len(shards))])
+            for _, shards in sorted(parts.items())
+        ]
+        sums[group] = decode(np.concatenate(joined), frac_bits, RING32, np.float64)
+    return sums
+
+
+# ---- 3: the weight lever ----------------------------------------------------------------------
+
+
+class WeightLever(Attack):
+    """Declare a huge weight, the same to everyone (no equivocation), consistently in its own
+    view too (so its CONFIRM agrees): ``insider.set_contribution(vector, 2**40, ...)`` (an
+    insider ignores the cap). In version 1 the honest members' scaled vectors vanished and
+    its own vector became the average; in version 2 without the weight bounds, everyone's
+    average is scaled down by m / W: an all-zero vector wipes every honest backbone."""
+
+
+# ---- 4: holding -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Holder(Attack):
+    """Invite, send the ROSTER, then say nothing more (not even ABORT): every member waits for
+    its shares and parts until the round's deadline."""
+
+    allowed: frozenset[str] = frozenset({"INVITE", "ROSTER", "CANCEL", "BUSY", "ACCEPT"})
+
+    def rewrite(self, node: Insider, sends: list[Send]) -> list[Send]:
+        return [send for send in sends if send.kind in self.allowed]
+
+
+# ---- 5: reducer equivocation ---------------------------------------------------------------------
+
+
+@dataclass
+class ReducerEquivocation(Attack):
+    """Its true reduced part to every member but ``victim``, which gets the part + ``delta``
+    (ring units) in every element. ``same_digest``: keep the true part digest (so the victim
+    finds the data does not match it) instead of signing the digest of the altered part (so
+    the victim's CONFIRM evidence conflicts with the others')."""
+
+    victim: bytes
+    delta: int = 1 << 16
+    same_digest: bool = False
+    altered: list[bytes] = field(default_factory=list)  # groups it equivocated in
+
+    def rewrite(self, node: Insider, sends: list[Send]) -> list[Send]:
+        mine = [s for s in sends if s.kind == Reduced.TYPE and s.to == self.victim]
+        if not mine:
+            return sends
+        envelopes = [verify_envelope(s.frame) for s in mine]
+        shards = sorted((e.body.shard for e in envelopes), key=lambda s: s.index)  # type: ignore[attr-defined]
+        part = np.concatenate([s.array() for s in shards]) + np.uint32(self.delta)
+        first = envelopes[0].body
+        assert isinstance(first, Reduced)
+        digest = first.part_digest if self.same_digest else part_digest(part)
+        replaced: dict[int, Send] = {}
+        for send, envelope in zip(mine, envelopes, strict=True):
+            body = envelope.body
+            assert isinstance(body, Reduced)
+            shard = body.shard
+            data = part[shard.offset : shard.offset + shard.length].tobytes()
+            altered = Shard(
+                shard.index,
+                shard.total,
+                shard.offset,
+                shard.dtype,
+                shard.length,
+                shard_digest(data),
+                data,
+            )
+            replaced[id(send)] = _resent(node, envelope, Reduced(body.part, digest, altered))
+        self.altered.append(envelopes[0].group)
+        return [replaced.get(id(send), send) for send in sends]
+
+
+def vector_error(estimate: np.ndarray, truth: np.ndarray) -> float:
+    """Root-mean-square difference between an attacker's estimate and the truth."""
+    diff = np.asarray(estimate, np.float64) - np.asarray(truth, np.float64)
+    return float(np.sqrt(np.mean(diff * diff)))
+
+
+__all__ = [
+    "Attack",
+    "Holder",
+    "Insider",
+    "ReducerEquivocation",
+    "WeightEquivocation",
+    "WeightLever",
+    "Withhold",
+    "learned_sums",
+    "resign",
+    "vector_error",
+]
