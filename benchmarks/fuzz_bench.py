@@ -88,6 +88,7 @@ from gossiplearn.protocol import (
     Accept,
     Busy,
     Cancel,
+    Confirm,
     Invite,
     Message,
     Part,
@@ -104,6 +105,7 @@ from gossiplearn.protocol import (
     split_shards,
 )
 from gossiplearn.protocol.messages import MAX_GROUP, MAX_REASON
+from gossiplearn.protocol.node import Node
 from gossiplearn.sim.launcher import SimConfig, prepare_peers
 
 log = logging.getLogger("fuzz_bench")
@@ -146,6 +148,14 @@ class Target:
     in_group: bool
     #: The generator whose frames are valid envelopes sent intact (the replay pool's source).
     intact: str
+
+
+def detach_shard_data(fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` with any body shard's data emptied: what an envelope signature covers."""
+    body = fields.get("body")
+    if isinstance(body, dict) and isinstance(body.get("shard"), dict) and "data" in body["shard"]:
+        return {**fields, "body": {**body, "shard": {**body["shard"], "data": b""}}}
+    return fields
 
 
 class Forge:
@@ -230,9 +240,10 @@ class Forge:
     def signed(self, fields: dict[str, Any], signer: Identity | None = None) -> bytes:
         """``fields`` (any keys, values and order) plus "sig", a signature over the rest.
 
-        With canonical fields this is byte for byte what ``encode_envelope`` makes.
+        With canonical fields this is byte for byte what ``encode_envelope`` makes (the
+        signature leaves a shard's data out, as the protocol's does).
         """
-        signed = msgpack.packb(fields, use_bin_type=True)
+        signed = msgpack.packb(detach_shard_data(fields), use_bin_type=True)
         signature = (signer or self.fuzzer).sign(signed)
         return msgpack.packb({**fields, "sig": signature}, use_bin_type=True)
 
@@ -253,7 +264,10 @@ class Forge:
 
     def shard_body(self, kind: type[Part] | type[Reduced]) -> Message:
         values = np.frombuffer(self.rng.randbytes(4 * self.rng.randrange(1, 64)), dtype="<u4")
-        return kind(self.rng.randrange(MAX_GROUP), split_shards(values)[0])
+        shard = split_shards(values)[0]
+        if kind is Reduced:
+            return Reduced(self.rng.randrange(MAX_GROUP), self.rng.randbytes(32), shard)
+        return Part(self.rng.randrange(MAX_GROUP), shard)
 
     def group_body(self) -> Message:
         """A valid body of a random in-round type (never INVITE: a valid one may be accepted)."""
@@ -265,6 +279,7 @@ class Forge:
             lambda: Roster(members, tuple(self.rng.randbytes(200) for _ in members), now_ms()),
             lambda: Accept(self.key(), self.key()),
             lambda: Abort(self.reason()),
+            lambda: Confirm(self.key(), (self.rng.randbytes(100),)),
             lambda: Cancel(self.reason()),
             lambda: Busy(self.reason()),
         )
@@ -460,7 +475,7 @@ class Forge:
             deadline = now_ms() + 3_600_000  # beyond any round timeout: bad_invite_deadline
         else:  # more than MAX_GROUP members: schema
             members = (me, victim, *(Identity.generate().public_key for _ in range(MAX_GROUP)))
-        invite = Invite(members, self.key(), 100, 20, deadline)
+        invite = Invite(members, self.key(), 100, 20, 1, deadline)
         return self.envelope(target, invite, group=group)
 
     def wrong_type(self, target: Target) -> bytes:
@@ -834,8 +849,8 @@ def phase_messages(messages: int) -> dict[str, int]:
 class Victim:
     """The victim's run task and the counters the fuzzing is judged by."""
 
-    def __init__(self, directory: Path) -> None:
-        self.peer = Peer(directory)
+    def __init__(self, directory: Path, node_factory: Callable[..., Any] = Node) -> None:
+        self.peer = Peer(directory, node_factory=node_factory)
         self.stop, self.done = trio.Event(), trio.Event()
         self.error: str | None = None
 

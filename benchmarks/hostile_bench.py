@@ -24,7 +24,7 @@ fuzz_bench.py: the victim's run task, forging envelopes, liveness checks) are re
   optionally again after the 30 s freshness window (stale, ``--stale-wait``), and offline: a
   member's machine restarted with an empty replay table, fed the recorder's frames 31 s
   later (stale). 0 accepted.
-- garbage: the same three, one of them hostile: its machine (a :class:`GarbageNode`) sends
+- garbage: the same three, one of them hostile: its machine (an Insider with the GarbageParts attack) sends
   validly signed, well-formed PART shards of random values. ``--garbage-rounds`` rounds, by
   honest initiators: every honest member must abort (the average is implausible), its
   backbone unchanged, and nobody crash.
@@ -89,6 +89,7 @@ from gossiplearn.protocol.events import Action, MessageRefused
 from gossiplearn.protocol.node import Node
 from gossiplearn.protocol.replay import DEFAULT_FRESHNESS_MS
 from gossiplearn.sim.launcher import SimConfig, prepare_peers
+from gossiplearn.testing.insider import GarbageParts, Insider
 
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
 READY_TIMEOUT_S = 120.0
@@ -132,10 +133,16 @@ def prepare_round_peers(work_dir: Path, peers: int, interval_s: float) -> list[P
 
 
 @asynccontextmanager
-async def running(dirs: Sequence[Path], live_neighbours: int = 0) -> AsyncIterator[list[Any]]:
+async def running(
+    dirs: Sequence[Path], live_neighbours: int = 0, insiders: int = 0
+) -> AsyncIterator[list[Any]]:
     """Run a daemon for each directory until the block ends; yields their Victims once every
-    one has trained and sees ``live_neighbours`` live neighbours."""
-    victims = [Victim(d) for d in dirs]
+    one has trained and sees ``live_neighbours`` live neighbours. The last ``insiders`` run an
+    :class:`~gossiplearn.testing.insider.Insider` (honest until an attack is set)."""
+    victims = [
+        Victim(d, node_factory=Insider if i >= len(dirs) - insiders else Node)
+        for i, d in enumerate(dirs)
+    ]
     async with trio.open_nursery() as nursery:
         for victim in victims:
             nursery.start_soon(victim.run)
@@ -317,7 +324,7 @@ async def stranger_scenario(solo: Solo, streams: int) -> dict[str, Any]:
     def frame_for(protocol: str) -> bytes:
         if protocol == ROUND_PROTOCOL:  # a valid INVITE naming the victim
             members = (stranger.public_key, solo.key, solo.accomplice.public_key)
-            invite = Invite(members, os.urandom(32), 100, 20, now_ms() + 30_000)
+            invite = Invite(members, os.urandom(32), 100, 20, 1, now_ms() + 30_000)
             return forge.envelope(forge.round, invite)  # type: ignore[no-any-return]
         if protocol == PING_PROTOCOL:
             return os.urandom(16)
@@ -398,7 +405,7 @@ async def forged_scenario(solo: Solo, count: int) -> dict[str, Any]:
             shard = split_shards(np.frombuffer(os.urandom(4096), dtype="<u4"))[0]
             return Part(1, shard)
         members = (fuzzer.public_key, solo.key, solo.accomplice.public_key)
-        return Invite(members, os.urandom(32), 100, 20, now_ms() + 30_000)
+        return Invite(members, os.urandom(32), 100, 20, 1, now_ms() + 30_000)
 
     kinds: Counter[str] = Counter()
 
@@ -660,22 +667,11 @@ async def replayed_scenario(
     return result
 
 
-class GarbageNode(Node):
-    """A hostile member: its PART shards are random uint32 values (still well-formed and
-    validly signed); its weight share stays honest, so only the average can give it away."""
-
-    def _mask(self, vector: np.ndarray, index: int, seeds: dict[int, bytes]) -> None:
-        if vector.dtype == np.uint32:
-            vector[:] = np.frombuffer(os.urandom(4 * vector.size), dtype=np.uint32)
-        else:
-            super()._mask(vector, index, seeds)
-
-
 async def garbage_scenario(cluster: Sequence[Any], rounds: int) -> dict[str, Any]:
     """The last daemon turns hostile; ``rounds`` rounds, the honest ones taking turns to
     invite the two others."""
     *honest, hostile = cluster
-    hostile.peer.node.__class__ = GarbageNode  # the same machine, from now on hostile
+    hostile.peer.node.attack = GarbageParts()  # the same machine, from now on hostile
     outcomes: Counter[str] = Counter()
     hostile_outcomes: Counter[str] = Counter()
     backbone_changed = 0
@@ -875,7 +871,7 @@ async def solo_scenarios(work_dir: Path, options: Options) -> dict[str, Any]:
 
 async def round_scenarios(work_dir: Path, options: Options) -> dict[str, Any]:
     dirs = prepare_round_peers(Path(work_dir), 3, interval_s=fuzz.NEVER_S)
-    async with running(dirs, live_neighbours=2) as cluster:
+    async with running(dirs, live_neighbours=2, insiders=1) as cluster:
         replayed = await replayed_scenario(cluster, options.replayed, options.stale_wait_s)
         garbage = await garbage_scenario(cluster, options.garbage_rounds)
         crashed = dead(cluster)

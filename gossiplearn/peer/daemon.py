@@ -20,6 +20,7 @@ import random
 import signal
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,8 +90,16 @@ class RoundLog:
 class Peer:
     """A peer daemon for the directory ``DIR`` made by ``gossiplearn init``."""
 
-    def __init__(self, directory: Path, config: PeerConfig | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        config: PeerConfig | None = None,
+        *,
+        node_factory: Callable[..., Node] = Node,
+    ) -> None:
+        """``node_factory`` builds the round machine (tests put an adversary here)."""
         self.directory = Path(directory)
+        self._node_factory = node_factory
         self.config = config or load_config(self.directory)
         self.identity = load_key_file(self.directory / IDENTITY_FILE)
         self.peer_id = self.identity.peer_id
@@ -186,7 +195,7 @@ class Peer:
         cfg = self.config
         if cfg.peer.admission == "open":
             log.warning("admission is OPEN: any peer may connect and join rounds (demo mode)")
-        self.node = Node(
+        self.node = self._node_factory(
             self.identity,
             cfg.round.to_round_config(),
             admitted=self.admission,

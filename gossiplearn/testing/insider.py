@@ -21,8 +21,9 @@ The attacks, one per class of the red team's findings:
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,7 @@ from gossiplearn.protocol.aggregation import part_digest
 from gossiplearn.protocol.envelope import Envelope, encode_envelope, verify_envelope
 from gossiplearn.protocol.errors import ProtocolError
 from gossiplearn.protocol.events import Action, Send
-from gossiplearn.protocol.messages import Message, Reduced, Roster, WeightShare
+from gossiplearn.protocol.messages import Message, Part, Reduced, Roster, WeightShare
 from gossiplearn.protocol.node import Node
 from gossiplearn.protocol.shards import Shard, shard_digest
 
@@ -104,6 +105,27 @@ class Insider(Node):
 
     def abort(self, reason: str, now_ms: int) -> list[Action]:
         return self._through(super().abort(reason, now_ms))
+
+
+# ---- garbage ------------------------------------------------------------------------------------
+
+
+class GarbageParts(Attack):
+    """Random ring elements in every PART shard it sends, well-formed and validly signed: the
+    masks hide garbage frame by frame, so only the plausibility of the average gives it away."""
+
+    def rewrite(self, node: Insider, sends: list[Send]) -> list[Send]:
+        out = []
+        for send in sends:
+            if send.kind == Part.TYPE:
+                envelope = verify_envelope(send.frame)
+                body = envelope.body
+                assert isinstance(body, Part)
+                data = os.urandom(4 * body.shard.length)
+                shard = replace(body.shard, digest=shard_digest(data), data=data)
+                send = _resent(node, envelope, Part(body.part, shard))
+            out.append(send)
+        return out
 
 
 # ---- 1: weight equivocation ---------------------------------------------------------------------
@@ -234,15 +256,7 @@ class ReducerEquivocation(Attack):
             assert isinstance(body, Reduced)
             shard = body.shard
             data = part[shard.offset : shard.offset + shard.length].tobytes()
-            altered = Shard(
-                shard.index,
-                shard.total,
-                shard.offset,
-                shard.dtype,
-                shard.length,
-                shard_digest(data),
-                data,
-            )
+            altered = replace(shard, digest=shard_digest(data), data=data)
             replaced[id(send)] = _resent(node, envelope, Reduced(body.part, digest, altered))
         self.altered.append(envelopes[0].group)
         return [replaced.get(id(send), send) for send in sends]
@@ -256,6 +270,7 @@ def vector_error(estimate: np.ndarray, truth: np.ndarray) -> float:
 
 __all__ = [
     "Attack",
+    "GarbageParts",
     "Holder",
     "Insider",
     "ReducerEquivocation",
