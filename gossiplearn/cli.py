@@ -6,6 +6,7 @@ import typer
 
 from gossiplearn import __version__
 from gossiplearn.commands.allow import allow
+from gossiplearn.commands.evidence import evidence
 from gossiplearn.commands.init import init
 from gossiplearn.commands.keys import keys_app
 from gossiplearn.commands.run import run
@@ -34,6 +35,7 @@ app.command()(init)
 app.command()(run)
 app.command()(status)
 app.command()(allow)
+app.command()(evidence)
 app.add_typer(keys_app, name="keys")
 app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(sim)
 

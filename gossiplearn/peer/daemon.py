@@ -13,6 +13,7 @@ host and returns, well within 5 seconds.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -45,6 +46,7 @@ from gossiplearn.peer.host import (
     Host,
 )
 from gossiplearn.peer.neighbours import NeighbourTable
+from gossiplearn.peer.proofs import EVIDENCE_DIR, ProofStore
 from gossiplearn.peer.status import (
     STATUS_SCHEMA_VERSION,
     Metrics,
@@ -61,16 +63,19 @@ from gossiplearn.protocol import (
 )
 from gossiplearn.protocol.events import (
     Action,
+    EquivocationDetected,
     MessageRefused,
     RoundAborted,
     RoundCancelled,
     RoundFinished,
 )
+from gossiplearn.protocol.evidence import InvalidProof
 from gossiplearn.protocol.node import Node
 
 log = logging.getLogger("gossiplearn.peer")
 
 STOP_BUDGET_S = 4.0  # the whole stop (abort, checkpoint, close) fits in the 5 s promise
+EVIDENCE_POLL_S = 2.0  # how soon an operator's `gossiplearn evidence --clear` takes effect
 HISTORY = 256  # finished rounds kept for the status document
 
 
@@ -122,6 +127,9 @@ class Peer:
         self._model_lock = trio.Lock()
         self._stopping = False
         self._rng = random.Random(os.urandom(8))
+        self.proofs = ProofStore(self.directory / EVIDENCE_DIR)
+        self._refused_on_disk: set[bytes] = set()
+        self._other_versions: set[bytes | None] = set()  # peers told about once in the log
 
     # ---- set-up (CPU work, run in a thread) ----
 
@@ -231,6 +239,18 @@ class Peer:
             self.host, self.node, self._on_action, on_unreachable=self._peer_unreachable
         )
         self.host.disconnect_listeners.append(self.engine.peer_disconnected)
+        for stored in await trio.to_thread.run_sync(self.proofs.load):
+            # Before the engine runs: nothing else touches the machine yet.
+            self.node.accept_proof(stored.proof)
+            self._refused_on_disk.add(stored.peer)
+            log.warning(
+                "refusing %s: it equivocated (proof in %s); clear with `gossiplearn evidence "
+                "%s --clear %s`",
+                peer_id_from_public_key(stored.peer),
+                stored.path,
+                self.directory,
+                peer_id_from_public_key(stored.peer),
+            )
         self.host.handle(ROUND_PROTOCOL, self._handle_round)
         self.host.handle(PING_PROTOCOL, self.discovery.handle_ping)
         self.host.handle(PEERS_PROTOCOL, self.discovery.handle_peers)
@@ -250,6 +270,7 @@ class Peer:
             nursery.start_soon(self.engine.run)
             nursery.start_soon(self.discovery.run)
             nursery.start_soon(self._training_loop)
+            nursery.start_soon(self._watch_evidence)
             self.ready = True
             if stop is None:
                 await self._wait_for_stop_signal()
@@ -287,7 +308,7 @@ class Peer:
             )
             await trio.sleep(interval * self._rng.uniform(0.5, 1.5))
             live = [n.key for n in self.table.live(time.monotonic())]
-            if len(live) >= 2 and not self.node.busy:
+            if len(live) >= 2 and not self.engine.view.busy:
                 await self.engine.start_round(live)
 
     def _peer_unreachable(self, key: bytes) -> None:
@@ -301,8 +322,18 @@ class Peer:
     def _on_action(self, action: Action) -> None:
         if isinstance(action, MessageRefused):
             self._count_rejected(action.reason)
+            if action.reason == "version" and action.sender not in self._other_versions:
+                self._other_versions.add(action.sender)
+                log.warning(
+                    "peer %s speaks another protocol version (%s); it must run the same "
+                    "gossiplearn version as this peer to join rounds",
+                    "?" if action.sender is None else peer_id_from_public_key(action.sender),
+                    action.detail,
+                )
             if action.sender is not None and action.sender in self.admission:
                 self.discovery.inbound(action.sender)
+        elif isinstance(action, EquivocationDetected):
+            self._nursery.start_soon(self._keep_proof, action)
         elif isinstance(action, RoundFinished):
             self._nursery.start_soon(self._apply_round, action)
         elif isinstance(action, RoundAborted):
@@ -310,11 +341,45 @@ class Peer:
             self.rounds.abort_reasons[action.reason] += 1
             self.metrics.rounds.labels("aborted").inc()
             self.metrics.round_aborts.labels(action.reason).inc()
-            self._log_round(action.stats, f"aborted ({action.reason})")
+            blamed = ",".join(peer_id_from_public_key(b)[-6:] for b in action.blamed)
+            self._log_round(
+                action.stats, f"aborted ({action.reason}{'; blamed ' + blamed if blamed else ''})"
+            )
         elif isinstance(action, RoundCancelled):
             self.rounds.cancelled += 1
             self.metrics.rounds.labels("cancelled").inc()
             log.debug("round %s cancelled: %s", action.group.hex()[:8], action.reason)
+
+    async def _keep_proof(self, action: EquivocationDetected) -> None:
+        """Keep a proof that ``action.peer`` equivocated; the machine already refuses it."""
+        peer_id = peer_id_from_public_key(action.peer)
+        self.metrics.equivocations.inc()
+        try:
+            stored = await trio.to_thread.run_sync(self.proofs.save, action.proof)
+        except (OSError, InvalidProof) as exc:
+            log.error("peer %s equivocated, but its proof could not be kept: %s", peer_id, exc)
+            return
+        self._refused_on_disk.add(action.peer)
+        log.warning(
+            "peer %s equivocated in round %s (signed two conflicting messages): refused until "
+            "an operator clears it with `gossiplearn evidence %s --clear %s`; proof: %s",
+            peer_id,
+            action.group.hex()[:8],
+            self.directory,
+            peer_id,
+            stored.path,
+        )
+
+    async def _watch_evidence(self) -> None:
+        """Lift the refusal of peers whose proofs an operator deleted (`evidence --clear`)."""
+        while not self._stopping:
+            await trio.sleep(EVIDENCE_POLL_S)
+            known = set(self._refused_on_disk)  # proofs kept meanwhile are checked next time
+            cleared = known - await trio.to_thread.run_sync(self.proofs.peers)
+            for peer in cleared:
+                await self.engine.call(functools.partial(Node.clear_refusal, peer=peer))
+                log.info("refusal of %s cleared by the operator", peer_id_from_public_key(peer))
+            self._refused_on_disk -= cleared
 
     async def _apply_round(self, result: RoundFinished) -> None:
         mix = self.config.round.mix
@@ -384,7 +449,7 @@ class Peer:
             self.identity,
             self.identity.public_key,
             key,
-            Status(json.dumps(self.status_document())),
+            Status(json.dumps(self.remote_status_document(key))),
             seq=self._sequence(),
             ts=int(time.time() * 1000),
         )
@@ -422,7 +487,7 @@ class Peer:
                 "aborted": self.rounds.aborted,
                 "cancelled": self.rounds.cancelled,
                 "abort_reasons": dict(self.rounds.abort_reasons),
-                "in_progress": self.node.busy,
+                "in_progress": self.engine.view.busy,
                 "current": self._current_round(),
                 "last": self.rounds.last,
                 "history": list(self.rounds.history),
@@ -439,10 +504,43 @@ class Peer:
                 "train_samples": self.training_samples,
                 "validation_samples": self.validation_samples,
             },
+            "contribution_fresh": self.engine.view.contribution_fresh,
+            "blocked_peers": {
+                peer_id_from_public_key(peer): state
+                for peer, state in self.engine.view.blocked.items()
+            },
         }
 
+    def remote_status_document(self, requester: bytes) -> dict[str, Any]:
+        """What an admitted peer may learn by asking: less than the local document. No sample
+        counts or weights (a member's weight is its sample count when weighting is on), no
+        neighbours, and only the rounds the requester was itself a member of."""
+        full = self.status_document()
+        rounds = full["rounds"]
+        shared = [entry for entry in rounds["history"] if self._was_member(entry, requester)]
+        return {
+            "schema": full["schema"],
+            "remote": True,
+            "version": full["version"],
+            "peer_id": full["peer_id"],
+            "addrs": full["addrs"],
+            "uptime_s": full["uptime_s"],
+            "rounds": {
+                "completed": rounds["completed"],
+                "aborted": rounds["aborted"],
+                "cancelled": rounds["cancelled"],
+                "in_progress": rounds["in_progress"],
+                "with_you": shared,
+            },
+            "model_digest": full["model_digest"],
+        }
+
+    @staticmethod
+    def _was_member(entry: dict[str, Any], requester: bytes) -> bool:
+        return peer_id_from_public_key(requester) in entry.get("members", ())
+
     def _current_round(self) -> dict[str, Any] | None:
-        current = self.node.current_round
+        current = self.engine.view.current_round
         if current is None:
             return None
         group, started_ms, deadline_ms = current
@@ -461,4 +559,8 @@ class Peer:
         self.metrics.neighbours_live.set(len(self.table.live(time.monotonic())))
         self.metrics.uptime.set(time.time() - self.started)
         self.metrics.trio_tasks.set(trio_task_count() or 0)
+        blocked = self.engine.view.blocked.values()
+        refused = sum(1 for state in blocked if state["refused"])
+        self.metrics.blocked_peers.labels("refused").set(refused)
+        self.metrics.blocked_peers.labels("backoff").set(len(blocked) - refused)
         return self.metrics.render()

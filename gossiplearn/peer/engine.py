@@ -24,7 +24,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -86,6 +86,30 @@ class _PeerQuota:
 
 
 @dataclass(frozen=True)
+class MachineView:
+    """What the rest of the daemon may read of the round machine: a copy refreshed by the
+    engine's task after every input, so nothing reads the machine while a worker thread is
+    inside it."""
+
+    busy: bool = False
+    current_group: bytes | None = None
+    #: (group, started_ms, deadline_ms) of the round in progress
+    current_round: tuple[bytes, int, int] | None = None
+    contribution_fresh: bool = False
+    #: peers backed off or refused now: {key: {strikes, backoff_s, refused}}
+    blocked: dict[bytes, dict[str, object]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Call:
+    """Run ``fn(machine)`` in the machine's task; its result (or exception) goes to ``box``."""
+
+    fn: Callable[[Node], Any]
+    box: list[Any]
+    done: trio.Event
+
+
+@dataclass(frozen=True)
 class _Start:
     candidates: tuple[bytes, ...]
 
@@ -128,6 +152,8 @@ class RoundEngine:
         self._quota = _PeerQuota(PEER_FRAMES)
         self._nursery: trio.Nursery | None = None
         self.send_failures = 0
+        self.view = MachineView()
+        self._refresh_view()
 
     # ---- inputs ----
 
@@ -162,6 +188,18 @@ class RoundEngine:
     async def set_contribution(self, vector: np.ndarray, weight: int, schema_hash: bytes) -> None:
         await self._inbox_send.send(_Contribution(vector, weight, schema_hash))
 
+    async def call(self, fn: Callable[[Node], Any]) -> Any:
+        """``fn(machine)``, run in the machine's own task (the only place that touches it);
+        returns its result or raises its exception."""
+        box: list[Any] = []
+        done = trio.Event()
+        await self._inbox_send.send(_Call(fn, box, done))
+        await done.wait()
+        result, error = box
+        if error is not None:
+            raise error
+        return result
+
     async def abort(self, reason: str, timeout_s: float = 2.0) -> None:
         """Abort the current round (ABORT sent to its members) and wait for it, bounded."""
         done = trio.Event()
@@ -187,6 +225,7 @@ class RoundEngine:
                         actions = await self._call(self.node.tick, now_ms())
                     else:
                         actions = await self._execute(command)
+                    self._refresh_view()
                     self._dispatch(actions)
         finally:
             # The host closes its connections after we stop, and tells peer_disconnected.
@@ -210,10 +249,17 @@ class RoundEngine:
                 node.set_contribution, command.vector, command.weight, command.schema_hash
             )
             return []
+        if isinstance(command, _Call):
+            try:
+                command.box[:] = [await self._call(command.fn, node), None]
+            except Exception as exc:  # handed to the caller, raised there
+                command.box[:] = [None, exc]
+            command.done.set()
+            return []
         if isinstance(command, _Unreachable):
             return await self._call(node.peer_unreachable, command.peer, command.group, now_ms())
         if isinstance(command, _Start):
-            if node.busy:
+            if node.busy or not node.contribution_fresh:
                 return []
             try:
                 return await self._call(node.start_round, command.candidates, now_ms())
@@ -229,6 +275,16 @@ class RoundEngine:
             command.done.set()
             return []
         raise TypeError(f"unknown engine command {command!r}")
+
+    def _refresh_view(self) -> None:
+        node = self.node
+        self.view = MachineView(
+            busy=node.busy,
+            current_group=node.current_group,
+            current_round=node.current_round,
+            contribution_fresh=node.contribution_fresh,
+            blocked=node.backoff.snapshot(now_ms()),
+        )
 
     def _dispatch(self, actions: list[Action]) -> None:
         assert self._nursery is not None
@@ -268,7 +324,7 @@ class RoundEngine:
         """The host lost a connection to ``key`` (a crash closes them all at once). If we
         are in a round, check at once whether ``key`` can still be reached: a member that
         died after we sent it everything would otherwise cost us the round's deadline."""
-        group = self.node.current_group
+        group = self.view.current_group
         if group is not None and self._nursery is not None:
             # A notifee callback must never raise into libp2p: a nursery closing right now
             # (we are stopping) refuses new tasks, and then there is nothing to probe for.

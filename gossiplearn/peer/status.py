@@ -69,6 +69,17 @@ class Metrics:
             "gossiplearn_validation_accuracy", "Accuracy on local held-out data.", registry=r
         )
         self.uptime = Gauge("gossiplearn_uptime_seconds", "Seconds since start.", registry=r)
+        self.equivocations = Counter(
+            "gossiplearn_equivocations",
+            "Peers caught signing two conflicting messages (each proof kept in evidence/).",
+            registry=r,
+        )
+        self.blocked_peers = Gauge(
+            "gossiplearn_blocked_peers",
+            "Peers neither invited nor answered now: backed off, or refused (equivocated).",
+            ["state"],
+            registry=r,
+        )
         # process_resident_memory_bytes, process_open_fds, ... (Linux /proc), for soak tests
         ProcessCollector(registry=r)
         self.trio_tasks = Gauge(

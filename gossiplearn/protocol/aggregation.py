@@ -72,7 +72,7 @@ def part_bounds(length: int, parts: int) -> list[tuple[int, int]]:
 def part_digest(reduced: np.ndarray) -> bytes:
     """The digest a reducer signs in every REDUCED shard of its part."""
     data = np.ascontiguousarray(reduced, dtype="<u4")
-    return hashlib.blake2b(memoryview(data).cast("B"), digest_size=32, person=_PART_PERSON).digest()
+    return hashlib.blake2b(data.data, digest_size=32, person=_PART_PERSON).digest()
 
 
 @dataclass(frozen=True)

@@ -229,7 +229,7 @@ class _Group:
 
 
 def contribution_digest(vector: np.ndarray) -> bytes:
-    return hashlib.blake2b(memoryview(vector).cast("B"), digest_size=16).digest()
+    return hashlib.blake2b(vector.data, digest_size=16).digest()
 
 
 class Node:

@@ -11,6 +11,7 @@ import trio
 import trio.testing
 
 from gossiplearn.peer.engine import RoundEngine
+from gossiplearn.testing.fakes import IdleMachine
 
 GROUP = b"g" * 16
 ALIVE, DEAD = b"a" * 32, b"d" * 32
@@ -40,15 +41,13 @@ class FakeHost:
         await trio.sleep(0)
 
 
-class GroupNode:
-    """In GROUP until told otherwise; records what the engine reports."""
+class GroupNode(IdleMachine):
+    """In ``group`` (as the engine sees it from its start); records what the engine reports."""
 
-    def __init__(self) -> None:
-        self.current_group: bytes | None = GROUP
+    def __init__(self, group: bytes | None = GROUP) -> None:
+        super().__init__()
+        self.current_group = group
         self.unreachable: list[tuple[bytes, bytes]] = []
-
-    def next_deadline(self) -> None:
-        return None
 
     def peer_unreachable(self, peer: bytes, group: bytes, now_ms: int) -> list[Any]:
         self.unreachable.append((peer, group))
@@ -84,20 +83,24 @@ async def test_a_lost_connection_is_probed_and_an_unreachable_member_reported() 
 
 
 async def test_no_probe_outside_a_round_nor_after_the_engine_stopped() -> None:
-    host, node = FakeHost(), GroupNode()
-    engine = RoundEngine(host, node, lambda action: None)  # type: ignore[arg-type]
-    node.current_group = None
+    host, idle = FakeHost(), GroupNode(group=None)
+    engine = RoundEngine(host, idle, lambda action: None)  # type: ignore[arg-type]
     async with trio.open_nursery() as nursery:
         await settle(engine, nursery)
         engine.peer_disconnected(DEAD)
         await trio.testing.wait_all_tasks_blocked()
-        assert node.unreachable == [] and host.opened == []
+        assert idle.unreachable == [] and host.opened == []
         nursery.cancel_scope.cancel()
     # Stopped: the host closes its connections afterwards and tells us; that must not raise
     # (it runs inside a libp2p notifee) even in the middle of a round.
-    node.current_group = GROUP
+    in_round = GroupNode()
+    engine = RoundEngine(host, in_round, lambda action: None)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        await settle(engine, nursery)
+        nursery.cancel_scope.cancel()
+    assert engine.view.current_group == GROUP
     engine.peer_disconnected(DEAD)
-    assert node.unreachable == []
+    assert in_round.unreachable == []
 
 
 async def test_a_failed_send_is_reported_for_the_group_it_was_for() -> None:

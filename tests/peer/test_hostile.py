@@ -32,6 +32,7 @@ import trio.testing
 from gossiplearn.peer import engine as engine_module
 from gossiplearn.peer.engine import PEER_FRAMES, RoundEngine
 from gossiplearn.peer.host import MAX_STREAMS_PER_PEER
+from gossiplearn.testing.fakes import IdleMachine
 from tests.bench import load_bench
 
 STRANGER_STREAMS = 40
@@ -209,15 +210,10 @@ class FakeStream:
         return None
 
 
-class CountingNode:
-    busy = False
-    current_group = None
-
+class CountingNode(IdleMachine):
     def __init__(self) -> None:
+        super().__init__()
         self.received: dict[bytes, int] = {}
-
-    def next_deadline(self) -> None:
-        return None
 
     def receive(self, frame: bytes, now_ms: int, *, from_peer: bytes | None = None) -> list[Any]:
         assert from_peer is not None
