@@ -77,6 +77,12 @@ class Insider(Node):
         self.received: list[Envelope] = []
         #: Every frame the machine produced, before the attack rewrote it.
         self.produced: list[Send] = []
+        #: Every vector it was given to contribute, in order.
+        self.contributions: list[np.ndarray] = []
+
+    def set_contribution(self, vector: np.ndarray, weight: int, schema_hash: bytes) -> None:
+        super().set_contribution(vector, weight, schema_hash)
+        self.contributions.append(np.array(vector, dtype=np.float32, copy=True))
 
     def _weight_limit(self) -> int:
         # Its own implementation declares what it likes (see WeightLever).
@@ -166,29 +172,32 @@ class Withhold(Attack):
         return [send for send in sends if send.kind not in self.kinds]
 
 
-def learned_sums(insider: Insider, frac_bits: int) -> dict[bytes, np.ndarray]:
-    """Per group: the group's (scaled) sum the insider holds in full, decoded — its own reduced
-    part from what it produced, every other part from the REDUCED frames it received. For
-    equal weights this is the group's sum of vectors divided by the group's size."""
+@dataclass(frozen=True)
+class LearnedSum:
+    """A group's sum an insider holds in full: the members and the decoded sum of their
+    encoded contributions ((w_i / S) x_i; with equal weights, the sum of vectors / m)."""
+
+    members: tuple[bytes, ...]
+    values: np.ndarray
+
+
+def learned_sums(insider: Insider, frac_bits: int) -> dict[bytes, LearnedSum]:
+    """Per group, what the insider learned: its own reduced part from what it produced, every
+    other part from the REDUCED frames it received. Groups it holds only part of are left out."""
     pieces: dict[bytes, dict[int, dict[int, Shard]]] = {}
-    rosters: dict[bytes, int] = {}
-    own = [verify_envelope(send.frame) for send in insider.produced if send.kind == "REDUCED"]
+    rosters: dict[bytes, tuple[bytes, ...]] = {}
+    own = [verify_envelope(send.frame) for send in insider.produced if send.kind != "PART"]
     for envelope in [*insider.received, *own]:
         body = envelope.body
         if isinstance(body, Roster):
-            rosters[envelope.group] = len(body.members)
+            rosters[envelope.group] = body.members
         if isinstance(body, Reduced):
             shards = pieces.setdefault(envelope.group, {}).setdefault(body.part, {})
             shards[body.shard.index] = body.shard
-    for send in insider.produced:  # an initiator's own roster
-        if send.kind == "ROSTER":
-            envelope = verify_envelope(send.frame)
-            assert isinstance(envelope.body, Roster)
-            rosters[envelope.group] = len(envelope.body.members)
     sums = {}
     for group, parts in pieces.items():
-        m = rosters.get(group)
-        if m is None or sorted(parts) != list(range(m)):
+        members = rosters.get(group)
+        if members is None or sorted(parts) != list(range(len(members))):
             continue
         if any(len(shards) != next(iter(shards.values())).total for shards in parts.values()):
             continue
@@ -196,7 +205,8 @@ def learned_sums(insider: Insider, frac_bits: int) -> dict[bytes, np.ndarray]:
             np.concatenate([shards[i].array() for i in range(len(shards))])
             for _, shards in sorted(parts.items())
         ]
-        sums[group] = decode(np.concatenate(joined), frac_bits, RING32, np.float64)
+        values = decode(np.concatenate(joined), frac_bits, RING32, np.float64)
+        sums[group] = LearnedSum(members, values)
     return sums
 
 
@@ -273,6 +283,7 @@ __all__ = [
     "GarbageParts",
     "Holder",
     "Insider",
+    "LearnedSum",
     "ReducerEquivocation",
     "WeightEquivocation",
     "WeightLever",

@@ -123,7 +123,7 @@ def test_weight_equivocation_is_proven_and_nothing_is_applied(
     # weight, so what the attacker holds (the group's sum) is far from the target's vector.
     sums = learned_sums(insider, swarm.config.frac_bits)
     if rnd.group in sums:
-        estimate = sums[rnd.group] * k  # the sum, as if it were the target's alone
+        estimate = sums[rnd.group].values * k  # the sum, as if it were the target's alone
         assert vector_error(estimate, swarm.peers[target].vector) > 0.5
 
 
@@ -171,7 +171,7 @@ def test_abort_differencing_recovers_no_vector_exactly(safeguards: Safeguards) -
     truth = swarm.peers[a].vector  # its latest
     sums = learned_sums(insider, swarm.config.frac_bits)
     assert [g in sums for g in groups] == [True] * 3  # M learned each group's sum
-    s1, s2, s3 = (sums[g] * 3 for g in groups)  # equal weights: sum / 3 each
+    s1, s2, s3 = (sums[g].values * 3 for g in groups)  # equal weights: sum / 3 each
     estimate = (s1 + s2 - s3 - own[0] - own[1] + own[2]) / 2
     error = vector_error(estimate, truth)
     # Without the defence, x_A comes out to the encoding's precision (~1e-6). With it, each
