@@ -68,7 +68,7 @@ import msgpack
 import numpy as np
 import trio
 
-from gossiplearn.crypto.identity import Identity, load_key_file
+from gossiplearn.crypto.identity import Identity, load_key_file, peer_id_from_public_key
 from gossiplearn.peer.config import IDENTITY_FILE, load_config, save_config
 from gossiplearn.peer.daemon import Peer
 from gossiplearn.peer.framing import FramingError
@@ -725,7 +725,9 @@ async def check_alive(host: Host, forge: Forge, victim: bytes) -> dict[str, bool
             expected_sender=victim,
         )
         assert isinstance(envelope.body, Status)
-        result["status"] = "rejected_messages" in json.loads(envelope.body.json)
+        result["status"] = json.loads(envelope.body.json).get("peer_id") == peer_id_from_public_key(
+            victim
+        )
     except Exception as exc:
         log.warning("liveness check failed: %r", exc)
     return result

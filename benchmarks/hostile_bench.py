@@ -519,13 +519,20 @@ async def run_round(initiator: Any, members: Sequence[Any]) -> dict[bytes, str]:
     """Have ``initiator`` invite ``members``; each one's outcome once all have ended it:
     "finished", "aborted:<reason>", "cancelled", or "none" (nothing within the timeout)."""
     everyone = [initiator, *members]
+    for v in everyone:
+        # A contribution is sent in at most one round: each brings a new one, as after training.
+        vector = v.peer.model.get_backbone()
+        vector += np.float32(1e-6) * np.random.default_rng().standard_normal(vector.size).astype(
+            np.float32
+        )
+        await v.peer.engine.set_contribution(vector, 1, v.peer.model.schema_hash)
     before = {
         key_of(v): (round_counts(v.peer), Counter(v.peer.rounds.abort_reasons)) for v in everyone
     }
     await initiator.peer.engine.start_round([key_of(m) for m in members])
 
     def ended(v: Any) -> bool:
-        return round_counts(v.peer) != before[key_of(v)][0] and not v.peer.node.busy
+        return round_counts(v.peer) != before[key_of(v)][0] and not v.peer.engine.view.busy
 
     with trio.move_on_after(ROUND_TIMEOUT_S):
         while not all(ended(v) for v in everyone) and not dead(everyone):

@@ -76,13 +76,9 @@ async def test_weight_equivocation_is_proven_kept_and_the_equivocator_refused(
             assert peer.engine.view.blocked[key_of(attacker)]["refused"] is True
             assert metric(peer, "gossiplearn_equivocations_total") == 1.0
             assert metric(peer, 'gossiplearn_blocked_peers{state="refused"}') == 1.0
-            assert peer.status_document()["blocked_peers"] == {
-                peer_id_from_public_key(key_of(attacker)): {
-                    "strikes": 0,
-                    "backoff_s": 0.0,
-                    "refused": True,
-                }
-            }
+            blocked = peer.status_document()["blocked_peers"]
+            assert list(blocked) == [peer_id_from_public_key(key_of(attacker))]
+            assert blocked[peer_id_from_public_key(key_of(attacker))]["refused"] is True
 
         # Its next invitation is declined by everyone: cancelled, nothing learned.
         await attacker.engine.set_contribution(
