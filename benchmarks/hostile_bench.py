@@ -72,7 +72,7 @@ import multiaddr
 import numpy as np
 import trio
 
-from gossiplearn.crypto.identity import Identity, load_key_file
+from gossiplearn.crypto.identity import Identity, load_key_file, public_key_from_peer_id
 from gossiplearn.peer.config import IDENTITY_FILE, load_config, save_config
 from gossiplearn.peer.daemon import Peer
 from gossiplearn.peer.host import (
@@ -83,6 +83,7 @@ from gossiplearn.peer.host import (
     STATUS_PROTOCOL,
     Admission,
     Host,
+    split_p2p_multiaddr,
 )
 from gossiplearn.protocol import Invite, Part, split_shards
 from gossiplearn.protocol.replay import DEFAULT_FRESHNESS_MS
@@ -101,6 +102,7 @@ BATCH = 50  # frames per stream (forged, replayed)
 FLOOD_FRAME_BYTES = 1 << 20  # a full shard's worth of garbage: under the round frame limit
 FLOOD_REOPEN_S = 0.2  # pause before an attack stream the victim refused is reopened
 SAMPLE_S = 0.25
+FLOOD_STRANGERS = 8  # stranger hosts handshaking at once
 
 
 def load_fuzz_bench() -> ModuleType:
@@ -840,6 +842,108 @@ async def flood_scenario(
             "crashed": crashed,
         }
     result["stopped_cleanly"] = all(v.done.is_set() and v.error is None for v in cluster)
+    return result
+
+
+# ---- a stranger flooding handshakes -------------------------------------------------------
+
+
+def inbound_slots_free(peer: Peer) -> int | None:
+    """py-libp2p's free inbound connection slots at the peer (250 when idle)."""
+    limiter = getattr(peer.host.libp2p.get_network(), "_inbound_limiter", None)
+    return None if limiter is None else int(limiter.available_tokens)
+
+
+async def handshake_flood(
+    address: str, handshakes: int, strangers: int = FLOOD_STRANGERS
+) -> dict[str, Any]:
+    """``strangers`` hosts nobody admits connect to ``address`` (a Noise handshake each, then
+    refused) and hang up, again and again, ``handshakes`` attempts in all."""
+    from libp2p.peer.id import ID
+
+    _, peer_id = split_p2p_multiaddr(address)
+    target = ID.from_base58(peer_id)
+    key = public_key_from_peer_id(peer_id)
+    outcomes: Counter[str] = Counter()
+    attempts = 0
+    started = time.perf_counter()
+
+    async def stranger() -> None:
+        nonlocal attempts
+        host = Host(Identity.generate(), LOOPBACK, Admission([key]))
+        async with host.run():
+            while attempts < handshakes:
+                attempts += 1
+                try:
+                    with trio.fail_after(ATTEMPT_TIMEOUT_S):
+                        await host.connect(address)
+                    outcomes["handshake"] += 1
+                except Exception as exc:  # closed before the handshake (rate limit), ...
+                    outcomes[type(exc).__name__] += 1
+                with contextlib.suppress(Exception), trio.move_on_after(ATTEMPT_TIMEOUT_S):
+                    await host.libp2p.disconnect(target)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(strangers):
+            nursery.start_soon(stranger)
+    return {
+        "attempts": attempts,
+        "outcomes": dict(outcomes),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+async def stranger_flood_scenario(
+    work_dir: Path, handshakes: int, per_minute: int = 0, round_budget_s: float = 90.0
+) -> dict[str, Any]:
+    """A victim daemon (dialing nobody) takes ``handshakes`` stranger handshakes; then two
+    new admitted daemons start, which only it can introduce to... nobody: they must connect
+    to it (inbound) for it to complete a round. ``per_minute``: its failed-admission limit
+    per IP (0: none, so that every handshake happens)."""
+    dirs = prepare_round_peers(Path(work_dir), 3, interval_s=1.0)
+    victim_dir, newcomers = dirs[0], dirs[1:]
+    config = load_config(victim_dir)
+    config.peer.bootstrap = []  # the newcomers must reach it: inbound connections only
+    config.peer.failed_admissions_per_minute = per_minute
+    save_config(victim_dir, config)
+    async with running([victim_dir]) as (victim,):
+        peer = victim.peer
+        counters = peer.host.counters
+        slots_before = inbound_slots_free(peer)
+        flood = await handshake_flood(peer.host.addrs()[0], handshakes)
+        with trio.move_on_after(10):  # the victim closes the last refused connections
+            while counters.failed_admissions + counters.rate_limited_connections < flood[
+                "outcomes"
+            ].get("handshake", 0) + flood["outcomes"].get("rate_limited", 0):
+                await trio.sleep(0.05)
+        await trio.sleep(1.0)
+        result: dict[str, Any] = {
+            "handshakes": flood["outcomes"].get("handshake", 0),
+            "attempts": flood["attempts"],
+            "flood_seconds": flood["seconds"],
+            "stranger_outcomes": flood["outcomes"],
+            "failed_admissions": counters.failed_admissions,
+            "rate_limited_connections": counters.rate_limited_connections,
+            "per_minute": per_minute,
+            "inbound_slots_before": slots_before,
+            "inbound_slots_after": inbound_slots_free(peer),
+            "victim_rounds_before": peer.rounds.completed,
+        }
+        began = time.perf_counter()
+        async with running(newcomers):
+            with trio.move_on_after(round_budget_s):
+                while peer.rounds.completed == result["victim_rounds_before"] and not dead(
+                    [victim]
+                ):
+                    await trio.sleep(0.1)
+            result["round_after_flood_s"] = (
+                round(time.perf_counter() - began, 1)
+                if peer.rounds.completed > result["victim_rounds_before"]
+                else None
+            )
+            result["newcomers_met_victim"] = sorted(n.source for n in peer.table.all())
+        result["crashed"] = dead([victim])
+    result["stopped_cleanly"] = victim.done.is_set() and victim.error is None
     return result
 
 

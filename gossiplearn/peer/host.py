@@ -385,8 +385,10 @@ class Host:
         from libp2p.peer.peerinfo import info_from_p2p_addr
 
         _, peer_id = split_p2p_multiaddr(address)
+        info = info_from_p2p_addr(multiaddr.Multiaddr(address))
+        self._forget_failures(info.peer_id)
         with trio.fail_after(timeout_s):
-            await self.libp2p.connect(info_from_p2p_addr(multiaddr.Multiaddr(address)))
+            await self.libp2p.connect(info)
         return public_key_from_peer_id(peer_id)
 
     async def open_stream(self, key: bytes, protocol: str, timeout_s: float = 5.0) -> object:
@@ -394,8 +396,17 @@ class Host:
         from libp2p.peer.id import ID
 
         peer = ID.from_base58(_peer_id_of(key))
+        self._forget_failures(peer)
         with trio.fail_after(timeout_s):
             return await self.libp2p.new_stream(peer, [TProtocol(protocol)])
+
+    def _forget_failures(self, peer: object) -> None:
+        """libp2p refuses to dial a peer for 60 s after a failed dial (its negative cache);
+        our callers back off themselves (discovery: 1 s, 2 s, 4 s, ...), so a peer that was
+        down for a moment, or whose dial was rate-limited, is not shut out for a minute."""
+        unblock = getattr(self.libp2p.get_network(), "unblock_peer", None)
+        if unblock is not None:
+            unblock(peer)
 
     def remember_addrs(self, key: bytes, addrs: Iterable[str], ttl_s: int = 600) -> None:
         """Add ``addrs`` (full multiaddrs) to those libp2p may dial the peer ``key`` on."""
