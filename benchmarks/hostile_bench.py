@@ -35,6 +35,16 @@ fuzz_bench.py: the victim's run task, forging envelopes, liveness checks) are re
   level before the flood, rounds the victim completed meanwhile, streams it refused as
   "too_many_streams", and the most streams/frames of the attacker it ever held.
 
+- strangers: ``--handshakes`` stranger handshakes (8 strangers at once, each connecting and
+  hanging up again and again) against a daemon that dials nobody, first without the per-IP
+  limit on failed admissions (so every handshake happens: py-libp2p's inbound slots must all
+  come back), then with the default limit; after each, two new admitted daemons start and
+  must reach it (inbound) for it to complete a round. Figures: handshakes, slots left, seconds
+  until its first round after the flood.
+- skew: four daemons, one whose ping answers say its clock is ``--skew`` seconds ahead, for
+  ``--skew-seconds``: the offset the others estimate, how soon they flag it, and how many of
+  their invitations name it once flagged (must be 0).
+
 Prints one JSON line: streams_served_to_stranger, forged_accepted, replayed_accepted,
 plaintext_connected, garbage_round_outcomes (honest members' outcomes by kind),
 flood_rss_growth_mb, flood_rounds_completed, flood_streams_refused, crashes (a daemon's run
@@ -44,6 +54,7 @@ attack got through or anything crashed.
 
 Usage: python benchmarks/hostile_bench.py [--stranger 1000] [--forged 1000] [--replayed 1000]
        [--stale-wait 31] [--garbage-rounds 3] [--streams 1000] [--flood-seconds 60]
+       [--handshakes 1000] [--skew 60] [--skew-seconds 30]
        [--dir DIR (default a temp dir)]
 """
 
@@ -76,6 +87,7 @@ from gossiplearn.crypto.identity import Identity, load_key_file, public_key_from
 from gossiplearn.peer.config import IDENTITY_FILE, load_config, save_config
 from gossiplearn.peer.daemon import Peer
 from gossiplearn.peer.host import (
+    FAILED_ADMISSIONS_PER_MINUTE,
     MAX_STREAMS_PER_PEER,
     PEERS_PROTOCOL,
     PING_PROTOCOL,
@@ -947,6 +959,82 @@ async def stranger_flood_scenario(
     return result
 
 
+# ---- a neighbour with a skewed clock --------------------------------------------------------
+
+
+async def clock_skew_scenario(
+    work_dir: Path, skew_s: float, seconds: float, defence: bool = True
+) -> dict[str, Any]:
+    """Four daemons inviting every ~1 s; the last one's clock is ``skew_s`` ahead (as its ping
+    answers tell: the daemons share this process's clock, so only what the others learn of its
+    clock is skewed, not the timestamps of its messages). For ``seconds``: the offset the
+    others estimate for it, how soon they flag it, and how many invitations name it (none
+    with the defence; ``defence=False``: the others pick their invitees among all live
+    neighbours, as before)."""
+    dirs = prepare_round_peers(Path(work_dir), 4, interval_s=1.0)
+    async with running(dirs) as cluster:
+        *honest, skewed = cluster
+        skewed.peer.discovery.clock = lambda: time.time() + skew_s
+        skewed_key = key_of(skewed)
+        invitations: Counter[str] = Counter()
+        flagged_after: list[float | None] = [None] * len(honest)
+        for i, victim in enumerate(honest):
+            peer = victim.peer
+            if not defence:
+                peer.table.invitable = peer.table.live  # type: ignore[method-assign]
+            original = peer.engine.start_round
+
+            async def start_round(keys: list[bytes], _original: Any = original, i: int = i) -> Any:
+                # Before its clock is known (the median of a few pings), it may be invited.
+                known = "known" if flagged_after[i] is not None else "not_yet_known"
+                invitations[f"{known}:{'skewed' if skewed_key in keys else 'others'}"] += 1
+                return await _original(keys)
+
+            peer.engine.start_round = start_round  # type: ignore[method-assign]
+        rounds_before = [v.peer.rounds.completed for v in honest]
+        started = time.perf_counter()
+        deadline = trio.current_time() + seconds
+        while trio.current_time() < deadline and not dead(cluster):
+            for i, victim in enumerate(honest):
+                neighbour = victim.peer.table.get(skewed_key)
+                if (
+                    flagged_after[i] is None
+                    and neighbour is not None
+                    and victim.peer.table.clock_skewed(neighbour)
+                ):
+                    flagged_after[i] = round(time.perf_counter() - started, 2)
+            await trio.sleep(0.1)
+        estimates = [
+            (v.peer.table.get(skewed_key) or Any).clock_offset_ms  # type: ignore[union-attr]
+            for v in honest
+        ]
+        waiting = [
+            [w.cause for w in v.peer.waiting if w.peer == skewed.peer.peer_id] for v in honest
+        ]
+        result = {
+            "skew_s": skew_s,
+            "seconds": seconds,
+            "defence": defence,
+            "estimated_offset_s": [None if e is None else round(e / 1000, 3) for e in estimates],
+            "worst_estimate_error_ms": max(
+                (abs(e - skew_s * 1000) for e in estimates if e is not None), default=None
+            ),
+            "flagged_after_s": flagged_after,
+            # Once the inviter has flagged its clock (by then ~3 pings have shown the skew).
+            "invitations_naming_skewed": invitations["known:skewed"],
+            "invitations_without_it": invitations["known:others"],
+            "invitations_before_flagged": invitations["not_yet_known:skewed"]
+            + invitations["not_yet_known:others"],
+            "honest_rounds_completed": [
+                v.peer.rounds.completed - b for v, b in zip(honest, rounds_before, strict=True)
+            ],
+            "waiting_causes_about_it": waiting,
+            "crashed": dead(cluster),
+        }
+    result["stopped_cleanly"] = all(v.done.is_set() and v.error is None for v in cluster)
+    return result
+
+
 # ---- the whole benchmark -------------------------------------------------------------------
 
 
@@ -959,6 +1047,9 @@ class Options:
     garbage_rounds: int = 3
     streams: int = 1000
     flood_seconds: float = 60.0
+    handshakes: int = 1000
+    skew_s: float = 60.0
+    skew_seconds: float = 30.0
 
 
 async def solo_scenarios(work_dir: Path, options: Options) -> dict[str, Any]:
@@ -998,6 +1089,8 @@ class Report:
     flood: dict[str, Any]
     handler_error_kinds: dict[str, int]
     seconds: float
+    strangers: dict[str, Any] = field(default_factory=dict)
+    skew: dict[str, Any] = field(default_factory=dict)
 
     @property
     def crashes(self) -> int:
@@ -1010,6 +1103,12 @@ class Report:
             + int(not self.rounds["stopped_cleanly"])
             + self.flood["crashed"]
             + int(not self.flood["stopped_cleanly"])
+            + sum(
+                int(r.get("crashed", 0)) + int(not r.get("stopped_cleanly", True))
+                for r in self.strangers.values()
+            )
+            + int(self.skew.get("crashed", 0))
+            + int(not self.skew.get("stopped_cleanly", True))
         )
 
     @property
@@ -1033,6 +1132,8 @@ class Report:
             + self.replayed_accepted
             + int(solo["plaintext"]["connected"])
             + self.rounds["garbage"]["honest_backbones_changed"]
+            + sum(r.get("round_after_flood_s") is None for r in self.strangers.values())
+            + int(self.skew.get("invitations_naming_skewed", 0))
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -1047,8 +1148,21 @@ class Report:
             "flood_rss_growth_mb": flood["rss_growth_mb"],
             "flood_rounds_completed": flood["rounds_completed"],
             "flood_streams_refused": flood["streams_refused"],
+            "stranger_flood_handshakes": self.strangers.get("unlimited", {}).get("handshakes"),
+            "stranger_flood_slots_left": self.strangers.get("unlimited", {}).get(
+                "inbound_slots_after"
+            ),
+            "stranger_flood_round_after_s": self.strangers.get("unlimited", {}).get(
+                "round_after_flood_s"
+            ),
+            "rate_limited_handshakes": self.strangers.get("limited", {}).get("handshakes"),
+            "clock_skew_estimate_error_ms": self.skew.get("worst_estimate_error_ms"),
+            "clock_skew_flagged_after_s": self.skew.get("flagged_after_s"),
+            "clock_skew_invitations": self.skew.get("invitations_naming_skewed"),
             "crashes": self.crashes,
             "seconds": round(self.seconds, 1),
+            "strangers": self.strangers,
+            "skew": self.skew,
             "stranger": solo["stranger"],
             "forged": solo["forged"],
             "plaintext": solo["plaintext"],
@@ -1082,7 +1196,25 @@ def run_hostile(work_dir: Path, options: Options) -> Report:
         solo = trio.run(solo_scenarios, work_dir / "solo", options)
         rounds = trio.run(round_scenarios, work_dir / "rounds", options)
         flood = trio.run(flood_scenario, work_dir / "flood", options.flood_seconds, options.streams)
-    return Report(solo, rounds, flood, dict(watcher.kinds), time.perf_counter() - started)
+        strangers = {
+            # Without the per-IP limit every handshake happens: the slots must come back.
+            "unlimited": trio.run(
+                stranger_flood_scenario, work_dir / "strangers", options.handshakes, 0
+            ),
+            # With the default limit: how many of the attempts get a handshake at all.
+            "limited": trio.run(
+                stranger_flood_scenario,
+                work_dir / "strangers-limited",
+                options.handshakes,
+                FAILED_ADMISSIONS_PER_MINUTE,
+            ),
+        }
+        skew = trio.run(
+            clock_skew_scenario, work_dir / "skew", options.skew_s, options.skew_seconds
+        )
+    return Report(
+        solo, rounds, flood, dict(watcher.kinds), time.perf_counter() - started, strangers, skew
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1096,6 +1228,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--garbage-rounds", type=int, default=3)
     parser.add_argument("--streams", type=int, default=1000, help="attack streams at once")
     parser.add_argument("--flood-seconds", type=float, default=60.0)
+    parser.add_argument("--handshakes", type=int, default=1000, help="stranger handshakes")
+    parser.add_argument("--skew", type=float, default=60.0, help="a neighbour's clock skew (s)")
+    parser.add_argument("--skew-seconds", type=float, default=30.0)
     parser.add_argument("--dir", type=Path, help="work directory (default: a temp dir)")
     args = parser.parse_args(argv)
     stderr = logging.StreamHandler()
@@ -1114,6 +1249,9 @@ def main(argv: list[str] | None = None) -> int:
         garbage_rounds=args.garbage_rounds,
         streams=args.streams,
         flood_seconds=args.flood_seconds,
+        handshakes=args.handshakes,
+        skew_s=args.skew,
+        skew_seconds=args.skew_seconds,
     )
     with tempfile.TemporaryDirectory(prefix="hostile-bench-") as temp:
         report = run_hostile(args.dir or Path(temp), options)
