@@ -516,7 +516,6 @@ def _return_inbound_slots(swarm: object, host: Host) -> None:
             return
         slot = _InboundSlot()
         _INBOUND.set(slot)
-        admitted = False
         async with trio.open_nursery() as nursery:
 
             async def serve() -> None:
@@ -527,12 +526,16 @@ def _return_inbound_slots(swarm: object, host: Host) -> None:
             await slot.upgraded.wait()
             key = peer_key(getattr(slot.conn, "peer_id", None))
             admitted = key is not None and key in host.admission
+            if not admitted:  # charged now, not at close: the next connection must see it
+                host.counters.failed_admissions += 1
+                if ip is not None:
+                    limiter.failed(ip, time.monotonic())
             closing = getattr(slot.conn, "event_shutting_down", None)
             if closing is None:
                 await trio.sleep_forever()  # unknown connection type: libp2p's own barrier
             await closing.wait()
             nursery.cancel_scope.cancel()
-        if not admitted:
+        if not slot.upgraded.is_set():  # the handshake failed
             host.counters.failed_admissions += 1
             if ip is not None:
                 limiter.failed(ip, time.monotonic())

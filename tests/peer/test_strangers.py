@@ -63,8 +63,10 @@ async def test_failed_admissions_are_rate_limited_per_ip() -> None:
         with trio.fail_after(10):
             while victim.counters.failed_admissions < flood["outcomes"].get("handshake", 0):
                 await trio.sleep(0.05)
-        # A burst of 30, then one every 2 s: the rest were closed before the handshake.
-        assert 30 <= victim.counters.failed_admissions <= 30 + flood["seconds"] / 2 + 2, flood
+        # A burst of 30, then one every 2 s (plus the handshakes already under way when the
+        # bucket emptied, one per stranger at most): the rest were closed before the handshake.
+        bound = 30 + flood["seconds"] / 2 + 4 + 1
+        assert 30 <= victim.counters.failed_admissions <= bound, flood
         assert victim.counters.failed_admissions == flood["outcomes"]["handshake"]
         assert victim.counters.rate_limited_connections >= 1
         # The same IP's admitted peer gets in as soon as a token is back (one every 2 s).
