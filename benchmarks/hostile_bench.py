@@ -35,6 +35,16 @@ fuzz_bench.py: the victim's run task, forging envelopes, liveness checks) are re
   level before the flood, rounds the victim completed meanwhile, streams it refused as
   "too_many_streams", and the most streams/frames of the attacker it ever held.
 
+- strangers: ``--handshakes`` stranger handshakes (8 strangers at once, each connecting and
+  hanging up again and again) against a daemon that dials nobody, first without the per-IP
+  limit on failed admissions (so every handshake happens: py-libp2p's inbound slots must all
+  come back), then with the default limit; after each, two new admitted daemons start and
+  must reach it (inbound) for it to complete a round. Figures: handshakes, slots left, seconds
+  until its first round after the flood.
+- skew: four daemons, one whose ping answers say its clock is ``--skew`` seconds ahead, for
+  ``--skew-seconds``: the offset the others estimate, how soon they flag it, and how many of
+  their invitations name it once flagged (must be 0).
+
 Prints one JSON line: streams_served_to_stranger, forged_accepted, replayed_accepted,
 plaintext_connected, garbage_round_outcomes (honest members' outcomes by kind),
 flood_rss_growth_mb, flood_rounds_completed, flood_streams_refused, crashes (a daemon's run
@@ -44,6 +54,7 @@ attack got through or anything crashed.
 
 Usage: python benchmarks/hostile_bench.py [--stranger 1000] [--forged 1000] [--replayed 1000]
        [--stale-wait 31] [--garbage-rounds 3] [--streams 1000] [--flood-seconds 60]
+       [--handshakes 1000] [--skew 60] [--skew-seconds 30]
        [--dir DIR (default a temp dir)]
 """
 
@@ -72,10 +83,11 @@ import multiaddr
 import numpy as np
 import trio
 
-from gossiplearn.crypto.identity import Identity, load_key_file
+from gossiplearn.crypto.identity import Identity, load_key_file, public_key_from_peer_id
 from gossiplearn.peer.config import IDENTITY_FILE, load_config, save_config
 from gossiplearn.peer.daemon import Peer
 from gossiplearn.peer.host import (
+    FAILED_ADMISSIONS_PER_MINUTE,
     MAX_STREAMS_PER_PEER,
     PEERS_PROTOCOL,
     PING_PROTOCOL,
@@ -83,6 +95,7 @@ from gossiplearn.peer.host import (
     STATUS_PROTOCOL,
     Admission,
     Host,
+    split_p2p_multiaddr,
 )
 from gossiplearn.protocol import Invite, Part, split_shards
 from gossiplearn.protocol.events import Action, MessageRefused
@@ -103,6 +116,7 @@ BATCH = 50  # frames per stream (forged, replayed)
 FLOOD_FRAME_BYTES = 1 << 20  # a full shard's worth of garbage: under the round frame limit
 FLOOD_REOPEN_S = 0.2  # pause before an attack stream the victim refused is reopened
 SAMPLE_S = 0.25
+FLOOD_STRANGERS = 8  # stranger hosts handshaking at once
 
 
 def load_fuzz_bench() -> ModuleType:
@@ -847,6 +861,184 @@ async def flood_scenario(
     return result
 
 
+# ---- a stranger flooding handshakes -------------------------------------------------------
+
+
+def inbound_slots_free(peer: Peer) -> int | None:
+    """py-libp2p's free inbound connection slots at the peer (250 when idle)."""
+    limiter = getattr(peer.host.libp2p.get_network(), "_inbound_limiter", None)
+    return None if limiter is None else int(limiter.available_tokens)
+
+
+async def handshake_flood(
+    address: str, handshakes: int, strangers: int = FLOOD_STRANGERS
+) -> dict[str, Any]:
+    """``strangers`` hosts nobody admits connect to ``address`` (a Noise handshake each, then
+    refused) and hang up, again and again, ``handshakes`` attempts in all."""
+    from libp2p.peer.id import ID
+
+    _, peer_id = split_p2p_multiaddr(address)
+    target = ID.from_base58(peer_id)
+    key = public_key_from_peer_id(peer_id)
+    outcomes: Counter[str] = Counter()
+    attempts = 0
+    started = time.perf_counter()
+
+    async def stranger() -> None:
+        nonlocal attempts
+        host = Host(Identity.generate(), LOOPBACK, Admission([key]))
+        async with host.run():
+            while attempts < handshakes:
+                attempts += 1
+                try:
+                    with trio.fail_after(ATTEMPT_TIMEOUT_S):
+                        await host.connect(address)
+                    outcomes["handshake"] += 1
+                except Exception as exc:  # closed before the handshake (rate limit), ...
+                    outcomes[type(exc).__name__] += 1
+                with contextlib.suppress(Exception), trio.move_on_after(ATTEMPT_TIMEOUT_S):
+                    await host.libp2p.disconnect(target)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(strangers):
+            nursery.start_soon(stranger)
+    return {
+        "attempts": attempts,
+        "outcomes": dict(outcomes),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+async def stranger_flood_scenario(
+    work_dir: Path, handshakes: int, per_minute: int = 0, round_budget_s: float = 90.0
+) -> dict[str, Any]:
+    """A victim daemon (dialing nobody) takes ``handshakes`` stranger handshakes; then two
+    new admitted daemons start, which only it can introduce to... nobody: they must connect
+    to it (inbound) for it to complete a round. ``per_minute``: its failed-admission limit
+    per IP (0: none, so that every handshake happens)."""
+    dirs = prepare_round_peers(Path(work_dir), 3, interval_s=1.0)
+    victim_dir, newcomers = dirs[0], dirs[1:]
+    config = load_config(victim_dir)
+    config.peer.bootstrap = []  # the newcomers must reach it: inbound connections only
+    config.peer.failed_admissions_per_minute = per_minute
+    save_config(victim_dir, config)
+    async with running([victim_dir]) as (victim,):
+        peer = victim.peer
+        counters = peer.host.counters
+        slots_before = inbound_slots_free(peer)
+        flood = await handshake_flood(peer.host.addrs()[0], handshakes)
+        with trio.move_on_after(10):  # the victim closes the last refused connections
+            while counters.failed_admissions + counters.rate_limited_connections < flood[
+                "outcomes"
+            ].get("handshake", 0) + flood["outcomes"].get("rate_limited", 0):
+                await trio.sleep(0.05)
+        await trio.sleep(1.0)
+        result: dict[str, Any] = {
+            "handshakes": flood["outcomes"].get("handshake", 0),
+            "attempts": flood["attempts"],
+            "flood_seconds": flood["seconds"],
+            "stranger_outcomes": flood["outcomes"],
+            "failed_admissions": counters.failed_admissions,
+            "rate_limited_connections": counters.rate_limited_connections,
+            "per_minute": per_minute,
+            "inbound_slots_before": slots_before,
+            "inbound_slots_after": inbound_slots_free(peer),
+            "victim_rounds_before": peer.rounds.completed,
+        }
+        began = time.perf_counter()
+        async with running(newcomers):
+            with trio.move_on_after(round_budget_s):
+                while peer.rounds.completed == result["victim_rounds_before"] and not dead(
+                    [victim]
+                ):
+                    await trio.sleep(0.1)
+            result["round_after_flood_s"] = (
+                round(time.perf_counter() - began, 1)
+                if peer.rounds.completed > result["victim_rounds_before"]
+                else None
+            )
+            result["newcomers_met_victim"] = sorted(n.source for n in peer.table.all())
+        result["crashed"] = dead([victim])
+    result["stopped_cleanly"] = victim.done.is_set() and victim.error is None
+    return result
+
+
+# ---- a neighbour with a skewed clock --------------------------------------------------------
+
+
+async def clock_skew_scenario(
+    work_dir: Path, skew_s: float, seconds: float, defence: bool = True
+) -> dict[str, Any]:
+    """Four daemons inviting every ~1 s; the last one's clock is ``skew_s`` ahead (as its ping
+    answers tell: the daemons share this process's clock, so only what the others learn of its
+    clock is skewed, not the timestamps of its messages). For ``seconds``: the offset the
+    others estimate for it, how soon they flag it, and how many invitations name it (none
+    with the defence; ``defence=False``: the others pick their invitees among all live
+    neighbours, as before)."""
+    dirs = prepare_round_peers(Path(work_dir), 4, interval_s=1.0)
+    async with running(dirs) as cluster:
+        *honest, skewed = cluster
+        skewed.peer.discovery.clock = lambda: time.time() + skew_s
+        skewed_key = key_of(skewed)
+        invitations: Counter[str] = Counter()
+        flagged_after: list[float | None] = [None] * len(honest)
+        for i, victim in enumerate(honest):
+            peer = victim.peer
+            if not defence:
+                peer.table.invitable = peer.table.live  # type: ignore[method-assign]
+            original = peer.engine.start_round
+
+            async def start_round(keys: list[bytes], _original: Any = original, i: int = i) -> Any:
+                # Before its clock is known (the median of a few pings), it may be invited.
+                known = "known" if flagged_after[i] is not None else "not_yet_known"
+                invitations[f"{known}:{'skewed' if skewed_key in keys else 'others'}"] += 1
+                return await _original(keys)
+
+            peer.engine.start_round = start_round  # type: ignore[method-assign]
+        rounds_before = [v.peer.rounds.completed for v in honest]
+        started = time.perf_counter()
+        deadline = trio.current_time() + seconds
+        while trio.current_time() < deadline and not dead(cluster):
+            for i, victim in enumerate(honest):
+                neighbour = victim.peer.table.get(skewed_key)
+                if (
+                    flagged_after[i] is None
+                    and neighbour is not None
+                    and victim.peer.table.clock_skewed(neighbour)
+                ):
+                    flagged_after[i] = round(time.perf_counter() - started, 2)
+            await trio.sleep(0.1)
+        estimates = [
+            (v.peer.table.get(skewed_key) or Any).clock_offset_ms  # type: ignore[union-attr]
+            for v in honest
+        ]
+        waiting = [
+            [w.cause for w in v.peer.waiting if w.peer == skewed.peer.peer_id] for v in honest
+        ]
+        result = {
+            "skew_s": skew_s,
+            "seconds": seconds,
+            "defence": defence,
+            "estimated_offset_s": [None if e is None else round(e / 1000, 3) for e in estimates],
+            "worst_estimate_error_ms": max(
+                (abs(e - skew_s * 1000) for e in estimates if e is not None), default=None
+            ),
+            "flagged_after_s": flagged_after,
+            # Once the inviter has flagged its clock (by then ~3 pings have shown the skew).
+            "invitations_naming_skewed": invitations["known:skewed"],
+            "invitations_without_it": invitations["known:others"],
+            "invitations_before_flagged": invitations["not_yet_known:skewed"]
+            + invitations["not_yet_known:others"],
+            "honest_rounds_completed": [
+                v.peer.rounds.completed - b for v, b in zip(honest, rounds_before, strict=True)
+            ],
+            "waiting_causes_about_it": waiting,
+            "crashed": dead(cluster),
+        }
+    result["stopped_cleanly"] = all(v.done.is_set() and v.error is None for v in cluster)
+    return result
+
+
 # ---- the whole benchmark -------------------------------------------------------------------
 
 
@@ -859,6 +1051,9 @@ class Options:
     garbage_rounds: int = 3
     streams: int = 1000
     flood_seconds: float = 60.0
+    handshakes: int = 1000
+    skew_s: float = 60.0
+    skew_seconds: float = 30.0
 
 
 async def solo_scenarios(work_dir: Path, options: Options) -> dict[str, Any]:
@@ -898,6 +1093,8 @@ class Report:
     flood: dict[str, Any]
     handler_error_kinds: dict[str, int]
     seconds: float
+    strangers: dict[str, Any] = field(default_factory=dict)
+    skew: dict[str, Any] = field(default_factory=dict)
 
     @property
     def crashes(self) -> int:
@@ -910,6 +1107,12 @@ class Report:
             + int(not self.rounds["stopped_cleanly"])
             + self.flood["crashed"]
             + int(not self.flood["stopped_cleanly"])
+            + sum(
+                int(r.get("crashed", 0)) + int(not r.get("stopped_cleanly", True))
+                for r in self.strangers.values()
+            )
+            + int(self.skew.get("crashed", 0))
+            + int(not self.skew.get("stopped_cleanly", True))
         )
 
     @property
@@ -933,6 +1136,8 @@ class Report:
             + self.replayed_accepted
             + int(solo["plaintext"]["connected"])
             + self.rounds["garbage"]["honest_backbones_changed"]
+            + sum(r.get("round_after_flood_s") is None for r in self.strangers.values())
+            + int(self.skew.get("invitations_naming_skewed", 0))
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -947,8 +1152,21 @@ class Report:
             "flood_rss_growth_mb": flood["rss_growth_mb"],
             "flood_rounds_completed": flood["rounds_completed"],
             "flood_streams_refused": flood["streams_refused"],
+            "stranger_flood_handshakes": self.strangers.get("unlimited", {}).get("handshakes"),
+            "stranger_flood_slots_left": self.strangers.get("unlimited", {}).get(
+                "inbound_slots_after"
+            ),
+            "stranger_flood_round_after_s": self.strangers.get("unlimited", {}).get(
+                "round_after_flood_s"
+            ),
+            "rate_limited_handshakes": self.strangers.get("limited", {}).get("handshakes"),
+            "clock_skew_estimate_error_ms": self.skew.get("worst_estimate_error_ms"),
+            "clock_skew_flagged_after_s": self.skew.get("flagged_after_s"),
+            "clock_skew_invitations": self.skew.get("invitations_naming_skewed"),
             "crashes": self.crashes,
             "seconds": round(self.seconds, 1),
+            "strangers": self.strangers,
+            "skew": self.skew,
             "stranger": solo["stranger"],
             "forged": solo["forged"],
             "plaintext": solo["plaintext"],
@@ -982,7 +1200,25 @@ def run_hostile(work_dir: Path, options: Options) -> Report:
         solo = trio.run(solo_scenarios, work_dir / "solo", options)
         rounds = trio.run(round_scenarios, work_dir / "rounds", options)
         flood = trio.run(flood_scenario, work_dir / "flood", options.flood_seconds, options.streams)
-    return Report(solo, rounds, flood, dict(watcher.kinds), time.perf_counter() - started)
+        strangers = {
+            # Without the per-IP limit every handshake happens: the slots must come back.
+            "unlimited": trio.run(
+                stranger_flood_scenario, work_dir / "strangers", options.handshakes, 0
+            ),
+            # With the default limit: how many of the attempts get a handshake at all.
+            "limited": trio.run(
+                stranger_flood_scenario,
+                work_dir / "strangers-limited",
+                options.handshakes,
+                FAILED_ADMISSIONS_PER_MINUTE,
+            ),
+        }
+        skew = trio.run(
+            clock_skew_scenario, work_dir / "skew", options.skew_s, options.skew_seconds
+        )
+    return Report(
+        solo, rounds, flood, dict(watcher.kinds), time.perf_counter() - started, strangers, skew
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -996,6 +1232,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--garbage-rounds", type=int, default=3)
     parser.add_argument("--streams", type=int, default=1000, help="attack streams at once")
     parser.add_argument("--flood-seconds", type=float, default=60.0)
+    parser.add_argument("--handshakes", type=int, default=1000, help="stranger handshakes")
+    parser.add_argument("--skew", type=float, default=60.0, help="a neighbour's clock skew (s)")
+    parser.add_argument("--skew-seconds", type=float, default=30.0)
     parser.add_argument("--dir", type=Path, help="work directory (default: a temp dir)")
     args = parser.parse_args(argv)
     stderr = logging.StreamHandler()
@@ -1014,6 +1253,9 @@ def main(argv: list[str] | None = None) -> int:
         garbage_rounds=args.garbage_rounds,
         streams=args.streams,
         flood_seconds=args.flood_seconds,
+        handshakes=args.handshakes,
+        skew_s=args.skew,
+        skew_seconds=args.skew_seconds,
     )
     with tempfile.TemporaryDirectory(prefix="hostile-bench-") as temp:
         report = run_hostile(args.dir or Path(temp), options)

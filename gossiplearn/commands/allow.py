@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 
 from gossiplearn.commands.common import fail, parse_peer
-from gossiplearn.peer.config import ConfigError, load_config, save_config
+from gossiplearn.crypto.identity import IdentityError, load_key_file
+from gossiplearn.peer.config import IDENTITY_FILE, ConfigError, load_config, save_config
 
 
 def allow(
@@ -18,10 +19,20 @@ def allow(
     try:
         config = load_config(directory)
     except ConfigError as exc:
+        fail(str(exc), 2)
+    try:
+        own = load_key_file(directory / IDENTITY_FILE).peer_id
+    except IdentityError as exc:
         fail(str(exc))
     added, bootstraps = [], []
     for text in peers:
         peer_id, address = parse_peer(text)
+        if peer_id == own:
+            fail(
+                f"{peer_id} is this peer's own id ({directory / IDENTITY_FILE}); give the "
+                "other peer's id or address (`gossiplearn keys show THEIR_DIR` prints it)",
+                2,
+            )
         if peer_id not in config.peer.allow:
             config.peer.allow.append(peer_id)
             added.append(peer_id)

@@ -18,19 +18,33 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def parse_peer(text: str) -> tuple[str, str | None]:
-    """(peer id, bootstrap multiaddr or None) from a peer id or a full multiaddr /.../p2p/ID."""
+    """(peer id, bootstrap multiaddr or None) from a peer id or a full multiaddr /.../p2p/ID;
+    anything else ends the command with one line and exit code 2."""
+    from gossiplearn.peer.config import dial_address_problem
     from gossiplearn.peer.host import split_p2p_multiaddr
 
+    if text.startswith("/"):
+        problem = dial_address_problem(text)
+        if problem:
+            fail(problem, 2)
+        return split_p2p_multiaddr(text)[1], text
     try:
-        if text.startswith("/"):
-            _, peer_id = split_p2p_multiaddr(text)
-            return peer_id, text
         public_key_from_peer_id(text)
-        return text, None
     except (ValueError, IdentityError) as exc:
-        raise typer.BadParameter(
-            f"{text!r} is neither a peer id (12D3KooW...) nor a multiaddr ending in /p2p/ID ({exc})"
-        ) from None
+        fail(
+            f"{text!r} is neither a peer id (12D3KooW...) nor a multiaddr ending in /p2p/ID "
+            f"({exc})",
+            2,
+        )
+    return text, None
+
+
+def dialable(listen: str, peer_id: str) -> str:
+    """The full address others dial for a listen multiaddr (0.0.0.0 noted as such)."""
+    address = f"{listen}/p2p/{peer_id}"
+    if "/ip4/0.0.0.0/" in listen or "/ip6/::/" in listen:
+        return f"{address}  (replace the any-address with this machine's IP or name)"
+    return address
 
 
 def free_port(host: str = "127.0.0.1") -> int:

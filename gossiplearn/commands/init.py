@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from gossiplearn.commands.common import fail, free_port, parse_peer
+from gossiplearn.commands.common import dialable, fail, free_port, parse_peer
 from gossiplearn.crypto.identity import Identity, write_key_file
 from gossiplearn.peer.config import (
     CONFIG_FILE,
@@ -55,6 +55,8 @@ def init(
     open_admission: bool = typer.Option(False, "--open", help="Admit any peer (demos only)."),
 ) -> None:
     """Create DIR with config.toml and identity.key (mode 0600); print the peer id and address."""
+    if directory.exists() and not directory.is_dir():
+        fail(f"{directory} exists and is not a directory; give a new directory for the peer", 2)
     key_path = directory / IDENTITY_FILE
     if key_path.exists():
         fail(f"{key_path} already exists; refusing to overwrite an identity")
@@ -96,12 +98,15 @@ def init(
     config.status.port = status_port or free_port()
     config.validate()
 
-    directory.mkdir(parents=True, exist_ok=True)
-    os.chmod(directory, 0o700)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(directory, 0o700)
+    except OSError as exc:
+        fail(f"cannot create {directory} ({exc.strerror or exc}); give a directory you can write")
     identity = Identity.generate()
     write_key_file(key_path, identity)
     save_config(directory, config)
     typer.echo(f"peer id:  {identity.peer_id}")
-    typer.echo(f"address:  {config.peer.listen[0]}/p2p/{identity.peer_id}")
+    typer.echo(f"address:  {dialable(config.peer.listen[0], identity.peer_id)}")
     typer.echo(f"created:  {directory}/{CONFIG_FILE}, {directory}/{IDENTITY_FILE} (0600)")
     typer.echo(f"next:     gossiplearn allow {directory} <other peer>; gossiplearn run {directory}")

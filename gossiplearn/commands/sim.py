@@ -4,7 +4,9 @@ progress bar, a results table, ``DIR/results.json`` and PNG plots."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -62,6 +64,9 @@ def sim(
     except ValueError as exc:
         fail(str(exc), 2)
     _prepare_out(out, overwrite)
+    # SIGTERM (a service manager, `kill`, a CI timeout) must stop the peers as Ctrl-C does:
+    # in process mode they run in sessions of their own, which the signal does not reach.
+    signal.signal(signal.SIGTERM, _sigterm_as_sigint)
 
     from gossiplearn.sim.experiment import run_experiment
 
@@ -72,6 +77,12 @@ def sim(
         sys.exit(130)
     except (RuntimeError, ValueError) as exc:  # a missing dataset, a peer that died, a bad spec
         fail(str(exc))
+
+
+def _sigterm_as_sigint(signum: int, frame: object) -> None:
+    # Re-raised as SIGINT so that whoever handles Ctrl-C right now (trio inside a run, Python's
+    # KeyboardInterrupt otherwise) handles this too, at a safe point.
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:

@@ -26,7 +26,7 @@ def fetch_local(directory: Path) -> dict[str, Any]:
     try:
         config = load_config(directory)
     except ConfigError as exc:
-        fail(str(exc))
+        fail(str(exc), 2)
     url = f"http://127.0.0.1:{config.status.port}/status"
     try:
         with urllib.request.urlopen(url, timeout=3) as response:
@@ -42,8 +42,8 @@ def fetch_local(directory: Path) -> dict[str, Any]:
 def fetch_remote(address: str, identity_dir: Path) -> dict[str, Any]:
     import trio
 
-    from gossiplearn.crypto.identity import load_key_file
-    from gossiplearn.peer.config import IDENTITY_FILE
+    from gossiplearn.crypto.identity import IdentityError, load_key_file
+    from gossiplearn.peer.config import IDENTITY_FILE, dial_address_problem
     from gossiplearn.peer.framing import read_frame, write_frame
     from gossiplearn.peer.host import STATUS_PROTOCOL, Admission, Host
     from gossiplearn.protocol import (
@@ -54,7 +54,13 @@ def fetch_remote(address: str, identity_dir: Path) -> dict[str, Any]:
         sequence_start,
     )
 
-    identity = load_key_file(identity_dir / IDENTITY_FILE)
+    problem = dial_address_problem(address)
+    if problem:
+        fail(f"--addr: {problem}", 2)
+    try:
+        identity = load_key_file(identity_dir / IDENTITY_FILE)
+    except IdentityError as exc:
+        fail(f"--identity: {exc}")
 
     async def ask() -> dict[str, Any]:
         from gossiplearn.crypto.identity import public_key_from_peer_id
@@ -97,10 +103,61 @@ def fetch_remote(address: str, identity_dir: Path) -> dict[str, Any]:
         raise NotRunning(f"no status from {address}: {exc!r}") from exc
 
 
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
+def _last_round(last: dict[str, Any] | None) -> str:
+    if not last:
+        return "-"
+    text = f"{last.get('seconds', 0):.2f} s, group {str(last.get('group', ''))[:8]}"
+    if "members" in last:
+        text += f", {len(last['members'])} members"
+    if last.get("finished_at"):
+        text = f"{_age(time.time() - float(last['finished_at']))}, " + text
+    return text
+
+
+def _current_round(current: dict[str, Any] | None) -> str:
+    if not current:
+        return "-"
+    return (
+        f"group {str(current.get('group', ''))[:8]}, running {current.get('age_s', 0):.1f} s, "
+        f"deadline in {current.get('deadline_in_s', 0):.1f} s"
+    )
+
+
+def _resumed(resumed: dict[str, Any] | None, present: bool) -> str:
+    if not present:
+        return "-"
+    if resumed is None:
+        return "a fresh model (no checkpoint)"
+    saved = resumed.get("saved_at")
+    when = f", saved {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(saved))}" if saved else ""
+    return (
+        f"the checkpoint of round {resumed.get('rounds_completed', '?')} "
+        f"(model {str(resumed.get('model_digest') or '')[:16]}{when})"
+    )
+
+
+def _samples(data: dict[str, Any] | None) -> str:
+    if not data:
+        return "-"
+    return (
+        f"{data.get('train_samples', '?')} training, "
+        f"{data.get('validation_samples', '?')} validation (held out)"
+    )
+
+
 def render(document: dict[str, Any]) -> Any:
     from rich.console import Group
     from rich.table import Table
 
+    from gossiplearn.peer.neighbours import short_id
     from gossiplearn.sim.report import human_bytes
 
     rounds = document.get("rounds", {})
@@ -108,27 +165,26 @@ def render(document: dict[str, Any]) -> Any:
     summary.add_column(style="bold")
     summary.add_column()
     accuracy = document.get("accuracy")
-    last = rounds.get("last") or {}
-    rows = [
+    rows: list[tuple[str, object]] = [
         ("peer id", document.get("peer_id", "?")),
         ("addresses", "\n".join(document.get("addrs", [])) or "-"),
         ("uptime", f"{document.get('uptime_s', 0):.0f} s"),
+    ]
+    rows += [("waiting", w.get("message", "?")) for w in document.get("waiting") or []]
+    rows += [
         (
             "rounds",
             f"{rounds.get('completed', 0)} completed, {rounds.get('aborted', 0)} aborted, "
             f"{rounds.get('cancelled', 0)} cancelled",
         ),
+        ("in progress", _current_round(rounds.get("current"))),
+        ("last round", _last_round(rounds.get("last"))),
         (
             "abort reasons",
             ", ".join(f"{k}: {v}" for k, v in rounds.get("abort_reasons", {}).items()) or "-",
         ),
-        (
-            "last round",
-            f"{last.get('seconds', 0):.2f} s, group {last.get('group', '')[:8]}, "
-            f"{len(last.get('members', []))} members"
-            if last
-            else "-",
-        ),
+        ("resumed from", _resumed(document.get("resumed_from"), "resumed_from" in document)),
+        ("samples", _samples(document.get("data"))),
         ("model digest", (document.get("model_digest") or "-")[:16]),
         ("accuracy", "-" if accuracy is None else f"{accuracy:.4f} (local held-out data)"),
         ("refused", f"{document.get('refused_connections', 0)} connections/streams"),
@@ -137,17 +193,29 @@ def render(document: dict[str, Any]) -> Any:
             ", ".join(f"{k}: {v}" for k, v in document.get("rejected_messages", {}).items()) or "-",
         ),
     ]
+    failures = (document.get("checkpoint_failures") or {}).get("count")
+    if failures:
+        last_error = document["checkpoint_failures"].get("last_error")
+        rows.append(("checkpoints", f"{failures} could not be written (last: {last_error})"))
     for name, value in rows:
         summary.add_row(name, str(value))
     neighbours = Table(title="neighbours", expand=False)
-    for column in ("peer id", "address", "live", "rtt ms", "last seen", "in", "out"):
+    for column in ("peer", "address", "live", "rtt ms", "clock", "last seen", "in", "out"):
         neighbours.add_column(column)
     for n in document.get("neighbours", []):
+        offset = n.get("clock_offset_ms")
+        clock = "-" if offset is None else f"{offset / 1000:+.1f} s"
+        if n.get("clock_ok") is False:
+            clock += " (off)"
+        live = "yes" if n.get("live") else "no"
+        if n.get("live") and n.get("invitable") is False:
+            live = "yes, not invited"
         neighbours.add_row(
-            n["peer_id"][-12:],
+            short_id(n["peer_id"]),
             (n.get("addrs") or ["(inbound)"])[0],
-            "yes" if n.get("live") else "no",
+            live,
             "-" if n.get("rtt_ms") is None else f"{n['rtt_ms']:.1f}",
+            clock,
             "-" if n.get("last_seen_s") is None else f"{n['last_seen_s']:.0f} s ago",
             human_bytes(n.get("bytes_in", 0)),
             human_bytes(n.get("bytes_out", 0)),

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gossiplearn.crypto.identity import IdentityError, public_key_from_peer_id
 from gossiplearn.fileio import write_atomically
 from gossiplearn.protocol.messages import MAX_WEIGHT
 from gossiplearn.protocol.node import RoundConfig
@@ -23,6 +24,10 @@ IDENTITY_FILE = "identity.key"
 CHECKPOINT_DIR = "checkpoints"
 LOG_DIR = "logs"
 ADMISSION_MODES = ("allowlist", "open")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+#: round.frac_bits: the wire format carries at most 30 (a 32-bit ring needs a sign bit and
+#: at least one integer bit).
+FRAC_BITS_RANGE = (1, 30)
 
 
 class ConfigError(ValueError):
@@ -35,6 +40,7 @@ class PeerSection:
     admission: str = "allowlist"
     allow: list[str] = field(default_factory=list)
     bootstrap: list[str] = field(default_factory=list)
+    failed_admissions_per_minute: int = 60
 
 
 @dataclass
@@ -117,29 +123,126 @@ class PeerConfig:
     logging: LoggingSection = field(default_factory=LoggingSection)
 
     def validate(self) -> PeerConfig:
-        if self.peer.admission not in ADMISSION_MODES:
+        """Check every value; a ConfigError names the key, what is wrong and what is allowed."""
+        peer, discovery, rnd, training = self.peer, self.discovery, self.round, self.training
+        if peer.admission not in ADMISSION_MODES:
             raise ConfigError(f"peer.admission must be one of {ADMISSION_MODES}")
-        if not self.peer.listen:
+        if not peer.listen:
             raise ConfigError("peer.listen needs at least one multiaddr")
-        if not 3 <= self.round.group_size <= 16:
+        for address in peer.listen:
+            problem = listen_address_problem(address)
+            if problem:
+                raise ConfigError(f"peer.listen: {problem}")
+        for peer_id in peer.allow:
+            problem = peer_id_problem(peer_id)
+            if problem:
+                raise ConfigError(f"peer.allow: {problem}")
+        for address in peer.bootstrap:
+            problem = dial_address_problem(address)
+            if problem:
+                raise ConfigError(f"peer.bootstrap: {problem}")
+        if peer.failed_admissions_per_minute < 0:
+            raise ConfigError("peer.failed_admissions_per_minute must be >= 0 (0: no limit)")
+        if not 3 <= rnd.group_size <= 16:
             raise ConfigError("round.group_size must be in 3..16 (groups of 2 would leak)")
-        if not 1 <= self.round.max_weight <= MAX_WEIGHT:
+        if not 1 <= rnd.max_weight <= MAX_WEIGHT:
             raise ConfigError(f"round.max_weight must be in [1, {MAX_WEIGHT}] (1: equal weights)")
-        if not 0 < self.round.mix <= 1:
+        if not 0 < rnd.mix <= 1:
             raise ConfigError("round.mix must be in (0, 1]")
-        if not 0 < self.round.invite_timeout_s < self.round.round_timeout_s:
+        if not rnd.interval_s > 0:
+            raise ConfigError("round.interval_s must be > 0")
+        if not 0 < rnd.invite_timeout_s < rnd.round_timeout_s:
             raise ConfigError("need 0 < round.invite_timeout_s < round.round_timeout_s")
-        ring_range = 2.0 ** (31 - self.round.frac_bits)
-        if not 0 < self.round.max_abs_average < ring_range:
+        low, high = FRAC_BITS_RANGE
+        if not low <= rnd.frac_bits <= high:
             raise ConfigError(
-                f"round.max_abs_average must be in (0, {ring_range:g}) at frac_bits "
-                f"{self.round.frac_bits}"
+                f"round.frac_bits must be in {low}..{high}, got {rnd.frac_bits} (fixed-point "
+                "fractional bits; the default is 20, and every peer of a network must agree)"
+            )
+        ring_range = 2.0 ** (31 - rnd.frac_bits)
+        if not 0 < rnd.max_abs_average < ring_range:
+            raise ConfigError(
+                f"round.max_abs_average must be in (0, {ring_range:g}) at round.frac_bits = "
+                f"{rnd.frac_bits}, got {rnd.max_abs_average:g}: lower one of the two"
             )
         if not 0 <= self.status.port <= 65535:
-            raise ConfigError("status.port must be a TCP port")
-        if self.discovery.max_neighbours < 2:
+            raise ConfigError("status.port must be a TCP port (0..65535; 0: any free port)")
+        if discovery.max_neighbours < 2:
             raise ConfigError("discovery.max_neighbours must be >= 2 to form a group of 3")
+        if not discovery.ping_interval_s > 0:
+            raise ConfigError("discovery.ping_interval_s must be > 0")
+        if not discovery.neighbour_timeout_s > 0:
+            raise ConfigError("discovery.neighbour_timeout_s must be > 0")
+        if training.epochs < 0:
+            raise ConfigError(f"training.epochs must be >= 0, got {training.epochs}")
+        if training.batch_size < 1:
+            raise ConfigError(f"training.batch_size must be >= 1, got {training.batch_size}")
+        if not training.lr > 0:
+            raise ConfigError(f"training.lr must be > 0, got {training.lr:g}")
+        if not 0 <= training.momentum < 1:
+            raise ConfigError(f"training.momentum must be in [0, 1), got {training.momentum:g}")
+        if training.head_epochs < 0:
+            raise ConfigError(f"training.head_epochs must be >= 0, got {training.head_epochs}")
+        if training.threads < 1:
+            raise ConfigError(f"training.threads must be >= 1, got {training.threads}")
+        if self.logging.level.lower() not in LOG_LEVELS:
+            raise ConfigError(
+                f"logging.level must be {', '.join(LOG_LEVELS)}, got {self.logging.level!r}"
+            )
+        if not self.logging.file.strip():
+            raise ConfigError("logging.file must name a file (relative to the peer directory)")
         return self
+
+
+_LISTEN_FORM = "/ip4/127.0.0.1/tcp/PORT"
+_DIAL_FORM = "/ip4/HOST/tcp/PORT/p2p/PEER_ID"
+
+
+def _tcp_address_problem(address: str, form: str) -> tuple[str | None, list[str]]:
+    """(a problem, or None; the multiaddr's parts) for an /ip4|ip6/ADDR/tcp/PORT prefix."""
+    import multiaddr
+
+    try:
+        multiaddr.Multiaddr(address)
+    except Exception as exc:
+        detail = str(exc).split(" (string:")[0]
+        return f"{address!r} is not a valid multiaddr ({detail}); expected {form}", []
+    parts = address.split("/")
+    if len(parts) < 5 or parts[0] or parts[1] not in ("ip4", "ip6", "dns", "dns4", "dns6"):
+        return f"{address!r} is not of the form {form}", parts
+    if parts[3] != "tcp":
+        return f"{address!r} is not a TCP address; expected {form}", parts
+    return None, parts
+
+
+def listen_address_problem(address: str) -> str | None:
+    """Why ``address`` cannot be listened on (``/ip4|ip6/ADDR/tcp/PORT``), or None."""
+    problem, parts = _tcp_address_problem(address, _LISTEN_FORM)
+    if problem:
+        return problem
+    if parts[1] not in ("ip4", "ip6") or len(parts) != 5:
+        return f"{address!r} is not of the form {_LISTEN_FORM} (an IP address, no /p2p/ part)"
+    return None
+
+
+def peer_id_problem(peer_id: str) -> str | None:
+    try:
+        public_key_from_peer_id(peer_id)
+    except IdentityError as exc:
+        return f"{peer_id!r} is not a peer id (12D3KooW...): {exc}"
+    return None
+
+
+def dial_address_problem(address: str) -> str | None:
+    """Why ``address`` cannot be dialed (``/ip4/HOST/tcp/PORT/p2p/PEER_ID``), or None."""
+    problem, parts = _tcp_address_problem(address, _DIAL_FORM)
+    if problem:
+        return problem
+    if len(parts) != 7 or parts[5] != "p2p":
+        return f"{address!r} does not end in /p2p/PEER_ID; expected {_DIAL_FORM}"
+    if parts[4] == "0":
+        return f"{address!r} has port 0, which cannot be dialed; expected {_DIAL_FORM}"
+    return peer_id_problem(parts[6])
 
 
 # Each key's documentation, written above it in the rendered file.
@@ -151,6 +254,9 @@ _DOCS: dict[str, str] = {
     'counted). "open": anyone may (demos only; a warning is logged at start).',
     "peer.allow": "Peer ids (12D3KooW...) admitted. Add with `gossiplearn allow DIR PEER`.",
     "peer.bootstrap": "Full multiaddrs (.../p2p/PEER_ID) dialed at start to find the network.",
+    "peer.failed_admissions_per_minute": "Failed admissions (a failed handshake, or a peer not\n"
+    "admitted) each remote IP may cause per minute, in bursts of as many; past that its\n"
+    "connections are closed before the handshake. 0: no limit.",
     "discovery": "Finding and watching neighbours.",
     "discovery.peer_exchange": "Exchange signed address records of admitted peers with neighbours.",
     "discovery.mdns": "Announce on the local network with mDNS (off by default; binds every\n"

@@ -8,6 +8,13 @@ evaluates on its own held-out data. It serves its status on 127.0.0.1 and to adm
 
 On a stop signal it aborts the current round (ABORT sent), writes a checkpoint, closes the
 host and returns, well within 5 seconds.
+
+Operator-facing rules: one daemon per directory (an exclusive lock, :mod:`dirlock`); a start
+that cannot work (directory in use, a port taken) raises :class:`StartError` with one line
+naming the cause and the fix; a checkpoint that cannot be written is logged, counted and
+survived (the last good one stays on disk); and whatever keeps the peer from starting rounds
+(too few live neighbours, a neighbour's clock or model, a bootstrap address answering with
+another peer id) is logged once per cause and listed under ``waiting`` in the status.
 """
 
 from __future__ import annotations
@@ -34,7 +41,14 @@ from gossiplearn.crypto.identity import (
     peer_id_from_public_key,
     public_key_from_peer_id,
 )
-from gossiplearn.peer.config import CHECKPOINT_DIR, IDENTITY_FILE, PeerConfig, load_config
+from gossiplearn.peer.config import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    IDENTITY_FILE,
+    PeerConfig,
+    load_config,
+)
+from gossiplearn.peer.dirlock import DirectoryLock
 from gossiplearn.peer.discovery import Discovery
 from gossiplearn.peer.engine import RoundEngine
 from gossiplearn.peer.host import (
@@ -44,12 +58,14 @@ from gossiplearn.peer.host import (
     STATUS_PROTOCOL,
     Admission,
     Host,
+    ListenError,
 )
-from gossiplearn.peer.neighbours import NeighbourTable
+from gossiplearn.peer.neighbours import Neighbour, NeighbourTable, short_id
 from gossiplearn.peer.proofs import EVIDENCE_DIR, ProofStore
 from gossiplearn.peer.status import (
     STATUS_SCHEMA_VERSION,
     Metrics,
+    open_status_listeners,
     process_figures,
     serve_status,
     trio_task_count,
@@ -71,12 +87,36 @@ from gossiplearn.protocol.events import (
 )
 from gossiplearn.protocol.evidence import InvalidProof
 from gossiplearn.protocol.node import Node
+from gossiplearn.protocol.replay import DEFAULT_FRESHNESS_MS
 
 log = logging.getLogger("gossiplearn.peer")
 
 STOP_BUDGET_S = 4.0  # the whole stop (abort, checkpoint, close) fits in the 5 s promise
 EVIDENCE_POLL_S = 2.0  # how soon an operator's `gossiplearn evidence --clear` takes effect
 HISTORY = 256  # finished rounds kept for the status document
+#: A neighbour whose clock is off ours by more than this is not invited. Messages older or
+#: newer than the freshness window (30 s) are refused as stale, and a round's frames are
+#: stamped when sent, so half the window leaves room for delays and estimation error.
+CLOCK_TOLERANCE_MS = DEFAULT_FRESHNESS_MS / 2
+WATCH_S = 1.0  # how often the reasons for waiting are re-checked
+MIN_INVITABLE = 2  # a round needs us and two others
+
+
+def _has_dial_problem(neighbour: Neighbour | None) -> bool:
+    return neighbour is not None and neighbour.dial_problem is not None
+
+
+class StartError(RuntimeError):
+    """The daemon cannot start; the message names the cause and the fix, in one line."""
+
+
+@dataclass
+class Waiting:
+    """One reason the peer cannot start (some) rounds now."""
+
+    cause: str  # too_few_neighbours, clock_skew, schema_mismatch, peer_id_mismatch
+    message: str
+    peer: str | None = None  # the neighbour it is about, if any
 
 
 @dataclass
@@ -124,6 +164,12 @@ class Peer:
         self.ready = False  # True once serving: status_document() is then complete
         #: The checkpoint this run started from (None: a fresh model), for status and churn tests.
         self.resumed_from: dict[str, Any] | None = None
+        self.checkpoint_failures = 0
+        self.last_checkpoint_error: str | None = None
+        #: Why rounds cannot start now (see Waiting); refreshed every WATCH_S.
+        self.waiting: list[Waiting] = []
+        self._logged: set[tuple[str, str]] = set()  # causes logged and not yet cleared
+        self._problems: dict[tuple[str, bytes], str] = {}  # reported by discovery
         self._model_lock = trio.Lock()
         self._stopping = False
         self._rng = random.Random(os.urandom(8))
@@ -137,13 +183,20 @@ class Peer:
         import torch
 
         from gossiplearn.peer.checkpoint import CheckpointMeta, load_checkpoint
-        from gossiplearn.peer.data import load_datasets, resolve
+        from gossiplearn.peer.data import ModelFactoryError, load_datasets, resolve
         from gossiplearn.peer.model import SplitModel
         from gossiplearn.peer.trainer import TrainConfig, Trainer
 
         cfg = self.config
         torch.manual_seed(cfg.training.seed)
-        module = resolve(cfg.model.factory)(**cfg.model.options)
+        factory = resolve(cfg.model.factory, "model.factory", ModelFactoryError)
+        try:
+            module = factory(**cfg.model.options)
+        except Exception as exc:
+            raise ModelFactoryError(
+                f"model.factory {cfg.model.factory!r} failed with model.options "
+                f"{cfg.model.options}: {type(exc).__name__}: {exc}"
+            ) from exc
         self.model = SplitModel(
             module,
             head_prefixes=cfg.model.head_prefixes or None,
@@ -188,21 +241,54 @@ class Peer:
             rounds_aborted=self.rounds.aborted,
             metrics={"accuracy": self.accuracy} if self.accuracy is not None else {},
         )
-        save_checkpoint(self.directory / CHECKPOINT_DIR, self.model, meta)
+        directory = self.directory / CHECKPOINT_DIR
+        try:
+            save_checkpoint(directory, self.model, meta)
+        except Exception as exc:  # never fatal: the last good checkpoint stays on disk
+            self.checkpoint_failures += 1
+            self.metrics.checkpoint_failures.inc()
+            self.last_checkpoint_error = f"{type(exc).__name__}: {exc}"
+            cause = f"{type(exc).__name__}/{getattr(exc, 'errno', '')}"
+            if ("checkpoint", cause) not in self._logged:
+                self._logged.add(("checkpoint", cause))
+                log.error(
+                    "cannot write a checkpoint to %s (%s); running on, with the last good "
+                    "checkpoint on disk (rounds since are lost if the peer restarts): make "
+                    "the directory writable. Further failures of this kind are only counted.",
+                    directory,
+                    self.last_checkpoint_error,
+                    exc_info=log.isEnabledFor(logging.DEBUG),
+                )
+            return
+        self._logged = {c for c in self._logged if c[0] != "checkpoint"}  # log the next one
         self._refresh_digests()
 
     # ---- running ----
 
     async def run(self, stop: trio.Event | None = None) -> None:
         """Run until SIGINT/SIGTERM, or until ``stop`` is set if given (several peers in one
-        process); always checkpoints and closes the host."""
+        process); always checkpoints and closes the host. Raises StartError (one line: the
+        cause and the fix) if the directory is in use or a port is taken."""
+        with DirectoryLock(self.directory):
+            await self._run(stop)
+
+    async def _run(self, stop: trio.Event | None) -> None:
         import torch
 
         torch.set_num_threads(max(1, self.config.training.threads))
         await trio.to_thread.run_sync(self._load_model_and_data)
         cfg = self.config
+        config_path = self.directory / CONFIG_FILE
         if cfg.peer.admission == "open":
             log.warning("admission is OPEN: any peer may connect and join rounds (demo mode)")
+        try:
+            status_listeners = await open_status_listeners(cfg.status.port)
+        except OSError as exc:
+            raise StartError(
+                f"cannot serve the status on 127.0.0.1:{cfg.status.port} ({exc.strerror or exc}"
+                f"): stop what uses that port, or set status.port in {config_path} to a free "
+                "port (0 picks one)"
+            ) from None
         self.node = self._node_factory(
             self.identity,
             cfg.round.to_round_config(),
@@ -215,11 +301,14 @@ class Peer:
             self.admission,
             enable_mdns=cfg.discovery.mdns,
             on_rejected=self._count_rejected,
+            failed_admissions_per_minute=cfg.peer.failed_admissions_per_minute,
         )
         self.table = NeighbourTable(
             self.identity.public_key,
             cfg.discovery.max_neighbours,
             cfg.discovery.neighbour_timeout_s,
+            clock_tolerance_ms=CLOCK_TOLERANCE_MS,
+            schema_hash=self.model.schema_hash,
         )
         self._sequence = SequenceCounter(sequence_start(int(time.time() * 1000)))
         self._replay = ReplayGuard()
@@ -234,6 +323,8 @@ class Peer:
             replay=self._replay,
             sequence=self._sequence,
             on_rejected=self._count_rejected,
+            schema_hash=lambda: self.model.schema_hash,
+            on_problem=self._dial_problem,
         )
         self.engine = RoundEngine(
             self.host, self.node, self._on_action, on_unreachable=self._peer_unreachable
@@ -256,27 +347,41 @@ class Peer:
         self.host.handle(PEERS_PROTOCOL, self.discovery.handle_peers)
         self.host.handle(STATUS_PROTOCOL, self._handle_status)
 
-        async with self.host.run(), trio.open_nursery() as nursery:
-            self._nursery = nursery
-            self.status_port = await nursery.start(
-                serve_status, cfg.status.port, self.status_document, self._render_metrics
-            )
-            log.info(
-                "peer %s listening on %s; status on http://127.0.0.1:%d/status",
-                self.peer_id,
-                ", ".join(self.host.addrs()),
-                self.status_port,
-            )
-            nursery.start_soon(self.engine.run)
-            nursery.start_soon(self.discovery.run)
-            nursery.start_soon(self._training_loop)
-            nursery.start_soon(self._watch_evidence)
-            self.ready = True
-            if stop is None:
-                await self._wait_for_stop_signal()
-            else:
-                await stop.wait()
-            await self._stop(nursery)
+        try:
+            async with self.host.run(), trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self.status_port = await nursery.start(
+                    functools.partial(
+                        serve_status,
+                        cfg.status.port,
+                        self.status_document,
+                        self._render_metrics,
+                        listeners=status_listeners,
+                    )
+                )
+                log.info(
+                    "peer %s listening on %s; status on http://127.0.0.1:%d/status",
+                    self.peer_id,
+                    ", ".join(self.host.addrs()),
+                    self.status_port,
+                )
+                nursery.start_soon(self.engine.run)
+                nursery.start_soon(self.discovery.run)
+                nursery.start_soon(self._training_loop)
+                nursery.start_soon(self._watch)
+                nursery.start_soon(self._watch_evidence)
+                self.ready = True
+                if stop is None:
+                    await self._wait_for_stop_signal()
+                else:
+                    await stop.wait()
+                await self._stop(nursery)
+        except ListenError as exc:
+            for listener in status_listeners:
+                await listener.aclose()
+            raise StartError(
+                f"{exc}: stop what uses it, or change peer.listen in {config_path}"
+            ) from None
         log.info("peer %s stopped", self.peer_id)
 
     async def _wait_for_stop_signal(self) -> None:
@@ -307,9 +412,107 @@ class Peer:
                 vector, min(self.training_samples, cfg.round.max_weight), self.model.schema_hash
             )
             await trio.sleep(interval * self._rng.uniform(0.5, 1.5))
-            live = [n.key for n in self.table.live(time.monotonic())]
+            live = [n.key for n in self.table.invitable(time.monotonic())]
             if len(live) >= 2 and not self.engine.view.busy:
                 await self.engine.start_round(live)
+
+    # ---- why nothing happens ----
+
+    def _dial_problem(self, cause: str, key: bytes, detail: str) -> None:
+        """Discovery could not reach ``key`` for a reason the operator can fix."""
+        self._problems[(cause, key)] = detail
+
+    async def _watch(self) -> None:
+        """Every WATCH_S, work out why rounds cannot start (status ``waiting``); log each
+        cause once when it appears (too few neighbours: once it lasted a few pings), and
+        once more when it clears."""
+        started = time.monotonic()
+        grace_s = 2 * self.config.discovery.ping_interval_s + 1
+        while True:
+            now = time.monotonic()
+            self.waiting = self._why_waiting(now)
+            active = set()
+            for reason in self.waiting:
+                if reason.cause == "too_few_neighbours" and now - started < grace_s:
+                    continue
+                key = (reason.cause, reason.peer or "")
+                active.add(key)
+                if key not in self._logged:
+                    self._logged.add(key)
+                    log.warning("waiting: %s", reason.message)
+            for key in sorted(self._logged - active):
+                if key[0] != "checkpoint":
+                    self._logged.discard(key)
+                    peer = f" ({key[1]})" if key[1] else ""
+                    log.info("no longer waiting: %s%s cleared", key[0], peer)
+            for cause in (
+                "too_few_neighbours",
+                "clock_skew",
+                "schema_mismatch",
+                "peer_id_mismatch",
+            ):
+                self.metrics.waiting.labels(cause).set(
+                    int(any(r.cause == cause for r in self.waiting))
+                )
+            await trio.sleep(WATCH_S)
+
+    def _why_waiting(self, now: float) -> list[Waiting]:
+        table = self.table
+        live = table.live(now)
+        invitable = table.invitable(now)
+        reasons: list[Waiting] = []
+        if len(invitable) < MIN_INVITABLE:
+            if len(live) < MIN_INVITABLE:
+                text = f"{len(live)} live neighbour{'s' * (len(live) != 1)}, need {MIN_INVITABLE}"
+            else:
+                text = (
+                    f"{len(invitable)} of {len(live)} live neighbours can join a round, need "
+                    f"{MIN_INVITABLE}"
+                )
+            reasons.append(Waiting("too_few_neighbours", text))
+        skewed = [n for n in live if table.clock_skewed(n)]
+        for n in skewed:
+            offset_s = (n.clock_offset_ms or 0.0) / 1000
+            hint = " (every live neighbour is off: ours may be)" if len(skewed) == len(live) else ""
+            reasons.append(
+                Waiting(
+                    "clock_skew",
+                    f"the clock of {short_id(n.peer_id)} is {offset_s:+.1f} s off ours "
+                    f"(tolerance +-{CLOCK_TOLERANCE_MS / 1000:.0f} s){hint}: not inviting it; "
+                    "synchronize both clocks (NTP)",
+                    n.peer_id,
+                )
+            )
+        for n in live:
+            if table.schema_differs(n):
+                theirs = (n.schema_hash or b"").hex()[:8]
+                ours = self.model.schema_hash.hex()[:8]
+                reasons.append(
+                    Waiting(
+                        "schema_mismatch",
+                        f"{short_id(n.peer_id)} runs another model (backbone schema {theirs}, "
+                        f"ours {ours}): it cannot join our rounds; give every peer the same "
+                        "model.factory and model.options",
+                        n.peer_id,
+                    )
+                )
+        for (cause, key), detail in sorted(self._problems.items()):
+            neighbour = table.get(key)
+            if neighbour is None or neighbour.dial_problem is None:
+                continue  # answered since (or forgotten): solved
+            addresses = ", ".join(neighbour.dial_plan()) or "its address"
+            reasons.append(
+                Waiting(
+                    cause,
+                    f"{addresses} {detail}, not {neighbour.peer_id}: fix that address "
+                    f"(peer.bootstrap in {self.directory / CONFIG_FILE}, or the peer's record)",
+                    neighbour.peer_id,
+                )
+            )
+        self._problems = {
+            k: v for k, v in self._problems.items() if _has_dial_problem(table.get(k[1]))
+        }
+        return reasons
 
     def _peer_unreachable(self, key: bytes) -> None:
         # Not invited again until it answers a ping (or reaches us) again.
@@ -417,7 +620,7 @@ class Peer:
         self._log_round(stats, f"finished, accuracy {self.accuracy:.4f}")
 
     def _log_round(self, stats: Any, outcome: str) -> None:
-        members = ",".join(peer_id_from_public_key(m)[-6:] for m in stats.members) or "-"
+        members = ",".join(short_id(peer_id_from_public_key(m)) for m in stats.members) or "-"
         log.info(
             "round %s members=%s role=%s sent=%dB received=%dB %.2fs %s",
             stats.group.hex()[:8],
@@ -460,21 +663,7 @@ class Peer:
     def status_document(self) -> dict[str, Any]:
         now = time.monotonic()
         counters = self.host.counters
-        neighbours = []
-        for n in self.table.all():
-            neighbours.append(
-                {
-                    "peer_id": n.peer_id,
-                    "addrs": n.addrs,
-                    "live": self.table.is_live(n, now),
-                    "rtt_ms": None if n.rtt_ms is None else round(n.rtt_ms, 3),
-                    "last_seen_s": None if n.last_seen is None else round(now - n.last_seen, 3),
-                    "source": n.source,
-                    "failures": n.failures,
-                    "bytes_in": counters.bytes_in.get(n.key, 0),
-                    "bytes_out": counters.bytes_out.get(n.key, 0),
-                }
-            )
+        neighbours = [self._neighbour_status(n, now) for n in self.table.all()]
         return {
             "schema": STATUS_SCHEMA_VERSION,
             "version": __version__,
@@ -492,13 +681,22 @@ class Peer:
                 "last": self.rounds.last,
                 "history": list(self.rounds.history),
             },
+            "waiting": [
+                {"cause": w.cause, "message": w.message, "peer": w.peer} for w in self.waiting
+            ],
+            "clock_tolerance_ms": CLOCK_TOLERANCE_MS,
             "refused_connections": counters.refused_connections + counters.refused_streams,
+            "rate_limited_connections": counters.rate_limited_connections,
             "rejected_messages": dict(self.rejected),
             "model_digest": self.digests.get("model"),
             "backbone_digest": self.digests.get("backbone"),
             "head_digest": self.digests.get("head"),
             "accuracy": self.accuracy,
             "resumed_from": self.resumed_from,
+            "checkpoint_failures": {
+                "count": self.checkpoint_failures,
+                "last_error": self.last_checkpoint_error,
+            },
             "process": process_figures(),
             "data": {
                 "train_samples": self.training_samples,
@@ -539,6 +737,29 @@ class Peer:
     def _was_member(entry: dict[str, Any], requester: bytes) -> bool:
         return peer_id_from_public_key(requester) in entry.get("members", ())
 
+    def _neighbour_status(self, n: Neighbour, now: float) -> dict[str, Any]:
+        counters = self.host.counters
+        table = self.table
+        offset = n.clock_offset_ms
+        live = table.is_live(n, now)
+        return {
+            "peer_id": n.peer_id,
+            "addrs": n.addrs,
+            "live": live,
+            "invitable": live and not table.clock_skewed(n) and not table.schema_differs(n),
+            "rtt_ms": None if n.rtt_ms is None else round(n.rtt_ms, 3),
+            "last_seen_s": None if n.last_seen is None else round(now - n.last_seen, 3),
+            "source": n.source,
+            "failures": n.failures,
+            "clock_offset_ms": None if offset is None else round(offset, 1),
+            "clock_ok": None if offset is None else not table.clock_skewed(n),
+            "same_model": None
+            if n.schema_hash is None
+            else n.schema_hash == self.model.schema_hash,
+            "bytes_in": counters.bytes_in.get(n.key, 0),
+            "bytes_out": counters.bytes_out.get(n.key, 0),
+        }
+
     def _current_round(self) -> dict[str, Any] | None:
         current = self.engine.view.current_round
         if current is None:
@@ -556,7 +777,18 @@ class Peer:
         self.metrics.refused_connections.set(
             counters.refused_connections + counters.refused_streams
         )
-        self.metrics.neighbours_live.set(len(self.table.live(time.monotonic())))
+        now = time.monotonic()
+        self.metrics.neighbours_live.set(len(self.table.live(now)))
+        self.metrics.rate_limited_connections.set(counters.rate_limited_connections)
+        skewed = 0
+        self.metrics.neighbour_clock_offset.clear()
+        for n in self.table.all():
+            if n.clock_offset_ms is not None:
+                self.metrics.neighbour_clock_offset.labels(short_id(n.peer_id)).set(
+                    n.clock_offset_ms / 1000
+                )
+            skewed += self.table.is_live(n, now) and self.table.clock_skewed(n)
+        self.metrics.neighbours_clock_skewed.set(skewed)
         self.metrics.uptime.set(time.time() - self.started)
         self.metrics.trio_tasks.set(trio_task_count() or 0)
         blocked = self.engine.view.blocked.values()

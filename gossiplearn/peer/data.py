@@ -20,8 +20,15 @@ class DataLoaderError(ValueError):
     """A loader spec cannot be resolved, or the loader broke its contract."""
 
 
-def resolve(spec: str) -> Callable[..., Any]:
-    """The callable named by ``"package.module:function"`` (the function may be dotted)."""
+class ModelFactoryError(DataLoaderError):
+    """``model.factory`` cannot be resolved, or calling it with ``model.options`` failed."""
+
+
+def resolve(
+    spec: str, what: str = "data loader", error: type[DataLoaderError] = DataLoaderError
+) -> Callable[..., Any]:
+    """The callable named by ``"package.module:function"`` (the function may be dotted);
+    errors are ``error``s whose message starts with ``what`` (say, "model.factory")."""
     module_name, separator, attribute_path = spec.partition(":")
     if (
         not separator
@@ -29,7 +36,7 @@ def resolve(spec: str) -> Callable[..., Any]:
         or not all(part.isidentifier() for part in module_name.split("."))
         or not all(part.isidentifier() for part in attribute_path.split("."))
     ):
-        raise DataLoaderError(f"data loader {spec!r} is not of the form {_SPEC_FORM}")
+        raise error(f"{what} {spec!r} is not of the form {_SPEC_FORM}")
     try:
         target: Any = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -37,43 +44,39 @@ def resolve(spec: str) -> Callable[..., Any]:
         # the loader's module is reported as such, so the real culprit is named.
         missing = exc.name or ""
         if module_name == missing or module_name.startswith(missing + "."):
-            raise DataLoaderError(f"data loader module {module_name!r} not found") from exc
-        raise DataLoaderError(
-            f"importing data loader module {module_name!r} failed: {exc}"
-        ) from exc
+            raise error(f"{what} module {module_name!r} not found") from exc
+        raise error(f"{what}: importing module {module_name!r} failed: {exc}") from exc
     except Exception as exc:
-        raise DataLoaderError(
-            f"importing data loader module {module_name!r} failed: {exc}"
-        ) from exc
+        raise error(f"{what}: importing module {module_name!r} failed: {exc}") from exc
     for attribute in attribute_path.split("."):
         if not hasattr(target, attribute):
-            raise DataLoaderError(f"data loader {spec!r}: {attribute!r} not found")
+            raise error(f"{what} {spec!r}: {attribute!r} not found")
         target = getattr(target, attribute)
     if not callable(target):
-        raise DataLoaderError(f"data loader {spec!r} is not callable")
+        raise error(f"{what} {spec!r} is not callable")
     return target
 
 
 def _check_dataset(spec: str, role: str, dataset: object) -> None:
     if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
         raise DataLoaderError(
-            f"data loader {spec!r}: the {role} set ({type(dataset).__name__}) is not a map-style "
+            f"data.loader {spec!r}: the {role} set ({type(dataset).__name__}) is not a map-style "
             "dataset (needs __len__ and __getitem__)"
         )
     if len(dataset) == 0:
-        raise DataLoaderError(f"data loader {spec!r}: the {role} set is empty")
+        raise DataLoaderError(f"data.loader {spec!r}: the {role} set is empty")
 
 
 def load_datasets(spec: str, options: Mapping[str, object]) -> tuple[Dataset, Dataset]:
     """Call the loader named by ``spec`` with ``options`` and check what it returns."""
-    loader = resolve(spec)
+    loader = resolve(spec, "data.loader")
     try:
         result = loader(**options)
     except Exception as exc:
-        raise DataLoaderError(f"data loader {spec!r} failed: {type(exc).__name__}: {exc}") from exc
+        raise DataLoaderError(f"data.loader {spec!r} failed: {type(exc).__name__}: {exc}") from exc
     if not isinstance(result, tuple) or len(result) != 2:
         raise DataLoaderError(
-            f"data loader {spec!r} must return a (train, validation) tuple, "
+            f"data.loader {spec!r} must return a (train, validation) tuple, "
             f"got {type(result).__name__}"
         )
     train, validation = result

@@ -1,6 +1,10 @@
 """The status endpoint: ``GET /status`` (JSON) and ``GET /metrics`` (Prometheus text) served
 on 127.0.0.1 only, plus the metrics themselves.
 
+Requests whose ``Host:`` header is not 127.0.0.1, localhost or [::1] (with any port) are
+refused (403): a web page the operator visits could otherwise point a name it controls at
+127.0.0.1 (DNS rebinding) and read the status from the browser.
+
 The JSON document's schema is stable and documented in README.md ("Status document"); new keys
 may be added, existing ones keep their meaning. ``STATUS_SCHEMA_VERSION`` changes only if a key
 changes meaning.
@@ -30,6 +34,7 @@ log = logging.getLogger("gossiplearn.status")
 STATUS_SCHEMA_VERSION = 1
 MAX_REQUEST_BYTES = 8192
 REQUEST_TIMEOUT_S = 5.0
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 
 class Metrics:
@@ -78,6 +83,34 @@ class Metrics:
             "gossiplearn_blocked_peers",
             "Peers neither invited nor answered now: backed off, or refused (equivocated).",
             ["state"],
+            registry=r,
+        )
+        self.rate_limited_connections = Gauge(
+            "gossiplearn_rate_limited_connections",
+            "Inbound connections closed before the handshake: their IP used up its failed "
+            "admissions.",
+            registry=r,
+        )
+        self.neighbours_clock_skewed = Gauge(
+            "gossiplearn_neighbours_clock_skewed",
+            "Neighbours whose clock is off ours by more than the tolerance (not invited).",
+            registry=r,
+        )
+        self.neighbour_clock_offset = Gauge(
+            "gossiplearn_neighbour_clock_offset_seconds",
+            "Estimated clock offset of each neighbour (its clock minus ours).",
+            ["peer"],
+            registry=r,
+        )
+        self.waiting = Gauge(
+            "gossiplearn_waiting",
+            "1 for each cause that keeps this peer from starting rounds now.",
+            ["cause"],
+            registry=r,
+        )
+        self.checkpoint_failures = Counter(
+            "gossiplearn_checkpoint_failures",
+            "Checkpoints that could not be written (the last good one stays on disk).",
             registry=r,
         )
         # process_resident_memory_bytes, process_open_fds, ... (Linux /proc), for soak tests
@@ -132,23 +165,34 @@ def process_figures() -> dict[str, int | None]:
     }
 
 
+async def open_status_listeners(port: int) -> list[trio.SocketListener]:
+    """The endpoint's listening sockets on 127.0.0.1:``port`` (OSError if it is taken)."""
+    return list(await trio.open_tcp_listeners(port, host="127.0.0.1"))
+
+
 async def serve_status(
     port: int,
     status: Callable[[], dict[str, Any]],
     metrics: Callable[[], bytes],
     *,
+    listeners: list[trio.SocketListener] | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,  # type: ignore[name-defined]
 ) -> None:
-    """Serve the endpoint on 127.0.0.1:``port`` until cancelled; reports the bound port."""
-    listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
+    """Serve the endpoint on 127.0.0.1:``port`` (or on ``listeners`` already opened) until
+    cancelled; reports the bound port."""
+    if listeners is None:
+        listeners = await open_status_listeners(port)
     task_status.started(listeners[0].socket.getsockname()[1])
 
     async def handle(stream: trio.SocketStream) -> None:
         try:
             with trio.move_on_after(REQUEST_TIMEOUT_S):
-                path = await _read_request_path(stream)
-                if path is None:
+                request = await _read_request(stream)
+                path = None if request is None else request[0]
+                if request is None:
                     await _respond(stream, 400, "text/plain", b"bad request\n")
+                elif not _local_host(request[1]):
+                    await _respond(stream, 403, "text/plain", b"Host must be 127.0.0.1\n")
                 elif path in ("/status", "/status/"):
                     body = json.dumps(status(), indent=2, sort_keys=True).encode() + b"\n"
                     await _respond(stream, 200, "application/json", body)
@@ -164,7 +208,8 @@ async def serve_status(
     await trio.serve_listeners(handle, listeners)
 
 
-async def _read_request_path(stream: trio.SocketStream) -> str | None:
+async def _read_request(stream: trio.SocketStream) -> tuple[str, str | None] | None:
+    """(path, Host header or None) of a GET request, or None if it is not one."""
     data = b""
     while b"\r\n\r\n" not in data and b"\n\n" not in data:
         chunk = await stream.receive_some(1024)
@@ -173,14 +218,34 @@ async def _read_request_path(stream: trio.SocketStream) -> str | None:
         data += chunk
         if len(data) > MAX_REQUEST_BYTES:
             return None
-    parts = data.split(b"\r\n", 1)[0].split(b"\n", 1)[0].split()
+    lines = data.replace(b"\r\n", b"\n").split(b"\n")
+    parts = lines[0].split()
     if len(parts) < 2 or parts[0] != b"GET":
         return None
-    return parts[1].split(b"?", 1)[0].decode("ascii", "replace")
+    host = None
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if sep and name.strip().lower() == b"host":
+            host = value.strip().decode("ascii", "replace")
+            break
+    return parts[1].split(b"?", 1)[0].decode("ascii", "replace"), host
+
+
+def _local_host(host: str | None) -> bool:
+    """A Host header naming this machine's loopback (any port), not a name that resolves
+    to it (DNS rebinding)."""
+    if host is None:
+        return False
+    name = host.lower()
+    if name.startswith("["):
+        name = name[: name.find("]") + 1]
+    else:
+        name = name.rsplit(":", 1)[0] if name.count(":") == 1 else name
+    return name in LOCAL_HOSTS
 
 
 async def _respond(stream: trio.SocketStream, code: int, kind: str, body: bytes) -> None:
-    reason = {200: "OK", 400: "Bad Request", 404: "Not Found"}[code]
+    reason = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found"}[code]
     head = (
         f"HTTP/1.1 {code} {reason}\r\nContent-Type: {kind}\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"

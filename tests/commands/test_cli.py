@@ -76,7 +76,8 @@ def test_keys_show_prints_the_peer_id(tmp_path):
     peer = tmp_path / "org-a"
     invoke("init", peer)
     result = invoke("keys", "show", peer)
-    assert result.output.strip() == load_key_file(peer / "identity.key").peer_id
+    peer_id = load_key_file(peer / "identity.key").peer_id
+    assert result.output.splitlines()[0] == f"peer id:  {peer_id}"
 
 
 def test_status_of_a_daemon_that_is_not_running_exits_1_with_one_line(tmp_path):

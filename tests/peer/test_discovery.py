@@ -76,3 +76,44 @@ async def test_peers_meet_through_a_bootstrap_peer_and_strangers_are_not_passed_
             assert stranger.public_key not in left_table
             assert stranger.public_key not in right_table
             nursery.cancel_scope.cancel()
+
+
+def test_a_peer_record_with_a_far_expiry_is_refused_and_only_two_of_its_addresses_are_dialed():
+    from gossiplearn.protocol import PeerRecord, Peers, encode_envelope
+
+    me, friend = Identity.generate(), Identity.generate()
+    table = NeighbourTable(me.public_key, max_neighbours=8, timeout_s=5)
+    rejected: list[str] = []
+    discovery = Discovery(
+        None,  # type: ignore[arg-type]  # records are ingested without a network
+        table,
+        Admission([friend.public_key]),
+        me,
+        bootstrap=[],
+        ping_interval_s=1.0,
+        peer_exchange=True,
+        replay=ReplayGuard(),
+        sequence=SequenceCounter(1),
+        on_rejected=rejected.append,
+    )
+    now = int(time.time() * 1000)
+    addrs = tuple(f"/ip4/10.1.2.{i}/tcp/80/p2p/{friend.peer_id}" for i in range(8))
+
+    def frame(record: PeerRecord, seq: int) -> bytes:
+        return encode_envelope(
+            friend, friend.public_key, me.public_key, Peers((record,)), seq=seq, ts=now
+        )
+
+    fifty_years = now + 50 * 365 * 86_400_000
+    discovery._ingest(
+        friend.public_key,
+        frame(PeerRecord.create(friend, friend.public_key, addrs, 1, fifty_years), 1),
+    )
+    assert rejected == ["peer_record_expiry"]
+    assert friend.public_key not in table
+    hour = now + 3_600_000
+    discovery._ingest(
+        friend.public_key, frame(PeerRecord.create(friend, friend.public_key, addrs, 2, hour), 2)
+    )
+    assert rejected == ["peer_record_expiry"]
+    assert table.get(friend.public_key).dial_plan() == list(addrs[:2])

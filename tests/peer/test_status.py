@@ -37,3 +37,26 @@ def test_metrics_carry_process_figures_and_trio_tasks() -> None:
     text = metrics.render().decode()
     assert "gossiplearn_trio_tasks 7.0" in text
     assert "process_resident_memory_bytes" in text and "process_open_fds" in text
+
+
+async def test_the_status_endpoint_refuses_foreign_host_headers() -> None:
+    from gossiplearn.peer.status import serve_status
+
+    async def get(port: int, host: str | None) -> bytes:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        headers = f"Host: {host}\r\n" if host is not None else ""
+        await stream.send_all(f"GET /status HTTP/1.1\r\n{headers}\r\n".encode())
+        data = b""
+        while chunk := await stream.receive_some(4096):
+            data += chunk
+        await stream.aclose()
+        return data.split(b"\r\n", 1)[0]
+
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_status, 0, lambda: {"ok": True}, lambda: b"")
+        for host in ("127.0.0.1", f"127.0.0.1:{port}", "localhost", f"LOCALHOST:{port}", "[::1]"):
+            assert await get(port, host) == b"HTTP/1.1 200 OK", host
+        # DNS rebinding: a name the attacker controls, resolving to 127.0.0.1.
+        for host in ("evil.example", f"evil.example:{port}", "127.0.0.1.evil.example", None):
+            assert await get(port, host) == b"HTTP/1.1 403 Forbidden", host
+        nursery.cancel_scope.cancel()
