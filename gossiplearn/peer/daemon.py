@@ -67,6 +67,7 @@ from gossiplearn.peer.status import (
     Metrics,
     open_status_listeners,
     process_figures,
+    remote_view,
     serve_status,
     trio_task_count,
 )
@@ -710,32 +711,8 @@ class Peer:
         }
 
     def remote_status_document(self, requester: bytes) -> dict[str, Any]:
-        """What an admitted peer may learn by asking: less than the local document. No sample
-        counts or weights (a member's weight is its sample count when weighting is on), no
-        neighbours, and only the rounds the requester was itself a member of."""
-        full = self.status_document()
-        rounds = full["rounds"]
-        shared = [entry for entry in rounds["history"] if self._was_member(entry, requester)]
-        return {
-            "schema": full["schema"],
-            "remote": True,
-            "version": full["version"],
-            "peer_id": full["peer_id"],
-            "addrs": full["addrs"],
-            "uptime_s": full["uptime_s"],
-            "rounds": {
-                "completed": rounds["completed"],
-                "aborted": rounds["aborted"],
-                "cancelled": rounds["cancelled"],
-                "in_progress": rounds["in_progress"],
-                "with_you": shared,
-            },
-            "model_digest": full["model_digest"],
-        }
-
-    @staticmethod
-    def _was_member(entry: dict[str, Any], requester: bytes) -> bool:
-        return peer_id_from_public_key(requester) in entry.get("members", ())
+        """What an admitted peer may learn by asking (see status.remote_view)."""
+        return remote_view(self.status_document(), peer_id_from_public_key(requester))
 
     def _neighbour_status(self, n: Neighbour, now: float) -> dict[str, Any]:
         counters = self.host.counters

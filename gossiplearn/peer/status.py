@@ -123,6 +123,44 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+#: The keys of the status document an admitted peer gets over libp2p (see remote_view).
+REMOTE_KEYS = (
+    "schema",
+    "remote",
+    "version",
+    "peer_id",
+    "addrs",
+    "uptime_s",
+    "rounds",
+    "model_digest",
+)
+
+
+def remote_view(document: dict[str, Any], requester: str) -> dict[str, Any]:
+    """The status document an admitted peer ``requester`` (a peer id) gets by asking: less
+    than the local one, so an insider learns little it could use. No sample counts (a
+    member's weight is its sample count when weighting is on), no neighbours or their
+    addresses, no backoff or clock figures, no accuracy; of the round history only the rounds
+    the requester was itself a member of (it knows those members anyway)."""
+    rounds = document["rounds"]
+    return {
+        "schema": document["schema"],
+        "remote": True,
+        "version": document["version"],
+        "peer_id": document["peer_id"],
+        "addrs": document["addrs"],
+        "uptime_s": document["uptime_s"],
+        "rounds": {
+            "completed": rounds["completed"],
+            "aborted": rounds["aborted"],
+            "cancelled": rounds["cancelled"],
+            "in_progress": rounds["in_progress"],
+            "with_you": [e for e in rounds["history"] if requester in e.get("members", ())],
+        },
+        "model_digest": document["model_digest"],
+    }
+
+
 def trio_task_count() -> int | None:
     """Live tasks under trio's root task (call from the trio thread); None outside trio."""
     try:

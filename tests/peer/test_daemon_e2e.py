@@ -25,6 +25,7 @@ import trio
 from gossiplearn.crypto.identity import load_key_file, public_key_from_peer_id
 from gossiplearn.peer.config import load_config, save_config
 from gossiplearn.peer.host import ROUND_PROTOCOL, Admission, Host, split_p2p_multiaddr
+from gossiplearn.peer.status import REMOTE_KEYS
 from gossiplearn.protocol import Invite, encode_envelope
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
@@ -185,7 +186,11 @@ def test_three_peers_average_securely_and_survive_restart(network, tmp_path: Pat
     remote = json.loads(
         cli("status", "--addr", addresses[0], "--identity", dirs[1], "--json").stdout
     )
-    assert remote["peer_id"] == docs[0]["peer_id"]
+    assert remote["peer_id"] == docs[0]["peer_id"] and remote["remote"] is True
+    # ...but less of it than the local document: no samples, neighbours or accuracy.
+    assert tuple(remote) == REMOTE_KEYS
+    asker = load_key_file(dirs[1] / "identity.key").peer_id
+    assert all(asker in entry["members"] for entry in remote["rounds"]["with_you"])
     # Prometheus text on /metrics.
     port = load_config(dirs[0]).status.port
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:

@@ -60,3 +60,43 @@ async def test_the_status_endpoint_refuses_foreign_host_headers() -> None:
         for host in ("evil.example", f"evil.example:{port}", "127.0.0.1.evil.example", None):
             assert await get(port, host) == b"HTTP/1.1 403 Forbidden", host
         nursery.cancel_scope.cancel()
+
+
+def test_the_remote_status_shows_an_insider_no_weights_neighbours_or_other_groups() -> None:
+    from gossiplearn.peer.status import REMOTE_KEYS, remote_view
+
+    def entry(group: str, members: list[str]) -> dict[str, object]:
+        return {"group": group, "members": members, "seconds": 0.1}
+
+    local = {
+        "schema": 1,
+        "version": "x",
+        "peer_id": "me",
+        "addrs": ["/ip4/127.0.0.1/tcp/1/p2p/me"],
+        "uptime_s": 5.0,
+        "neighbours": [{"peer_id": "asker"}, {"peer_id": "other"}],
+        "rounds": {
+            "completed": 2,
+            "aborted": 1,
+            "cancelled": 0,
+            "abort_reasons": {"equivocation": 1},
+            "in_progress": False,
+            "current": None,
+            "last": entry("g2", ["me", "other", "third"]),
+            "history": [
+                entry("g1", ["me", "asker", "other"]),
+                entry("g2", ["me", "other", "third"]),
+            ],
+        },
+        "data": {"train_samples": 340, "validation_samples": 110},
+        "accuracy": 0.9,
+        "blocked_peers": {"cheat": {"refused": True}},
+        "model_digest": "abc",
+    }
+    remote = remote_view(local, "asker")
+    assert tuple(remote) == REMOTE_KEYS and remote["remote"] is True
+    assert remote["rounds"]["with_you"] == [entry("g1", ["me", "asker", "other"])]
+    assert set(remote["rounds"]) == {"completed", "aborted", "cancelled", "in_progress", "with_you"}
+    text = str(remote)
+    for private in ("train_samples", "340", "third", "g2", "neighbours", "cheat", "0.9"):
+        assert private not in text
