@@ -570,12 +570,15 @@ def _remote_ip(read_write_closer: object) -> str | None:
 def _check_port_free(address: str) -> None:
     """Raise ListenError if ``address``'s TCP port is taken. libp2p binds with SO_REUSEPORT,
     so a second daemon on the same port would bind too (and the kernel would share the
-    connections between them); a plain bind fails if anyone holds the port."""
+    connections between them); a bind without SO_REUSEPORT fails if anyone listens there.
+    SO_REUSEADDR lets it past connections of an earlier run still in TIME_WAIT (a restart),
+    which on Linux never lets it share a port with a listener."""
     parts = address.split("/")
     if len(parts) < 5 or parts[1] not in ("ip4", "ip6") or parts[3] != "tcp" or parts[4] == "0":
         return
     family = socket.AF_INET if parts[1] == "ip4" else socket.AF_INET6
     with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((parts[2], int(parts[4])))
         except OSError as exc:
