@@ -64,7 +64,7 @@ def init(
         fail(f"{directory / CONFIG_FILE} already exists; refusing to overwrite it")
     if dataset not in BUILT_IN_DATASETS:
         fail(f"unknown dataset {dataset!r}; choose one of {', '.join(BUILT_IN_DATASETS)}", 2)
-    from gossiplearn.sim.datasets import DATASETS, parse_shard
+    from gossiplearn.sim.datasets import DATASETS, DEFAULT_VALIDATION, parse_shard
 
     try:
         parse_shard(shard)
@@ -89,7 +89,10 @@ def init(
     config.peer.bootstrap = list(dict.fromkeys(boot))
     config.peer.admission = "open" if open_admission else "allowlist"
     info = DATASETS[dataset]
-    config.data = DataSection(info.loader, {"shard": shard, "partition": partition, "seed": 0})
+    config.data = DataSection(
+        info.loader,
+        {"shard": shard, "partition": partition, "seed": 0, "validation": DEFAULT_VALIDATION},
+    )
     config.model.options = {
         "input_dim": info.input_dim,
         "hidden": [64, 64],

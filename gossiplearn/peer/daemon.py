@@ -19,7 +19,6 @@ another peer id) is logged once per cause and listed under ``waiting`` in the st
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
@@ -60,6 +59,7 @@ from gossiplearn.peer.host import (
     Host,
     ListenError,
 )
+from gossiplearn.peer.learner import Applied
 from gossiplearn.peer.neighbours import Neighbour, NeighbourTable, short_id
 from gossiplearn.peer.proofs import EVIDENCE_DIR, ProofStore
 from gossiplearn.peer.status import (
@@ -101,6 +101,8 @@ HISTORY = 256  # finished rounds kept for the status document
 CLOCK_TOLERANCE_MS = DEFAULT_FRESHNESS_MS / 2
 WATCH_S = 1.0  # how often the reasons for waiting are re-checked
 MIN_INVITABLE = 2  # a round needs us and two others
+#: A contribution no round took for this many round intervals is replaced by a newly trained one.
+WAIT_INTERVALS = 10
 
 
 def _has_dial_problem(neighbour: Neighbour | None) -> bool:
@@ -161,6 +163,7 @@ class Peer:
         self.rejected: Counter[str] = Counter()
         self.training_samples = 0
         self.validation_samples = 0
+        self.test_samples = 0
         self.status_port: int | None = None
         self.ready = False  # True once serving: status_document() is then complete
         #: The checkpoint this run started from (None: a fresh model), for status and churn tests.
@@ -172,6 +175,8 @@ class Peer:
         self._logged: set[tuple[str, str]] = set()  # causes logged and not yet cleared
         self._problems: dict[tuple[str, bytes], str] = {}  # reported by discovery
         self._model_lock = trio.Lock()
+        self._round_over = trio.Event()  # set when a round ends (and its result is applied)
+        self._applying = 0  # finished rounds whose average is being applied
         self._stopping = False
         self._rng = random.Random(os.urandom(8))
         self.proofs = ProofStore(self.directory / EVIDENCE_DIR)
@@ -185,8 +190,9 @@ class Peer:
 
         from gossiplearn.peer.checkpoint import CheckpointMeta, load_checkpoint
         from gossiplearn.peer.data import ModelFactoryError, load_datasets, resolve
+        from gossiplearn.peer.learner import Learner
         from gossiplearn.peer.model import SplitModel
-        from gossiplearn.peer.trainer import TrainConfig, Trainer
+        from gossiplearn.peer.trainer import Trainer
 
         cfg = self.config
         torch.manual_seed(cfg.training.seed)
@@ -203,14 +209,16 @@ class Peer:
             head_prefixes=cfg.model.head_prefixes or None,
             share_batchnorm_stats=cfg.model.share_batchnorm_stats,
         )
-        train, validation = load_datasets(cfg.data.loader, cfg.data.options)
-        # The config's training section is TrainConfig's fields plus `threads` (set in run()).
-        train_config = TrainConfig(
-            **{f.name: getattr(cfg.training, f.name) for f in dataclasses.fields(TrainConfig)}
+        data = load_datasets(cfg.data.loader, cfg.data.options)
+        trainer = Trainer(
+            self.model, data.train, data.validation, cfg.training.to_train_config(), data.test
         )
-        self.trainer = Trainer(self.model, train, validation, train_config)
-        self.training_samples = self.trainer.num_train_samples
-        self.validation_samples = len(validation)  # type: ignore[arg-type]
+        self.learner = Learner(
+            self.model, trainer, cfg.training.to_acceptance_config(), mix=cfg.round.mix
+        )
+        self.training_samples = trainer.num_train_samples
+        self.validation_samples = len(data.validation)  # type: ignore[arg-type]
+        self.test_samples = len(data.test) if data.separate_test else 0  # type: ignore[arg-type]
         loaded = load_checkpoint(self.directory / CHECKPOINT_DIR, self.model)
         if loaded is not None:
             self.resumed_from = {
@@ -224,7 +232,7 @@ class Peer:
         self.accuracy = meta.metrics.get("accuracy")
         self._refresh_digests()
         if self.accuracy is None:
-            self.accuracy = self.trainer.evaluate()["accuracy"]
+            self.accuracy = self.learner.evaluate()["accuracy"]
         self.metrics.accuracy.set(self.accuracy)
 
     def _refresh_digests(self) -> None:
@@ -368,7 +376,8 @@ class Peer:
                 )
                 nursery.start_soon(self.engine.run)
                 nursery.start_soon(self.discovery.run)
-                nursery.start_soon(self._training_loop)
+                nursery.start_soon(self._learning_loop)
+                nursery.start_soon(self._inviting_loop)
                 nursery.start_soon(self._watch)
                 nursery.start_soon(self._watch_evidence)
                 self.ready = True
@@ -401,20 +410,68 @@ class Peer:
 
     # ---- training and gossip ----
 
-    async def _training_loop(self) -> None:
-        """Train locally, publish the new backbone, and now and then invite neighbours."""
+    async def _learning_loop(self) -> None:
+        """The learning schedule: train one round's fixed budget, offer the backbone to one
+        round, wait until that round is over (and its average applied or refused), repeat.
+
+        Every round a peer takes part in, as initiator or member, thus follows exactly one
+        local budget, as in the memory mode (version 1 trained on a timer, so the local work
+        per round varied with timing, and rounds joined as a member came on top).
+
+        By default the peer does not train while its round runs: the average then lands
+        exactly on the model it was computed from. With ``training.overlap`` it trains its
+        next budget meanwhile, and the round's change (average - contribution) is applied on
+        top (nothing is lost either way). Measured with benchmarks/learning_bench.py
+        (process mode, digits, 4 and 8 peers): see the README; overlap trades some accuracy
+        per round for wall time.
+
+        A contribution no round took within WAIT_INTERVALS x round.interval_s is replaced by
+        a freshly trained one: a peer without partners still learns alone.
+        """
         cfg = self.config
-        interval = cfg.round.interval_s
+        weight = min(self.training_samples, cfg.round.max_weight)
+        max_wait_s = WAIT_INTERVALS * cfg.round.interval_s
+        async with self._model_lock:
+            vector = await trio.to_thread.run_sync(self.learner.train_round)
         while not self._stopping:
-            async with self._model_lock:
-                await trio.to_thread.run_sync(self.trainer.train_local)
-                vector = await trio.to_thread.run_sync(self.model.get_backbone)
-            await self.engine.set_contribution(
-                vector, min(self.training_samples, cfg.round.max_weight), self.model.schema_hash
-            )
+            self._round_over = trio.Event()
+            await self.engine.set_contribution(vector, weight, self.model.schema_hash)
+            if cfg.training.overlap:
+                async with self._model_lock:
+                    await trio.to_thread.run_sync(self.learner.trainer.train_local)
+                used = await self._until_round_over(max_wait_s)
+                async with self._model_lock:
+                    vector = await trio.to_thread.run_sync(self.model.get_backbone)
+            else:
+                used = await self._until_round_over(max_wait_s)
+                async with self._model_lock:
+                    vector = await trio.to_thread.run_sync(self.learner.train_round)
+            if not used:
+                log.debug("no round took this peer's contribution: trained on alone")
+
+    async def _until_round_over(self, timeout_s: float) -> bool:
+        """Until the current contribution went into a round and that round is over (applied,
+        if it finished); False if none took it within ``timeout_s``."""
+        with trio.move_on_after(timeout_s):
+            while True:
+                await self._round_over.wait()
+                self._round_over = trio.Event()
+                view = self.engine.view
+                if not view.contribution_fresh and not view.busy and not self._applying:
+                    return True
+        return False
+
+    async def _inviting_loop(self) -> None:
+        """Now and then (every round.interval_s, randomized), invite invitable neighbours,
+        when this peer has a contribution no round has taken yet and is in no group."""
+        interval = self.config.round.interval_s
+        while not self._stopping:
             await trio.sleep(interval * self._rng.uniform(0.5, 1.5))
+            view = self.engine.view
+            if not view.contribution_fresh or view.busy:
+                continue
             live = [n.key for n in self.table.invitable(time.monotonic())]
-            if len(live) >= 2 and not self.engine.view.busy:
+            if len(live) >= MIN_INVITABLE:
                 await self.engine.start_round(live)
 
     # ---- why nothing happens ----
@@ -539,8 +596,10 @@ class Peer:
         elif isinstance(action, EquivocationDetected):
             self._nursery.start_soon(self._keep_proof, action)
         elif isinstance(action, RoundFinished):
+            self._applying += 1
             self._nursery.start_soon(self._apply_round, action)
         elif isinstance(action, RoundAborted):
+            self._round_over.set()
             self.rounds.aborted += 1
             self.rounds.abort_reasons[action.reason] += 1
             self.metrics.rounds.labels("aborted").inc()
@@ -550,6 +609,7 @@ class Peer:
                 action.stats, f"aborted ({action.reason}{'; blamed ' + blamed if blamed else ''})"
             )
         elif isinstance(action, RoundCancelled):
+            self._round_over.set()
             self.rounds.cancelled += 1
             self.metrics.rounds.labels("cancelled").inc()
             log.debug("round %s cancelled: %s", action.group.hex()[:8], action.reason)
@@ -586,21 +646,24 @@ class Peer:
             self._refused_on_disk -= cleared
 
     async def _apply_round(self, result: RoundFinished) -> None:
-        mix = self.config.round.mix
+        """Take in a finished round's average (see Learner.apply), checkpoint, record it."""
 
-        def apply() -> str:
-            self.model.set_backbone(result.average, mix=mix)
-            applied = self.model.backbone_digest()
-            self.trainer.finetune_head()
-            self.accuracy = self.trainer.evaluate()["accuracy"]
+        def apply() -> tuple[str, Applied]:
+            applied = self.learner.apply(result.average, result.contribution)
+            self.accuracy = applied.metrics["accuracy"]
             self.rounds.completed += 1
             self._checkpoint()
-            return applied
+            return self.model.backbone_digest(), applied
 
-        async with self._model_lock:
-            backbone_digest = await trio.to_thread.run_sync(apply)
+        try:
+            async with self._model_lock:
+                backbone_digest, applied = await trio.to_thread.run_sync(apply)
+        finally:
+            self._applying -= 1
+            self._round_over.set()
         stats = result.stats
         self.metrics.rounds.labels("finished").inc()
+        self.metrics.averages.labels("accepted" if applied.accepted else "refused").inc()
         self.metrics.round_seconds.observe(stats.seconds)
         self.metrics.round_bytes_sent.inc(stats.bytes_sent)
         self.metrics.accuracy.set(self.accuracy or 0.0)
@@ -613,12 +676,19 @@ class Peer:
                 "bytes_sent": stats.bytes_sent,
                 "bytes_received": stats.bytes_received,
                 "finished_at": time.time(),
+                "accepted": applied.accepted,
+                "validation_loss": {"own": applied.own_loss, "average": applied.new_loss},
                 "backbone_digest": backbone_digest,
                 "accuracy": self.accuracy,
                 "clipped": stats.clipped,
             }
         )
-        self._log_round(stats, f"finished, accuracy {self.accuracy:.4f}")
+        decision = "applied" if applied.accepted else "refused (it would hurt this peer)"
+        self._log_round(
+            stats,
+            f"finished, average {decision}: validation loss {applied.own_loss:.4f} -> "
+            f"{applied.new_loss:.4f}, accuracy {self.accuracy:.4f}",
+        )
 
     def _log_round(self, stats: Any, outcome: str) -> None:
         members = ",".join(short_id(peer_id_from_public_key(m)) for m in stats.members) or "-"
@@ -702,6 +772,13 @@ class Peer:
             "data": {
                 "train_samples": self.training_samples,
                 "validation_samples": self.validation_samples,
+                "test_samples": self.test_samples,
+            },
+            "learning": {
+                "averages_applied": self.learner.accepted,
+                "averages_refused": self.learner.refused,
+                "acceptance": self.config.training.acceptance,
+                "tolerance": self.config.training.acceptance_tolerance,
             },
             "contribution_fresh": self.engine.view.contribution_fresh,
             "blocked_peers": {

@@ -1,7 +1,8 @@
 """Local training of a :class:`SplitModel` on the peer's own data.
 
-Three steps: train everything (before sharing the backbone), fine-tune only the head (after an
-averaging round replaced the backbone), and evaluate on the peer's held-out data.
+Three steps: train everything for one round's budget (before sharing the backbone), fine-tune
+only the head (after an averaging round replaced the backbone), and evaluate: the loss on the
+validation data (whether an average helps) and the accuracy on the test data (reported).
 
 Deterministic by construction: each epoch's shuffle comes from a fresh ``torch.Generator``
 seeded from ``(config.seed, epoch counter)``, and a fresh optimizer is made per call (momentum
@@ -12,8 +13,9 @@ no global seeding, no DataLoader worker processes or threads).
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain
@@ -31,9 +33,15 @@ _MIN_EVAL_BATCH = 256
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyperparameters of local training (plain SGD with momentum, cross-entropy)."""
+    """Hyperparameters of local training (plain SGD with momentum, cross-entropy).
+
+    One round's local budget is ``steps_per_round`` mini-batches if that is set (> 0; the
+    batches run on through the shuffled epochs from one round to the next), else ``epochs``
+    whole epochs.
+    """
 
     epochs: int = 1
+    steps_per_round: int = 0
     batch_size: int = 32
     lr: float = 0.05
     momentum: float = 0.9
@@ -41,8 +49,8 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.epochs < 0 or self.head_epochs < 0:
-            raise ValueError("epochs and head_epochs must be >= 0")
+        if self.epochs < 0 or self.head_epochs < 0 or self.steps_per_round < 0:
+            raise ValueError("epochs, steps_per_round and head_epochs must be >= 0")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         if not self.lr > 0:
@@ -83,16 +91,20 @@ class Trainer:
         train_data: Dataset,
         val_data: Dataset,
         config: TrainConfig = TrainConfig(),
+        test_data: Dataset | None = None,
     ) -> None:
+        """``val_data`` decides whether an average helps (:meth:`validation_loss`);
+        ``test_data`` (default: ``val_data``) is what :meth:`evaluate` reports on."""
         self.model = model
         self.train_data = train_data
         self.val_data = val_data
+        self.test_data = val_data if test_data is None else test_data
         self.config = config
         self.num_train_samples: int = len(train_data)  # type: ignore[arg-type]
-        self._num_val_samples: int = len(val_data)  # type: ignore[arg-type]
-        if self.num_train_samples == 0 or self._num_val_samples == 0:
-            raise ValueError("training and validation data must both be non-empty")
+        if self.num_train_samples == 0 or not len(val_data) or not len(self.test_data):  # type: ignore[arg-type]
+            raise ValueError("training, validation and test data must all be non-empty")
         self._epochs_run = 0
+        self._stream: Iterator[torch.Tensor] | None = None
 
     @property
     def _device(self) -> torch.device:
@@ -106,27 +118,44 @@ class Trainer:
         order = torch.randperm(self.num_train_samples, generator=generator)
         return iter(order.split(self.config.batch_size))
 
-    def _fit(self, parameters: Sequence[torch.nn.Parameter], epochs: int) -> dict[str, float]:
-        """SGD on ``parameters`` for ``epochs`` epochs; returns the mean per-sample loss."""
+    def _batches_forever(self) -> Iterator[torch.Tensor]:
+        while True:
+            yield from self._shuffled_batches()
+
+    def _fit(
+        self, parameters: Sequence[torch.nn.Parameter], batches: Iterable[torch.Tensor]
+    ) -> dict[str, float]:
+        """SGD on ``parameters`` over ``batches`` (index tensors); the mean per-sample loss."""
         optimizer = torch.optim.SGD(parameters, lr=self.config.lr, momentum=self.config.momentum)
         device = self._device
         total_loss, seen = 0.0, 0
-        for _ in range(epochs):
-            for indices in self._shuffled_batches():
-                inputs, labels = _batch(self.train_data, indices)
-                inputs, labels = inputs.to(device), labels.to(device)
-                optimizer.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(self.model.module(inputs), labels)
-                loss.backward()
-                optimizer.step()
-                total_loss += loss.item() * len(labels)
-                seen += len(labels)
+        for indices in batches:
+            inputs, labels = _batch(self.train_data, indices)
+            inputs, labels = inputs.to(device), labels.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(self.model.module(inputs), labels)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.item() * len(labels)
+            seen += len(labels)
         return {"loss": total_loss / seen if seen else math.nan}
 
+    def _epochs(self, epochs: int) -> Iterator[torch.Tensor]:
+        for _ in range(epochs):
+            yield from self._shuffled_batches()
+
     def train_local(self) -> dict[str, float]:
-        """Train all parameters (backbone and head) for ``config.epochs`` epochs."""
+        """Train all parameters (backbone and head) for one round's budget:
+        ``config.steps_per_round`` mini-batches if set, else ``config.epochs`` epochs."""
         self.model.module.train()
-        return self._fit(list(self.model.module.parameters()), self.config.epochs)
+        steps = self.config.steps_per_round
+        if steps:
+            if self._stream is None:
+                self._stream = self._batches_forever()
+            batches: Iterable[torch.Tensor] = itertools.islice(self._stream, steps)
+        else:
+            batches = self._epochs(self.config.epochs)
+        return self._fit(list(self.model.module.parameters()), batches)
 
     def finetune_head(self) -> dict[str, float]:
         """Train only the head for ``config.head_epochs``; the backbone stays bit-identical.
@@ -144,22 +173,28 @@ class Trainer:
             if not any(self.model.is_head(name) for name in tensor_names):
                 submodule.eval()
         with _frozen(self.model.backbone_parameters()):
-            return self._fit(self.model.head_parameters(), self.config.head_epochs)
+            return self._fit(self.model.head_parameters(), self._epochs(self.config.head_epochs))
+
+    def evaluate(self) -> dict[str, float]:
+        """Accuracy and mean loss on the test data (the reported figures)."""
+        return self._measure(self.test_data)
+
+    def validation_loss(self) -> float:
+        """Mean loss on the validation data: what decides whether an average helps."""
+        return self._measure(self.val_data)["loss"]
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        """Accuracy and mean loss on the validation (personal test) data."""
+    def _measure(self, dataset: Dataset) -> dict[str, float]:
         self.model.module.eval()
         device = self._device
+        samples: int = len(dataset)  # type: ignore[arg-type]
         total_loss, correct = 0.0, 0
-        all_indices = torch.arange(self._num_val_samples)
-        for indices in all_indices.split(max(self.config.batch_size, _MIN_EVAL_BATCH)):
-            inputs, labels = _batch(self.val_data, indices)
+        for indices in torch.arange(samples).split(max(self.config.batch_size, _MIN_EVAL_BATCH)):
+            inputs, labels = _batch(dataset, indices)
             inputs, labels = inputs.to(device), labels.to(device)
             logits = self.model.module(inputs)
             total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
             correct += int((logits.argmax(dim=1) == labels).sum().item())
-        samples = self._num_val_samples
         return {
             "accuracy": correct / samples,
             "loss": total_loss / samples,

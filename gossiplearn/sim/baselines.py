@@ -1,8 +1,11 @@
 """Reference methods that gossiplearn is compared against, on the same shards and budget.
 
-Each baseline takes the peers' ``(train, val)`` shards, a model factory and the same
-:class:`TrainConfig` gossiplearn peers use, runs ``rounds`` rounds and returns a
-:class:`MethodResult` (peer p's accuracy on its own validation data after every round).
+Each baseline takes the peers' data (:class:`~gossiplearn.peer.data.PeerData`), a model
+factory and the same :class:`TrainConfig` gossiplearn peers use (one round's local budget
+included), runs ``rounds`` rounds and returns a :class:`MethodResult` (peer p's accuracy on its
+own test data after every round). They train on the same training part gossiplearn peers do;
+the validation part, which gossiplearn peers hold out to decide whether an average helps
+them, is not used.
 
 =======  ===========================  ======================  ===================
 method   averaged by the server       kept per peer           after averaging
@@ -12,7 +15,7 @@ fedavg   every floating-point tensor  non-float buffers       -
 fedper   the backbone                 head and local buffers  ``finetune_head``
 =======  ===========================  ======================  ===================
 
-* **local**: every peer trains alone, one ``train_local`` (``config.epochs`` epochs) per round.
+* **local**: every peer trains alone, one ``train_local`` (one round's budget) per round.
   Sends nothing.
 * **fedavg** (centralized FedAvg): one global model. Each round every peer starts from it and
   runs ``train_local``; the server replaces it by the training-sample-weighted average of the
@@ -44,8 +47,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
+from gossiplearn.peer.data import PeerData
 from gossiplearn.peer.model import SplitModel
 from gossiplearn.peer.trainer import TrainConfig, Trainer
 from gossiplearn.sim.results import MethodResult
@@ -54,7 +57,7 @@ from gossiplearn.sim.results import MethodResult
 ModelFactory = Callable[[], torch.nn.Module]
 #: Called as ``progress(method_name, round_index)`` after each round (``round_index`` from 0).
 Progress = Callable[[str, int], None]
-Shards = Sequence[tuple[Dataset, Dataset]]
+Shards = Sequence[PeerData]
 
 # Tensors travel as float32, like gossiplearn's backbone vectors.
 _WIRE_BYTES_PER_VALUE = 4
@@ -126,7 +129,7 @@ def _run(
         raise ValueError("rounds must be >= 1")
     start = time.perf_counter()
     split = SplitModel(_initial_module(factory, seed))
-    trainers = [Trainer(split, train, val, config) for train, val in shards]
+    trainers = [Trainer(split, data.train, data.test, config) for data in shards]
     # state_dict() tensors alias the module's storage, so copying into them sets the module.
     state = split.module.state_dict()
     shared_names = scheme.shared(split)

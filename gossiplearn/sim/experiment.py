@@ -41,7 +41,12 @@ def run_experiment(
     logging.getLogger("gossiplearn").setLevel(logging.WARNING)
     started = time.perf_counter()
     shards = load_all_shards(
-        config.dataset, config.peers, config.partition, config.seed, config.holdout
+        config.dataset,
+        config.peers,
+        config.partition,
+        config.seed,
+        config.holdout,
+        config.validation,
     )
     methods: list[MethodResult] = []
 

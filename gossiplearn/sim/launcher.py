@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import json
 import os
 import random
@@ -23,7 +24,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ import numpy as np
 
 from gossiplearn.crypto.identity import Identity, write_key_file
 from gossiplearn.peer.config import IDENTITY_FILE, PeerConfig, save_config
+from gossiplearn.peer.data import DEFAULT_VALIDATION, PeerData
 from gossiplearn.sim.results import MethodResult
 
 MODES = ("process", "inproc", "memory")
@@ -48,10 +50,20 @@ class SimConfig:
     mode: str = "process"
     seed: int = 0
     holdout: float = 0.25
+    #: of each shard, held out of training for personal acceptance (gossiplearn only; the
+    #: baselines train on the same training part)
+    validation: float = DEFAULT_VALIDATION
     epochs: int = 1
+    #: one round's local budget in mini-batches (0: ``epochs`` whole epochs), for every
+    #: method and mode
+    steps_per_round: int = 0
     batch_size: int = 32
     lr: float = 0.05
     hidden: tuple[int, ...] = (64, 64)
+    #: gossiplearn: apply an average only if it does not hurt a peer's validation loss by
+    #: more than ``acceptance_tolerance`` (relative)
+    acceptance: bool = True
+    acceptance_tolerance: float = 0.02
     #: process/inproc: mean seconds between a peer's invitations
     interval_s: float = 1.0
 
@@ -83,8 +95,18 @@ def train_config(config: SimConfig) -> Any:
     from gossiplearn.peer.trainer import TrainConfig
 
     return TrainConfig(
-        epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed
+        epochs=config.epochs,
+        steps_per_round=config.steps_per_round,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        seed=config.seed,
     )
+
+
+def acceptance_config(config: SimConfig) -> Any:
+    from gossiplearn.peer.learner import AcceptanceConfig
+
+    return AcceptanceConfig(config.acceptance, config.acceptance_tolerance)
 
 
 def model_factory(config: SimConfig) -> Callable[[], Any]:
@@ -99,12 +121,20 @@ def model_factory(config: SimConfig) -> Callable[[], Any]:
 
 def run_memory(
     config: SimConfig,
-    shards: Sequence[tuple[Any, Any]],
+    shards: Sequence[PeerData],
     progress: Progress | None = None,
+    node_factories: Mapping[int, Callable[..., Any]] | None = None,
 ) -> MethodResult:
-    """Synchronous rounds of the real protocol machines over the in-memory network."""
+    """Synchronous rounds of the real protocol machines over the in-memory network: each
+    round, every peer trains its budget and contributes its backbone, all peers are split
+    into groups of 3..k, each group runs the real secure round (masks, shards, signatures,
+    agreement), and each peer applies its group's average through the same
+    :class:`~gossiplearn.peer.learner.Learner` the daemon uses (personal acceptance
+    included). ``node_factories``: peer index -> round machine factory (tests and
+    benchmarks put adversaries there)."""
     import torch
 
+    from gossiplearn.peer.learner import Learner
     from gossiplearn.peer.model import SplitModel
     from gossiplearn.peer.trainer import Trainer
     from gossiplearn.protocol.events import RoundFinished
@@ -114,16 +144,17 @@ def run_memory(
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     initial = model_factory(config)()
-    models = [SplitModel(copy.deepcopy(initial)) for _ in shards]
-    trainers = [
-        Trainer(m, train, val, train_config(config))
-        for m, (train, val) in zip(models, shards, strict=True)
-    ]
+    learners = []
+    for data in shards:
+        model = SplitModel(copy.deepcopy(initial))
+        trainer = Trainer(model, data.train, data.validation, train_config(config), data.test)
+        learners.append(Learner(model, trainer, acceptance_config(config)))
     net = MemoryNetwork(seed=config.seed, latency_ms=2.0, jitter_ms=2.0)
     round_config = RoundConfig(max_group_size=config.group_size, round_timeout_ms=600_000)
+    factories = node_factories or {}
     nodes = [
         net.add(
-            Node(
+            factories.get(i, Node)(
                 Identity(np.random.default_rng([config.seed, i]).bytes(32)),
                 round_config,
                 rng=random.Random(config.seed * 1_000_003 + i),
@@ -135,24 +166,23 @@ def run_memory(
     index_of = {node.public_key: i for i, node in enumerate(nodes)}
     rng = random.Random(config.seed)
     accuracy_per_round: list[list[float]] = []
-    aborted = 0
+    aborted = refused = 0
     for round_index in range(config.rounds):
-        for node, model, trainer in zip(nodes, models, trainers, strict=True):
-            trainer.train_local()
-            node.set_contribution(model.get_backbone(), 1, model.schema_hash)  # equal weights
-        for group in _groups(len(nodes), config.group_size, rng):
+        for node, learner in zip(nodes, learners, strict=True):
+            vector = learner.train_round()
+            node.set_contribution(vector, 1, learner.model.schema_hash)  # equal weights
+        for group in groups_of(len(nodes), config.group_size, rng):
             net.start_round(nodes[group[0]].public_key, [nodes[i].public_key for i in group[1:]])
         net.run()
         for key, outcomes in net.outcomes.items():
             for outcome in outcomes:
                 if isinstance(outcome, RoundFinished):
-                    peer = index_of[key]
-                    models[peer].set_backbone(outcome.average)
-                    trainers[peer].finetune_head()
+                    applied = learners[index_of[key]].apply(outcome.average, outcome.contribution)
+                    refused += not applied.accepted
                 else:
                     aborted += 1
             outcomes.clear()
-        accuracy_per_round.append([t.evaluate()["accuracy"] for t in trainers])
+        accuracy_per_round.append([learner.evaluate()["accuracy"] for learner in learners])
         bytes_per_peer = float(np.mean([net.bytes_sent[n.public_key] for n in nodes]))
         if progress:
             progress(round_index + 1, float(np.mean(accuracy_per_round[-1])), bytes_per_peer)
@@ -161,21 +191,26 @@ def run_memory(
         accuracy_per_round,
         bytes_per_peer=float(np.mean([net.bytes_sent[n.public_key] for n in nodes])),
         wall_s=time.perf_counter() - started,
-        extra={"rounds_aborted": aborted},
+        extra={"rounds_aborted": aborted, "averages_refused": refused},
     )
 
 
-def _groups(count: int, size: int, rng: random.Random) -> list[list[int]]:
-    """A random split of ``count`` peers into groups of 3..size; every peer in one group."""
+def groups_of(count: int, size: int, rng: random.Random) -> list[list[int]]:
+    """A random split of ``count`` peers into groups of 3..``size`` that covers every peer:
+    the fewest groups that can hold them all, sizes as even as possible (50 peers, k = 4:
+    11 groups of 4 and 2 of 3). When no such split exists (4 or 5 peers with k = 3, 5 with
+    k = 4), a random peer sits this round out, and the rest are split."""
     order = list(range(count))
     rng.shuffle(order)
-    groups = [order[i : i + size] for i in range(0, count, size)]
-    if len(groups) > 1 and len(groups[-1]) < 3:
-        # Too few left for a group: spread them over the others, which may then exceed k by
-        # at most 2; the initiator then invites k-1 of its group and the rest sit out.
-        for j, peer in enumerate(groups.pop()):
-            groups[j % len(groups)].append(peer)
-    return [g for g in groups if len(g) >= 3]
+    while len(order) >= 3:
+        groups = -(-len(order) // size)  # the fewest that can hold everyone
+        if 3 * groups <= len(order):
+            base, extra = divmod(len(order), groups)
+            sizes = [base + 1] * extra + [base] * (groups - extra)
+            starts = list(itertools.accumulate(sizes, initial=0))
+            return [order[a:b] for a, b in itertools.pairwise(starts)]
+        order.pop()  # shuffled: a random peer waits for the next round
+    return []
 
 
 # ---- process and inproc modes: real daemons --------------------------------------------
@@ -215,11 +250,17 @@ def prepare_peers(out_dir: Path, config: SimConfig) -> list[Path]:
             "shard": f"{i}/{config.peers}",
             "partition": config.partition,
             "seed": config.seed,
+            "holdout": config.holdout,
+            "validation": config.validation,
         }
-        peer_config.training.epochs = config.epochs
-        peer_config.training.batch_size = config.batch_size
-        peer_config.training.lr = config.lr
-        peer_config.training.seed = config.seed
+        training = peer_config.training
+        training.epochs = config.epochs
+        training.steps_per_round = config.steps_per_round
+        training.batch_size = config.batch_size
+        training.lr = config.lr
+        training.seed = config.seed
+        training.acceptance = config.acceptance
+        training.acceptance_tolerance = config.acceptance_tolerance
         peer_config.status.port = free_port()
         save_config(directory, peer_config)
         dirs.append(directory)

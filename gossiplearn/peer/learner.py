@@ -1,0 +1,117 @@
+"""One peer's learning around the rounds, the same in the daemon and in every simulation mode.
+
+A round's cycle, for one peer:
+
+1. :meth:`Learner.train_round`: train for one round's fixed local budget
+   (``training.steps_per_round`` mini-batches, or ``training.epochs`` epochs) and return the
+   backbone: the contribution to exactly one round (a contribution is never sent twice).
+2. The round runs (the daemon waits for it; the memory mode runs it synchronously).
+3. :meth:`Learner.apply`: take in the group's average without losing local progress made since
+   the contribution, fine-tune the head on it, and keep the result only if this peer's own
+   validation loss is not worse than with its own backbone by more than a tolerance
+   (personal acceptance); otherwise restore its own model and count the refusal.
+
+Applying the change ``average - contribution`` to the current backbone (rather than
+overwriting it with the average) keeps whatever training happened while the round ran: the
+daemon version 1 overwrote it, so a peer that trained on while its contribution was averaged
+lost those steps (the average was of the older vectors). With the daemon's default schedule
+the peer does not train while its round runs (see daemon.py, ``training.overlap``), so the
+current backbone *is* the contribution and the change lands exactly on the average, as in the
+memory mode. Personal acceptance also bounds what a poisoning member can do to any one peer:
+an average that hurts a peer's validation loss is not applied there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from gossiplearn.peer.model import SplitModel
+from gossiplearn.peer.trainer import Trainer
+
+
+@dataclass(frozen=True)
+class AcceptanceConfig:
+    """Personal acceptance: apply an average only if it does not hurt this peer's own
+    validation loss by more than ``tolerance`` (relative: 0.02 allows 2% worse)."""
+
+    enabled: bool = True
+    tolerance: float = 0.02
+
+    def __post_init__(self) -> None:
+        if not self.tolerance >= 0:
+            raise ValueError("the acceptance tolerance must be >= 0")
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What became of one round's average at this peer."""
+
+    accepted: bool
+    own_loss: float  # validation loss with its own backbone, before
+    new_loss: float  # with the average taken in and the head fine-tuned
+    metrics: Mapping[str, float]  # the test metrics of the model kept
+
+
+class Learner:
+    """Trains, applies group averages and evaluates one peer's :class:`SplitModel`."""
+
+    def __init__(
+        self,
+        model: SplitModel,
+        trainer: Trainer,
+        acceptance: AcceptanceConfig = AcceptanceConfig(),
+        mix: float = 1.0,
+    ) -> None:
+        if not 0 < mix <= 1:
+            raise ValueError("mix must be in (0, 1]")
+        self.model = model
+        self.trainer = trainer
+        self.acceptance = acceptance
+        self.mix = mix
+        self.accepted = 0
+        self.refused = 0
+
+    def train_round(self) -> np.ndarray:
+        """One round's local budget; returns the backbone to contribute (a float32 copy)."""
+        self.trainer.train_local()
+        return self.model.get_backbone()
+
+    def apply(self, average: np.ndarray, contribution: np.ndarray) -> Applied:
+        """Take in a round's ``average`` of the members' contributions (this peer's own was
+        ``contribution``); keep it only if it does not hurt (see AcceptanceConfig)."""
+        if average.shape != contribution.shape:
+            raise ValueError("the average and the contribution differ in length")
+        own_loss = self.trainer.validation_loss()
+        saved = self._snapshot()
+        current = self.model.get_backbone()
+        # The round's change, on top of whatever this peer learned since it contributed.
+        target = current + (np.asarray(average, np.float32) - contribution)
+        self.model.set_backbone(target, mix=self.mix)
+        self.trainer.finetune_head()
+        new_loss = self.trainer.validation_loss()
+        accepted = not (
+            self.acceptance.enabled
+            and not new_loss <= own_loss + self.acceptance.tolerance * abs(own_loss)
+        )
+        if accepted:
+            self.accepted += 1
+        else:
+            self._restore(saved)
+            self.refused += 1
+        return Applied(accepted, own_loss, new_loss, self.trainer.evaluate())
+
+    def evaluate(self) -> dict[str, float]:
+        """The reported figures: accuracy and loss on the test data."""
+        return self.trainer.evaluate()
+
+    def _snapshot(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.model.module.state_dict().items()}
+
+    def _restore(self, saved: Mapping[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for name, tensor in self.model.module.state_dict().items():
+                tensor.copy_(saved[name])
