@@ -39,7 +39,18 @@ def sim(
     mode: str = typer.Option("process", help="process (real daemons), inproc or memory."),
     seed: int = typer.Option(0, help="Seed of the split, the models and the schedule."),
     out: Path = typer.Option(Path("sim-out"), help="Directory for results.json, plots, peers."),
-    epochs: int = typer.Option(1, help="Local epochs per round."),
+    epochs: int = typer.Option(1, help="Local epochs per round (when --steps-per-round is 0)."),
+    steps_per_round: int = typer.Option(
+        0, help="Local mini-batches per round, for every method (0: whole --epochs)."
+    ),
+    max_weight: int = typer.Option(
+        1,
+        help="Weight cap: 1, equal weights (gossiplearn's default); above, each peer weighs "
+        "its samples up to it. The baselines weigh peers the same way.",
+    ),
+    acceptance: bool = typer.Option(
+        True, help="gossiplearn peers refuse an average that hurts their validation loss."
+    ),
     hidden: str = typer.Option("64,64", help="Hidden layer sizes of the MLP backbone."),
     lr: float = typer.Option(0.05, help="SGD learning rate."),
     baselines: bool = typer.Option(True, help="Also run local-only, FedAvg and FedPer."),
@@ -58,8 +69,11 @@ def sim(
             mode=mode,
             seed=seed,
             epochs=epochs,
+            steps_per_round=steps_per_round,
             hidden=_parse_hidden(hidden),
             lr=lr,
+            max_weight=max_weight,
+            acceptance=acceptance,
         ).validate()
     except ValueError as exc:
         fail(str(exc), 2)

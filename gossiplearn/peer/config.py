@@ -105,6 +105,7 @@ class TrainingSection:
     threads: int = 1
     acceptance: bool = True
     acceptance_tolerance: float = 0.02
+    acceptance_metric: str = "error"
     overlap: bool = False
 
     def to_train_config(self) -> TrainConfig:
@@ -123,7 +124,7 @@ class TrainingSection:
     def to_acceptance_config(self) -> AcceptanceConfig:
         from gossiplearn.peer.learner import AcceptanceConfig
 
-        return AcceptanceConfig(self.acceptance, self.acceptance_tolerance)
+        return AcceptanceConfig(self.acceptance, self.acceptance_tolerance, self.acceptance_metric)
 
 
 @dataclass
@@ -211,6 +212,11 @@ class PeerConfig:
             raise ConfigError(
                 f"training.steps_per_round must be >= 0 (0: whole epochs), got "
                 f"{training.steps_per_round}"
+            )
+        if training.acceptance_metric not in ("error", "cross_entropy"):
+            raise ConfigError(
+                f'training.acceptance_metric must be "error" or "cross_entropy", got '
+                f"{training.acceptance_metric!r}"
             )
         if not training.acceptance_tolerance >= 0:
             raise ConfigError(
@@ -340,7 +346,10 @@ _DOCS: dict[str, str] = {
     "training.acceptance": "Apply a round's average only if, after the head fine-tune, this peer's\n"
     "own validation loss is not worse than with its own backbone by more than\n"
     "acceptance_tolerance; otherwise keep its own model and count the refusal.",
-    "training.acceptance_tolerance": "Relative: 0.02 accepts an average up to 2% worse.",
+    "training.acceptance_tolerance": "Relative: 0.02 accepts an average up to 2% worse (and\n"
+    "anything within two standard errors: a small validation set cannot tell more).",
+    "training.acceptance_metric": '"error" (the 0-1 loss: misclassified or not) or\n'
+    '"cross_entropy": the validation loss the acceptance compares.',
     "training.overlap": "Train the next budget while a round runs (the round's change is applied\n"
     "on top). Off: the peer waits for its round, as the simulation's memory mode does.",
     "status": "The local status endpoint: GET /status (JSON) and /metrics (Prometheus).",

@@ -179,24 +179,35 @@ class Trainer:
         """Accuracy and mean loss on the test data (the reported figures)."""
         return self._measure(self.test_data)
 
-    def validation_loss(self) -> float:
-        """Mean loss on the validation data: what decides whether an average helps."""
-        return self._measure(self.val_data)["loss"]
+    def validation_losses(self, metric: str = "error") -> np.ndarray:
+        """Each validation sample's loss, by ``metric``: "error" (0 if classified right,
+        else 1) or "cross_entropy". What decides whether an average helps."""
+        losses, correct = self._per_sample(self.val_data)
+        if metric == "error":
+            return (~correct).astype(np.float64)
+        if metric == "cross_entropy":
+            return losses
+        raise ValueError(f"unknown validation metric {metric!r}")
+
+    def _measure(self, dataset: Dataset) -> dict[str, float]:
+        losses, correct = self._per_sample(dataset)
+        return {
+            "accuracy": float(correct.mean()),
+            "loss": float(losses.mean()),
+            "samples": float(len(losses)),
+        }
 
     @torch.no_grad()
-    def _measure(self, dataset: Dataset) -> dict[str, float]:
+    def _per_sample(self, dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
+        """(loss, correct) of each sample of ``dataset``, in order."""
         self.model.module.eval()
         device = self._device
         samples: int = len(dataset)  # type: ignore[arg-type]
-        total_loss, correct = 0.0, 0
+        losses, correct = [], []
         for indices in torch.arange(samples).split(max(self.config.batch_size, _MIN_EVAL_BATCH)):
             inputs, labels = _batch(dataset, indices)
             inputs, labels = inputs.to(device), labels.to(device)
             logits = self.model.module(inputs)
-            total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
-            correct += int((logits.argmax(dim=1) == labels).sum().item())
-        return {
-            "accuracy": correct / samples,
-            "loss": total_loss / samples,
-            "samples": float(samples),
-        }
+            losses.append(F.cross_entropy(logits, labels, reduction="none").double().cpu())
+            correct.append((logits.argmax(dim=1) == labels).cpu())
+        return torch.cat(losses).numpy(), torch.cat(correct).numpy()

@@ -18,15 +18,19 @@ fedper   the backbone                 head and local buffers  ``finetune_head``
 * **local**: every peer trains alone, one ``train_local`` (one round's budget) per round.
   Sends nothing.
 * **fedavg** (centralized FedAvg): one global model. Each round every peer starts from it and
-  runs ``train_local``; the server replaces it by the training-sample-weighted average of the
-  peers' models. Peer p's accuracy is the global model's accuracy on p's validation data.
+  runs ``train_local``; the server replaces it by the weighted average of the peers' models. Peer p's accuracy is the global model's accuracy on p's validation data.
   Each peer downloads and uploads the model once per round as float32.
 * **fedper** (centralized FedPer, same backbone/head split as gossiplearn): each peer keeps its
   head; each round it starts from the global backbone, runs ``train_local``, and the server
-  averages only the backbones (weighted by samples). Unlike the original FedPer, each peer then
+  averages only the backbones (weighted). Unlike the original FedPer, each peer then
   fine-tunes its head on the new backbone (``finetune_head``) before it is evaluated. That is
   what a gossiplearn round does, so the two differ only in how the backbone is averaged (exact
   and central vs. gossip), not in local compute. Traffic: the backbone, down and up, per round.
+
+Weights: a peer weighs its training samples, capped at ``max_weight`` (default: no cap, the
+textbook methods), which is how a gossiplearn network with ``round.max_weight`` weighs its
+members: the simulation passes the same cap (equal weights with gossiplearn's default of 1),
+so the methods differ in how they average, not in what they average towards.
 
 All peers start from the same initial weights (``factory()`` under ``torch.manual_seed(seed)``,
 run with torch's global generator saved and restored) and results are deterministic given
@@ -121,6 +125,7 @@ def _run(
     rounds: int,
     seed: int,
     progress: Progress | None,
+    max_weight: int | None,
 ) -> MethodResult:
     """The loop all baselines share: per round, train every peer, average, evaluate every peer."""
     if not shards:
@@ -136,7 +141,12 @@ def _run(
     personal_names = tuple(sorted(set(state) - set(shared_names)))
     global_shared = _snapshot(state, shared_names)
     personal = [_snapshot(state, personal_names) for _ in trainers]
-    samples = [trainer.num_train_samples for trainer in trainers]
+    samples = [
+        trainer.num_train_samples
+        if max_weight is None
+        else min(trainer.num_train_samples, max_weight)
+        for trainer in trainers
+    ]
 
     def load(peer: int) -> None:
         _copy(state, global_shared, shared_names)
@@ -189,9 +199,10 @@ def run_local_only(
     rounds: int,
     seed: int = 0,
     progress: Progress | None = None,
+    max_weight: int | None = None,
 ) -> MethodResult:
     """Every peer trains its own model on its own data only; nothing is sent."""
-    return _run(_LOCAL, shards, factory, config, rounds, seed, progress)
+    return _run(_LOCAL, shards, factory, config, rounds, seed, progress, max_weight)
 
 
 def run_fedavg(
@@ -201,9 +212,10 @@ def run_fedavg(
     rounds: int,
     seed: int = 0,
     progress: Progress | None = None,
+    max_weight: int | None = None,
 ) -> MethodResult:
     """Centralized FedAvg: one global model, averaged over all peers every round."""
-    return _run(_FEDAVG, shards, factory, config, rounds, seed, progress)
+    return _run(_FEDAVG, shards, factory, config, rounds, seed, progress, max_weight)
 
 
 def run_fedper(
@@ -213,6 +225,7 @@ def run_fedper(
     rounds: int,
     seed: int = 0,
     progress: Progress | None = None,
+    max_weight: int | None = None,
 ) -> MethodResult:
     """Centralized FedPer: the backbone is averaged, each peer keeps and fine-tunes its head."""
-    return _run(_FEDPER, shards, factory, config, rounds, seed, progress)
+    return _run(_FEDPER, shards, factory, config, rounds, seed, progress, max_weight)

@@ -93,6 +93,7 @@ def run_experiment(
                         config.rounds,
                         seed=config.seed,
                         progress=on_baseline,
+                        max_weight=config.max_weight,
                     )
                 )
 

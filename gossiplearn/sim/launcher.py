@@ -64,8 +64,12 @@ class SimConfig:
     #: more than ``acceptance_tolerance`` (relative)
     acceptance: bool = True
     acceptance_tolerance: float = 0.02
+    acceptance_metric: str = "error"
     #: process/inproc: mean seconds between a peer's invitations
     interval_s: float = 1.0
+    #: the network-wide weight cap (round.max_weight): 1, equal weights; above, each peer
+    #: weighs its training samples, capped there
+    max_weight: int = 1
 
     def validate(self) -> SimConfig:
         if self.mode not in MODES:
@@ -76,6 +80,11 @@ class SimConfig:
             raise ValueError("rounds must be >= 1")
         if not 3 <= self.group_size <= 16:
             raise ValueError("group size must be in 3..16")
+        if self.steps_per_round < 0:
+            raise ValueError("steps per round must be >= 0 (0: whole epochs)")
+        if self.max_weight < 1:
+            raise ValueError("max weight must be >= 1 (1: equal weights)")
+        acceptance_config(self)  # checks the tolerance and the metric
         return self
 
     def as_dict(self) -> dict[str, Any]:
@@ -106,7 +115,9 @@ def train_config(config: SimConfig) -> Any:
 def acceptance_config(config: SimConfig) -> Any:
     from gossiplearn.peer.learner import AcceptanceConfig
 
-    return AcceptanceConfig(config.acceptance, config.acceptance_tolerance)
+    return AcceptanceConfig(
+        config.acceptance, config.acceptance_tolerance, config.acceptance_metric
+    )
 
 
 def model_factory(config: SimConfig) -> Callable[[], Any]:
@@ -150,7 +161,9 @@ def run_memory(
         trainer = Trainer(model, data.train, data.validation, train_config(config), data.test)
         learners.append(Learner(model, trainer, acceptance_config(config)))
     net = MemoryNetwork(seed=config.seed, latency_ms=2.0, jitter_ms=2.0)
-    round_config = RoundConfig(max_group_size=config.group_size, round_timeout_ms=600_000)
+    round_config = RoundConfig(
+        max_group_size=config.group_size, max_weight=config.max_weight, round_timeout_ms=600_000
+    )
     factories = node_factories or {}
     nodes = [
         net.add(
@@ -170,7 +183,8 @@ def run_memory(
     for round_index in range(config.rounds):
         for node, learner in zip(nodes, learners, strict=True):
             vector = learner.train_round()
-            node.set_contribution(vector, 1, learner.model.schema_hash)  # equal weights
+            weight = min(learner.trainer.num_train_samples, config.max_weight)
+            node.set_contribution(vector, weight, learner.model.schema_hash)
         for group in groups_of(len(nodes), config.group_size, rng):
             net.start_round(nodes[group[0]].public_key, [nodes[i].public_key for i in group[1:]])
         net.run()
@@ -243,6 +257,7 @@ def prepare_peers(out_dir: Path, config: SimConfig) -> list[Path]:
         peer_config.discovery.ping_interval_s = 1.0
         peer_config.discovery.max_neighbours = max(16, config.group_size * 2)
         peer_config.round.group_size = config.group_size
+        peer_config.round.max_weight = config.max_weight
         peer_config.round.interval_s = config.interval_s
         peer_config.model.options = model_options(config)
         peer_config.data.loader = DATASETS[config.dataset].loader
@@ -261,6 +276,7 @@ def prepare_peers(out_dir: Path, config: SimConfig) -> list[Path]:
         training.seed = config.seed
         training.acceptance = config.acceptance
         training.acceptance_tolerance = config.acceptance_tolerance
+        training.acceptance_metric = config.acceptance_metric
         peer_config.status.port = free_port()
         save_config(directory, peer_config)
         dirs.append(directory)
