@@ -99,7 +99,11 @@ def run_experiment(
 
     run_config = config.as_dict() | {"wall_s": round(time.perf_counter() - started, 3)}
     results = write_results(out, run_config, methods)
-    plots = plot_results(out, methods)
+    run_name = (
+        f"{config.dataset}, {config.peers} peers, {config.partition}, {config.rounds} rounds, "
+        f"{config.mode} mode"
+    )
+    plots = plot_results(out, methods, run_name)
     console.print(summary_table(methods))
     console.print(f"results: {results}")
     for plot in plots:

@@ -13,6 +13,7 @@ its own held-out data after each of its rounds.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import itertools
@@ -67,6 +68,8 @@ class SimConfig:
     acceptance_metric: str = "error"
     #: process/inproc: mean seconds between a peer's invitations
     interval_s: float = 1.0
+    #: process/inproc: train the next budget while a round runs (training.overlap)
+    overlap: bool = False
     #: the network-wide weight cap (round.max_weight): 1, equal weights; above, each peer
     #: weighs its training samples, capped there
     max_weight: int = 1
@@ -148,7 +151,7 @@ def run_memory(
     from gossiplearn.peer.learner import Learner
     from gossiplearn.peer.model import SplitModel
     from gossiplearn.peer.trainer import Trainer
-    from gossiplearn.protocol.events import RoundFinished
+    from gossiplearn.protocol.events import RoundFinished, RoundUsageError
     from gossiplearn.protocol.node import Node, RoundConfig
     from gossiplearn.sim.memnet import MemoryNetwork
 
@@ -186,7 +189,10 @@ def run_memory(
             weight = min(learner.trainer.num_train_samples, config.max_weight)
             node.set_contribution(vector, weight, learner.model.schema_hash)
         for group in groups_of(len(nodes), config.group_size, rng):
-            net.start_round(nodes[group[0]].public_key, [nodes[i].public_key for i in group[1:]])
+            with contextlib.suppress(RoundUsageError):  # it backs off (almost) everyone asked
+                net.start_round(
+                    nodes[group[0]].public_key, [nodes[i].public_key for i in group[1:]]
+                )
         net.run()
         for key, outcomes in net.outcomes.items():
             for outcome in outcomes:
@@ -277,6 +283,7 @@ def prepare_peers(out_dir: Path, config: SimConfig) -> list[Path]:
         training.acceptance = config.acceptance
         training.acceptance_tolerance = config.acceptance_tolerance
         training.acceptance_metric = config.acceptance_metric
+        training.overlap = config.overlap
         peer_config.status.port = free_port()
         save_config(directory, peer_config)
         dirs.append(directory)
@@ -304,13 +311,31 @@ def _bytes_sent(document: dict[str, Any] | None) -> int:
     return sum(n["bytes_out"] for n in document["neighbours"]) if document else 0
 
 
-def _report(documents: Sequence[dict[str, Any] | None], progress: Progress | None) -> None:
+def _accuracies_after(documents: Sequence[dict[str, Any] | None], round_: int) -> list[float]:
+    """Each peer's accuracy after its ``round_``-th round (1-based), from its status history;
+    a peer short of rounds gives its latest accuracy. The progress bar and the results table
+    both read this, so they show the same figure."""
+    row = []
+    for document in documents:
+        history = (document or {}).get("rounds", {}).get("history", [])
+        if round_ >= 1 and round_ <= len(history):
+            row.append(float(history[round_ - 1]["accuracy"]))
+        elif history:
+            row.append(float(history[-1]["accuracy"]))
+        else:
+            row.append(float((document or {}).get("accuracy") or 0.0))
+    return row
+
+
+def _report(
+    documents: Sequence[dict[str, Any] | None], rounds: int, progress: Progress | None
+) -> None:
     if progress is None:
         return
-    accuracies = [d["accuracy"] for d in documents if d and d["accuracy"] is not None]
+    done = min(min(_rounds_done(documents)), rounds)
     progress(
-        min(_rounds_done(documents)),
-        float(np.mean(accuracies)) if accuracies else 0.0,
+        done,
+        float(np.mean(_accuracies_after(documents, done))),
         float(np.mean([_bytes_sent(d) for d in documents])),
     )
 
@@ -318,23 +343,12 @@ def _report(documents: Sequence[dict[str, Any] | None], progress: Progress | Non
 def _result_from_documents(
     documents: Sequence[dict[str, Any] | None], rounds: int, wall_s: float
 ) -> MethodResult:
-    """Each peer's accuracy after each of its first ``rounds`` rounds, from its status
-    history (a peer short of rounds keeps its last accuracy; counted in ``extra``)."""
-    accuracy_per_round = []
+    """Each peer's accuracy after each of its first ``rounds`` rounds (see
+    _accuracies_after; a peer short of rounds is counted in ``extra``)."""
     histories = [(d or {}).get("rounds", {}).get("history", []) for d in documents]
-    for r in range(rounds):
-        row = []
-        for document, history in zip(documents, histories, strict=True):
-            if r < len(history):
-                row.append(float(history[r]["accuracy"]))
-            elif history:
-                row.append(float(history[-1]["accuracy"]))
-            else:
-                row.append(float((document or {}).get("accuracy") or 0.0))
-        accuracy_per_round.append(row)
     return MethodResult(
         "gossiplearn",
-        accuracy_per_round,
+        [_accuracies_after(documents, r) for r in range(1, rounds + 1)],
         bytes_per_peer=float(np.mean([_bytes_sent(d) for d in documents])),
         wall_s=wall_s,
         extra={"peers_short_of_rounds": sum(len(h) < rounds for h in histories)},
@@ -380,9 +394,9 @@ def run_process(
                         f"peer {i} exited early (code {processes[i].returncode}); "
                         f"see {dirs[i] / 'stdout.log'}"
                     )
-            _report(documents, progress)
             if min(_rounds_done(documents)) >= config.rounds:
                 break
+            _report(documents, config.rounds, progress)
             time.sleep(1.0)
     finally:
         _stop_all(processes)
@@ -431,7 +445,7 @@ def run_inproc(
                     for i, peer in enumerate(peers):
                         if peer.ready:
                             documents[i] = peer.status_document()
-                    _report(documents, progress)
+                    _report(documents, config.rounds, progress)
                     if min(_rounds_done(documents)) >= config.rounds:
                         break
             stop.set()
