@@ -11,7 +11,8 @@ libp2p, ``inproc`` as daemons in one process.
 One JSON line per peer count, with each method's mean / p10 / min accuracy after each of the
 ``--rounds`` checkpoints, and the targets:
 
-- ``modes``: process mode within 2 points of memory mode (mean, at each checkpoint);
+- ``process_minus_memory_points``: process mode's mean minus memory mode's, in points, at
+  each checkpoint (target: within 2);
 - ``vs_fedper``: mean >= FedPer - 0.5 point, worst peer >= the worst of local-only and FedPer
   - 1 point (``make sim``'s looser target: mean and worst >= local-only and >= FedPer - 2);
 - ``poison`` (``--poison zero|lever``): peer 0 poisons (an all-zero backbone, plausible, or a
@@ -139,26 +140,30 @@ def main() -> None:
         }
         targets: dict[str, Any] = {}
         if "gossiplearn_process" in results and "gossiplearn_memory" in results:
-            targets["process_within_2_points_of_memory"] = {
-                r: abs(
-                    figures["gossiplearn_process"][r]["mean"]
-                    - figures["gossiplearn_memory"][r]["mean"]
+            targets["process_minus_memory_points"] = {
+                r: round(
+                    100
+                    * (
+                        figures["gossiplearn_process"][r]["mean"]
+                        - figures["gossiplearn_memory"][r]["mean"]
+                    ),
+                    2,
                 )
-                <= 0.02
                 for r in checkpoints
             }
-        local, fedper = figures["local"][rounds], figures["fedper"][rounds]
         for name in (n for n in results if n.startswith("gossiplearn")):
-            ours = figures[name][rounds]
-            targets[name] = {
-                "mean_vs_fedper_minus_0.5": ours["mean"] >= fedper["mean"] - 0.005,
-                "worst_vs_min_worst_minus_1": ours["min"]
-                >= min(local["min"], fedper["min"]) - 0.01,
-                "sim_target": ours["mean"] >= local["mean"]
-                and ours["min"] >= local["min"]
-                and ours["mean"] >= fedper["mean"] - 0.02
-                and ours["min"] >= fedper["min"] - 0.02,
-            }
+            targets[name] = {}
+            for r in checkpoints:
+                ours, local, fedper = (figures[m][r] for m in (name, "local", "fedper"))
+                targets[name][r] = {
+                    "mean_vs_fedper_minus_0.5": ours["mean"] >= fedper["mean"] - 0.005,
+                    "worst_vs_min_worst_minus_1": ours["min"]
+                    >= min(local["min"], fedper["min"]) - 0.01,
+                    "sim_target": ours["mean"] >= local["mean"]
+                    and ours["min"] >= local["min"]
+                    and ours["mean"] >= fedper["mean"] - 0.02
+                    and ours["min"] >= fedper["min"] - 0.02,
+                }
             if args.poison:
                 gaps = np.asarray(results[name].final)[1:] - np.asarray(results["local"].final)[1:]
                 targets[name]["honest_worst_gap_to_local"] = round(float(gaps.min()), 4)
