@@ -95,6 +95,7 @@ def main() -> None:
     parser.add_argument("--no-acceptance", action="store_true")
     parser.add_argument("--overlap", action="store_true", help="process/inproc: training.overlap")
     parser.add_argument("--poison", choices=("zero", "lever"))
+    parser.add_argument("--local-reference", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     checkpoints = [int(r) for r in args.rounds.split(",")]
@@ -118,6 +119,7 @@ def main() -> None:
             acceptance=not args.no_acceptance,
             interval_s=0.5,
             overlap=args.overlap,
+            local_reference=args.local_reference,
         ).validate()
         started = time.perf_counter()
         shards = load_all_shards(
@@ -180,6 +182,7 @@ def main() -> None:
                     "max_weight": base.max_weight,
                     "acceptance": base.acceptance,
                     "overlap": args.overlap,
+                    "local_reference": args.local_reference,
                     "poison": args.poison,
                     "accuracy": figures,
                     "extra": {name: r.extra for name, r in results.items()},

@@ -106,6 +106,7 @@ class TrainingSection:
     acceptance: bool = True
     acceptance_tolerance: float = 0.02
     acceptance_metric: str = "error"
+    local_reference: bool = False
     overlap: bool = False
 
     def to_train_config(self) -> TrainConfig:
@@ -350,6 +351,9 @@ _DOCS: dict[str, str] = {
     "anything within two standard errors: a small validation set cannot tell more).",
     "training.acceptance_metric": '"error" (the 0-1 loss: misclassified or not) or\n'
     '"cross_entropy": the validation loss the acceptance compares.',
+    "training.local_reference": "Also train a local-only copy of the model (never averaged) and\n"
+    "fall back to it whenever it does better on validation: the peer never keeps a model\n"
+    "worse than training alone, even if averages poison it gradually (twice the training).",
     "training.overlap": "Train the next budget while a round runs (the round's change is applied\n"
     "on top). Off: the peer waits for its round, as the simulation's memory mode does.",
     "status": "The local status endpoint: GET /status (JSON) and /metrics (Prometheus).",

@@ -19,6 +19,7 @@ another peer id) is logged once per cause and listed under ``waiting`` in the st
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import logging
@@ -213,13 +214,30 @@ class Peer:
         trainer = Trainer(
             self.model, data.train, data.validation, cfg.training.to_train_config(), data.test
         )
+        reference = None
+        if cfg.training.local_reference:
+            # Restarts from the checkpointed model: what the peer alone would do from here.
+            alone = SplitModel(
+                copy.deepcopy(self.model.module),
+                head_prefixes=cfg.model.head_prefixes or None,
+                share_batchnorm_stats=cfg.model.share_batchnorm_stats,
+            )
+            reference = Trainer(
+                alone, data.train, data.validation, cfg.training.to_train_config(), data.test
+            )
         self.learner = Learner(
-            self.model, trainer, cfg.training.to_acceptance_config(), mix=cfg.round.mix
+            self.model,
+            trainer,
+            cfg.training.to_acceptance_config(),
+            mix=cfg.round.mix,
+            reference=reference,
         )
         self.training_samples = trainer.num_train_samples
         self.validation_samples = len(data.validation)  # type: ignore[arg-type]
         self.test_samples = len(data.test) if data.separate_test else 0  # type: ignore[arg-type]
         loaded = load_checkpoint(self.directory / CHECKPOINT_DIR, self.model)
+        if self.learner.reference is not None and loaded is not None:
+            self.learner.reference.model.module.load_state_dict(self.model.module.state_dict())
         if loaded is not None:
             self.resumed_from = {
                 "rounds_completed": loaded.rounds_completed,
@@ -777,6 +795,7 @@ class Peer:
             "learning": {
                 "averages_applied": self.learner.accepted,
                 "averages_refused": self.learner.refused,
+                "fell_back_to_local": self.learner.fell_back,
                 "acceptance": self.config.training.acceptance,
                 "tolerance": self.config.training.acceptance_tolerance,
             },

@@ -83,19 +83,30 @@ class Learner:
         trainer: Trainer,
         acceptance: AcceptanceConfig = AcceptanceConfig(),
         mix: float = 1.0,
+        reference: Trainer | None = None,
     ) -> None:
+        """``reference``: the trainer of a second model, started from the same weights, that
+        trains the same budget but never takes in an average: what this peer would have
+        alone. After every round, if it does better on validation than the peer's own model,
+        the peer falls back to it (a copy), so it never keeps a model validation says is worse
+        than training alone, whatever the averages did to it, however gradually (twice the
+        training work)."""
         if not 0 < mix <= 1:
             raise ValueError("mix must be in (0, 1]")
         self.model = model
         self.trainer = trainer
         self.acceptance = acceptance
         self.mix = mix
+        self.reference = reference
         self.accepted = 0
         self.refused = 0
+        self.fell_back = 0
 
     def train_round(self) -> np.ndarray:
         """One round's local budget; returns the backbone to contribute (a float32 copy)."""
         self.trainer.train_local()
+        if self.reference is not None:
+            self.reference.train_local()
         return self.model.get_backbone()
 
     def apply(self, average: np.ndarray, contribution: np.ndarray) -> Applied:
@@ -119,6 +130,11 @@ class Learner:
         else:
             self._restore(saved)
             self.refused += 1
+        if self.reference is not None:
+            alone = self.reference.validation_losses(metric)
+            if self.trainer.validation_losses(metric).mean() > alone.mean():
+                self._restore(self.reference.model.module.state_dict())
+                self.fell_back += 1
         return Applied(accepted, own_loss, new_loss, self.trainer.evaluate())
 
     def _hurts(self, own: np.ndarray, new: np.ndarray) -> bool:

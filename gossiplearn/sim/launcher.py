@@ -70,6 +70,9 @@ class SimConfig:
     interval_s: float = 1.0
     #: process/inproc: train the next budget while a round runs (training.overlap)
     overlap: bool = False
+    #: each gossiplearn peer also trains a local-only reference and falls back to it when it
+    #: is significantly better on validation (training.local_reference)
+    local_reference: bool = False
     #: the network-wide weight cap (round.max_weight): 1, equal weights; above, each peer
     #: weighs its training samples, capped there
     max_weight: int = 1
@@ -162,7 +165,11 @@ def run_memory(
     for data in shards:
         model = SplitModel(copy.deepcopy(initial))
         trainer = Trainer(model, data.train, data.validation, train_config(config), data.test)
-        learners.append(Learner(model, trainer, acceptance_config(config)))
+        reference = None
+        if config.local_reference:
+            alone = SplitModel(copy.deepcopy(initial))
+            reference = Trainer(alone, data.train, data.validation, train_config(config))
+        learners.append(Learner(model, trainer, acceptance_config(config), reference=reference))
     net = MemoryNetwork(seed=config.seed, latency_ms=2.0, jitter_ms=2.0)
     round_config = RoundConfig(
         max_group_size=config.group_size, max_weight=config.max_weight, round_timeout_ms=600_000
@@ -211,7 +218,11 @@ def run_memory(
         accuracy_per_round,
         bytes_per_peer=float(np.mean([net.bytes_sent[n.public_key] for n in nodes])),
         wall_s=time.perf_counter() - started,
-        extra={"rounds_aborted": aborted, "averages_refused": refused},
+        extra={
+            "rounds_aborted": aborted,
+            "averages_refused": refused,
+            "fell_back_to_local": sum(learner.fell_back for learner in learners),
+        },
     )
 
 
@@ -284,6 +295,7 @@ def prepare_peers(out_dir: Path, config: SimConfig) -> list[Path]:
         training.acceptance_tolerance = config.acceptance_tolerance
         training.acceptance_metric = config.acceptance_metric
         training.overlap = config.overlap
+        training.local_reference = config.local_reference
         peer_config.status.port = free_port()
         save_config(directory, peer_config)
         dirs.append(directory)

@@ -34,9 +34,8 @@ def learner(
     model = SplitModel(mlp(64, (32,), 10))
     data = peer_data(digits(shard, "iid", seed=0, validation=0.1))
     config = TrainConfig(steps_per_round=steps, batch_size=16)
-    return Learner(
-        model, Trainer(model, data.train, data.validation, config, data.test), acceptance
-    )
+    trainer = Trainer(model, data.train, data.validation, config, data.test)
+    return Learner(model, trainer, acceptance or AcceptanceConfig())
 
 
 def counting_steps(peer: Learner) -> list[int]:
@@ -103,6 +102,25 @@ def test_an_average_that_hurts_is_refused_counted_and_leaves_the_model_as_it_was
     # An average that does not hurt is applied and counted.
     applied = peer.apply(contribution.copy(), contribution)
     assert applied.accepted and (peer.accepted, peer.refused) == (1, 1)
+
+
+def test_a_local_reference_takes_over_when_it_does_better() -> None:
+    # With a local-only reference, an average applied that makes the peer worse than the
+    # reference on validation is undone: the peer falls back to what it would have alone.
+    peer = learner(AcceptanceConfig(enabled=False), steps=60)
+    alone = SplitModel(mlp(64, (32,), 10))
+    alone.module.load_state_dict(peer.model.module.state_dict())
+    trainer = peer.trainer
+    peer.reference = Trainer(alone, trainer.train_data, trainer.val_data, trainer.config)
+    for _ in range(3):
+        contribution = peer.train_round()
+    peer.apply(np.zeros_like(contribution), contribution)
+    assert peer.fell_back == 1
+    assert peer.model.model_digest() == alone.model_digest()
+    # An average that helps no less than the reference is kept.
+    contribution = peer.train_round()
+    peer.apply(contribution.copy(), contribution)
+    assert peer.fell_back == 1
 
 
 def test_without_acceptance_a_harmful_average_is_applied() -> None:
