@@ -1,6 +1,6 @@
 """Hostile peers against live peer daemons, one scenario each, every one measured.
 
-Real :class:`~gossiplearn.peer.daemon.Peer` daemons run in one trio process (``Peer.run(stop)``),
+Real :class:`~gossiplearn.peer.daemon.Daemon` daemons run in one trio process (``Daemon.run(stop)``),
 from directories made by ``prepare_peers``, on 127.0.0.1; the attackers are libp2p hosts in
 the same process, talking to them over real streams. The fuzzer's helpers (benchmarks/
 fuzz_bench.py: the victim's run task, forging envelopes, liveness checks) are reused.
@@ -85,7 +85,7 @@ import trio
 
 from gossiplearn.crypto.identity import Identity, load_key_file, public_key_from_peer_id
 from gossiplearn.peer.config import IDENTITY_FILE, load_config, save_config
-from gossiplearn.peer.daemon import Peer
+from gossiplearn.peer.daemon import Daemon
 from gossiplearn.peer.host import (
     FAILED_ADMISSIONS_PER_MINUTE,
     MAX_STREAMS_PER_PEER,
@@ -196,7 +196,7 @@ class Tap:
     """Watches a daemon's round machine: every frame it is given, and whether it was accepted
     (its actions hold no MessageRefused: it went past every check into the round logic)."""
 
-    peer: Peer
+    peer: Daemon
     keep: bool = False  # keep accepted frames and who sent them
     frames: int = 0
     accepted: int = 0
@@ -226,7 +226,7 @@ class Tap:
             del self.peer.node.receive  # type: ignore[method-assign]
 
 
-def round_counts(peer: Peer) -> tuple[int, int, int]:
+def round_counts(peer: Daemon) -> tuple[int, int, int]:
     rounds = peer.rounds
     return rounds.completed, rounds.aborted, rounds.cancelled
 
@@ -311,7 +311,7 @@ async def solo_victim(work_dir: Path, seed: int = 0) -> AsyncIterator[Solo]:
             yield Solo(victim, host, forge, accomplice)
 
 
-def victim_snapshot(peer: Peer) -> dict[str, Any]:
+def victim_snapshot(peer: Daemon) -> dict[str, Any]:
     """What an attack must leave unchanged."""
     return {
         "neighbours": sorted(n.peer_id for n in peer.table.all()),
@@ -732,7 +732,7 @@ def prepare_flood(work_dir: Path) -> tuple[list[Path], Path]:
     return honest, attacker
 
 
-def yamux_buffered(peer: Peer, other: Identity) -> int:
+def yamux_buffered(peer: Daemon, other: Identity) -> int:
     """Bytes the peer's yamux holds unread in its streams from ``other``."""
     from libp2p.peer.id import ID
 
@@ -864,7 +864,7 @@ async def flood_scenario(
 # ---- a stranger flooding handshakes -------------------------------------------------------
 
 
-def inbound_slots_free(peer: Peer) -> int | None:
+def inbound_slots_free(peer: Daemon) -> int | None:
     """py-libp2p's free inbound connection slots at the peer (250 when idle)."""
     limiter = getattr(peer.host.libp2p.get_network(), "_inbound_limiter", None)
     return None if limiter is None else int(limiter.available_tokens)

@@ -118,10 +118,10 @@ def run(
 
     import trio
 
-    from gossiplearn.peer.daemon import Peer
+    from gossiplearn.peer.daemon import Daemon
 
     try:
-        peer = Peer(directory, config)
+        peer = Daemon(directory, config)
         trio.run(peer.run)
     except BaseException as error:  # noqa: BLE001 - every failure ends as one line
         if _interrupted(error):

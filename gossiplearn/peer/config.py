@@ -108,6 +108,9 @@ class TrainingSection:
     acceptance_metric: str = "error"
     local_reference: bool = False
     overlap: bool = False
+    device: str = "cpu"
+    trainer: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
 
     def to_train_config(self) -> TrainConfig:
         from gossiplearn.peer.trainer import TrainConfig  # torch: only where training runs
@@ -120,6 +123,7 @@ class TrainingSection:
             momentum=self.momentum,
             head_epochs=self.head_epochs,
             seed=self.seed,
+            device=self.device,
         )
 
     def to_acceptance_config(self) -> AcceptanceConfig:
@@ -214,10 +218,10 @@ class PeerConfig:
                 f"training.steps_per_round must be >= 0 (0: whole epochs), got "
                 f"{training.steps_per_round}"
             )
-        if training.acceptance_metric not in ("error", "cross_entropy"):
+        if not training.acceptance_metric.isidentifier():
             raise ConfigError(
-                f'training.acceptance_metric must be "error" or "cross_entropy", got '
-                f"{training.acceptance_metric!r}"
+                "training.acceptance_metric must name a metric of the trainer's evaluate() "
+                f'(the built-in one: "error", "loss"), got {training.acceptance_metric!r}'
             )
         if not training.acceptance_tolerance >= 0:
             raise ConfigError(
@@ -349,11 +353,17 @@ _DOCS: dict[str, str] = {
     "acceptance_tolerance; otherwise keep its own model and count the refusal.",
     "training.acceptance_tolerance": "Relative: 0.02 accepts an average up to 2% worse (and\n"
     "anything within two standard errors: a small validation set cannot tell more).",
-    "training.acceptance_metric": '"error" (the 0-1 loss: misclassified or not) or\n'
-    '"cross_entropy": the validation loss the acceptance compares.',
+    "training.acceptance_metric": "The validation metric the acceptance compares, lower is better: a\n"
+    'key of the trainer\'s evaluate(). Built-in trainer: "error" (the 0-1 loss) or "loss"\n'
+    "(cross-entropy).",
     "training.local_reference": "Also train a local-only copy of the model (never averaged) and\n"
     "fall back to it whenever it does better on validation: the peer never keeps a model\n"
     "worse than training alone, even if averages poison it gradually (twice the training).",
+    "training.device": '"cpu", "cuda", "cuda:N", "mps" or "auto" (CUDA when available).',
+    "training.trainer": '"module:Class" of your own trainer (see TrainerProtocol: train_round,\n'
+    'finetune_head, evaluate), built as Class(model, data, config, **options). "": the built-in\n'
+    "one (SGD, cross-entropy, accuracy).",
+    "training.options": "Keyword arguments for training.trainer.",
     "training.overlap": "Train the next budget while a round runs (the round's change is applied\n"
     "on top). Off: the peer waits for its round, as the simulation's memory mode does.",
     "status": "The local status endpoint: GET /status (JSON) and /metrics (Prometheus).",

@@ -62,6 +62,10 @@ class ModelFactoryError(DataLoaderError):
     """``model.factory`` cannot be resolved, or calling it with ``model.options`` failed."""
 
 
+class TrainerError(DataLoaderError):
+    """``training.trainer`` cannot be resolved, built, or does not act as a trainer."""
+
+
 def resolve(
     spec: str, what: str = "data loader", error: type[DataLoaderError] = DataLoaderError
 ) -> Callable[..., Any]:

@@ -30,21 +30,22 @@ import numpy as np
 import torch
 
 from gossiplearn.peer.model import SplitModel
-from gossiplearn.peer.trainer import Trainer
+from gossiplearn.peer.trainer import TrainerProtocol
 
 #: An average is refused only if it is worse by more than this many standard errors of the
 #: mean paired difference of per-sample validation losses: a validation set of a few dozen
 #: samples cannot tell small differences from noise, and refusing on noise keeps a peer from
 #: the averages it needs.
 SIGNIFICANCE = 2.0
-#: What "validation loss" means for the decision. "error" (the 0-1 loss: misclassified or
-#: not) is the default for the built-in classifier: right after an average, the head
-#: fine-tune leaves the model less confident, so its cross-entropy is higher even where it
-#: classifies as well. Measured on digits (4 peers, Dirichlet 0.3, 5 rounds, 3 seeds, memory
-#: mode): deciding on cross-entropy refused 8 to 11 of 20 averages and left the worst peer
-#: 2 to 4 points below always accepting; deciding on the error refused 1 or 2 and lost
-#: nothing. "cross_entropy" remains selectable.
-METRICS = ("error", "cross_entropy")
+#: What "validation loss" means for the decision: a metric the trainer's evaluate() returns,
+#: lower is better. "error" (the 0-1 loss: misclassified or not) is the default for the
+#: built-in classifier: right after an average, the head fine-tune leaves the model less
+#: confident, so its cross-entropy is higher even where it classifies as well. Measured on
+#: digits (4 peers, Dirichlet 0.3, 5 rounds, 3 seeds, memory mode): deciding on cross-entropy
+#: refused 8 to 11 of 20 averages and left the worst peer 2 to 4 points below always
+#: accepting; deciding on the error refused 1 or 2 and lost nothing. A user trainer names its
+#: own (e.g. "mse").
+DEFAULT_METRIC = "error"
 
 
 @dataclass(frozen=True)
@@ -55,13 +56,13 @@ class AcceptanceConfig:
 
     enabled: bool = True
     tolerance: float = 0.02
-    metric: str = "error"
+    metric: str = DEFAULT_METRIC
 
     def __post_init__(self) -> None:
         if not self.tolerance >= 0:
             raise ValueError("the acceptance tolerance must be >= 0")
-        if self.metric not in METRICS:
-            raise ValueError(f"the acceptance metric must be one of {METRICS}")
+        if not self.metric or not self.metric.isidentifier():
+            raise ValueError(f"the acceptance metric must be a metric name, got {self.metric!r}")
 
 
 @dataclass(frozen=True)
@@ -80,12 +81,12 @@ class Learner:
     def __init__(
         self,
         model: SplitModel,
-        trainer: Trainer,
+        trainer: TrainerProtocol,
         acceptance: AcceptanceConfig = AcceptanceConfig(),
         mix: float = 1.0,
-        reference: Trainer | None = None,
+        reference: tuple[SplitModel, TrainerProtocol] | None = None,
     ) -> None:
-        """``reference``: the trainer of a second model, started from the same weights, that
+        """``reference``: a second model and its trainer, started from the same weights, that
         trains the same budget but never takes in an average: what this peer would have
         alone. After every round, if it does better on validation than the peer's own model,
         the peer falls back to it (a copy), so it never keeps a model validation says is worse
@@ -104,9 +105,9 @@ class Learner:
 
     def train_round(self) -> np.ndarray:
         """One round's local budget; returns the backbone to contribute (a float32 copy)."""
-        self.trainer.train_local()
+        self.trainer.train_round()
         if self.reference is not None:
-            self.reference.train_local()
+            self.reference[1].train_round()
         return self.model.get_backbone()
 
     def apply(self, average: np.ndarray, contribution: np.ndarray) -> Applied:
@@ -114,16 +115,15 @@ class Learner:
         ``contribution``); keep it only if it does not hurt (see AcceptanceConfig)."""
         if average.shape != contribution.shape:
             raise ValueError("the average and the contribution differ in length")
-        metric = self.acceptance.metric
-        own = self.trainer.validation_losses(metric)
+        own = self._validation(self.trainer)
         saved = self._snapshot()
         current = self.model.get_backbone()
         # The round's change, on top of whatever this peer learned since it contributed.
         target = current + (np.asarray(average, np.float32) - contribution)
         self.model.set_backbone(target, mix=self.mix)
         self.trainer.finetune_head()
-        new = self.trainer.validation_losses(metric)
-        own_loss, new_loss = float(own.mean()), float(new.mean())
+        new = self._validation(self.trainer)
+        own_loss, new_loss = float(np.mean(own)), float(np.mean(new))
         accepted = not (self.acceptance.enabled and self._hurts(own, new))
         if accepted:
             self.accepted += 1
@@ -131,14 +131,33 @@ class Learner:
             self._restore(saved)
             self.refused += 1
         if self.reference is not None:
-            alone = self.reference.validation_losses(metric)
-            if self.trainer.validation_losses(metric).mean() > alone.mean():
-                self._restore(self.reference.model.module.state_dict())
+            alone_model, alone = self.reference
+            if np.mean(self._validation(self.trainer)) > np.mean(self._validation(alone)):
+                self._restore(alone_model.module.state_dict())
                 self.fell_back += 1
         return Applied(accepted, own_loss, new_loss, self.trainer.evaluate())
 
+    def _validation(self, trainer: TrainerProtocol) -> np.ndarray:
+        """The acceptance metric on the validation data: per sample if the trainer can say
+        (``losses``), else the one figure of ``evaluate``."""
+        metric = self.acceptance.metric
+        per_sample = getattr(trainer, "losses", None)
+        if per_sample is not None:
+            try:
+                return np.asarray(per_sample("validation", metric), dtype=np.float64)
+            except KeyError:
+                pass  # a metric it has no per-sample form of
+        metrics = trainer.evaluate("validation")
+        if metric not in metrics:
+            raise KeyError(
+                f"training.acceptance_metric = {metric!r}, but the trainer's evaluate() returns "
+                f"{sorted(metrics)}: name one of those (lower is better)"
+            )
+        return np.asarray([metrics[metric]], dtype=np.float64)
+
     def _hurts(self, own: np.ndarray, new: np.ndarray) -> bool:
-        """The average is worse by more than the tolerance, and that is not noise."""
+        """The average is worse by more than the tolerance, and that is not noise (when the
+        figures are per sample; a single figure is taken as it is)."""
         difference = new - own
         worse = float(difference.mean())
         if not np.isfinite(worse):
@@ -148,8 +167,8 @@ class Learner:
         return worse > margin and worse > SIGNIFICANCE * noise
 
     def evaluate(self) -> dict[str, float]:
-        """The reported figures: accuracy and loss on the test data."""
-        return self.trainer.evaluate()
+        """The reported figures: the trainer's metrics on the test data."""
+        return dict(self.trainer.evaluate("test"))
 
     def _snapshot(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.model.module.state_dict().items()}

@@ -164,7 +164,7 @@ def remote_view(document: dict[str, Any], requester: str) -> dict[str, Any]:
             "in_progress": rounds["in_progress"],
             "with_you": [e for e in rounds["history"] if requester in e.get("members", ())],
         },
-        "model_digest": document["model_digest"],
+        "model_digest": document.get("model_digest"),
     }
 
 

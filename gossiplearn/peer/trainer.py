@@ -1,8 +1,13 @@
-"""Local training of a :class:`SplitModel` on the peer's own data.
+"""Local training of a :class:`SplitModel` on the peer's own data: the trainer protocol, and
+the built-in trainer (plain SGD, cross-entropy, argmax accuracy on ``(input, label)`` samples).
 
-Three steps: train everything for one round's budget (before sharing the backbone), fine-tune
-only the head (after an averaging round replaced the backbone), and evaluate: the loss on the
-validation data (whether an average helps) and the accuracy on the test data (reported).
+A trainer does three things a peer needs around its rounds (:class:`TrainerProtocol`): train
+everything for one round's budget (before sharing the backbone), fine-tune only the head
+(after an average replaced the backbone), and evaluate on its validation data (whether an
+average helps) and its test data (reported). ``training.trainer = "module:Class"`` replaces the
+built-in one with any class that does these (a regression, multi-label or sequence loss, a
+different optimizer, another batch source): it is built as
+``Class(model, data, config, **training.options)``.
 
 Deterministic by construction: each epoch's shuffle comes from a fresh ``torch.Generator``
 seeded from ``(config.seed, epoch counter)``, and a fresh optimizer is made per call (momentum
@@ -15,20 +20,123 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset, default_collate
 
+from gossiplearn.peer.data import PeerData, TrainerError, resolve
 from gossiplearn.peer.model import SplitModel
 
 # Evaluation needs no gradients, so it can afford bigger batches than training.
 _MIN_EVAL_BATCH = 256
+SPLITS = ("validation", "test")
+
+
+@runtime_checkable
+class TrainerProtocol(Protocol):
+    """What gossiplearn asks of a trainer (``training.trainer = "module:Class"``).
+
+    It is constructed as ``Class(model, data, config, **options)`` with the peer's
+    :class:`~gossiplearn.peer.model.SplitModel`, its :class:`~gossiplearn.peer.data.PeerData`
+    (train, validation, test) and the :class:`TrainConfig`; it owns the device, optimizer,
+    loss and batches. Every method runs in a worker thread and returns plain floats.
+    """
+
+    #: The number of training samples (the averaging weight when weighting is on, capped).
+    num_train_samples: int
+
+    def train_round(self) -> dict[str, float]:
+        """Train all parameters for one round's local budget (e.g. config.steps_per_round
+        batches or config.epochs epochs)."""
+        ...
+
+    def finetune_head(self) -> dict[str, float]:
+        """Train only the head on top of a backbone that was just replaced."""
+        ...
+
+    def evaluate(self, split: str = "test") -> dict[str, float]:
+        """Metrics on ``split`` ("validation" or "test"). The one ``training.acceptance_metric``
+        names must be there, lower is better (a loss or an error rate); the simulation reports
+        "accuracy"."""
+        ...
+
+
+def make_trainer(
+    spec: str,
+    model: SplitModel,
+    data: PeerData,
+    config: TrainConfig,
+    options: Mapping[str, Any] | None = None,
+) -> TrainerProtocol:
+    """The trainer ``training.trainer`` names (``spec``, "module:Class"), built as
+    ``Class(model, data, config, **options)``; the built-in :class:`Trainer` when ``spec`` is
+    empty. Raises TrainerError (one line, naming the key) if it cannot be had."""
+    if not spec:
+        if options:
+            raise TrainerError("training.options are for training.trainer, which is not set")
+        return Trainer(model, data.train, data.validation, config, data.test)
+    factory = resolve(spec, "training.trainer", TrainerError)
+    try:
+        trainer = factory(model, data, config, **(options or {}))
+    except Exception as exc:
+        raise TrainerError(
+            f"training.trainer {spec!r} failed to build with training.options "
+            f"{dict(options or {})}: {type(exc).__name__}: {exc}"
+        ) from exc
+    missing = [
+        name
+        for name in ("train_round", "finetune_head", "evaluate")
+        if not callable(getattr(trainer, name, None))
+    ]
+    if missing:
+        raise TrainerError(
+            f"training.trainer {spec!r}: {type(trainer).__name__} has no {', '.join(missing)} "
+            "(a trainer needs train_round, finetune_head and evaluate; see TrainerProtocol)"
+        )
+    if not isinstance(getattr(trainer, "num_train_samples", None), int):
+        trainer.num_train_samples = len(data.train)  # type: ignore[arg-type]
+    return trainer
+
+
+class DeviceUnavailable(ValueError):
+    """``training.device`` names a device this machine does not have."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``training.device``: "cpu", "cuda", "cuda:N", "mps", or "auto" (CUDA if available)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise DeviceUnavailable(
+            f"training.device = {name!r} is not a torch device: {exc}"
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceUnavailable(
+                f"training.device = {name!r}, but torch sees no CUDA device here (a CPU build, "
+                'or no driver): set training.device = "cpu" or "auto"'
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceUnavailable(
+                f"training.device = {name!r}, but there are {torch.cuda.device_count()} CUDA "
+                'device(s): pick one that exists, or "auto"'
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceUnavailable(
+            f'training.device = {name!r}, but MPS is not available here: use "cpu" or "auto"'
+        )
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise DeviceUnavailable(f'training.device = {name!r}: use "cpu", "cuda[:N]" or "auto"')
+    return device
 
 
 @dataclass(frozen=True)
@@ -47,6 +155,7 @@ class TrainConfig:
     momentum: float = 0.9
     head_epochs: int = 1
     seed: int = 0
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.head_epochs < 0 or self.steps_per_round < 0:
@@ -83,7 +192,8 @@ def _frozen(parameters: Sequence[torch.nn.Parameter]) -> Iterator[None]:
 
 
 class Trainer:
-    """Trains and evaluates one peer's :class:`SplitModel` on its own data."""
+    """The built-in trainer: SGD with momentum, cross-entropy, argmax accuracy, for
+    ``(input, long label)`` samples. Implements :class:`TrainerProtocol`."""
 
     def __init__(
         self,
@@ -93,8 +203,10 @@ class Trainer:
         config: TrainConfig = TrainConfig(),
         test_data: Dataset | None = None,
     ) -> None:
-        """``val_data`` decides whether an average helps (:meth:`validation_loss`);
-        ``test_data`` (default: ``val_data``) is what :meth:`evaluate` reports on."""
+        """``val_data`` decides whether an average helps (:meth:`losses`); ``test_data``
+        (default: ``val_data``) is what :meth:`evaluate` reports on. The model moves to
+        ``config.device``."""
+        model.module.to(resolve_device(config.device))
         self.model = model
         self.train_data = train_data
         self.val_data = val_data
@@ -144,6 +256,9 @@ class Trainer:
         for _ in range(epochs):
             yield from self._shuffled_batches()
 
+    def train_round(self) -> dict[str, float]:
+        return self.train_local()
+
     def train_local(self) -> dict[str, float]:
         """Train all parameters (backbone and head) for one round's budget:
         ``config.steps_per_round`` mini-batches if set, else ``config.epochs`` epochs."""
@@ -175,27 +290,32 @@ class Trainer:
         with _frozen(self.model.backbone_parameters()):
             return self._fit(self.model.head_parameters(), self._epochs(self.config.head_epochs))
 
-    def evaluate(self) -> dict[str, float]:
-        """Accuracy and mean loss on the test data (the reported figures)."""
-        return self._measure(self.test_data)
-
-    def validation_losses(self, metric: str = "error") -> np.ndarray:
-        """Each validation sample's loss, by ``metric``: "error" (0 if classified right,
-        else 1) or "cross_entropy". What decides whether an average helps."""
-        losses, correct = self._per_sample(self.val_data)
-        if metric == "error":
-            return (~correct).astype(np.float64)
-        if metric == "cross_entropy":
-            return losses
-        raise ValueError(f"unknown validation metric {metric!r}")
-
-    def _measure(self, dataset: Dataset) -> dict[str, float]:
-        losses, correct = self._per_sample(dataset)
+    def evaluate(self, split: str = "test") -> dict[str, float]:
+        """Accuracy, error (1 - accuracy) and mean cross-entropy ("loss") on ``split``."""
+        losses, correct = self._per_sample(self._split(split))
         return {
             "accuracy": float(correct.mean()),
+            "error": float(1.0 - correct.mean()),
             "loss": float(losses.mean()),
+            "cross_entropy": float(losses.mean()),
             "samples": float(len(losses)),
         }
+
+    def losses(self, split: str, metric: str) -> np.ndarray:
+        """Each sample's ``metric`` on ``split``: "error" (0 if classified right, else 1) or
+        "loss"/"cross_entropy". Optional in the protocol: with it, personal acceptance can
+        tell harm from noise."""
+        losses, correct = self._per_sample(self._split(split))
+        if metric == "error":
+            return (~correct).astype(np.float64)
+        if metric in ("loss", "cross_entropy"):
+            return losses
+        raise KeyError(metric)
+
+    def _split(self, split: str) -> Dataset:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        return self.val_data if split == "validation" else self.test_data
 
     @torch.no_grad()
     def _per_sample(self, dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:

@@ -168,7 +168,7 @@ def run_memory(
         reference = None
         if config.local_reference:
             alone = SplitModel(copy.deepcopy(initial))
-            reference = Trainer(alone, data.train, data.validation, train_config(config))
+            reference = (alone, Trainer(alone, data.train, data.validation, train_config(config)))
         learners.append(Learner(model, trainer, acceptance_config(config), reference=reference))
     net = MemoryNetwork(seed=config.seed, latency_ms=2.0, jitter_ms=2.0)
     round_config = RoundConfig(
@@ -438,7 +438,7 @@ def run_inproc(
     done ``config.rounds`` rounds or on timeout."""
     import trio
 
-    from gossiplearn.peer.daemon import Peer
+    from gossiplearn.peer.daemon import Daemon
 
     started = time.perf_counter()
     dirs = prepare_peers(out_dir, config)
@@ -446,7 +446,7 @@ def run_inproc(
     documents: list[dict[str, Any] | None] = [None] * len(dirs)
 
     async def main() -> None:
-        peers = [Peer(d) for d in dirs]
+        peers = [Daemon(d) for d in dirs]
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
             for peer in peers:

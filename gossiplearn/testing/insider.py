@@ -5,7 +5,7 @@ An :class:`Insider` is a round machine whose outgoing frames pass through an
 insider's own key, as its own implementation of the wire format would) or adds frames. It
 also keeps every frame it received, so a test can reconstruct what the insider learned. It is
 a :class:`~gossiplearn.protocol.node.Node` for everything else, so the same insider runs on
-the in-memory network and inside a live daemon (``Peer(..., node_factory=...)``).
+the in-memory network and inside a live daemon (``Daemon(..., node_factory=...)``).
 
 The attacks, one per class of the red team's findings:
 

@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from gossiplearn.crypto.identity import peer_id_from_public_key
-from gossiplearn.peer.daemon import Peer
+from gossiplearn.peer.daemon import Daemon
 from gossiplearn.peer.proofs import EVIDENCE_DIR, ProofStore
 from gossiplearn.protocol.evidence import verify_proof
 from gossiplearn.testing.cluster import key_of, prepare, running
@@ -31,7 +31,7 @@ from gossiplearn.testing.insider import (
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
-def insider_of(peer: Peer) -> Insider:
+def insider_of(peer: Daemon) -> Insider:
     node = peer.node
     assert isinstance(node, Insider)
     return node
@@ -43,7 +43,7 @@ async def until(condition: object, timeout_s: float, what: str) -> None:
             await trio.sleep(0.05)
 
 
-def metric(peer: Peer, name: str) -> float:
+def metric(peer: Daemon, name: str) -> float:
     for line in peer._render_metrics().decode().splitlines():
         if line.startswith(name + " ") or line.startswith(name + "{"):
             return float(line.rsplit(" ", 1)[1])

@@ -111,7 +111,7 @@ def test_a_local_reference_takes_over_when_it_does_better() -> None:
     alone = SplitModel(mlp(64, (32,), 10))
     alone.module.load_state_dict(peer.model.module.state_dict())
     trainer = peer.trainer
-    peer.reference = Trainer(alone, trainer.train_data, trainer.val_data, trainer.config)
+    peer.reference = (alone, Trainer(alone, trainer.train_data, trainer.val_data, trainer.config))
     for _ in range(3):
         contribution = peer.train_round()
     peer.apply(np.zeros_like(contribution), contribution)
@@ -123,6 +123,13 @@ def test_a_local_reference_takes_over_when_it_does_better() -> None:
     assert peer.fell_back == 1
 
 
+def test_an_acceptance_metric_the_trainer_lacks_is_named_in_the_error() -> None:
+    peer = learner(AcceptanceConfig(metric="f1"))
+    contribution = peer.train_round()
+    with pytest.raises(KeyError, match="training.acceptance_metric = 'f1'.*'accuracy'"):
+        peer.apply(contribution.copy(), contribution)
+
+
 def test_without_acceptance_a_harmful_average_is_applied() -> None:
     peer = learner(AcceptanceConfig(enabled=False), steps=60)
     for _ in range(3):
@@ -132,7 +139,7 @@ def test_without_acceptance_a_harmful_average_is_applied() -> None:
     np.testing.assert_array_equal(peer.model.get_backbone(), np.zeros_like(contribution))
 
 
-@pytest.mark.parametrize(("metric", "tolerance"), [("cross_entropy", -0.1), ("hinge", 0.0)])
+@pytest.mark.parametrize(("metric", "tolerance"), [("loss", -0.1), ("", 0.0), ("f1 score", 0.0)])
 def test_acceptance_settings_are_checked(metric: str, tolerance: float) -> None:
     with pytest.raises(ValueError, match="acceptance"):
         AcceptanceConfig(metric=metric, tolerance=tolerance)
