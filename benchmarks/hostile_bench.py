@@ -72,7 +72,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -529,6 +529,16 @@ async def check_alive(solo: Solo) -> bool:
 # ---- three honest daemons: replayed, garbage -----------------------------------------------
 
 
+@asynccontextmanager
+async def paused(victims: Sequence[Any]) -> AsyncIterator[None]:
+    """Every victim's learning schedule held still (no training, applying, checkpointing)
+    inside the block."""
+    async with AsyncExitStack() as stack:
+        for v in victims:
+            await stack.enter_async_context(v.peer.builtin.paused())
+        yield
+
+
 async def run_round(initiator: Any, members: Sequence[Any]) -> dict[bytes, str]:
     """Have ``initiator`` invite ``members``; each one's outcome once all have ended it:
     "finished", "aborted:<reason>", "cancelled", or "none" (nothing within the timeout)."""
@@ -626,15 +636,17 @@ async def replayed_scenario(
 
     async def replay(plan: list[tuple[bytes, bytes]]) -> tuple[int, Counter[str], list[str]]:
         taps = [Tap(m.peer) for m in members]
-        before = [victim_snapshot(m.peer) for m in members]
         errors: Counter[str] = Counter()
-        try:
-            await send_batches(recorder.peer.host, plan, errors, ROUND_PROTOCOL)
-            await drain(lambda: sum(t.frames for t in taps), len(plan), inbox_busy(members))
-        finally:
-            for tap in taps:
-                tap.close()
-        after = [victim_snapshot(m.peer) for m in members]
+        # Held still: only the replayed frames could change the members' models.
+        async with paused(members):
+            before = [victim_snapshot(m.peer) for m in members]
+            try:
+                await send_batches(recorder.peer.host, plan, errors, ROUND_PROTOCOL)
+                await drain(lambda: sum(t.frames for t in taps), len(plan), inbox_busy(members))
+            finally:
+                for tap in taps:
+                    tap.close()
+            after = [victim_snapshot(m.peer) for m in members]
         refused: Counter[str] = Counter()
         for tap in taps:
             refused.update(tap.refused)
@@ -700,11 +712,14 @@ async def garbage_scenario(cluster: Sequence[Any], rounds: int) -> dict[str, Any
     for r in range(rounds):
         initiator = honest[r % len(honest)]
         others = [v for v in cluster if v is not initiator]
-        digests = {key_of(v): v.peer.model.backbone_digest() for v in honest}
-        result = await run_round(initiator, others)
-        for v in honest:
-            outcomes[result[key_of(v)]] += 1
-            backbone_changed += v.peer.model.backbone_digest() != digests[key_of(v)]
+        # The learning schedules are held still so that only the round could change a model
+        # (after an aborted round a peer trains its next budget).
+        async with paused(honest):
+            digests = {key_of(v): v.peer.model.backbone_digest() for v in honest}
+            result = await run_round(initiator, others)
+            for v in honest:
+                outcomes[result[key_of(v)]] += 1
+                backbone_changed += v.peer.model.backbone_digest() != digests[key_of(v)]
         hostile_outcomes[result[key_of(hostile)]] += 1
         per_round.append(sorted(result[key_of(v)] for v in honest))
     return {

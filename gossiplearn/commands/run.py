@@ -68,6 +68,7 @@ def _known_error(error: BaseException) -> BaseException | None:
     from gossiplearn.peer.data import DataLoaderError
     from gossiplearn.peer.dirlock import DirectoryLocked
     from gossiplearn.peer.model import SplitModelError
+    from gossiplearn.peer.trainer import DeviceUnavailable
 
     known = (
         ConfigError,
@@ -77,6 +78,7 @@ def _known_error(error: BaseException) -> BaseException | None:
         SplitModelError,
         StartError,
         DirectoryLocked,
+        DeviceUnavailable,
     )
     if isinstance(error, known):
         return error

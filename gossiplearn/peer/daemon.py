@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,14 @@ class BuiltinLearning:
     def schema_hash(self) -> bytes | None:
         return None if self.model is None else self.model.schema_hash
 
+    @asynccontextmanager
+    async def paused(self) -> AsyncIterator[None]:
+        """Hold the model still: no training, applying or checkpointing inside the block
+        (each waits for its end; one already running is waited for first). For tests that
+        compare the model before and after an attack while the schedule runs."""
+        async with self._lock:
+            yield
+
     # ---- set-up (CPU work, run in a thread) ----
 
     async def start(self, runtime: PeerRuntime) -> None:
@@ -69,44 +78,22 @@ class BuiltinLearning:
         await trio.to_thread.run_sync(self._load, runtime)
 
     def _load(self, runtime: PeerRuntime) -> None:
-        import torch
-
         from gossiplearn.peer.checkpoint import CheckpointMeta, load_checkpoint
-        from gossiplearn.peer.data import ModelFactoryError, load_datasets, resolve
-        from gossiplearn.peer.model import SplitModel
         from gossiplearn.peer.trainer import make_trainer
 
         cfg = runtime.config
-        torch.manual_seed(cfg.training.seed)
-        factory = resolve(cfg.model.factory, "model.factory", ModelFactoryError)
-        try:
-            module = factory(**cfg.model.options)
-        except Exception as exc:
-            raise ModelFactoryError(
-                f"model.factory {cfg.model.factory!r} failed with model.options "
-                f"{cfg.model.options}: {type(exc).__name__}: {exc}"
-            ) from exc
-
-        def split(module: Any) -> SplitModel:
-            return SplitModel(
-                module,
-                head_prefixes=cfg.model.head_prefixes or None,
-                share_batchnorm_stats=cfg.model.share_batchnorm_stats,
-            )
-
-        self.model = split(module)
-        data = load_datasets(cfg.data.loader, cfg.data.options)
+        self.model, data, trainer, first = load_learning(cfg)
         training = cfg.training
-        train_config = training.to_train_config()
-        trainer = make_trainer(training.trainer, self.model, data, train_config, training.options)
         loaded = load_checkpoint(runtime.directory / CHECKPOINT_DIR, self.model)
         reference = None
         if training.local_reference:
             # From the model as loaded: what this peer alone would do from here on.
-            alone = split(copy.deepcopy(self.model.module))
+            alone = _split(cfg, copy.deepcopy(self.model.module))
             reference = (
                 alone,
-                make_trainer(training.trainer, alone, data, train_config, training.options),
+                make_trainer(
+                    training.trainer, alone, data, training.to_train_config(), training.options
+                ),
             )
         self.learner = Learner(
             self.model,
@@ -116,21 +103,21 @@ class BuiltinLearning:
             reference=reference,
         )
         self.training_samples = trainer.num_train_samples
-        self.validation_samples = len(data.validation)  # type: ignore[arg-type]
-        self.test_samples = len(data.test) if data.separate_test else 0  # type: ignore[arg-type]
+        self.validation_samples = len(data.validation)
+        self.test_samples = len(data.test) if data.separate_test else 0
         if loaded is not None:
             self.resumed_from = {
                 "rounds_completed": loaded.rounds_completed,
                 "model_digest": loaded.model_digest,
                 "saved_at": loaded.saved_at,
             }
+            if "accuracy" not in loaded.metrics:
+                first = self.learner.evaluate()  # of the model as loaded
         meta = loaded or CheckpointMeta()
         runtime.rounds.completed = meta.rounds_completed
         runtime.rounds.aborted = meta.rounds_aborted
-        self.accuracy = meta.metrics.get("accuracy")
+        self.accuracy = meta.metrics.get("accuracy", first.get("accuracy"))
         self._refresh_digests()
-        if self.accuracy is None:
-            self.accuracy = self.learner.evaluate().get("accuracy")
         runtime.metrics.accuracy.set(self.accuracy or 0.0)
 
     def _refresh_digests(self) -> None:
@@ -194,21 +181,36 @@ class BuiltinLearning:
         weight = min(self.training_samples, cfg.round.max_weight)
         max_wait_s = WAIT_INTERVALS * cfg.round.interval_s
         async with self._lock:
-            vector = await trio.to_thread.run_sync(learner.train_round)
+            vector = await self._train(learner.train_round)
         while True:
             await runtime.offer(vector, weight)
             if cfg.training.overlap:
                 async with self._lock:
-                    await trio.to_thread.run_sync(learner.trainer.train_round)
+                    await self._train(learner.trainer.train_round)
                 used = await runtime.until_round_over(max_wait_s)
                 async with self._lock:
                     vector = await trio.to_thread.run_sync(self.model.get_backbone)
             else:
                 used = await runtime.until_round_over(max_wait_s)
                 async with self._lock:
-                    vector = await trio.to_thread.run_sync(learner.train_round)
+                    vector = await self._train(learner.train_round)
             if not used:
                 log.debug("no round took this peer's contribution: trained on alone")
+
+    async def _train(self, train_round: Callable[[], Any]) -> Any:
+        """One round's budget in a worker thread; a failure of the trainer (the user's code,
+        often) stops the peer with a one-line TrainerError, its traceback in the log."""
+        from gossiplearn.peer.data import TrainerError
+
+        try:
+            return await trio.to_thread.run_sync(train_round)
+        except Exception as exc:
+            log.error("training failed", exc_info=True)
+            trainer = self._runtime.config.training.trainer if self._runtime else ""
+            raise TrainerError(
+                f"training failed in {trainer or 'the built-in trainer'} "
+                f"({type(exc).__name__}: {_first_line(exc)}); the traceback is in the log"
+            ) from exc
 
     async def round_finished(
         self, runtime: PeerRuntime, result: RoundFinished
@@ -227,10 +229,15 @@ class BuiltinLearning:
             applied = await trio.to_thread.run_sync(apply)
         runtime.metrics.averages.labels("accepted" if applied.accepted else "refused").inc()
         runtime.metrics.accuracy.set(self.accuracy or 0.0)
-        decision = "applied" if applied.accepted else "refused (it would hurt this peer)"
+        decision = (
+            "applied"
+            if applied.accepted
+            else f"refused ({applied.refusal}: it would hurt this peer)"
+        )
         accuracy = "-" if self.accuracy is None else f"{self.accuracy:.4f}"
         return {
             "accepted": applied.accepted,
+            "refusal": applied.refusal,
             "validation_loss": {"own": applied.own_loss, "average": applied.new_loss},
             "backbone_digest": self.model.backbone_digest(),
             "accuracy": self.accuracy,
@@ -307,3 +314,68 @@ class Daemon(PeerRuntime):
         learning = self.learning
         assert isinstance(learning, BuiltinLearning)
         return learning
+
+
+def _split(cfg: PeerConfig, module: Any) -> Any:
+    from gossiplearn.peer.model import SplitModel, SplitModelError
+
+    try:
+        return SplitModel(
+            module,
+            head_prefixes=cfg.model.head_prefixes or None,
+            share_batchnorm_stats=cfg.model.share_batchnorm_stats,
+        )
+    except SplitModelError as exc:
+        raise SplitModelError(
+            f"model.factory {cfg.model.factory!r}: {exc} (head_prefixes: model.head_prefixes)"
+        ) from exc
+
+
+def load_learning(cfg: PeerConfig) -> tuple[Any, Any, Any, dict[str, float]]:
+    """The peer's (SplitModel, PeerData, trainer, first test metrics) from its config:
+    ``model.factory`` under ``training.seed``, ``data.loader``, ``training.trainer``, and one
+    evaluation, so that a model that does not fit the data fails here, at start (or at
+    ``gossiplearn init``), not in the first round. Every failure is one line naming the keys
+    to check (ModelFactoryError, SplitModelError, DataLoaderError, TrainerError,
+    DeviceUnavailable)."""
+    import torch
+
+    from gossiplearn.peer.data import ModelFactoryError, TrainerError, load_datasets, resolve
+    from gossiplearn.peer.trainer import make_trainer
+
+    torch.manual_seed(cfg.training.seed)
+    factory = resolve(cfg.model.factory, "model.factory", ModelFactoryError)
+    try:
+        module = factory(**cfg.model.options)
+    except Exception as exc:
+        raise ModelFactoryError(
+            f"model.factory {cfg.model.factory!r} failed with model.options "
+            f"{cfg.model.options}: {type(exc).__name__}: {_first_line(exc)}"
+        ) from exc
+    if not isinstance(module, torch.nn.Module):
+        raise ModelFactoryError(
+            f"model.factory {cfg.model.factory!r} returned a {type(module).__name__}, not a "
+            "torch.nn.Module"
+        )
+    model = _split(cfg, module)
+    data = load_datasets(cfg.data.loader, cfg.data.options)
+    training = cfg.training
+    trainer = make_trainer(
+        training.trainer, model, data, training.to_train_config(), training.options
+    )
+    try:
+        first = dict(trainer.evaluate("test"))
+    except Exception as exc:
+        log.debug("the first evaluation failed", exc_info=True)
+        raise TrainerError(
+            f"the model of model.factory {cfg.model.factory!r} fails on the samples of "
+            f"data.loader {cfg.data.loader!r} ({type(exc).__name__}: {_first_line(exc)}): "
+            "check model.options against the data's shapes"
+            + (", and training.trainer's evaluate" if training.trainer else "")
+        ) from exc
+    return model, data, trainer, first
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""

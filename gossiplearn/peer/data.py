@@ -86,7 +86,10 @@ def resolve(
         # the loader's module is reported as such, so the real culprit is named.
         missing = exc.name or ""
         if module_name == missing or module_name.startswith(missing + "."):
-            raise error(f"{what} module {module_name!r} not found") from exc
+            raise error(
+                f"{what} module {module_name!r} not found: install the package that has it, "
+                "or add its directory to PYTHONPATH"
+            ) from exc
         raise error(f"{what}: importing module {module_name!r} failed: {exc}") from exc
     except Exception as exc:
         raise error(f"{what}: importing module {module_name!r} failed: {exc}") from exc

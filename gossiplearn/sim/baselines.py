@@ -45,9 +45,11 @@ local, heads for fedper, usually nothing for fedavg), so 50 peers cost 50 heads,
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,13 +57,16 @@ import torch
 from gossiplearn.peer.data import PeerData
 from gossiplearn.peer.model import SplitModel
 from gossiplearn.peer.trainer import TrainConfig, Trainer
-from gossiplearn.sim.results import MethodResult
+from gossiplearn.sim.results import MethodResult, accuracy_of
 
 #: Returns a fresh module with ``backbone`` and ``head`` submodules (same init given torch seed).
 ModelFactory = Callable[[], torch.nn.Module]
 #: Called as ``progress(method_name, round_index)`` after each round (``round_index`` from 0).
 Progress = Callable[[str, int], None]
 Shards = Sequence[PeerData]
+#: (the working SplitModel, a peer's data) -> that peer's trainer (TrainerProtocol). Built once
+#: per peer; the model is shared, each peer's tensors are swapped in before it trains.
+TrainerFactory = Callable[[SplitModel, PeerData], Any]
 
 # Tensors travel as float32, like gossiplearn's backbone vectors.
 _WIRE_BYTES_PER_VALUE = 4
@@ -99,6 +104,11 @@ _FEDAVG = _Scheme("fedavg", _float_tensors, finetune_head=False)
 _FEDPER = _Scheme("fedper", _backbone, finetune_head=True)
 
 
+def _builtin_trainer(config: TrainConfig) -> TrainerFactory:
+    # Trained on the training part, measured on the test part (no acceptance here).
+    return lambda split, data: Trainer(split, data.train, data.test, config)
+
+
 def _initial_module(factory: ModelFactory, seed: int) -> torch.nn.Module:
     """``factory()`` under ``torch.manual_seed(seed)``, leaving torch's global generator as it was."""
     with torch.random.fork_rng(devices=[]):
@@ -126,6 +136,7 @@ def _run(
     seed: int,
     progress: Progress | None,
     max_weight: int | None,
+    make_trainer: TrainerFactory | None = None,
 ) -> MethodResult:
     """The loop all baselines share: per round, train every peer, average, evaluate every peer."""
     if not shards:
@@ -134,7 +145,8 @@ def _run(
         raise ValueError("rounds must be >= 1")
     start = time.perf_counter()
     split = SplitModel(_initial_module(factory, seed))
-    trainers = [Trainer(split, data.train, data.test, config) for data in shards]
+    make = make_trainer or _builtin_trainer(config)
+    trainers = [make(split, data) for data in shards]
     # state_dict() tensors alias the module's storage, so copying into them sets the module.
     state = split.module.state_dict()
     shared_names = scheme.shared(split)
@@ -163,7 +175,7 @@ def _run(
         losses = []
         for peer, trainer in enumerate(trainers):
             load(peer)
-            losses.append(trainer.train_local()["loss"])
+            losses.append(trainer.train_round().get("loss", math.nan))
             for name in shared_names:
                 totals[name].add_(state[name].to(torch.float64), alpha=samples[peer])
             _copy(personal[peer], state, personal_names)
@@ -176,7 +188,7 @@ def _run(
             if scheme.finetune_head:
                 trainer.finetune_head()
                 _copy(personal[peer], state, personal_names)
-            accuracies.append(trainer.evaluate()["accuracy"])
+            accuracies.append(accuracy_of(trainer.evaluate()))
         history.append(accuracies)
         if progress is not None:
             progress(scheme.name, round_index)
@@ -200,9 +212,10 @@ def run_local_only(
     seed: int = 0,
     progress: Progress | None = None,
     max_weight: int | None = None,
+    make_trainer: TrainerFactory | None = None,
 ) -> MethodResult:
     """Every peer trains its own model on its own data only; nothing is sent."""
-    return _run(_LOCAL, shards, factory, config, rounds, seed, progress, max_weight)
+    return _run(_LOCAL, shards, factory, config, rounds, seed, progress, max_weight, make_trainer)
 
 
 def run_fedavg(
@@ -213,9 +226,10 @@ def run_fedavg(
     seed: int = 0,
     progress: Progress | None = None,
     max_weight: int | None = None,
+    make_trainer: TrainerFactory | None = None,
 ) -> MethodResult:
     """Centralized FedAvg: one global model, averaged over all peers every round."""
-    return _run(_FEDAVG, shards, factory, config, rounds, seed, progress, max_weight)
+    return _run(_FEDAVG, shards, factory, config, rounds, seed, progress, max_weight, make_trainer)
 
 
 def run_fedper(
@@ -226,6 +240,7 @@ def run_fedper(
     seed: int = 0,
     progress: Progress | None = None,
     max_weight: int | None = None,
+    make_trainer: TrainerFactory | None = None,
 ) -> MethodResult:
     """Centralized FedPer: the backbone is averaged, each peer keeps and fine-tunes its head."""
-    return _run(_FEDPER, shards, factory, config, rounds, seed, progress, max_weight)
+    return _run(_FEDPER, shards, factory, config, rounds, seed, progress, max_weight, make_trainer)

@@ -35,7 +35,7 @@ import numpy as np
 from gossiplearn.crypto.identity import Identity, write_key_file
 from gossiplearn.peer.config import IDENTITY_FILE, PeerConfig, save_config
 from gossiplearn.peer.data import DEFAULT_VALIDATION, PeerData
-from gossiplearn.sim.results import MethodResult
+from gossiplearn.sim.results import MethodResult, accuracy_of
 
 MODES = ("process", "inproc", "memory")
 Progress = Callable[[int, float, float], None]  # (rounds done, mean accuracy, bytes per peer)
@@ -76,6 +76,12 @@ class SimConfig:
     #: the network-wide weight cap (round.max_weight): 1, equal weights; above, each peer
     #: weighs its training samples, capped there
     max_weight: int = 1
+    #: yours instead of the built-ins ("module:function"; see gossiplearn/sim/user.py): the
+    #: model (an MLP of ``hidden`` if empty), each peer's data (``dataset`` if empty) and the
+    #: trainer (the built-in one if empty); every method uses the same ones
+    model: str = ""
+    data: str = ""
+    trainer: str = ""
 
     def validate(self) -> SimConfig:
         if self.mode not in MODES:
@@ -91,6 +97,13 @@ class SimConfig:
         if self.max_weight < 1:
             raise ValueError("max weight must be >= 1 (1: equal weights)")
         acceptance_config(self)  # checks the tolerance and the metric
+        from gossiplearn.peer.data import resolve
+
+        for option, spec in (("--model", self.model), ("--data", self.data)):
+            if spec:
+                resolve(spec, option)  # importable and callable, or a one-line error now
+        if self.trainer:
+            resolve(self.trainer, "--trainer")
         return self
 
     def as_dict(self) -> dict[str, Any]:
@@ -100,6 +113,9 @@ class SimConfig:
 
 
 def model_options(config: SimConfig) -> dict[str, Any]:
+    """The ``model.options`` of a simulated peer (none for ``--model``)."""
+    if config.model:
+        return {}
     from gossiplearn.sim.datasets import DATASETS
 
     info = DATASETS[config.dataset]
@@ -127,10 +143,40 @@ def acceptance_config(config: SimConfig) -> Any:
 
 
 def model_factory(config: SimConfig) -> Callable[[], Any]:
+    if config.model:
+        from gossiplearn.sim.user import model_factory as user_model
+
+        return user_model(config.model)
     from gossiplearn.peer.models import mlp
 
     options = model_options(config)
     return lambda: mlp(options["input_dim"], tuple(options["hidden"]), options["classes"])
+
+
+def trainer_factory(config: SimConfig) -> Callable[[Any, PeerData], Any]:
+    """(SplitModel, PeerData) -> the trainer every method of this run trains through."""
+    from gossiplearn.peer.trainer import make_trainer
+
+    training = train_config(config)
+    return lambda model, data: make_trainer(config.trainer, model, data, training)
+
+
+def load_data(config: SimConfig) -> list[PeerData]:
+    """Every peer's (train, validation, test): ``--data``'s, or the built-in dataset's split."""
+    if config.data:
+        from gossiplearn.sim.user import load_all
+
+        return load_all(config.data, config.peers, config.validation, config.seed)
+    from gossiplearn.sim.datasets import load_all_shards
+
+    return load_all_shards(
+        config.dataset,
+        config.peers,
+        config.partition,
+        config.seed,
+        config.holdout,
+        config.validation,
+    )
 
 
 # ---- memory mode ------------------------------------------------------------------------
@@ -153,7 +199,6 @@ def run_memory(
 
     from gossiplearn.peer.learner import Learner
     from gossiplearn.peer.model import SplitModel
-    from gossiplearn.peer.trainer import Trainer
     from gossiplearn.protocol.events import RoundFinished, RoundUsageError
     from gossiplearn.protocol.node import Node, RoundConfig
     from gossiplearn.sim.memnet import MemoryNetwork
@@ -161,15 +206,17 @@ def run_memory(
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     initial = model_factory(config)()
+    make = trainer_factory(config)
     learners = []
     for data in shards:
         model = SplitModel(copy.deepcopy(initial))
-        trainer = Trainer(model, data.train, data.validation, train_config(config), data.test)
         reference = None
         if config.local_reference:
             alone = SplitModel(copy.deepcopy(initial))
-            reference = (alone, Trainer(alone, data.train, data.validation, train_config(config)))
-        learners.append(Learner(model, trainer, acceptance_config(config), reference=reference))
+            reference = (alone, make(alone, data))
+        learners.append(
+            Learner(model, make(model, data), acceptance_config(config), reference=reference)
+        )
     net = MemoryNetwork(seed=config.seed, latency_ms=2.0, jitter_ms=2.0)
     round_config = RoundConfig(
         max_group_size=config.group_size, max_weight=config.max_weight, round_timeout_ms=600_000
@@ -209,7 +256,7 @@ def run_memory(
                 else:
                     aborted += 1
             outcomes.clear()
-        accuracy_per_round.append([learner.evaluate()["accuracy"] for learner in learners])
+        accuracy_per_round.append([accuracy_of(learner.evaluate()) for learner in learners])
         bytes_per_peer = float(np.mean([net.bytes_sent[n.public_key] for n in nodes]))
         if progress:
             progress(round_index + 1, float(np.mean(accuracy_per_round[-1])), bytes_per_peer)
@@ -276,16 +323,29 @@ def prepare_peers(out_dir: Path, config: SimConfig) -> list[Path]:
         peer_config.round.group_size = config.group_size
         peer_config.round.max_weight = config.max_weight
         peer_config.round.interval_s = config.interval_s
+        if config.model:
+            peer_config.model.factory = config.model
         peer_config.model.options = model_options(config)
-        peer_config.data.loader = DATASETS[config.dataset].loader
-        peer_config.data.options = {
-            "shard": f"{i}/{config.peers}",
-            "partition": config.partition,
-            "seed": config.seed,
-            "holdout": config.holdout,
-            "validation": config.validation,
-        }
+        if config.data:
+            peer_config.data.loader = "gossiplearn.sim.user:load_shard"
+            peer_config.data.options = {
+                "function": config.data,
+                "peer": i,
+                "peers": config.peers,
+                "validation": config.validation,
+                "seed": config.seed,
+            }
+        else:
+            peer_config.data.loader = DATASETS[config.dataset].loader
+            peer_config.data.options = {
+                "shard": f"{i}/{config.peers}",
+                "partition": config.partition,
+                "seed": config.seed,
+                "holdout": config.holdout,
+                "validation": config.validation,
+            }
         training = peer_config.training
+        training.trainer = config.trainer
         training.epochs = config.epochs
         training.steps_per_round = config.steps_per_round
         training.batch_size = config.batch_size

@@ -9,6 +9,7 @@ round machine is an :class:`~gossiplearn.testing.insider.Insider` running the at
 from __future__ import annotations
 
 import time
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import numpy as np
@@ -103,12 +104,13 @@ async def test_a_victim_of_a_spoiled_round_never_sends_the_same_vector_again(
     # The attacker withholds its REDUCED part and reads everyone else's: it holds the sum of
     # {M, A, B}. To difference it into A's vector it needs A's same vector in another group,
     # {M, A, C}: A declines (backed off first, then "contribution_spent") until it trains.
-    # These daemons train once and never again (they never invite), so the attacker never
-    # gets a second sum. (With training in between, see the in-memory test: the differenced
-    # estimate is off by the training steps.)
+    # A's schedule is held still here (a slow trainer, as far as the round can tell), so the
+    # attacker never gets a second sum. (With training in between, see the in-memory test:
+    # the differenced estimate is off by the training steps.)
     dirs = prepare(tmp_path, 4, group_size=3)
-    async with running(dirs, node_factories={0: Insider}) as peers:
+    async with running(dirs, node_factories={0: Insider}) as peers, AsyncExitStack() as held:
         attacker, a, b, c = peers
+        await held.enter_async_context(a.builtin.paused())
         insider = insider_of(attacker)
         insider.attack = Withhold()
         frac_bits = attacker.config.round.frac_bits

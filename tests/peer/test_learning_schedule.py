@@ -104,6 +104,72 @@ def test_an_average_that_hurts_is_refused_counted_and_leaves_the_model_as_it_was
     assert applied.accepted and (peer.accepted, peer.refused) == (1, 1)
 
 
+class FarBackbone:
+    """A trainer on 16 validation samples: the 0-1 loss is ``errors`` while the backbone is
+    near zero and ``far_errors`` once it is far from zero; the per-sample loss grows with the
+    backbone's distance from zero."""
+
+    def __init__(self, model: SplitModel, errors: int, far_errors: int) -> None:
+        self.model = model
+        self.errors = errors
+        self.far_errors = far_errors
+
+    def _size(self) -> float:
+        return float(np.abs(self.model.get_backbone()).mean())
+
+    def finetune_head(self) -> dict[str, float]:
+        return {}
+
+    def evaluate(self, split: str = "test") -> dict[str, float]:
+        return {"accuracy": 0.5}
+
+    def losses(self, split: str, metric: str) -> np.ndarray:
+        if metric == "error":
+            wrong = self.far_errors if self._size() > 1 else self.errors
+            return np.array([1.0] * wrong + [0.0] * (16 - wrong))
+        return np.linspace(1.0, 1.1, 16) + self._size()
+
+
+@pytest.mark.parametrize("guard", [True, False])
+@pytest.mark.parametrize(
+    ("far", "errors", "far_errors", "refusal"),
+    [
+        # Early in training both backbones get the same samples wrong: an average pulled to
+        # a near-constant backbone (a poisoner's doing) ties on the error, loses on the loss.
+        (2.0, 8, 8, "loss_worse"),
+        # A near-random peer: the error even improves, but the loss blows up (training from
+        # such a backbone killed every ReLU in the live test).
+        (8.0, 12, 11, "loss_blowup"),
+    ],
+)
+def test_what_the_error_misses_the_loss_catches(
+    guard: bool,
+    far: float,
+    errors: int,
+    far_errors: int,
+    refusal: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if not guard:  # the guard switched off: the acceptance metric alone decides
+        monkeypatch.setattr("gossiplearn.peer.learner.TIE_BREAK_METRIC", "error")
+    model = SplitModel(mlp(64, (32,), 10))
+    peer = Learner(model, FarBackbone(model, errors, far_errors))  # type: ignore[arg-type]
+    contribution = model.get_backbone()
+    applied = peer.apply(np.full_like(contribution, far), contribution)
+    assert (applied.own_loss, applied.new_loss) == (errors / 16, far_errors / 16)
+    assert applied.accepted is not guard
+    assert applied.refusal == (refusal if guard else None)
+    assert (peer.refused, peer.accepted) == ((1, 0) if guard else (0, 1))
+
+
+def test_an_average_near_ones_own_is_not_refused_on_the_loss() -> None:
+    model = SplitModel(mlp(64, (32,), 10))
+    peer = Learner(model, FarBackbone(model, 8, 8))  # type: ignore[arg-type]
+    contribution = model.get_backbone()
+    applied = peer.apply(contribution + np.float32(0.001), contribution)
+    assert applied.accepted and applied.refusal is None
+
+
 def test_a_local_reference_takes_over_when_it_does_better() -> None:
     # With a local-only reference, an average applied that makes the peer worse than the
     # reference on validation is undone: the peer falls back to what it would have alone.
@@ -176,9 +242,12 @@ async def test_daemons_train_one_budget_per_round_and_count_refused_averages(
     async with running(dirs, node_factories=factories) as peers:
         honest, poisoner = peers[:3], peers[3]
         poisoner_id = poisoner.peer_id
-        with trio.fail_after(150):
+        with trio.move_on_after(150):
             while min(p.rounds.completed for p in honest) < 4:
                 await trio.sleep(0.2)
+        assert min(p.rounds.completed for p in honest) >= 4, [
+            (p.rounds.completed, dict(p.rounds.abort_reasons), p.rounds.cancelled) for p in peers
+        ]
         for peer in honest:
             node = peer.node
             assert isinstance(node, Insider)
@@ -194,8 +263,11 @@ async def test_daemons_train_one_budget_per_round_and_count_refused_averages(
             poisoned = [e for e in history if poisoner_id in e["members"]]
             assert poisoned and not any(e["accepted"] for e in poisoned)
             assert all(
-                e["validation_loss"]["average"] > e["validation_loss"]["own"] for e in poisoned
-            )
+                e["validation_loss"]["average"] > e["validation_loss"]["own"]
+                if e["refusal"] == "worse"
+                else e["refusal"] in ("loss_worse", "loss_blowup")
+                for e in poisoned
+            ), poisoned
             assert learning["averages_refused"] >= len(poisoned)
             metrics = peer._render_metrics().decode()
             refused = learning["averages_refused"]
