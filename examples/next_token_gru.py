@@ -123,7 +123,7 @@ class NextTokenTrainer:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total += float(loss)
+            total += loss.item()
         return {"loss": total / max(steps, 1)}
 
     def _steps(self) -> int:
