@@ -74,21 +74,23 @@ def make_trainer(
     data: PeerData,
     config: TrainConfig,
     options: Mapping[str, Any] | None = None,
+    key: str = "training.trainer",
 ) -> TrainerProtocol:
     """The trainer ``training.trainer`` names (``spec``, "module:Class"), built as
     ``Class(model, data, config, **options)``; the built-in :class:`Trainer` when ``spec`` is
-    empty. Raises TrainerError (one line, naming the key) if it cannot be had."""
+    empty. Raises TrainerError (one line, naming ``key``, where the spec came from) if it
+    cannot be had."""
     if not spec:
         if options:
             raise TrainerError("training.options are for training.trainer, which is not set")
         return Trainer(model, data.train, data.validation, config, data.test)
-    factory = resolve(spec, "training.trainer", TrainerError)
+    factory = resolve(spec, key, TrainerError)
     try:
         trainer = factory(model, data, config, **(options or {}))
     except Exception as exc:
+        with_options = f" with training.options {dict(options)}" if options else ""
         raise TrainerError(
-            f"training.trainer {spec!r} failed to build with training.options "
-            f"{dict(options or {})}: {type(exc).__name__}: {exc}"
+            f"{key} {spec!r} failed to build{with_options}: {type(exc).__name__}: {exc}"
         ) from exc
     missing = [
         name
@@ -97,7 +99,7 @@ def make_trainer(
     ]
     if missing:
         raise TrainerError(
-            f"training.trainer {spec!r}: {type(trainer).__name__} has no {', '.join(missing)} "
+            f"{key} {spec!r}: {type(trainer).__name__} has no {', '.join(missing)} "
             "(a trainer needs train_round, finetune_head and evaluate; see TrainerProtocol)"
         )
     if not isinstance(getattr(trainer, "num_train_samples", None), int):
@@ -115,9 +117,10 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError as exc:
+    except RuntimeError:
         raise DeviceUnavailable(
-            f"training.device = {name!r} is not a torch device: {exc}"
+            f'training.device = {name!r} is not a torch device: use "cpu", "cuda[:N]", "mps" '
+            'or "auto"'
         ) from None
     if device.type == "cuda":
         if not torch.cuda.is_available():

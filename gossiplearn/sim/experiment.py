@@ -20,6 +20,7 @@ from rich.progress import (
 
 from gossiplearn.sim.launcher import (
     SimConfig,
+    check_parts,
     load_data,
     model_factory,
     run_inproc,
@@ -42,6 +43,7 @@ def run_experiment(
     logging.getLogger("gossiplearn").setLevel(logging.WARNING)
     started = time.perf_counter()
     shards = load_data(config)
+    check_parts(config, shards)
     methods: list[MethodResult] = []
 
     columns = (

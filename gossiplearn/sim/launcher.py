@@ -158,7 +158,50 @@ def trainer_factory(config: SimConfig) -> Callable[[Any, PeerData], Any]:
     from gossiplearn.peer.trainer import make_trainer
 
     training = train_config(config)
-    return lambda model, data: make_trainer(config.trainer, model, data, training)
+    return lambda model, data: make_trainer(config.trainer, model, data, training, key="--trainer")
+
+
+def check_parts(config: SimConfig, shards: Sequence[PeerData]) -> None:
+    """With ``--model`` or ``--trainer``: build the model, split it, and have the trainer
+    evaluate it once on the first peer's data, so that a model that does not fit the data,
+    or a trainer without "accuracy", fails now in one line naming the option, not after the
+    peers started. Raises ModelFactoryError or TrainerError."""
+    if not (config.model or config.trainer):
+        return
+    import torch
+
+    from gossiplearn.peer.data import ModelFactoryError, TrainerError
+    from gossiplearn.peer.model import SplitModel, SplitModelError
+
+    name = f"--model {config.model!r}" if config.model else "the built-in MLP (--hidden)"
+    torch.manual_seed(config.seed)
+    try:
+        module = model_factory(config)()
+    except ModelFactoryError:
+        raise
+    except Exception as exc:
+        raise ModelFactoryError(f"{name} failed: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(module, torch.nn.Module):
+        raise ModelFactoryError(f"{name} returned a {type(module).__name__}, not a torch.nn.Module")
+    try:
+        model = SplitModel(module)
+    except SplitModelError as exc:
+        raise ModelFactoryError(f"{name}: {exc}") from exc
+    trainer = trainer_factory(config)(model, shards[0])
+    data = f"--data {config.data!r}" if config.data else f"--dataset {config.dataset}"
+    try:
+        metrics = trainer.evaluate("test")
+    except Exception as exc:
+        raise TrainerError(
+            f"the model of {name} fails on the samples of {data} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}): check the model against the "
+            "data's shapes" + (", and --trainer's evaluate" if config.trainer else "")
+        ) from exc
+    if "accuracy" not in metrics:
+        raise TrainerError(
+            f"--trainer {config.trainer!r}: evaluate() returns {sorted(metrics)}; the simulation "
+            'reports "accuracy" (higher is better): return it too'
+        )
 
 
 def load_data(config: SimConfig) -> list[PeerData]:
