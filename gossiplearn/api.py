@@ -168,7 +168,9 @@ class _Syncer:
                 continue
             before = float(self.validate(split.module)) if self.validate else None
             current = split.get_backbone()
-            split.set_backbone(current + (result.average - result.contribution))
+            # average + (current - contribution): the average bit for bit when no steps were
+            # taken since (every member then holds the same backbone).
+            split.set_backbone(result.average + (current - result.contribution))
             if before is not None and self.validate is not None:
                 after = float(self.validate(split.module))
                 self.learning.validation_loss = after
