@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -331,6 +332,9 @@ def _split(cfg: PeerConfig, module: Any) -> Any:
         ) from exc
 
 
+_SEEDING = threading.Lock()
+
+
 def load_learning(cfg: PeerConfig) -> tuple[Any, Any, Any, dict[str, float]]:
     """The peer's (SplitModel, PeerData, trainer, first test metrics) from its config:
     ``model.factory`` under ``training.seed``, ``data.loader``, ``training.trainer``, and one
@@ -343,10 +347,16 @@ def load_learning(cfg: PeerConfig) -> tuple[Any, Any, Any, dict[str, float]]:
     from gossiplearn.peer.data import ModelFactoryError, TrainerError, load_datasets, resolve
     from gossiplearn.peer.trainer import make_trainer
 
-    torch.manual_seed(cfg.training.seed)
     factory = resolve(cfg.model.factory, "model.factory", ModelFactoryError)
     try:
-        module = factory(**cfg.model.options)
+        # torch's generator is global: daemons that load in threads of one process (inproc
+        # mode, tests, a program running several Peers) would otherwise seed it in turn and
+        # draw from each other's seeds, starting from different weights, whose average is
+        # no model at all (found by a multi-label test: every average refused in half the
+        # runs).
+        with _SEEDING:
+            torch.manual_seed(cfg.training.seed)
+            module = factory(**cfg.model.options)
     except Exception as exc:
         raise ModelFactoryError(
             f"model.factory {cfg.model.factory!r} failed with model.options "
