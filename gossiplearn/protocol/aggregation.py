@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import msgpack
 import numpy as np
+from blake3 import blake3
 
 from gossiplearn.crypto.agreement import KeyAgreementError, derive_pair_seed, shared_secret
 from gossiplearn.crypto.masks import apply_pairwise_masks
@@ -55,7 +56,7 @@ PAIRWISE_MASKS: Masking = apply_pairwise_masks
 _MASK_LABEL = b"mask"
 _WEIGHT_LABEL = b"weight"
 _DIGEST_PERSON = b"gossiplearn.cfm2"
-_PART_PERSON = b"gossiplearn.red2"
+_PART_CONTEXT = "gossiplearn round v2 reduced part digest"
 
 
 def no_masks(vector: np.ndarray, index: int, seeds: Mapping[int, bytes]) -> np.ndarray:
@@ -72,7 +73,7 @@ def part_bounds(length: int, parts: int) -> list[tuple[int, int]]:
 def part_digest(reduced: np.ndarray) -> bytes:
     """The digest a reducer signs in every REDUCED shard of its part."""
     data = np.ascontiguousarray(reduced, dtype="<u4")
-    return hashlib.blake2b(data.data, digest_size=32, person=_PART_PERSON).digest()
+    return blake3(data.view(np.uint8), derive_key_context=_PART_CONTEXT).digest(32)
 
 
 @dataclass(frozen=True)
@@ -328,28 +329,32 @@ class Aggregation:
 
     def _confirm(self) -> list[Outgoing]:
         assert self._own_reduced is not None and self._total_weight is not None
-        pieces, digests = [], []
-        for j in range(len(self.members)):
+        params = self.group.params
+        # decode(sum) x S / W straight into the float32 average, part by part (no full-size
+        # temporaries: a 10M-element round used to make four).
+        average = np.empty(params.length, dtype=np.float32)
+        scale = self._scale_total / max(self._total_weight, 1)
+        digests = []
+        for j, (start, end) in enumerate(self._bounds):
             if j == self.index:
-                pieces.append(self._own_reduced)
+                piece = self._own_reduced
                 digests.append(self._own_claims[("REDUCED", j)])
-                continue
-            blamed = (self.members[j],)
-            piece = self._reduced[j].join("reduced", blamed)
-            claimed = self._seen[(j, ("REDUCED", j))][0]
-            if part_digest(piece) != claimed:
-                raise RoundFault("bad_reduced_digest", blamed)
-            pieces.append(piece)
-            digests.append(claimed)
-        total = np.concatenate(pieces)
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # judged below
-            average = (
-                decode(total, self.group.params.frac_bits, RING32, np.float64)
-                * (self._scale_total / max(self._total_weight, 1))
-            ).astype(np.float32)
+            else:
+                blamed = (self.members[j],)
+                piece = self._reduced[j].join("reduced", blamed)
+                claimed = self._seen[(j, ("REDUCED", j))][0]
+                if part_digest(piece) != claimed:
+                    raise RoundFault("bad_reduced_digest", blamed)
+                digests.append(claimed)
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # judged below
+                decode(
+                    piece, params.frac_bits, RING32, np.float32, scale=scale, out=average[start:end]
+                )
         # Garbage from a member decodes to values spread over the ring's range; every honest
-        # member holds this same average, so all reach the same verdict (NaN fails it too).
-        if not np.all(np.abs(average) <= self._max_abs_average):
+        # member holds this same average, so all reach the same verdict (NaN fails it too:
+        # min and max are NaN if any element is).
+        bound = self._max_abs_average
+        if average.size and not (-bound <= average.min() and average.max() <= bound):
             raise RoundFault("implausible_average")
         self.result = Result(average, self._total_weight, self.clipped)
         self._digest = self._round_digest(digests)

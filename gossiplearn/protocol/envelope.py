@@ -14,7 +14,7 @@ base58 form); ``group`` is a 16-byte group id, or empty for messages outside a r
 (PEERS, STATUS); ``ts`` is the sender's clock in milliseconds.
 
 Shard data is detached from the signature: for PART and REDUCED, ``sig`` covers the map with
-the shard's ``data`` replaced by empty bytes, and the shard's ``digest`` (BLAKE2b of its data,
+the shard's ``data`` replaced by empty bytes, and the shard's ``digest`` (BLAKE3 of its data,
 inside the signed part) binds the data; a receiver refuses data that does not match it. So
 the signed map plus ``sig``, without the data, is a small :attr:`Envelope.statement` of what
 the sender sent, verifiable by anyone (:func:`verify_statement`): members relay statements to

@@ -7,11 +7,11 @@ silently zero-filled or truncated.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+from blake3 import blake3
 
 from gossiplearn.protocol.errors import SchemaViolation, ShardError
 from gossiplearn.protocol.schema import Record, binary, text, uint
@@ -30,8 +30,14 @@ DTYPES: dict[str, np.dtype] = {
 }
 
 
+#: BLAKE3 in key-derivation mode with this context: domain-separated from every other hash
+#: of the protocol. BLAKE3 (not BLAKE2b, as before round v2 was released) because every shard
+#: is hashed at its sender and again at its receiver: ~4-7 GB/s against BLAKE2b's ~0.9 GB/s.
+_SHARD_CONTEXT = "gossiplearn round v2 shard digest"
+
+
 def shard_digest(data: bytes | memoryview) -> bytes:
-    return hashlib.blake2b(data, digest_size=DIGEST_BYTES, person=b"gossiplearn.shd1").digest()
+    return blake3(data, derive_key_context=_SHARD_CONTEXT).digest(DIGEST_BYTES)
 
 
 SHARD_SCHEMA = Record(
