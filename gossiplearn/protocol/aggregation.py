@@ -55,6 +55,7 @@ PAIRWISE_MASKS: Masking = apply_pairwise_masks
 
 _MASK_LABEL = b"mask"
 _WEIGHT_LABEL = b"weight"
+_CHANNEL_LABEL = b"bulk"
 _DIGEST_PERSON = b"gossiplearn.cfm2"
 _PART_CONTEXT = "gossiplearn round v2 reduced part digest"
 
@@ -170,6 +171,10 @@ class Aggregation:
         self._bounds = part_bounds(group.params.length, m)
         self._mask_seeds: dict[int, bytes] = {}
         self._weight_seeds: dict[int, bytes] = {}
+        #: A transport key per other member (by its identity key): the driver may seal this
+        #: round's frames to that member with it (peer/bulk.py). From the same agreement as the
+        #: masks, under its own label, so it reveals nothing about them.
+        self.channel_keys: dict[bytes, bytes] = {}
         me = self.members[index]
         for j, (member, key) in enumerate(zip(self.members, group.ephemeral_keys, strict=True)):
             if j == index:
@@ -180,6 +185,9 @@ class Aggregation:
                 raise RoundFault("bad_ephemeral_key", (member,)) from None
             self._mask_seeds[j] = derive_pair_seed(secret, group.id, me, member, _MASK_LABEL)
             self._weight_seeds[j] = derive_pair_seed(secret, group.id, me, member, _WEIGHT_LABEL)
+            self.channel_keys[member] = derive_pair_seed(
+                secret, group.id, me, member, _CHANNEL_LABEL
+            )
         start, end = self._bounds[index]
         self._parts = {j: _ShardSet(end - start) for j in range(m) if j != index}
         self._reduced = {

@@ -310,6 +310,15 @@ class Node:
         group = self._group
         return (group.id, group.stats.started_ms, group.deadline_ms) if group else None
 
+    @property
+    def channel_keys(self) -> dict[bytes, bytes]:
+        """{member: pair key} of the round in progress once its roster is known (else empty):
+        for the driver's own transport to seal this round's frames (see Aggregation)."""
+        group = self._group
+        if group is None or group.aggregation is None:
+            return {}
+        return dict(group.aggregation.channel_keys)
+
     def next_deadline(self) -> int | None:
         group = self._group
         if group is None:
