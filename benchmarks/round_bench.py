@@ -255,16 +255,18 @@ async def libp2p_child(args: argparse.Namespace) -> None:
             await _connect_with_retry(host, key, port)
         stream_mb_s = await _stream_mb_s(host, others[0])
         tcp_mb_s = await _tcp_mb_s(int(args.tcp_port))
-        times, sent = [], []
+        times, sent, cpu = [], [], []
         for _attempt in range(args.rounds + 1 + 20):  # one warm-up; retries if a peer was busy
             round_over = trio.Event()
             began = time.perf_counter()
+            began_cpu = time.process_time()
             await engine.start_round(others)
             with trio.fail_after(600):
                 await round_over.wait()
             result = outcome["last"]
             if isinstance(result, RoundFinished):
                 times.append(time.perf_counter() - began)
+                cpu.append(time.process_time() - began_cpu)
                 sent.append(result.stats.bytes_sent)
                 if len(times) == args.rounds + 1:
                     break
@@ -281,6 +283,7 @@ async def libp2p_child(args: argparse.Namespace) -> None:
                     "bytes_sent": sent[-1],
                     "stream_mb_s": stream_mb_s,
                     "tcp_mb_s": tcp_mb_s,
+                    "cpu_s": statistics.median(cpu[1:] or cpu),
                     "rounds": len(timed),
                     "bulk_frames_sent": engine.bulk_frames_sent,
                     "bulk_fallbacks": engine.bulk_fallbacks,

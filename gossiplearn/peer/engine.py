@@ -168,7 +168,7 @@ class RoundEngine:
         self.view = MachineView()
         self._refresh_view()
         self._bulk_port = bulk_port
-        self._bulk_host = listen_host(host.listen)
+        self._bulk_host = listen_host(getattr(host, "listen", []))
         self.bulk: BulkChannel | None = None
         if bulk_port is not None and self._bulk_host is not None:
             self.bulk = BulkChannel(
