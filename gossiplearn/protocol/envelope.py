@@ -187,9 +187,10 @@ def encode_envelope(
     )
     sig = signer.sign(signed)
     if _detaches(body):
-        return _full_frame(
-            VERSION, body.TYPE, sender, recipient, group, seq, ts, body.to_wire(), sig
-        )
+        fields = {"sender": sender, "recipient": recipient, "group": group, "seq": seq, "ts": ts}
+        before, after = _data_frame_parts(fields, body, sig)
+        data = body.shard.data  # type: ignore[attr-defined]
+        return b"".join((before, _bin_header(len(data)), data, after))
     return _frame(signed, sig)
 
 
@@ -314,13 +315,11 @@ def _bin_header(length: int) -> bytes:
     return b"\xc6" + length.to_bytes(4, "big")
 
 
-def _canonical_detached(raw: bytes, header: dict[str, Any], body: Message) -> bool:
-    """Whether ``raw`` is the canonical frame of a message with shard data, without packing
-    the data again (a 1 MiB copy and compare per frame): the canonical frame is the frame
-    packed with empty data, A + bin8(0) + B, with bin(len) + data in place of bin8(0). A is
-    found by packing it once more with one byte of data: the two differ first at the length
-    byte right after A."""
-    shard = body.shard  # type: ignore[attr-defined]
+def _data_frame_parts(header: dict[str, Any], body: Message, sig: bytes) -> tuple[bytes, bytes]:
+    """(A, B) with the canonical frame of a message with shard data = A + bin(len) + data + B,
+    found without packing the data (a 1 MiB copy, and msgpack's buffer growth): the frame
+    packed with empty data is A + bin8(0) + B, and packed with one byte of data it differs
+    first at the length byte right after A."""
 
     def frame_with(data: bytes) -> bytes:
         wire = body.to_wire()
@@ -334,19 +333,26 @@ def _canonical_detached(raw: bytes, header: dict[str, Any], body: Message) -> bo
             header["seq"],
             header["ts"],
             wire,
-            header["sig"],
+            sig,
         )
 
     empty, one = frame_with(b""), frame_with(b"\x00")
     at = next(i for i, (x, y) in enumerate(zip(empty, one, strict=False)) if x != y) - 1
-    data_header = _bin_header(len(shard.data))
-    after = empty[at + 2 :]
-    start = at + len(data_header)
-    end = start + len(shard.data)
+    return empty[:at], empty[at + 2 :]
+
+
+def _canonical_detached(raw: bytes, header: dict[str, Any], body: Message) -> bool:
+    """Whether ``raw`` is the canonical frame of a message with shard data (which the
+    decoder read from between the two parts that must match)."""
+    data = body.shard.data  # type: ignore[attr-defined]
+    before, after = _data_frame_parts(header, body, header["sig"])
+    data_header = _bin_header(len(data))
+    start = len(before) + len(data_header)
+    end = start + len(data)
     return (
         len(raw) == end + len(after)
-        and raw[:at] == empty[:at]
-        and raw[at:start] == data_header
+        and raw[: len(before)] == before
+        and raw[len(before) : start] == data_header
         and raw[end:] == after
     )
 
