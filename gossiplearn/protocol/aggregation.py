@@ -47,7 +47,7 @@ from gossiplearn.protocol.events import RoundFault
 from gossiplearn.protocol.evidence import EquivocationProof, Slot, claim_of
 from gossiplearn.protocol.matchmaking import VerifiedGroup
 from gossiplearn.protocol.messages import Confirm, Message, Part, Reduced, WeightShare
-from gossiplearn.protocol.shards import Shard, join_shards, split_shards
+from gossiplearn.protocol.shards import Shard, ordered_shards, split_shards
 
 #: Adds a member's pairwise masks to ``vector`` in place: (vector, my index, seeds by index).
 Masking = Callable[[np.ndarray, int, Mapping[int, bytes]], object]
@@ -129,10 +129,11 @@ class _ShardSet:
     def complete(self) -> bool:
         return self.total is not None and len(self.shards) == self.total
 
-    def join(self, what: str, blamed: tuple[bytes, ...]) -> np.ndarray:
+    def ordered(self, what: str, blamed: tuple[bytes, ...]) -> list[Shard]:
+        """The complete set in order (checked: no gap, overlap or excess), data not copied."""
         try:
             # Every shard here came in a verified envelope: its data matched its digest.
-            return join_shards(
+            return ordered_shards(
                 self.shards.values(),
                 dtype="u4",
                 length=self.expected_length,
@@ -327,7 +328,9 @@ class Aggregation:
         assert self._own_part is not None
         reduced = self._own_part.copy()
         for j, shard_set in self._parts.items():
-            np.add(reduced, shard_set.join("part", (self.members[j],)), out=reduced)
+            for shard in shard_set.ordered("part", (self.members[j],)):
+                piece = reduced[shard.offset : shard.offset + shard.length]
+                np.add(piece, shard.array(), out=piece)
         self._own_reduced = reduced
         digest = part_digest(reduced)
         self._own_claims[("REDUCED", self.index)] = digest
@@ -349,21 +352,34 @@ class Aggregation:
         average = np.empty(params.length, dtype=np.float32)
         scale = self._scale_total / max(self._total_weight, 1)
         digests = []
-        for j, (start, end) in enumerate(self._bounds):
+        for j, (start, _end) in enumerate(self._bounds):
             if j == self.index:
-                piece = self._own_reduced
+                pieces = [(0, self._own_reduced)]
                 digests.append(self._own_claims[("REDUCED", j)])
             else:
+                # Shard by shard, never joined: the part's digest is the hash of their data
+                # in order (the same bytes part_digest hashes), and each decodes in place.
                 blamed = (self.members[j],)
-                piece = self._reduced[j].join("reduced", blamed)
+                shards = self._reduced[j].ordered("reduced", blamed)
+                hasher = blake3(derive_key_context=_PART_CONTEXT)
+                for shard in shards:
+                    hasher.update(shard.data)
                 claimed = self._seen[(j, ("REDUCED", j))][0]
-                if part_digest(piece) != claimed:
+                if hasher.digest(32) != claimed:
                     raise RoundFault("bad_reduced_digest", blamed)
                 digests.append(claimed)
-            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # judged below
-                decode(
-                    piece, params.frac_bits, RING32, np.float32, scale=scale, out=average[start:end]
-                )
+                pieces = [(shard.offset, shard.array()) for shard in shards]
+            for offset, piece in pieces:
+                at = start + offset
+                with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # see below
+                    decode(
+                        piece,
+                        params.frac_bits,
+                        RING32,
+                        np.float32,
+                        scale=scale,
+                        out=average[at : at + piece.size],
+                    )
         # Garbage from a member decodes to values spread over the ring's range; every honest
         # member holds this same average, so all reach the same verdict (NaN fails it too:
         # min and max are NaN if any element is).

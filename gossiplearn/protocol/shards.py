@@ -141,10 +141,11 @@ def split_shards(array: np.ndarray, max_bytes: int = MAX_SHARD_BYTES) -> list[Sh
     return shards
 
 
-def join_shards(
+def ordered_shards(
     shards: Iterable[Shard], *, dtype: str, length: int, digests_checked: bool = False
-) -> np.ndarray:
-    """Join a complete shard set into one array of ``length`` elements of ``dtype``.
+) -> list[Shard]:
+    """A complete shard set in order, checked to cover exactly ``length`` elements of
+    ``dtype`` with no gap or overlap, without copying any data.
 
     Raises :class:`ShardError` for a missing, duplicate, overlapping or mistyped shard, a
     digest mismatch, or a set that does not cover exactly ``length`` elements.
@@ -170,7 +171,7 @@ def join_shards(
     missing = [i for i in range(total) if i not in by_index]
     if missing:
         raise ShardError(f"missing shards {missing[:8]}{'...' if len(missing) > 8 else ''}")
-    out = np.empty(length, dtype=DTYPES[dtype])
+    ordered = []
     position = 0
     for index in range(total):
         shard = by_index[index]
@@ -182,8 +183,20 @@ def join_shards(
             raise ShardError(f"shard {index} ends at {end}, beyond length {length}")
         if not digests_checked and shard_digest(shard.data) != shard.digest:
             raise ShardError(f"shard {index} digest mismatch")
-        out[position:end] = shard.array()
+        ordered.append(shard)
         position = end
     if position != length:
         raise ShardError(f"shards cover {position} elements, expected {length}")
+    return ordered
+
+
+def join_shards(
+    shards: Iterable[Shard], *, dtype: str, length: int, digests_checked: bool = False
+) -> np.ndarray:
+    """Join a complete shard set into one array of ``length`` elements of ``dtype`` (checked
+    as by :func:`ordered_shards`)."""
+    ordered = ordered_shards(shards, dtype=dtype, length=length, digests_checked=digests_checked)
+    out = np.empty(length, dtype=DTYPES[dtype])
+    for shard in ordered:
+        out[shard.offset : shard.offset + shard.length] = shard.array()
     return out
