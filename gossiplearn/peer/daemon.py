@@ -185,9 +185,11 @@ class Peer:
 
         from gossiplearn.peer.checkpoint import CheckpointMeta, load_checkpoint
         from gossiplearn.peer.data import ModelFactoryError, load_datasets, resolve
+        from gossiplearn.peer.lean import avoid_dynamo_import
         from gossiplearn.peer.model import SplitModel
         from gossiplearn.peer.trainer import TrainConfig, Trainer
 
+        avoid_dynamo_import()  # ~100 MB and seconds of start-up that a daemon never uses
         cfg = self.config
         torch.manual_seed(cfg.training.seed)
         factory = resolve(cfg.model.factory, "model.factory", ModelFactoryError)
