@@ -51,6 +51,9 @@ SEND_TIMEOUT_S = 30.0
 PROBE_TIMEOUT_S = 3.0
 #: Frames that go over the bulk channel (peer/bulk.py) when it is on; the rest over libp2p.
 BULK_KINDS = frozenset({"PART", "REDUCED"})
+#: A batch's bulky frames take the bulk channel only from this many bytes: below it, our
+#: open libp2p round stream is quicker than a new TCP connection (small models).
+BULK_MIN_BYTES = 256 * 1024
 BULK_CONNECT_TIMEOUT_S = 3.0
 #: After a failed bulk send to a peer, its frames go over libp2p for this long.
 BULK_RETRY_S = 60.0
@@ -178,6 +181,8 @@ class RoundEngine:
                 max_record_bytes=DEFAULT_LIMITS.max_frame_bytes,
             )
             host.handle(BULK_PROTOCOL, self._answer_bulk_port)
+        self._out: dict[bytes, object] = {}  # our open round stream to each peer
+        self._out_locks: dict[bytes, trio.Lock] = {}
         self._bulk_addresses: dict[bytes, tuple[str, int]] = {}
         self._no_bulk_until: dict[bytes, float] = {}
         self.bulk_frames_sent = 0
@@ -281,6 +286,7 @@ class RoundEngine:
         finally:
             # The host closes its connections after we stop, and tells peer_disconnected.
             self._nursery = None
+            await self._close_round_streams()
 
     async def _call(self, fn: Callable[..., Any], *args: object, **kwargs: object) -> Any:
         """Run a machine method in a worker thread (only this task ever touches the machine)."""
@@ -350,7 +356,7 @@ class RoundEngine:
             pair_key = keys.get(key)
             bulky = [s.frame for s in sends if s.kind in BULK_KINDS]
             if (
-                bulky
+                sum(len(frame) for frame in bulky) >= BULK_MIN_BYTES
                 and self.bulk is not None
                 and group is not None
                 and pair_key is not None
@@ -376,18 +382,54 @@ class RoundEngine:
     ) -> None:
         try:
             with trio.fail_after(timeout_s):
-                stream = await self.host.open_stream(key, ROUND_PROTOCOL)
-                try:
-                    for frame in frames:
-                        await self.host.send_frame(key, stream, frame)
-                finally:
+                if not frames:  # a probe: can a new stream be opened now?
+                    stream = await self.host.open_stream(key, ROUND_PROTOCOL)
                     await stream.close()  # type: ignore[attr-defined]
+                else:
+                    await self._send_on_round_stream(key, frames)
         except Exception as exc:  # the peer is gone or refused us
             self.send_failures += 1
             log.debug("sending %d frame(s) failed: %r", len(frames), exc)
             self._on_unreachable(key)
             if group is not None:  # the machine decides whether its round can go on
                 await self._inbox_send.send(_Unreachable(key, group))
+
+    async def _send_on_round_stream(self, key: bytes, frames: list[bytes]) -> None:
+        """Write ``frames`` on our long-lived round stream to ``key``, opening it if needed.
+
+        One stream per peer, kept open: opening a yamux stream and negotiating its protocol
+        costs round trips in Python on every batch, and a round has six message steps. A
+        stream found broken is replaced once (frames it may have delivered arrive twice and
+        the replay guard refuses the copies); a new stream that fails is the peer's failure.
+        """
+        lock = self._out_locks.get(key)
+        if lock is None:
+            lock = self._out_locks[key] = trio.Lock()
+        async with lock:
+            while True:
+                stream = self._out.get(key)
+                fresh = stream is None
+                if stream is None:
+                    stream = await self.host.open_stream(key, ROUND_PROTOCOL)
+                    self._out[key] = stream
+                try:
+                    for frame in frames:
+                        await self.host.send_frame(key, stream, frame)
+                    return
+                except Exception:
+                    if self._out.get(key) is stream:
+                        del self._out[key]
+                    with trio.move_on_after(1), contextlib.suppress(Exception):
+                        await stream.reset()  # type: ignore[attr-defined]
+                    if fresh:
+                        raise
+
+    async def _close_round_streams(self) -> None:
+        streams, self._out = list(self._out.values()), {}
+        with trio.CancelScope(shield=True), trio.move_on_after(1):
+            for stream in streams:
+                with contextlib.suppress(Exception):
+                    await stream.close()  # type: ignore[attr-defined]
 
     # ---- the bulk channel ----
 
@@ -465,6 +507,8 @@ class RoundEngine:
         """The host lost a connection to ``key`` (a crash closes them all at once). If we
         are in a round, check at once whether ``key`` can still be reached: a member that
         died after we sent it everything would otherwise cost us the round's deadline."""
+        self._out.pop(key, None)  # its connection is gone: a later send opens a new stream
+        self._bulk_addresses.pop(key, None)
         group = self.view.current_group
         if group is not None and self._nursery is not None:
             # A notifee callback must never raise into libp2p: a nursery closing right now

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from gossiplearn.peer import engine as engine_module
 from gossiplearn.peer.bulk import (
     HEADER_BYTES,
     BulkChannel,
@@ -192,7 +193,10 @@ async def test_frames_go_over_libp2p_when_the_bulk_channel_cannot_be_reached() -
 
 
 @pytest.mark.timeout(180)
-async def test_a_live_round_moves_its_parts_over_the_bulk_channel(tmp_path: Path) -> None:
+async def test_a_live_round_moves_its_parts_over_the_bulk_channel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_module, "BULK_MIN_BYTES", 0)  # digits' backbone is ~30 KB
     dirs = prepare(tmp_path, 3)
     async with running(dirs) as peers:
         initiator, *others = peers
