@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gossiplearn.peer import engine as engine_module
 from gossiplearn.peer.bulk import (
@@ -210,3 +212,30 @@ async def test_a_live_round_moves_its_parts_over_the_bulk_channel(
         assert all(p.engine.bulk is not None and p.engine.bulk.frames_in >= 4 for p in peers)
         digests = {p.digests["backbone"] for p in peers}
         assert len(digests) == 1  # all applied the same average
+
+
+# ---- fuzzing the channel's parsing ----
+
+
+@settings(max_examples=300, deadline=None)
+@given(header=st.binary(min_size=0, max_size=200), record=st.binary(min_size=0, max_size=300))
+def test_random_headers_and_records_never_open(header: bytes, record: bytes) -> None:
+    try:
+        group, sender, recipient = parse_header(header)
+    except BulkError:
+        return
+    assert len(group) == 16 and len(sender) == len(recipient) == 32
+    with pytest.raises(BulkError):
+        Opener(PAIR_KEY, header).open(record)
+
+
+@settings(max_examples=200, deadline=None)
+@given(flip=st.integers(min_value=0), frame=st.binary(min_size=1, max_size=2000))
+def test_any_bit_flip_in_a_record_or_its_header_is_refused(flip: int, frame: bytes) -> None:
+    header = make_header(GROUP, ALICE, BOB)
+    record = Sealer(PAIR_KEY, header).seal(frame)
+    joined = bytearray(header + record)
+    joined[(flip // 8) % len(joined)] ^= 1 << (flip % 8)
+    flipped_header, flipped_record = bytes(joined[: len(header)]), bytes(joined[len(header) :])
+    with pytest.raises(BulkError):
+        Opener(PAIR_KEY, flipped_header).open(flipped_record)
