@@ -187,7 +187,7 @@ class BulkChannel:
         host: str,
         port: int = 0,
         *,
-        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,  # type: ignore[name-defined]
     ) -> None:
         listeners = await trio.open_tcp_listeners(port, host=host)
         self.port = listeners[0].socket.getsockname()[1]
@@ -214,9 +214,9 @@ class BulkChannel:
     async def _receive(self, stream: trio.SocketStream) -> None:
         sock = stream.socket
         with trio.fail_after(HEADER_TIMEOUT_S):
-            header = await _receive_exactly(sock, HEADER_BYTES, at_start=False)
-        assert header is not None
-        header = bytes(header)
+            received = await _receive_exactly(sock, HEADER_BYTES, at_start=False)
+        assert received is not None
+        header = bytes(received)
         group, sender, recipient = parse_header(header)
         if recipient != self.me or sender == self.me:
             raise BulkError("header names another recipient")

@@ -69,7 +69,7 @@ def avoid_dynamo_import() -> int:
         original = getattr(step, "__wrapped__", None)
         if original is None or not _wrapper_code(step, "_use_grad", "torch/optim/optimizer.py"):
             continue
-        cls.step = _eager_step(original)  # type: ignore[method-assign]
+        setattr(cls, "step", _eager_step(original))  # noqa: B010 - any optimizer class
         patched += 1
     log.debug("torch.optim: %d methods no longer import torch._dynamo", patched)
     return patched

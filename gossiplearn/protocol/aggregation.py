@@ -74,7 +74,7 @@ def part_bounds(length: int, parts: int) -> list[tuple[int, int]]:
 def part_digest(reduced: np.ndarray) -> bytes:
     """The digest a reducer signs in every REDUCED shard of its part."""
     data = np.ascontiguousarray(reduced, dtype="<u4")
-    return blake3(data.view(np.uint8), derive_key_context=_PART_CONTEXT).digest(32)
+    return blake3(data.view(np.uint8).data, derive_key_context=_PART_CONTEXT).digest(32)
 
 
 @dataclass(frozen=True)
