@@ -63,7 +63,10 @@ bench: $(VENV)/.installed-dev datasets
 	$(PY) benchmarks/round_bench.py --net libp2p
 	$(PY) benchmarks/compare_hivemind.py
 	$(PY) benchmarks/idle_bench.py
-	$(PY) benchmarks/learning_bench.py
+	$(PY) benchmarks/learning_bench.py --dataset digits --peers 4,8 --rounds 5,20 --modes process,memory
+	$(PY) benchmarks/learning_bench.py --dataset fashion-mnist --peers 10,50 --rounds 30
+	$(PY) benchmarks/learning_bench.py --dataset fashion-mnist --peers 10 --rounds 30 --poison zero
+	$(PY) benchmarks/learning_bench.py --dataset fashion-mnist --peers 10 --rounds 30 --poison zero --local-reference
 	$(PY) benchmarks/scale_bench.py
 	$(PY) benchmarks/fuzz_bench.py
 	$(PY) benchmarks/hostile_bench.py

@@ -1,6 +1,6 @@
 """Fuzzing a live peer: an admitted peer sends malformed and mutated messages over real streams.
 
-One trio process runs the victim, a real :class:`~gossiplearn.peer.daemon.Peer` from a
+One trio process runs the victim, a real :class:`~gossiplearn.peer.daemon.Daemon` from a
 directory made by ``prepare_peers`` (its round interval set so that it never invites), and a
 fuzzer, a :class:`~gossiplearn.peer.host.Host` with another peer's identity, which the victim
 admits. A third prepared peer, the accomplice, is admitted too but never runs: the fuzzer
@@ -70,7 +70,7 @@ import trio
 
 from gossiplearn.crypto.identity import Identity, load_key_file, peer_id_from_public_key
 from gossiplearn.peer.config import IDENTITY_FILE, load_config, save_config
-from gossiplearn.peer.daemon import Peer
+from gossiplearn.peer.daemon import Daemon
 from gossiplearn.peer.framing import FramingError
 from gossiplearn.peer.host import (
     PEERS_PROTOCOL,
@@ -632,7 +632,7 @@ class ModelState:
     rounds: tuple[int, int, int]
 
 
-def model_state(peer: Peer) -> ModelState:
+def model_state(peer: Daemon) -> ModelState:
     document = peer.status_document()
     rounds = document["rounds"]
     return ModelState(
@@ -646,12 +646,12 @@ def model_state(peer: Peer) -> ModelState:
 METRIC_LINE = re.compile(r'^gossiplearn_rejected_messages_total\{reason="([^"]*)"\} (\S+)$', re.M)
 
 
-def metrics_by_reason(peer: Peer) -> dict[str, int]:
+def metrics_by_reason(peer: Daemon) -> dict[str, int]:
     text = peer._render_metrics().decode()
     return {reason: int(float(value)) for reason, value in METRIC_LINE.findall(text)}
 
 
-def victim_state(peer: Peer, fuzzer_id: str) -> dict[str, int]:
+def victim_state(peer: Daemon, fuzzer_id: str) -> dict[str, int]:
     """Sizes of the victim's per-peer state, to see whether the fuzzing grew it."""
     from libp2p.peer.id import ID
 
@@ -852,7 +852,7 @@ class Victim:
     """The victim's run task and the counters the fuzzing is judged by."""
 
     def __init__(self, directory: Path, node_factory: Callable[..., Any] = Node) -> None:
-        self.peer = Peer(directory, node_factory=node_factory)
+        self.peer = Daemon(directory, node_factory=node_factory)
         self.stop, self.done = trio.Event(), trio.Event()
         self.error: str | None = None
 

@@ -1,6 +1,6 @@
 """Hostile peers against live peer daemons, one scenario each, every one measured.
 
-Real :class:`~gossiplearn.peer.daemon.Peer` daemons run in one trio process (``Peer.run(stop)``),
+Real :class:`~gossiplearn.peer.daemon.Daemon` daemons run in one trio process (``Daemon.run(stop)``),
 from directories made by ``prepare_peers``, on 127.0.0.1; the attackers are libp2p hosts in
 the same process, talking to them over real streams. The fuzzer's helpers (benchmarks/
 fuzz_bench.py: the victim's run task, forging envelopes, liveness checks) are reused.
@@ -72,7 +72,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -85,7 +85,7 @@ import trio
 
 from gossiplearn.crypto.identity import Identity, load_key_file, public_key_from_peer_id
 from gossiplearn.peer.config import IDENTITY_FILE, load_config, save_config
-from gossiplearn.peer.daemon import Peer
+from gossiplearn.peer.daemon import Daemon
 from gossiplearn.peer.host import (
     FAILED_ADMISSIONS_PER_MINUTE,
     MAX_STREAMS_PER_PEER,
@@ -196,7 +196,7 @@ class Tap:
     """Watches a daemon's round machine: every frame it is given, and whether it was accepted
     (its actions hold no MessageRefused: it went past every check into the round logic)."""
 
-    peer: Peer
+    peer: Daemon
     keep: bool = False  # keep accepted frames and who sent them
     frames: int = 0
     accepted: int = 0
@@ -226,7 +226,7 @@ class Tap:
             del self.peer.node.receive  # type: ignore[method-assign]
 
 
-def round_counts(peer: Peer) -> tuple[int, int, int]:
+def round_counts(peer: Daemon) -> tuple[int, int, int]:
     rounds = peer.rounds
     return rounds.completed, rounds.aborted, rounds.cancelled
 
@@ -311,7 +311,7 @@ async def solo_victim(work_dir: Path, seed: int = 0) -> AsyncIterator[Solo]:
             yield Solo(victim, host, forge, accomplice)
 
 
-def victim_snapshot(peer: Peer) -> dict[str, Any]:
+def victim_snapshot(peer: Daemon) -> dict[str, Any]:
     """What an attack must leave unchanged."""
     return {
         "neighbours": sorted(n.peer_id for n in peer.table.all()),
@@ -529,6 +529,16 @@ async def check_alive(solo: Solo) -> bool:
 # ---- three honest daemons: replayed, garbage -----------------------------------------------
 
 
+@asynccontextmanager
+async def paused(victims: Sequence[Any]) -> AsyncIterator[None]:
+    """Every victim's learning schedule held still (no training, applying, checkpointing)
+    inside the block."""
+    async with AsyncExitStack() as stack:
+        for v in victims:
+            await stack.enter_async_context(v.peer.builtin.paused())
+        yield
+
+
 async def run_round(initiator: Any, members: Sequence[Any]) -> dict[bytes, str]:
     """Have ``initiator`` invite ``members``; each one's outcome once all have ended it:
     "finished", "aborted:<reason>", "cancelled", or "none" (nothing within the timeout)."""
@@ -626,15 +636,17 @@ async def replayed_scenario(
 
     async def replay(plan: list[tuple[bytes, bytes]]) -> tuple[int, Counter[str], list[str]]:
         taps = [Tap(m.peer) for m in members]
-        before = [victim_snapshot(m.peer) for m in members]
         errors: Counter[str] = Counter()
-        try:
-            await send_batches(recorder.peer.host, plan, errors, ROUND_PROTOCOL)
-            await drain(lambda: sum(t.frames for t in taps), len(plan), inbox_busy(members))
-        finally:
-            for tap in taps:
-                tap.close()
-        after = [victim_snapshot(m.peer) for m in members]
+        # Held still: only the replayed frames could change the members' models.
+        async with paused(members):
+            before = [victim_snapshot(m.peer) for m in members]
+            try:
+                await send_batches(recorder.peer.host, plan, errors, ROUND_PROTOCOL)
+                await drain(lambda: sum(t.frames for t in taps), len(plan), inbox_busy(members))
+            finally:
+                for tap in taps:
+                    tap.close()
+            after = [victim_snapshot(m.peer) for m in members]
         refused: Counter[str] = Counter()
         for tap in taps:
             refused.update(tap.refused)
@@ -700,11 +712,14 @@ async def garbage_scenario(cluster: Sequence[Any], rounds: int) -> dict[str, Any
     for r in range(rounds):
         initiator = honest[r % len(honest)]
         others = [v for v in cluster if v is not initiator]
-        digests = {key_of(v): v.peer.model.backbone_digest() for v in honest}
-        result = await run_round(initiator, others)
-        for v in honest:
-            outcomes[result[key_of(v)]] += 1
-            backbone_changed += v.peer.model.backbone_digest() != digests[key_of(v)]
+        # The learning schedules are held still so that only the round could change a model
+        # (after an aborted round a peer trains its next budget).
+        async with paused(honest):
+            digests = {key_of(v): v.peer.model.backbone_digest() for v in honest}
+            result = await run_round(initiator, others)
+            for v in honest:
+                outcomes[result[key_of(v)]] += 1
+                backbone_changed += v.peer.model.backbone_digest() != digests[key_of(v)]
         hostile_outcomes[result[key_of(hostile)]] += 1
         per_round.append(sorted(result[key_of(v)] for v in honest))
     return {
@@ -732,7 +747,7 @@ def prepare_flood(work_dir: Path) -> tuple[list[Path], Path]:
     return honest, attacker
 
 
-def yamux_buffered(peer: Peer, other: Identity) -> int:
+def yamux_buffered(peer: Daemon, other: Identity) -> int:
     """Bytes the peer's yamux holds unread in its streams from ``other``."""
     from libp2p.peer.id import ID
 
@@ -864,7 +879,7 @@ async def flood_scenario(
 # ---- a stranger flooding handshakes -------------------------------------------------------
 
 
-def inbound_slots_free(peer: Peer) -> int | None:
+def inbound_slots_free(peer: Daemon) -> int | None:
     """py-libp2p's free inbound connection slots at the peer (250 when idle)."""
     limiter = getattr(peer.host.libp2p.get_network(), "_inbound_limiter", None)
     return None if limiter is None else int(limiter.available_tokens)

@@ -39,7 +39,14 @@ def main() -> None:
         hidden=(32,),
     ).validate()
     started = time.perf_counter()
-    shards = load_all_shards(config.dataset, config.peers, config.partition, config.seed)
+    shards = load_all_shards(
+        config.dataset,
+        config.peers,
+        config.partition,
+        config.seed,
+        config.holdout,
+        config.validation,
+    )
     result = run_memory(config, shards)
     wall = time.perf_counter() - started
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -54,6 +61,7 @@ def main() -> None:
                 "wall_s": round(wall, 1),
                 "peak_rss_mb": round(peak_rss_mb, 1),
                 "rounds_aborted": result.extra.get("rounds_aborted", 0),
+                "averages_refused": result.extra.get("averages_refused", 0),
                 "mean_accuracy": round(result.summary()["mean"], 4),
                 "bytes_per_peer": round(result.bytes_per_peer),
             }

@@ -1,7 +1,73 @@
 """gossiplearn: decentralized gossip learning with secure group averaging.
 
-Layers, dependencies pointing one way: ``crypto`` <- ``protocol`` <- ``peer`` <- ``sim``, ``cli``.
-``crypto`` and ``protocol`` are pure (no trio, libp2p or torch) so importing them stays cheap.
+What a user needs, from here (imported on first use, so ``import gossiplearn`` stays cheap):
+
+- :class:`Peer` (and :func:`open_peer` for trio): gossip learning inside your own training
+  loop, ``with gossiplearn.Peer(DIR) as peer: ... peer.sync(model)``; :class:`SyncResult`.
+- :class:`SplitModel`: how a torch module is split into the shared backbone and the personal
+  head.
+- :class:`TrainerProtocol`, :class:`TrainConfig`, :class:`Trainer` (the built-in one): what
+  ``training.trainer = "module:Class"`` plugs into ``gossiplearn run`` and ``gossiplearn sim``.
+- :class:`PeerData`: a peer's (train, validation, test) data; :class:`PeerConfig` and
+  :func:`load_config`: a peer directory's configuration.
+
+Layers, dependencies pointing one way: ``crypto`` <- ``protocol`` <- ``peer`` <- ``sim``,
+``commands``. ``crypto`` and ``protocol`` are pure (no trio, libp2p or torch).
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+#: Public name -> the module it lives in.
+_EXPORTS = {
+    "Peer": "gossiplearn.api",
+    "AsyncPeer": "gossiplearn.api",
+    "open_peer": "gossiplearn.api",
+    "SyncResult": "gossiplearn.api",
+    "SplitModel": "gossiplearn.peer.model",
+    "TrainerProtocol": "gossiplearn.peer.trainer",
+    "TrainConfig": "gossiplearn.peer.trainer",
+    "Trainer": "gossiplearn.peer.trainer",
+    "PeerData": "gossiplearn.peer.data",
+    "PeerConfig": "gossiplearn.peer.config",
+    "load_config": "gossiplearn.peer.config",
+}
+
+__all__ = [
+    "AsyncPeer",
+    "Peer",
+    "PeerConfig",
+    "PeerData",
+    "SplitModel",
+    "SyncResult",
+    "TrainConfig",
+    "Trainer",
+    "TrainerProtocol",
+    "__version__",
+    "load_config",
+    "open_peer",
+]
+
+if TYPE_CHECKING:
+    from gossiplearn.api import AsyncPeer, Peer, SyncResult, open_peer
+    from gossiplearn.peer.config import PeerConfig, load_config
+    from gossiplearn.peer.data import PeerData
+    from gossiplearn.peer.model import SplitModel
+    from gossiplearn.peer.trainer import TrainConfig, Trainer, TrainerProtocol
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gossiplearn' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

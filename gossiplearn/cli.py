@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import typer
 
 from gossiplearn import __version__
@@ -29,6 +32,11 @@ def _root(
     if version:
         typer.echo(f"gossiplearn {__version__}")
         raise typer.Exit()
+    # "module:function" settings (model.factory, --data, ...) name the user's code: import it
+    # from the current directory too, as `python -m` would, but after the installed packages
+    # (a stray file here must not shadow a library).
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
 
 
 app.command()(init)

@@ -51,6 +51,31 @@ def init(
     partition: str = typer.Option(
         "dirichlet:0.3", help='How the dataset is split: "dirichlet:ALPHA" or "iid".'
     ),
+    model: str = typer.Option(
+        "",
+        help="Your model factory, module:function returning a torch module with backbone and "
+        "head (model.factory; its keyword arguments go in model.options). Default: an MLP.",
+    ),
+    data: str = typer.Option(
+        "",
+        help="Your data loader, module:function returning (train, validation[, test]) "
+        "(data.loader; its keyword arguments go in data.options). Default: --dataset.",
+    ),
+    model_option: list[str] = typer.Option(
+        [], help="KEY=VALUE for model.options (repeatable; VALUE as in TOML, else a string)."
+    ),
+    data_option: list[str] = typer.Option(
+        [], help="KEY=VALUE for data.options (repeatable; VALUE as in TOML, else a string)."
+    ),
+    trainer: str = typer.Option(
+        "",
+        help="Your trainer, module:Class (training.trainer). Default: the built-in one.",
+    ),
+    check: bool = typer.Option(
+        True,
+        help="With --model, --data or --trainer: build them and evaluate once, so a mistake "
+        "shows now, as one line naming the key.",
+    ),
     status_port: int = typer.Option(0, help="Status port on 127.0.0.1 (0: pick a free one)."),
     open_admission: bool = typer.Option(False, "--open", help="Admit any peer (demos only)."),
 ) -> None:
@@ -64,7 +89,7 @@ def init(
         fail(f"{directory / CONFIG_FILE} already exists; refusing to overwrite it")
     if dataset not in BUILT_IN_DATASETS:
         fail(f"unknown dataset {dataset!r}; choose one of {', '.join(BUILT_IN_DATASETS)}", 2)
-    from gossiplearn.sim.datasets import DATASETS, parse_shard
+    from gossiplearn.sim.datasets import DATASETS, DEFAULT_VALIDATION, parse_shard
 
     try:
         parse_shard(shard)
@@ -89,14 +114,32 @@ def init(
     config.peer.bootstrap = list(dict.fromkeys(boot))
     config.peer.admission = "open" if open_admission else "allowlist"
     info = DATASETS[dataset]
-    config.data = DataSection(info.loader, {"shard": shard, "partition": partition, "seed": 0})
-    config.model.options = {
-        "input_dim": info.input_dim,
-        "hidden": [64, 64],
-        "classes": info.classes,
-    }
+    if data:
+        config.data = DataSection(data, {})
+    else:
+        config.data = DataSection(
+            info.loader,
+            {"shard": shard, "partition": partition, "seed": 0, "validation": DEFAULT_VALIDATION},
+        )
+    if model:
+        config.model.factory = model
+        config.model.options = {}
+    else:
+        config.model.options = {
+            "input_dim": info.input_dim,
+            "hidden": [64, 64],
+            "classes": info.classes,
+        }
+    config.model.options.update(_options("--model-option", model_option))
+    config.data.options.update(_options("--data-option", data_option))
+    config.training.trainer = trainer
     config.status.port = status_port or free_port()
-    config.validate()
+    try:
+        config.validate()
+    except ValueError as exc:
+        fail(str(exc), 2)
+    if check and (model or data or trainer):
+        _check_learning(config)
 
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -110,3 +153,39 @@ def init(
     typer.echo(f"address:  {dialable(config.peer.listen[0], identity.peer_id)}")
     typer.echo(f"created:  {directory}/{CONFIG_FILE}, {directory}/{IDENTITY_FILE} (0600)")
     typer.echo(f"next:     gossiplearn allow {directory} <other peer>; gossiplearn run {directory}")
+
+
+def _options(flag: str, pairs: list[str]) -> dict[str, object]:
+    """KEY=VALUE pairs; VALUE read as a TOML value (10, 0.5, true, [64, 64], "x"), else kept
+    as the string it is."""
+    import tomllib
+
+    options: dict[str, object] = {}
+    for pair in pairs:
+        key, separator, text = pair.partition("=")
+        if not separator or not key.strip().isidentifier():
+            fail(f"{flag} takes KEY=VALUE with KEY a Python name, got {pair!r}", 2)
+        try:
+            options[key.strip()] = tomllib.loads(f"value = {text}")["value"]
+        except tomllib.TOMLDecodeError:
+            options[key.strip()] = text
+    return options
+
+
+def _check_learning(config: PeerConfig) -> None:
+    """Build the model, data and trainer as `gossiplearn run` will, and evaluate once; a
+    mistake is one line naming the config key (nothing is written then)."""
+    from gossiplearn.peer.daemon import load_learning
+    from gossiplearn.peer.data import DataLoaderError
+    from gossiplearn.peer.model import SplitModelError
+    from gossiplearn.peer.trainer import DeviceUnavailable
+
+    try:
+        model, data, _, first = load_learning(config)
+    except (DataLoaderError, SplitModelError, DeviceUnavailable) as exc:
+        fail(f"{exc} (nothing written; fix it, or pass --no-check)")
+    figures = ", ".join(f"{k} {v:.3g}" for k, v in first.items() if k != "samples")
+    typer.echo(
+        f"checked:  backbone {model.backbone_size} values, "
+        f"{len(data.train)} training samples; untrained: {figures}"
+    )

@@ -68,6 +68,7 @@ def _known_error(error: BaseException) -> BaseException | None:
     from gossiplearn.peer.data import DataLoaderError
     from gossiplearn.peer.dirlock import DirectoryLocked
     from gossiplearn.peer.model import SplitModelError
+    from gossiplearn.peer.trainer import DeviceUnavailable
 
     known = (
         ConfigError,
@@ -77,6 +78,7 @@ def _known_error(error: BaseException) -> BaseException | None:
         SplitModelError,
         StartError,
         DirectoryLocked,
+        DeviceUnavailable,
     )
     if isinstance(error, known):
         return error
@@ -118,10 +120,10 @@ def run(
 
     import trio
 
-    from gossiplearn.peer.daemon import Peer
+    from gossiplearn.peer.daemon import Daemon
 
     try:
-        peer = Peer(directory, config)
+        peer = Daemon(directory, config)
         trio.run(peer.run)
     except BaseException as error:  # noqa: BLE001 - every failure ends as one line
         if _interrupted(error):

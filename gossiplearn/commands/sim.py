@@ -1,6 +1,7 @@
-"""``gossiplearn sim``: a local multi-peer network on a non-IID split of a real dataset,
-gossiplearn against local-only, FedAvg and FedPer on the same split and budget, with a
-progress bar, a results table, ``DIR/results.json`` and PNG plots."""
+"""``gossiplearn sim``: a local multi-peer network on a non-IID split of a real dataset (or your
+model, data and trainer: ``--model``, ``--data``, ``--trainer``), gossiplearn against
+local-only, FedAvg and FedPer on the same split and budget, with a progress bar, a results
+table, ``DIR/results.json`` and PNG plots."""
 
 from __future__ import annotations
 
@@ -39,9 +40,35 @@ def sim(
     mode: str = typer.Option("process", help="process (real daemons), inproc or memory."),
     seed: int = typer.Option(0, help="Seed of the split, the models and the schedule."),
     out: Path = typer.Option(Path("sim-out"), help="Directory for results.json, plots, peers."),
-    epochs: int = typer.Option(1, help="Local epochs per round."),
+    epochs: int = typer.Option(1, help="Local epochs per round (when --steps-per-round is 0)."),
+    steps_per_round: int = typer.Option(
+        0, help="Local mini-batches per round, for every method (0: whole --epochs)."
+    ),
+    max_weight: int = typer.Option(
+        1,
+        help="Weight cap: 1, equal weights (gossiplearn's default); above, each peer weighs "
+        "its samples up to it. The baselines weigh peers the same way.",
+    ),
+    acceptance: bool = typer.Option(
+        True, help="gossiplearn peers refuse an average that hurts their validation loss."
+    ),
     hidden: str = typer.Option("64,64", help="Hidden layer sizes of the MLP backbone."),
     lr: float = typer.Option(0.05, help="SGD learning rate."),
+    model: str = typer.Option(
+        "",
+        help="Your model, module:function (no arguments -> a torch module with backbone and "
+        "head). Default: an MLP of --hidden.",
+    ),
+    data: str = typer.Option(
+        "",
+        help="Your data, module:function called as function(peer, peers) -> (train, test) or "
+        "(train, validation, test). Default: --dataset split by --partition.",
+    ),
+    trainer: str = typer.Option(
+        "",
+        help="Your trainer, module:Class (gossiplearn.TrainerProtocol); evaluate() must "
+        "return accuracy. Default: the built-in one (SGD, cross-entropy).",
+    ),
     baselines: bool = typer.Option(True, help="Also run local-only, FedAvg and FedPer."),
     overwrite: bool = typer.Option(False, help="Replace the results of an earlier run in --out."),
 ) -> None:
@@ -58,8 +85,14 @@ def sim(
             mode=mode,
             seed=seed,
             epochs=epochs,
+            steps_per_round=steps_per_round,
             hidden=_parse_hidden(hidden),
             lr=lr,
+            max_weight=max_weight,
+            acceptance=acceptance,
+            model=model,
+            data=data,
+            trainer=trainer,
         ).validate()
     except ValueError as exc:
         fail(str(exc), 2)

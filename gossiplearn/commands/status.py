@@ -153,6 +153,34 @@ def _samples(data: dict[str, Any] | None) -> str:
     )
 
 
+def _averages(learning: dict[str, Any] | None) -> str:
+    if not learning:
+        return "-"
+    applied, refused = learning.get("averages_applied", 0), learning.get("averages_refused", 0)
+    text = f"{applied} applied, {refused} refused"
+    if learning.get("acceptance") is False:
+        text += " (personal acceptance off)"
+    elif refused:
+        text += " (they would have hurt this peer's validation loss)"
+    return text
+
+
+def _blocked(blocked: dict[str, dict[str, Any]] | None) -> str:
+    if not blocked:
+        return "-"
+    from gossiplearn.peer.neighbours import short_id
+
+    return ", ".join(
+        f"{short_id(peer)} "
+        + (
+            "refused (equivocated)"
+            if state.get("refused")
+            else f"backed off {state.get('backoff_s')} s"
+        )
+        for peer, state in blocked.items()
+    )
+
+
 def render(document: dict[str, Any]) -> Any:
     from rich.console import Group
     from rich.table import Table
@@ -187,6 +215,8 @@ def render(document: dict[str, Any]) -> Any:
         ("samples", _samples(document.get("data"))),
         ("model digest", (document.get("model_digest") or "-")[:16]),
         ("accuracy", "-" if accuracy is None else f"{accuracy:.4f} (local held-out data)"),
+        ("averages", _averages(document.get("learning"))),
+        ("blocked", _blocked(document.get("blocked_peers"))),
         ("refused", f"{document.get('refused_connections', 0)} connections/streams"),
         (
             "rejected",

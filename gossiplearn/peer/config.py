@@ -12,12 +12,16 @@ import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gossiplearn.crypto.identity import IdentityError, public_key_from_peer_id
 from gossiplearn.fileio import write_atomically
 from gossiplearn.protocol.messages import MAX_WEIGHT
 from gossiplearn.protocol.node import RoundConfig
+
+if TYPE_CHECKING:
+    from gossiplearn.peer.learner import AcceptanceConfig
+    from gossiplearn.peer.trainer import TrainConfig
 
 CONFIG_FILE = "config.toml"
 IDENTITY_FILE = "identity.key"
@@ -93,12 +97,40 @@ class DataSection:
 @dataclass
 class TrainingSection:
     epochs: int = 1
+    steps_per_round: int = 0
     batch_size: int = 32
     lr: float = 0.05
     momentum: float = 0.9
     head_epochs: int = 1
     seed: int = 0
     threads: int = 1
+    acceptance: bool = True
+    acceptance_tolerance: float = 0.02
+    acceptance_metric: str = "error"
+    local_reference: bool = False
+    overlap: bool = False
+    device: str = "cpu"
+    trainer: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_train_config(self) -> TrainConfig:
+        from gossiplearn.peer.trainer import TrainConfig  # torch: only where training runs
+
+        return TrainConfig(
+            epochs=self.epochs,
+            steps_per_round=self.steps_per_round,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            momentum=self.momentum,
+            head_epochs=self.head_epochs,
+            seed=self.seed,
+            device=self.device,
+        )
+
+    def to_acceptance_config(self) -> AcceptanceConfig:
+        from gossiplearn.peer.learner import AcceptanceConfig
+
+        return AcceptanceConfig(self.acceptance, self.acceptance_tolerance, self.acceptance_metric)
 
 
 @dataclass
@@ -186,6 +218,20 @@ class PeerConfig:
             raise ConfigError(f"training.lr must be > 0, got {training.lr:g}")
         if not 0 <= training.momentum < 1:
             raise ConfigError(f"training.momentum must be in [0, 1), got {training.momentum:g}")
+        if training.steps_per_round < 0:
+            raise ConfigError(
+                f"training.steps_per_round must be >= 0 (0: whole epochs), got "
+                f"{training.steps_per_round}"
+            )
+        if not training.acceptance_metric.isidentifier():
+            raise ConfigError(
+                "training.acceptance_metric must name a metric of the trainer's evaluate() "
+                f'(the built-in one: "error", "loss"), got {training.acceptance_metric!r}'
+            )
+        if not training.acceptance_tolerance >= 0:
+            raise ConfigError(
+                f"training.acceptance_tolerance must be >= 0, got {training.acceptance_tolerance:g}"
+            )
         if training.head_epochs < 0:
             raise ConfigError(f"training.head_epochs must be >= 0, got {training.head_epochs}")
         if training.threads < 1:
@@ -295,17 +341,40 @@ _DOCS: dict[str, str] = {
     "model.share_batchnorm_stats": "Average BatchNorm running statistics too (default: local).",
     "model.options": "Keyword arguments for the factory.",
     "data": "This organization's data. It never leaves the peer.",
-    "data.loader": '"module:function" returning (train_dataset, validation_dataset).',
+    "data.loader": '"module:function" returning (train, validation) or (train, validation, test)\n'
+    "datasets: it trains on train, decides on validation whether a group average helps, and\n"
+    "reports its accuracy on test (on validation if there is no test set).",
     "data.options": 'Keyword arguments for the loader (built-in digits: shard = "I/N",\n'
-    'partition = "dirichlet:0.3" or "iid", seed).',
-    "training": "Local training between rounds.",
-    "training.epochs": "Local epochs (all parameters) between invitations.",
+    'partition = "dirichlet:0.3" or "iid", seed, holdout = the test fraction, validation = the\n'
+    "fraction held out of training to decide whether an average helps).",
+    "training": "Local training: one fixed budget before each round this peer takes part in.",
+    "training.epochs": "Local epochs (all parameters) per round, when steps_per_round is 0.",
+    "training.steps_per_round": "Mini-batches per round (0: whole epochs, see epochs). Batches run\n"
+    "on through the shuffled epochs from one round to the next.",
     "training.batch_size": "Mini-batch size.",
     "training.lr": "SGD learning rate.",
     "training.momentum": "SGD momentum.",
     "training.head_epochs": "Epochs of head-only fine-tuning after each successful round.",
     "training.seed": "Seed for shuffling and initialization.",
     "training.threads": "torch CPU threads for this peer.",
+    "training.acceptance": "Apply a round's average only if, after the head fine-tune, this peer's\n"
+    "own validation loss is not worse than with its own backbone by more than\n"
+    "acceptance_tolerance; otherwise keep its own model and count the refusal.",
+    "training.acceptance_tolerance": "Relative: 0.02 accepts an average up to 2% worse (and\n"
+    "anything within two standard errors: a small validation set cannot tell more).",
+    "training.acceptance_metric": "The validation metric the acceptance compares, lower is better: a\n"
+    'key of the trainer\'s evaluate(). Built-in trainer: "error" (the 0-1 loss) or "loss"\n'
+    "(cross-entropy).",
+    "training.local_reference": "Also train a local-only copy of the model (never averaged) and\n"
+    "fall back to it whenever it does better on validation: the peer never keeps a model\n"
+    "worse than training alone, even if averages poison it gradually (twice the training).",
+    "training.device": '"cpu", "cuda", "cuda:N", "mps" or "auto" (CUDA when available).',
+    "training.trainer": '"module:Class" of your own trainer (see TrainerProtocol: train_round,\n'
+    'finetune_head, evaluate), built as Class(model, data, config, **options). "": the built-in\n'
+    "one (SGD, cross-entropy, accuracy).",
+    "training.options": "Keyword arguments for training.trainer.",
+    "training.overlap": "Train the next budget while a round runs (the round's change is applied\n"
+    "on top). Off: the peer waits for its round, as the simulation's memory mode does.",
     "status": "The local status endpoint: GET /status (JSON) and /metrics (Prometheus).",
     "status.port": "TCP port on 127.0.0.1.",
     "logging": "Logs: one line per round, plus warnings and errors.",

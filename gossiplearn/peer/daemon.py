@@ -1,233 +1,125 @@
-"""The peer daemon: one organization's long-running peer.
+"""The peer daemon of ``gossiplearn run``: the runtime (runtime.py) plus the built-in learning.
 
-It loads its identity, config, model and private data, resumes from its last checkpoint, and
-then, until SIGINT/SIGTERM, alternates local training with secure averaging rounds: it
-invites random live neighbours now and then, answers invitations otherwise, and after every
-successful round sets its backbone to the group's average, fine-tunes its personal head and
-evaluates on its own held-out data. It serves its status on 127.0.0.1 and to admitted peers.
+:class:`BuiltinLearning` owns the model: it builds it (``model.factory``), loads this
+organization's data (``data.loader``), the trainer (the built-in one or ``training.trainer``)
+and resumes from the last checkpoint. Then, over and over, it trains one round's fixed budget,
+offers the backbone to exactly one round, and waits for that round to be over (see
+:meth:`BuiltinLearning.run`); when a round finishes it takes the average in through personal
+acceptance (learner.py), evaluates on its own test data and writes a checkpoint. A checkpoint
+that cannot be written is logged, counted and survived (the last good one stays on disk).
 
-On a stop signal it aborts the current round (ABORT sent), writes a checkpoint, closes the
-host and returns, well within 5 seconds.
-
-Operator-facing rules: one daemon per directory (an exclusive lock, :mod:`dirlock`); a start
-that cannot work (directory in use, a port taken) raises :class:`StartError` with one line
-naming the cause and the fix; a checkpoint that cannot be written is logged, counted and
-survived (the last good one stays on disk); and whatever keeps the peer from starting rounds
-(too few live neighbours, a neighbour's clock or model, a bootstrap address answering with
-another peer id) is logged once per cause and listed under ``waiting`` in the status.
+:class:`Daemon` is the runtime with this learning side.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import json
+import copy
 import logging
-import os
-import random
-import signal
-import time
-from collections import Counter, deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import threading
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from gossiplearn import __version__
-from gossiplearn.crypto.identity import (
-    load_key_file,
-    peer_id_from_public_key,
-    public_key_from_peer_id,
+from gossiplearn.peer.config import CHECKPOINT_DIR, PeerConfig
+from gossiplearn.peer.learner import Learner
+from gossiplearn.peer.runtime import (  # noqa: F401 - StartError is part of this module's API
+    PeerRuntime,
+    StartError,
 )
-from gossiplearn.peer.config import (
-    CHECKPOINT_DIR,
-    CONFIG_FILE,
-    IDENTITY_FILE,
-    PeerConfig,
-    load_config,
-)
-from gossiplearn.peer.dirlock import DirectoryLock
-from gossiplearn.peer.discovery import Discovery
-from gossiplearn.peer.engine import RoundEngine
-from gossiplearn.peer.host import (
-    PEERS_PROTOCOL,
-    PING_PROTOCOL,
-    ROUND_PROTOCOL,
-    STATUS_PROTOCOL,
-    Admission,
-    Host,
-    ListenError,
-)
-from gossiplearn.peer.neighbours import Neighbour, NeighbourTable, short_id
-from gossiplearn.peer.proofs import EVIDENCE_DIR, ProofStore
-from gossiplearn.peer.status import (
-    STATUS_SCHEMA_VERSION,
-    Metrics,
-    open_status_listeners,
-    process_figures,
-    remote_view,
-    serve_status,
-    trio_task_count,
-)
-from gossiplearn.protocol import (
-    ReplayGuard,
-    SequenceCounter,
-    Status,
-    encode_envelope,
-    sequence_start,
-)
-from gossiplearn.protocol.events import (
-    Action,
-    EquivocationDetected,
-    MessageRefused,
-    RoundAborted,
-    RoundCancelled,
-    RoundFinished,
-)
-from gossiplearn.protocol.evidence import InvalidProof
+from gossiplearn.protocol.events import RoundFinished
 from gossiplearn.protocol.node import Node
-from gossiplearn.protocol.replay import DEFAULT_FRESHNESS_MS
 
 log = logging.getLogger("gossiplearn.peer")
 
-STOP_BUDGET_S = 4.0  # the whole stop (abort, checkpoint, close) fits in the 5 s promise
-EVIDENCE_POLL_S = 2.0  # how soon an operator's `gossiplearn evidence --clear` takes effect
-HISTORY = 256  # finished rounds kept for the status document
-#: A neighbour whose clock is off ours by more than this is not invited. Messages older or
-#: newer than the freshness window (30 s) are refused as stale, and a round's frames are
-#: stamped when sent, so half the window leaves room for delays and estimation error.
-CLOCK_TOLERANCE_MS = DEFAULT_FRESHNESS_MS / 2
-WATCH_S = 1.0  # how often the reasons for waiting are re-checked
-MIN_INVITABLE = 2  # a round needs us and two others
+#: A contribution no round took for this many round intervals is replaced by a newly trained one.
+WAIT_INTERVALS = 10
 
 
-def _has_dial_problem(neighbour: Neighbour | None) -> bool:
-    return neighbour is not None and neighbour.dial_problem is not None
+class BuiltinLearning:
+    """The model, data and trainer of ``gossiplearn run``, and its learning schedule."""
 
-
-class StartError(RuntimeError):
-    """The daemon cannot start; the message names the cause and the fix, in one line."""
-
-
-@dataclass
-class Waiting:
-    """One reason the peer cannot start (some) rounds now."""
-
-    cause: str  # too_few_neighbours, clock_skew, schema_mismatch, peer_id_mismatch
-    message: str
-    peer: str | None = None  # the neighbour it is about, if any
-
-
-@dataclass
-class RoundLog:
-    completed: int = 0
-    aborted: int = 0
-    cancelled: int = 0
-    abort_reasons: Counter[str] = field(default_factory=Counter)
-    history: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=HISTORY))
-
-    @property
-    def last(self) -> dict[str, Any] | None:
-        return self.history[-1] if self.history else None
-
-
-class Peer:
-    """A peer daemon for the directory ``DIR`` made by ``gossiplearn init``."""
-
-    def __init__(
-        self,
-        directory: Path,
-        config: PeerConfig | None = None,
-        *,
-        node_factory: Callable[..., Node] = Node,
-    ) -> None:
-        """``node_factory`` builds the round machine (tests put an adversary here)."""
-        self.directory = Path(directory)
-        self._node_factory = node_factory
-        self.config = config or load_config(self.directory)
-        self.identity = load_key_file(self.directory / IDENTITY_FILE)
-        self.peer_id = self.identity.peer_id
-        peer = self.config.peer
-        self.admission = Admission(
-            (public_key_from_peer_id(p) for p in peer.allow), open_to_all=peer.admission == "open"
-        )
-        self.metrics = Metrics()
-        self.rounds = RoundLog()
-        self.started = time.time()
+    def __init__(self) -> None:
+        self.model: Any = None  # SplitModel, once started
+        self.learner: Learner | None = None
         self.accuracy: float | None = None
         self.digests: dict[str, str] = {}
-        self.rejected: Counter[str] = Counter()
         self.training_samples = 0
         self.validation_samples = 0
-        self.status_port: int | None = None
-        self.ready = False  # True once serving: status_document() is then complete
+        self.test_samples = 0
         #: The checkpoint this run started from (None: a fresh model), for status and churn tests.
         self.resumed_from: dict[str, Any] | None = None
         self.checkpoint_failures = 0
         self.last_checkpoint_error: str | None = None
-        #: Why rounds cannot start now (see Waiting); refreshed every WATCH_S.
-        self.waiting: list[Waiting] = []
-        self._logged: set[tuple[str, str]] = set()  # causes logged and not yet cleared
-        self._problems: dict[tuple[str, bytes], str] = {}  # reported by discovery
-        self._model_lock = trio.Lock()
-        self._stopping = False
-        self._rng = random.Random(os.urandom(8))
-        self.proofs = ProofStore(self.directory / EVIDENCE_DIR)
-        self._refused_on_disk: set[bytes] = set()
-        self._other_versions: set[bytes | None] = set()  # peers told about once in the log
+        self._checkpoint_logged: set[str] = set()
+        self._lock = trio.Lock()  # the model: training, applying and checkpointing take turns
+        self._runtime: PeerRuntime | None = None
+
+    @property
+    def schema_hash(self) -> bytes | None:
+        return None if self.model is None else self.model.schema_hash
+
+    @asynccontextmanager
+    async def paused(self) -> AsyncIterator[None]:
+        """Hold the model still: no training, applying or checkpointing inside the block
+        (each waits for its end; one already running is waited for first). For tests that
+        compare the model before and after an attack while the schedule runs."""
+        async with self._lock:
+            yield
 
     # ---- set-up (CPU work, run in a thread) ----
 
-    def _load_model_and_data(self) -> None:
+    async def start(self, runtime: PeerRuntime) -> None:
         import torch
 
-        from gossiplearn.peer.checkpoint import CheckpointMeta, load_checkpoint
-        from gossiplearn.peer.data import ModelFactoryError, load_datasets, resolve
-        from gossiplearn.peer.lean import avoid_dynamo_import
-        from gossiplearn.peer.model import SplitModel
-        from gossiplearn.peer.trainer import TrainConfig, Trainer
+        self._runtime = runtime
+        torch.set_num_threads(max(1, runtime.config.training.threads))
+        await trio.to_thread.run_sync(self._load, runtime)
 
-        avoid_dynamo_import()  # ~100 MB and seconds of start-up that a daemon never uses
-        cfg = self.config
-        torch.manual_seed(cfg.training.seed)
-        factory = resolve(cfg.model.factory, "model.factory", ModelFactoryError)
-        try:
-            module = factory(**cfg.model.options)
-        except Exception as exc:
-            raise ModelFactoryError(
-                f"model.factory {cfg.model.factory!r} failed with model.options "
-                f"{cfg.model.options}: {type(exc).__name__}: {exc}"
-            ) from exc
-        self.model = SplitModel(
-            module,
-            head_prefixes=cfg.model.head_prefixes or None,
-            share_batchnorm_stats=cfg.model.share_batchnorm_stats,
+    def _load(self, runtime: PeerRuntime) -> None:
+        from gossiplearn.peer.checkpoint import CheckpointMeta, load_checkpoint
+        from gossiplearn.peer.trainer import make_trainer
+
+        cfg = runtime.config
+        self.model, data, trainer, first = load_learning(cfg)
+        training = cfg.training
+        loaded = load_checkpoint(runtime.directory / CHECKPOINT_DIR, self.model)
+        reference = None
+        if training.local_reference:
+            # From the model as loaded: what this peer alone would do from here on.
+            alone = _split(cfg, copy.deepcopy(self.model.module))
+            reference = (
+                alone,
+                make_trainer(
+                    training.trainer, alone, data, training.to_train_config(), training.options
+                ),
+            )
+        self.learner = Learner(
+            self.model,
+            trainer,
+            training.to_acceptance_config(),
+            mix=cfg.round.mix,
+            reference=reference,
         )
-        train, validation = load_datasets(cfg.data.loader, cfg.data.options)
-        # The config's training section is TrainConfig's fields plus `threads` (set in run()).
-        train_config = TrainConfig(
-            **{f.name: getattr(cfg.training, f.name) for f in dataclasses.fields(TrainConfig)}
-        )
-        self.trainer = Trainer(self.model, train, validation, train_config)
-        self.training_samples = self.trainer.num_train_samples
-        self.validation_samples = len(validation)  # type: ignore[arg-type]
-        loaded = load_checkpoint(self.directory / CHECKPOINT_DIR, self.model)
+        self.training_samples = trainer.num_train_samples
+        self.validation_samples = len(data.validation)
+        self.test_samples = len(data.test) if data.separate_test else 0
         if loaded is not None:
             self.resumed_from = {
                 "rounds_completed": loaded.rounds_completed,
                 "model_digest": loaded.model_digest,
                 "saved_at": loaded.saved_at,
             }
+            if "accuracy" not in loaded.metrics:
+                first = self.learner.evaluate()  # of the model as loaded
         meta = loaded or CheckpointMeta()
-        self.rounds.completed = meta.rounds_completed
-        self.rounds.aborted = meta.rounds_aborted
-        self.accuracy = meta.metrics.get("accuracy")
+        runtime.rounds.completed = meta.rounds_completed
+        runtime.rounds.aborted = meta.rounds_aborted
+        self.accuracy = meta.metrics.get("accuracy", first.get("accuracy"))
         self._refresh_digests()
-        if self.accuracy is None:
-            self.accuracy = self.trainer.evaluate()["accuracy"]
-        self.metrics.accuracy.set(self.accuracy)
+        runtime.metrics.accuracy.set(self.accuracy or 0.0)
 
     def _refresh_digests(self) -> None:
         self.digests = {
@@ -236,24 +128,24 @@ class Peer:
             "head": self.model.head_digest(),
         }
 
-    def _checkpoint(self) -> None:
+    def _checkpoint(self, runtime: PeerRuntime) -> None:
         from gossiplearn.peer.checkpoint import CheckpointMeta, save_checkpoint
 
         meta = CheckpointMeta(
-            rounds_completed=self.rounds.completed,
-            rounds_aborted=self.rounds.aborted,
+            rounds_completed=runtime.rounds.completed,
+            rounds_aborted=runtime.rounds.aborted,
             metrics={"accuracy": self.accuracy} if self.accuracy is not None else {},
         )
-        directory = self.directory / CHECKPOINT_DIR
+        directory = runtime.directory / CHECKPOINT_DIR
         try:
             save_checkpoint(directory, self.model, meta)
         except Exception as exc:  # never fatal: the last good checkpoint stays on disk
             self.checkpoint_failures += 1
-            self.metrics.checkpoint_failures.inc()
+            runtime.metrics.checkpoint_failures.inc()
             self.last_checkpoint_error = f"{type(exc).__name__}: {exc}"
             cause = f"{type(exc).__name__}/{getattr(exc, 'errno', '')}"
-            if ("checkpoint", cause) not in self._logged:
-                self._logged.add(("checkpoint", cause))
+            if cause not in self._checkpoint_logged:
+                self._checkpoint_logged.add(cause)
                 log.error(
                     "cannot write a checkpoint to %s (%s); running on, with the last good "
                     "checkpoint on disk (rounds since are lost if the peer restarts): make "
@@ -263,438 +155,105 @@ class Peer:
                     exc_info=log.isEnabledFor(logging.DEBUG),
                 )
             return
-        self._logged = {c for c in self._logged if c[0] != "checkpoint"}  # log the next one
+        self._checkpoint_logged.clear()  # log the next failure again
         self._refresh_digests()
 
-    # ---- running ----
+    # ---- the schedule ----
 
-    async def run(self, stop: trio.Event | None = None) -> None:
-        """Run until SIGINT/SIGTERM, or until ``stop`` is set if given (several peers in one
-        process); always checkpoints and closes the host. Raises StartError (one line: the
-        cause and the fix) if the directory is in use or a port is taken."""
-        with DirectoryLock(self.directory):
-            await self._run(stop)
+    async def run(self, runtime: PeerRuntime) -> None:
+        """The learning schedule: train one round's fixed budget, offer the backbone to one
+        round, wait until that round is over (and its average applied or refused), repeat.
 
-    async def _run(self, stop: trio.Event | None) -> None:
-        import torch
+        Every round a peer takes part in, as initiator or member, thus follows exactly one
+        local budget, as in the memory mode (version 1 trained on a timer, so the local work
+        per round varied with timing, and rounds joined as a member came on top).
 
-        torch.set_num_threads(max(1, self.config.training.threads))
-        await trio.to_thread.run_sync(self._load_model_and_data)
-        cfg = self.config
-        config_path = self.directory / CONFIG_FILE
-        if cfg.peer.admission == "open":
-            log.warning("admission is OPEN: any peer may connect and join rounds (demo mode)")
-        try:
-            status_listeners = await open_status_listeners(cfg.status.port)
-        except OSError as exc:
-            raise StartError(
-                f"cannot serve the status on 127.0.0.1:{cfg.status.port} ({exc.strerror or exc}"
-                f"): stop what uses that port, or set status.port in {config_path} to a free "
-                "port (0 picks one)"
-            ) from None
-        self.node = self._node_factory(
-            self.identity,
-            cfg.round.to_round_config(),
-            admitted=self.admission,
-            now_ms=int(time.time() * 1000),
-        )
-        self.host = Host(
-            self.identity,
-            cfg.peer.listen,
-            self.admission,
-            enable_mdns=cfg.discovery.mdns,
-            on_rejected=self._count_rejected,
-            failed_admissions_per_minute=cfg.peer.failed_admissions_per_minute,
-        )
-        self.table = NeighbourTable(
-            self.identity.public_key,
-            cfg.discovery.max_neighbours,
-            cfg.discovery.neighbour_timeout_s,
-            clock_tolerance_ms=CLOCK_TOLERANCE_MS,
-            schema_hash=self.model.schema_hash,
-        )
-        self._sequence = SequenceCounter(sequence_start(int(time.time() * 1000)))
-        self._replay = ReplayGuard()
-        self.discovery = Discovery(
-            self.host,
-            self.table,
-            self.admission,
-            self.identity,
-            bootstrap=cfg.peer.bootstrap,
-            ping_interval_s=cfg.discovery.ping_interval_s,
-            peer_exchange=cfg.discovery.peer_exchange,
-            replay=self._replay,
-            sequence=self._sequence,
-            on_rejected=self._count_rejected,
-            schema_hash=lambda: self.model.schema_hash,
-            on_problem=self._dial_problem,
-        )
-        self.engine = RoundEngine(
-            self.host,
-            self.node,
-            self._on_action,
-            on_unreachable=self._peer_unreachable,
-            bulk_port=None if cfg.peer.bulk_port < 0 else cfg.peer.bulk_port,
-        )
-        self.host.disconnect_listeners.append(self.engine.peer_disconnected)
-        for stored in await trio.to_thread.run_sync(self.proofs.load):
-            # Before the engine runs: nothing else touches the machine yet.
-            self.node.accept_proof(stored.proof)
-            self._refused_on_disk.add(stored.peer)
-            log.warning(
-                "refusing %s: it equivocated (proof in %s); clear with `gossiplearn evidence "
-                "%s --clear %s`",
-                peer_id_from_public_key(stored.peer),
-                stored.path,
-                self.directory,
-                peer_id_from_public_key(stored.peer),
-            )
-        self.host.handle(ROUND_PROTOCOL, self._handle_round)
-        self.host.handle(PING_PROTOCOL, self.discovery.handle_ping)
-        self.host.handle(PEERS_PROTOCOL, self.discovery.handle_peers)
-        self.host.handle(STATUS_PROTOCOL, self._handle_status)
+        By default the peer does not train while its round runs: the average then lands
+        exactly on the model it was computed from. With ``training.overlap`` it trains its
+        next budget meanwhile, and the round's change (average - contribution) is applied on
+        top (nothing is lost either way; see the README for what each costs).
 
-        try:
-            async with self.host.run(), trio.open_nursery() as nursery:
-                self._nursery = nursery
-                self.status_port = await nursery.start(
-                    functools.partial(
-                        serve_status,
-                        cfg.status.port,
-                        self.status_document,
-                        self._render_metrics,
-                        listeners=status_listeners,
-                    )
-                )
-                log.info(
-                    "peer %s listening on %s; status on http://127.0.0.1:%d/status",
-                    self.peer_id,
-                    ", ".join(self.host.addrs()),
-                    self.status_port,
-                )
-                nursery.start_soon(self.engine.run)
-                nursery.start_soon(self.discovery.run)
-                nursery.start_soon(self._training_loop)
-                nursery.start_soon(self._watch)
-                nursery.start_soon(self._watch_evidence)
-                self.ready = True
-                if stop is None:
-                    await self._wait_for_stop_signal()
-                else:
-                    await stop.wait()
-                await self._stop(nursery)
-        except ListenError as exc:
-            for listener in status_listeners:
-                await listener.aclose()
-            raise StartError(
-                f"{exc}: stop what uses it, or change peer.listen in {config_path}"
-            ) from None
-        log.info("peer %s stopped", self.peer_id)
-
-    async def _wait_for_stop_signal(self) -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                log.info("received %s: stopping", signal.Signals(signum).name)
-                return
-
-    async def _stop(self, nursery: trio.Nursery) -> None:
-        self._stopping = True
-        with trio.move_on_after(STOP_BUDGET_S):
-            await self.engine.abort("peer_stopping", timeout_s=1.0)
-            async with self._model_lock:
-                await trio.to_thread.run_sync(self._checkpoint)
-        nursery.cancel_scope.cancel()
-
-    # ---- training and gossip ----
-
-    async def _training_loop(self) -> None:
-        """Train locally, publish the new backbone, and now and then invite neighbours."""
-        cfg = self.config
-        interval = cfg.round.interval_s
-        while not self._stopping:
-            async with self._model_lock:
-                await trio.to_thread.run_sync(self.trainer.train_local)
-                vector = await trio.to_thread.run_sync(self.model.get_backbone)
-            await self.engine.set_contribution(
-                vector, min(self.training_samples, cfg.round.max_weight), self.model.schema_hash
-            )
-            await trio.sleep(interval * self._rng.uniform(0.5, 1.5))
-            live = [n.key for n in self.table.invitable(time.monotonic())]
-            if len(live) >= 2 and not self.engine.view.busy:
-                await self.engine.start_round(live)
-
-    # ---- why nothing happens ----
-
-    def _dial_problem(self, cause: str, key: bytes, detail: str) -> None:
-        """Discovery could not reach ``key`` for a reason the operator can fix."""
-        self._problems[(cause, key)] = detail
-
-    async def _watch(self) -> None:
-        """Every WATCH_S, work out why rounds cannot start (status ``waiting``); log each
-        cause once when it appears (too few neighbours: once it lasted a few pings), and
-        once more when it clears."""
-        started = time.monotonic()
-        grace_s = 2 * self.config.discovery.ping_interval_s + 1
+        A contribution no round took within WAIT_INTERVALS x round.interval_s is replaced by
+        a freshly trained one: a peer without partners still learns alone.
+        """
+        learner = self.learner
+        assert learner is not None
+        cfg = runtime.config
+        weight = min(self.training_samples, cfg.round.max_weight)
+        max_wait_s = WAIT_INTERVALS * cfg.round.interval_s
+        async with self._lock:
+            vector = await self._train(learner.train_round)
         while True:
-            now = time.monotonic()
-            self.waiting = self._why_waiting(now)
-            active = set()
-            for reason in self.waiting:
-                if reason.cause == "too_few_neighbours" and now - started < grace_s:
-                    continue
-                key = (reason.cause, reason.peer or "")
-                active.add(key)
-                if key not in self._logged:
-                    self._logged.add(key)
-                    log.warning("waiting: %s", reason.message)
-            for key in sorted(self._logged - active):
-                if key[0] != "checkpoint":
-                    self._logged.discard(key)
-                    peer = f" ({key[1]})" if key[1] else ""
-                    log.info("no longer waiting: %s%s cleared", key[0], peer)
-            for cause in (
-                "too_few_neighbours",
-                "clock_skew",
-                "schema_mismatch",
-                "peer_id_mismatch",
-            ):
-                self.metrics.waiting.labels(cause).set(
-                    int(any(r.cause == cause for r in self.waiting))
-                )
-            await trio.sleep(WATCH_S)
-
-    def _why_waiting(self, now: float) -> list[Waiting]:
-        table = self.table
-        live = table.live(now)
-        invitable = table.invitable(now)
-        reasons: list[Waiting] = []
-        if len(invitable) < MIN_INVITABLE:
-            if len(live) < MIN_INVITABLE:
-                text = f"{len(live)} live neighbour{'s' * (len(live) != 1)}, need {MIN_INVITABLE}"
+            await runtime.offer(vector, weight)
+            if cfg.training.overlap:
+                async with self._lock:
+                    await self._train(learner.trainer.train_round)
+                used = await runtime.until_round_over(max_wait_s)
+                async with self._lock:
+                    vector = await trio.to_thread.run_sync(self.model.get_backbone)
             else:
-                text = (
-                    f"{len(invitable)} of {len(live)} live neighbours can join a round, need "
-                    f"{MIN_INVITABLE}"
-                )
-            reasons.append(Waiting("too_few_neighbours", text))
-        skewed = [n for n in live if table.clock_skewed(n)]
-        for n in skewed:
-            offset_s = (n.clock_offset_ms or 0.0) / 1000
-            hint = " (every live neighbour is off: ours may be)" if len(skewed) == len(live) else ""
-            reasons.append(
-                Waiting(
-                    "clock_skew",
-                    f"the clock of {short_id(n.peer_id)} is {offset_s:+.1f} s off ours "
-                    f"(tolerance +-{CLOCK_TOLERANCE_MS / 1000:.0f} s){hint}: not inviting it; "
-                    "synchronize both clocks (NTP)",
-                    n.peer_id,
-                )
-            )
-        for n in live:
-            if table.schema_differs(n):
-                theirs = (n.schema_hash or b"").hex()[:8]
-                ours = self.model.schema_hash.hex()[:8]
-                reasons.append(
-                    Waiting(
-                        "schema_mismatch",
-                        f"{short_id(n.peer_id)} runs another model (backbone schema {theirs}, "
-                        f"ours {ours}): it cannot join our rounds; give every peer the same "
-                        "model.factory and model.options",
-                        n.peer_id,
-                    )
-                )
-        for (cause, key), detail in sorted(self._problems.items()):
-            neighbour = table.get(key)
-            if neighbour is None or neighbour.dial_problem is None:
-                continue  # answered since (or forgotten): solved
-            addresses = ", ".join(neighbour.dial_plan()) or "its address"
-            reasons.append(
-                Waiting(
-                    cause,
-                    f"{addresses} {detail}, not {neighbour.peer_id}: fix that address "
-                    f"(peer.bootstrap in {self.directory / CONFIG_FILE}, or the peer's record)",
-                    neighbour.peer_id,
-                )
-            )
-        self._problems = {
-            k: v for k, v in self._problems.items() if _has_dial_problem(table.get(k[1]))
-        }
-        return reasons
+                used = await runtime.until_round_over(max_wait_s)
+                async with self._lock:
+                    vector = await self._train(learner.train_round)
+            if not used:
+                log.debug("no round took this peer's contribution: trained on alone")
 
-    def _peer_unreachable(self, key: bytes) -> None:
-        # Not invited again until it answers a ping (or reaches us) again.
-        self.table.failed(key, time.monotonic())
+    async def _train(self, train_round: Callable[[], Any]) -> Any:
+        """One round's budget in a worker thread; a failure of the trainer (the user's code,
+        often) stops the peer with a one-line TrainerError, its traceback in the log."""
+        from gossiplearn.peer.data import TrainerError
 
-    def _count_rejected(self, reason: str) -> None:
-        self.rejected[reason] += 1
-        self.metrics.rejected_messages.labels(reason).inc()
-
-    def _on_action(self, action: Action) -> None:
-        if isinstance(action, MessageRefused):
-            self._count_rejected(action.reason)
-            if action.reason == "version" and action.sender not in self._other_versions:
-                self._other_versions.add(action.sender)
-                log.warning(
-                    "peer %s speaks another protocol version (%s); it must run the same "
-                    "gossiplearn version as this peer to join rounds",
-                    "?" if action.sender is None else peer_id_from_public_key(action.sender),
-                    action.detail,
-                )
-            if action.sender is not None and action.sender in self.admission:
-                self.discovery.inbound(action.sender)
-        elif isinstance(action, EquivocationDetected):
-            self._nursery.start_soon(self._keep_proof, action)
-        elif isinstance(action, RoundFinished):
-            self._nursery.start_soon(self._apply_round, action)
-        elif isinstance(action, RoundAborted):
-            self.rounds.aborted += 1
-            self.rounds.abort_reasons[action.reason] += 1
-            self.metrics.rounds.labels("aborted").inc()
-            self.metrics.round_aborts.labels(action.reason).inc()
-            blamed = ",".join(peer_id_from_public_key(b)[-6:] for b in action.blamed)
-            self._log_round(
-                action.stats, f"aborted ({action.reason}{'; blamed ' + blamed if blamed else ''})"
-            )
-        elif isinstance(action, RoundCancelled):
-            self.rounds.cancelled += 1
-            self.metrics.rounds.labels("cancelled").inc()
-            log.debug("round %s cancelled: %s", action.group.hex()[:8], action.reason)
-
-    async def _keep_proof(self, action: EquivocationDetected) -> None:
-        """Keep a proof that ``action.peer`` equivocated; the machine already refuses it."""
-        peer_id = peer_id_from_public_key(action.peer)
-        self.metrics.equivocations.inc()
         try:
-            stored = await trio.to_thread.run_sync(self.proofs.save, action.proof)
-        except (OSError, InvalidProof) as exc:
-            log.error("peer %s equivocated, but its proof could not be kept: %s", peer_id, exc)
-            return
-        self._refused_on_disk.add(action.peer)
-        log.warning(
-            "peer %s equivocated in round %s (signed two conflicting messages): refused until "
-            "an operator clears it with `gossiplearn evidence %s --clear %s`; proof: %s",
-            peer_id,
-            action.group.hex()[:8],
-            self.directory,
-            peer_id,
-            stored.path,
-        )
+            return await trio.to_thread.run_sync(train_round)
+        except Exception as exc:
+            log.error("training failed", exc_info=True)
+            trainer = self._runtime.config.training.trainer if self._runtime else ""
+            raise TrainerError(
+                f"training failed in {trainer or 'the built-in trainer'} "
+                f"({type(exc).__name__}: {_first_line(exc)}); the traceback is in the log"
+            ) from exc
 
-    async def _watch_evidence(self) -> None:
-        """Lift the refusal of peers whose proofs an operator deleted (`evidence --clear`)."""
-        while not self._stopping:
-            await trio.sleep(EVIDENCE_POLL_S)
-            known = set(self._refused_on_disk)  # proofs kept meanwhile are checked next time
-            cleared = known - await trio.to_thread.run_sync(self.proofs.peers)
-            for peer in cleared:
-                await self.engine.call(functools.partial(Node.clear_refusal, peer=peer))
-                log.info("refusal of %s cleared by the operator", peer_id_from_public_key(peer))
-            self._refused_on_disk -= cleared
+    async def round_finished(
+        self, runtime: PeerRuntime, result: RoundFinished
+    ) -> Mapping[str, Any]:
+        """Take in a finished round's average (see Learner.apply), checkpoint."""
+        learner = self.learner
+        assert learner is not None
 
-    async def _apply_round(self, result: RoundFinished) -> None:
-        mix = self.config.round.mix
-
-        def apply() -> str:
-            self.model.set_backbone(result.average, mix=mix)
-            applied = self.model.backbone_digest()
-            self.trainer.finetune_head()
-            self.accuracy = self.trainer.evaluate()["accuracy"]
-            self.rounds.completed += 1
-            self._checkpoint()
+        def apply() -> Any:
+            applied = learner.apply(result.average, result.contribution)
+            self.accuracy = applied.metrics.get("accuracy")
+            self._checkpoint(runtime)  # the runtime has counted the round already
             return applied
 
-        async with self._model_lock:
-            backbone_digest = await trio.to_thread.run_sync(apply)
-        stats = result.stats
-        self.metrics.rounds.labels("finished").inc()
-        self.metrics.round_seconds.observe(stats.seconds)
-        self.metrics.round_bytes_sent.inc(stats.bytes_sent)
-        self.metrics.accuracy.set(self.accuracy or 0.0)
-        self.rounds.history.append(
-            {
-                "group": result.group.hex(),
-                "members": [peer_id_from_public_key(m) for m in result.members],
-                "role": stats.role,
-                "seconds": stats.seconds,
-                "bytes_sent": stats.bytes_sent,
-                "bytes_received": stats.bytes_received,
-                "finished_at": time.time(),
-                "backbone_digest": backbone_digest,
-                "accuracy": self.accuracy,
-                "clipped": stats.clipped,
-            }
+        async with self._lock:
+            applied = await trio.to_thread.run_sync(apply)
+        runtime.metrics.averages.labels("accepted" if applied.accepted else "refused").inc()
+        runtime.metrics.accuracy.set(self.accuracy or 0.0)
+        decision = (
+            "applied"
+            if applied.accepted
+            else f"refused ({applied.refusal}: it would hurt this peer)"
         )
-        self._log_round(stats, f"finished, accuracy {self.accuracy:.4f}")
-
-    def _log_round(self, stats: Any, outcome: str) -> None:
-        members = ",".join(short_id(peer_id_from_public_key(m)) for m in stats.members) or "-"
-        log.info(
-            "round %s members=%s role=%s sent=%dB received=%dB %.2fs %s",
-            stats.group.hex()[:8],
-            members,
-            stats.role,
-            stats.bytes_sent,
-            stats.bytes_received,
-            stats.seconds,
-            outcome,
-        )
-
-    # ---- protocol handlers ----
-
-    async def _handle_round(self, key: bytes, stream: object) -> None:
-        self.discovery.inbound(key)
-        await self.engine.handle_stream(key, stream)
-
-    async def _handle_status(self, key: bytes, stream: object) -> None:
-        frame = await self.host.receive_frame(key, stream, 64 * 1024)
-        if frame is None:
-            return
-        request = self.discovery.open_envelope(key, frame)
-        if request is None:
-            return
-        if not isinstance(request.body, Status):
-            self._count_rejected("unexpected_type")
-            return
-        reply = encode_envelope(
-            self.identity,
-            self.identity.public_key,
-            key,
-            Status(json.dumps(self.remote_status_document(key))),
-            seq=self._sequence(),
-            ts=int(time.time() * 1000),
-        )
-        await self.host.send_frame(key, stream, reply)  # the host closes the stream after us
-
-    # ---- status ----
-
-    def status_document(self) -> dict[str, Any]:
-        now = time.monotonic()
-        counters = self.host.counters
-        neighbours = [self._neighbour_status(n, now) for n in self.table.all()]
+        accuracy = "-" if self.accuracy is None else f"{self.accuracy:.4f}"
         return {
-            "schema": STATUS_SCHEMA_VERSION,
-            "version": __version__,
-            "peer_id": self.peer_id,
-            "addrs": self.host.addrs(),
-            "uptime_s": round(time.time() - self.started, 3),
-            "neighbours": neighbours,
-            "rounds": {
-                "completed": self.rounds.completed,
-                "aborted": self.rounds.aborted,
-                "cancelled": self.rounds.cancelled,
-                "abort_reasons": dict(self.rounds.abort_reasons),
-                "in_progress": self.engine.view.busy,
-                "current": self._current_round(),
-                "last": self.rounds.last,
-                "history": list(self.rounds.history),
-            },
-            "waiting": [
-                {"cause": w.cause, "message": w.message, "peer": w.peer} for w in self.waiting
-            ],
-            "clock_tolerance_ms": CLOCK_TOLERANCE_MS,
-            "refused_connections": counters.refused_connections + counters.refused_streams,
-            "rate_limited_connections": counters.rate_limited_connections,
-            "rejected_messages": dict(self.rejected),
+            "accepted": applied.accepted,
+            "refusal": applied.refusal,
+            "validation_loss": {"own": applied.own_loss, "average": applied.new_loss},
+            "backbone_digest": self.model.backbone_digest(),
+            "accuracy": self.accuracy,
+            "outcome": f"finished, average {decision}: validation loss {applied.own_loss:.4f} "
+            f"-> {applied.new_loss:.4f}, accuracy {accuracy}",
+        }
+
+    async def stop(self, runtime: PeerRuntime) -> None:
+        async with self._lock:
+            await trio.to_thread.run_sync(self._checkpoint, runtime)
+
+    def status(self) -> Mapping[str, Any]:
+        learner = self.learner
+        training = self._runtime.config.training if self._runtime else None
+        return {
             "model_digest": self.digests.get("model"),
             "backbone_digest": self.digests.get("backbone"),
             "head_digest": self.digests.get("head"),
@@ -704,78 +263,131 @@ class Peer:
                 "count": self.checkpoint_failures,
                 "last_error": self.last_checkpoint_error,
             },
-            "process": process_figures(),
             "data": {
                 "train_samples": self.training_samples,
                 "validation_samples": self.validation_samples,
+                "test_samples": self.test_samples,
             },
-            "contribution_fresh": self.engine.view.contribution_fresh,
-            "blocked_peers": {
-                peer_id_from_public_key(peer): state
-                for peer, state in self.engine.view.blocked.items()
+            "learning": {
+                "averages_applied": learner.accepted if learner else 0,
+                "averages_refused": learner.refused if learner else 0,
+                "fell_back_to_local": learner.fell_back if learner else 0,
+                "acceptance": training.acceptance if training else True,
+                "tolerance": training.acceptance_tolerance if training else 0.0,
             },
         }
 
-    def remote_status_document(self, requester: bytes) -> dict[str, Any]:
-        """What an admitted peer may learn by asking (see status.remote_view)."""
-        return remote_view(self.status_document(), peer_id_from_public_key(requester))
 
-    def _neighbour_status(self, n: Neighbour, now: float) -> dict[str, Any]:
-        counters = self.host.counters
-        table = self.table
-        offset = n.clock_offset_ms
-        live = table.is_live(n, now)
-        return {
-            "peer_id": n.peer_id,
-            "addrs": n.addrs,
-            "live": live,
-            "invitable": live and not table.clock_skewed(n) and not table.schema_differs(n),
-            "rtt_ms": None if n.rtt_ms is None else round(n.rtt_ms, 3),
-            "last_seen_s": None if n.last_seen is None else round(now - n.last_seen, 3),
-            "source": n.source,
-            "failures": n.failures,
-            "clock_offset_ms": None if offset is None else round(offset, 1),
-            "clock_ok": None if offset is None else not table.clock_skewed(n),
-            "same_model": None
-            if n.schema_hash is None
-            else n.schema_hash == self.model.schema_hash,
-            "bytes_in": counters.bytes_in.get(n.key, 0),
-            "bytes_out": counters.bytes_out.get(n.key, 0),
-        }
+class Daemon(PeerRuntime):
+    """The peer daemon of ``gossiplearn run DIR``: the runtime plus the built-in learning."""
 
-    def _current_round(self) -> dict[str, Any] | None:
-        current = self.engine.view.current_round
-        if current is None:
-            return None
-        group, started_ms, deadline_ms = current
-        now_ms = time.time() * 1000
-        return {
-            "group": group.hex(),
-            "age_s": round((now_ms - started_ms) / 1000, 3),
-            "deadline_in_s": round((deadline_ms - now_ms) / 1000, 3),
-        }
+    def __init__(
+        self,
+        directory: Path,
+        config: PeerConfig | None = None,
+        *,
+        node_factory: Callable[..., Node] = Node,
+    ) -> None:
+        super().__init__(directory, config, learning=BuiltinLearning(), node_factory=node_factory)
 
-    def _render_metrics(self) -> bytes:
-        counters = self.host.counters
-        self.metrics.refused_connections.set(
-            counters.refused_connections + counters.refused_streams
+    @property
+    def model(self) -> Any:
+        return self.builtin.model
+
+    @property
+    def learner(self) -> Learner | None:
+        return self.builtin.learner
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.builtin.accuracy
+
+    @property
+    def digests(self) -> dict[str, str]:
+        return self.builtin.digests
+
+    @property
+    def resumed_from(self) -> dict[str, Any] | None:
+        return self.builtin.resumed_from
+
+    @property
+    def builtin(self) -> BuiltinLearning:
+        learning = self.learning
+        assert isinstance(learning, BuiltinLearning)
+        return learning
+
+
+def _split(cfg: PeerConfig, module: Any) -> Any:
+    from gossiplearn.peer.model import SplitModel, SplitModelError
+
+    try:
+        return SplitModel(
+            module,
+            head_prefixes=cfg.model.head_prefixes or None,
+            share_batchnorm_stats=cfg.model.share_batchnorm_stats,
         )
-        now = time.monotonic()
-        self.metrics.neighbours_live.set(len(self.table.live(now)))
-        self.metrics.rate_limited_connections.set(counters.rate_limited_connections)
-        skewed = 0
-        self.metrics.neighbour_clock_offset.clear()
-        for n in self.table.all():
-            if n.clock_offset_ms is not None:
-                self.metrics.neighbour_clock_offset.labels(short_id(n.peer_id)).set(
-                    n.clock_offset_ms / 1000
-                )
-            skewed += self.table.is_live(n, now) and self.table.clock_skewed(n)
-        self.metrics.neighbours_clock_skewed.set(skewed)
-        self.metrics.uptime.set(time.time() - self.started)
-        self.metrics.trio_tasks.set(trio_task_count() or 0)
-        blocked = self.engine.view.blocked.values()
-        refused = sum(1 for state in blocked if state["refused"])
-        self.metrics.blocked_peers.labels("refused").set(refused)
-        self.metrics.blocked_peers.labels("backoff").set(len(blocked) - refused)
-        return self.metrics.render()
+    except SplitModelError as exc:
+        raise SplitModelError(
+            f"model.factory {cfg.model.factory!r}: {exc} (head_prefixes: model.head_prefixes)"
+        ) from exc
+
+
+_SEEDING = threading.Lock()
+
+
+def load_learning(cfg: PeerConfig) -> tuple[Any, Any, Any, dict[str, float]]:
+    """The peer's (SplitModel, PeerData, trainer, first test metrics) from its config:
+    ``model.factory`` under ``training.seed``, ``data.loader``, ``training.trainer``, and one
+    evaluation, so that a model that does not fit the data fails here, at start (or at
+    ``gossiplearn init``), not in the first round. Every failure is one line naming the keys
+    to check (ModelFactoryError, SplitModelError, DataLoaderError, TrainerError,
+    DeviceUnavailable)."""
+    import torch
+
+    from gossiplearn.peer.data import ModelFactoryError, TrainerError, load_datasets, resolve
+    from gossiplearn.peer.lean import avoid_dynamo_import
+    from gossiplearn.peer.trainer import make_trainer
+
+    avoid_dynamo_import()  # ~100 MB and seconds of start-up that a daemon never uses
+    factory = resolve(cfg.model.factory, "model.factory", ModelFactoryError)
+    try:
+        # torch's generator is global: daemons that load in threads of one process (inproc
+        # mode, tests, a program running several Peers) would otherwise seed it in turn and
+        # draw from each other's seeds, starting from different weights, whose average is
+        # no model at all (found by a multi-label test: every average refused in half the
+        # runs).
+        with _SEEDING:
+            torch.manual_seed(cfg.training.seed)
+            module = factory(**cfg.model.options)
+    except Exception as exc:
+        raise ModelFactoryError(
+            f"model.factory {cfg.model.factory!r} failed with model.options "
+            f"{cfg.model.options}: {type(exc).__name__}: {_first_line(exc)}"
+        ) from exc
+    if not isinstance(module, torch.nn.Module):
+        raise ModelFactoryError(
+            f"model.factory {cfg.model.factory!r} returned a {type(module).__name__}, not a "
+            "torch.nn.Module"
+        )
+    model = _split(cfg, module)
+    data = load_datasets(cfg.data.loader, cfg.data.options)
+    training = cfg.training
+    trainer = make_trainer(
+        training.trainer, model, data, training.to_train_config(), training.options
+    )
+    try:
+        first = dict(trainer.evaluate("test"))
+    except Exception as exc:
+        log.debug("the first evaluation failed", exc_info=True)
+        raise TrainerError(
+            f"the model of model.factory {cfg.model.factory!r} fails on the samples of "
+            f"data.loader {cfg.data.loader!r} ({type(exc).__name__}: {_first_line(exc)}): "
+            "check model.options against the data's shapes"
+            + (", and training.trainer's evaluate" if training.trainer else "")
+        ) from exc
+    return model, data, trainer, first
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""

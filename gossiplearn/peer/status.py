@@ -74,6 +74,13 @@ class Metrics:
             "gossiplearn_validation_accuracy", "Accuracy on local held-out data.", registry=r
         )
         self.uptime = Gauge("gossiplearn_uptime_seconds", "Seconds since start.", registry=r)
+        self.averages = Counter(
+            "gossiplearn_averages",
+            "Finished rounds' averages by this peer's decision: accepted, or refused because "
+            "they would hurt its own validation loss.",
+            ["decision"],
+            registry=r,
+        )
         self.equivocations = Counter(
             "gossiplearn_equivocations",
             "Peers caught signing two conflicting messages (each proof kept in evidence/).",
@@ -157,7 +164,7 @@ def remote_view(document: dict[str, Any], requester: str) -> dict[str, Any]:
             "in_progress": rounds["in_progress"],
             "with_you": [e for e in rounds["history"] if requester in e.get("members", ())],
         },
-        "model_digest": document["model_digest"],
+        "model_digest": document.get("model_digest"),
     }
 
 

@@ -1,7 +1,13 @@
-"""Local training of a :class:`SplitModel` on the peer's own data.
+"""Local training of a :class:`SplitModel` on the peer's own data: the trainer protocol, and
+the built-in trainer (plain SGD, cross-entropy, argmax accuracy on ``(input, label)`` samples).
 
-Three steps: train everything (before sharing the backbone), fine-tune only the head (after an
-averaging round replaced the backbone), and evaluate on the peer's held-out data.
+A trainer does three things a peer needs around its rounds (:class:`TrainerProtocol`): train
+everything for one round's budget (before sharing the backbone), fine-tune only the head
+(after an average replaced the backbone), and evaluate on its validation data (whether an
+average helps) and its test data (reported). ``training.trainer = "module:Class"`` replaces the
+built-in one with any class that does these (a regression, multi-label or sequence loss, a
+different optimizer, another batch source): it is built as
+``Class(model, data, config, **training.options)``.
 
 Deterministic by construction: each epoch's shuffle comes from a fresh ``torch.Generator``
 seeded from ``(config.seed, epoch counter)``, and a fresh optimizer is made per call (momentum
@@ -12,37 +18,151 @@ no global seeding, no DataLoader worker processes or threads).
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset, default_collate
 
+from gossiplearn.peer.data import PeerData, TrainerError, resolve
 from gossiplearn.peer.model import SplitModel
 
 # Evaluation needs no gradients, so it can afford bigger batches than training.
 _MIN_EVAL_BATCH = 256
+SPLITS = ("validation", "test")
+
+
+@runtime_checkable
+class TrainerProtocol(Protocol):
+    """What gossiplearn asks of a trainer (``training.trainer = "module:Class"``).
+
+    It is constructed as ``Class(model, data, config, **options)`` with the peer's
+    :class:`~gossiplearn.peer.model.SplitModel`, its :class:`~gossiplearn.peer.data.PeerData`
+    (train, validation, test) and the :class:`TrainConfig`; it owns the device, optimizer,
+    loss and batches. Every method runs in a worker thread and returns plain floats.
+    """
+
+    #: The number of training samples (the averaging weight when weighting is on, capped).
+    num_train_samples: int
+
+    def train_round(self) -> dict[str, float]:
+        """Train all parameters for one round's local budget (e.g. config.steps_per_round
+        batches or config.epochs epochs)."""
+        ...
+
+    def finetune_head(self) -> dict[str, float]:
+        """Train only the head on top of a backbone that was just replaced."""
+        ...
+
+    def evaluate(self, split: str = "test") -> dict[str, float]:
+        """Metrics on ``split`` ("validation" or "test"). The one ``training.acceptance_metric``
+        names must be there, lower is better (a loss or an error rate); the simulation reports
+        "accuracy"."""
+        ...
+
+
+def make_trainer(
+    spec: str,
+    model: SplitModel,
+    data: PeerData,
+    config: TrainConfig,
+    options: Mapping[str, Any] | None = None,
+    key: str = "training.trainer",
+) -> TrainerProtocol:
+    """The trainer ``training.trainer`` names (``spec``, "module:Class"), built as
+    ``Class(model, data, config, **options)``; the built-in :class:`Trainer` when ``spec`` is
+    empty. Raises TrainerError (one line, naming ``key``, where the spec came from) if it
+    cannot be had."""
+    if not spec:
+        if options:
+            raise TrainerError("training.options are for training.trainer, which is not set")
+        return Trainer(model, data.train, data.validation, config, data.test)
+    factory = resolve(spec, key, TrainerError)
+    try:
+        trainer = factory(model, data, config, **(options or {}))
+    except Exception as exc:
+        with_options = f" with training.options {dict(options)}" if options else ""
+        raise TrainerError(
+            f"{key} {spec!r} failed to build{with_options}: {type(exc).__name__}: {exc}"
+        ) from exc
+    missing = [
+        name
+        for name in ("train_round", "finetune_head", "evaluate")
+        if not callable(getattr(trainer, name, None))
+    ]
+    if missing:
+        raise TrainerError(
+            f"{key} {spec!r}: {type(trainer).__name__} has no {', '.join(missing)} "
+            "(a trainer needs train_round, finetune_head and evaluate; see TrainerProtocol)"
+        )
+    if not isinstance(getattr(trainer, "num_train_samples", None), int):
+        trainer.num_train_samples = len(data.train)  # type: ignore[arg-type]
+    return trainer
+
+
+class DeviceUnavailable(ValueError):
+    """``training.device`` names a device this machine does not have."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``training.device``: "cpu", "cuda", "cuda:N", "mps", or "auto" (CUDA if available)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeviceUnavailable(
+            f'training.device = {name!r} is not a torch device: use "cpu", "cuda[:N]", "mps" '
+            'or "auto"'
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceUnavailable(
+                f"training.device = {name!r}, but torch sees no CUDA device here (a CPU build, "
+                'or no driver): set training.device = "cpu" or "auto"'
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceUnavailable(
+                f"training.device = {name!r}, but there are {torch.cuda.device_count()} CUDA "
+                'device(s): pick one that exists, or "auto"'
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceUnavailable(
+            f'training.device = {name!r}, but MPS is not available here: use "cpu" or "auto"'
+        )
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise DeviceUnavailable(f'training.device = {name!r}: use "cpu", "cuda[:N]" or "auto"')
+    return device
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyperparameters of local training (plain SGD with momentum, cross-entropy)."""
+    """Hyperparameters of local training (plain SGD with momentum, cross-entropy).
+
+    One round's local budget is ``steps_per_round`` mini-batches if that is set (> 0; the
+    batches run on through the shuffled epochs from one round to the next), else ``epochs``
+    whole epochs.
+    """
 
     epochs: int = 1
+    steps_per_round: int = 0
     batch_size: int = 32
     lr: float = 0.05
     momentum: float = 0.9
     head_epochs: int = 1
     seed: int = 0
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
-        if self.epochs < 0 or self.head_epochs < 0:
-            raise ValueError("epochs and head_epochs must be >= 0")
+        if self.epochs < 0 or self.head_epochs < 0 or self.steps_per_round < 0:
+            raise ValueError("epochs, steps_per_round and head_epochs must be >= 0")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         if not self.lr > 0:
@@ -75,7 +195,8 @@ def _frozen(parameters: Sequence[torch.nn.Parameter]) -> Iterator[None]:
 
 
 class Trainer:
-    """Trains and evaluates one peer's :class:`SplitModel` on its own data."""
+    """The built-in trainer: SGD with momentum, cross-entropy, argmax accuracy, for
+    ``(input, long label)`` samples. Implements :class:`TrainerProtocol`."""
 
     def __init__(
         self,
@@ -83,16 +204,22 @@ class Trainer:
         train_data: Dataset,
         val_data: Dataset,
         config: TrainConfig = TrainConfig(),
+        test_data: Dataset | None = None,
     ) -> None:
+        """``val_data`` decides whether an average helps (:meth:`losses`); ``test_data``
+        (default: ``val_data``) is what :meth:`evaluate` reports on. The model moves to
+        ``config.device``."""
+        model.module.to(resolve_device(config.device))
         self.model = model
         self.train_data = train_data
         self.val_data = val_data
+        self.test_data = val_data if test_data is None else test_data
         self.config = config
         self.num_train_samples: int = len(train_data)  # type: ignore[arg-type]
-        self._num_val_samples: int = len(val_data)  # type: ignore[arg-type]
-        if self.num_train_samples == 0 or self._num_val_samples == 0:
-            raise ValueError("training and validation data must both be non-empty")
+        if self.num_train_samples == 0 or not len(val_data) or not len(self.test_data):  # type: ignore[arg-type]
+            raise ValueError("training, validation and test data must all be non-empty")
         self._epochs_run = 0
+        self._stream: Iterator[torch.Tensor] | None = None
 
     @property
     def _device(self) -> torch.device:
@@ -106,27 +233,47 @@ class Trainer:
         order = torch.randperm(self.num_train_samples, generator=generator)
         return iter(order.split(self.config.batch_size))
 
-    def _fit(self, parameters: Sequence[torch.nn.Parameter], epochs: int) -> dict[str, float]:
-        """SGD on ``parameters`` for ``epochs`` epochs; returns the mean per-sample loss."""
+    def _batches_forever(self) -> Iterator[torch.Tensor]:
+        while True:
+            yield from self._shuffled_batches()
+
+    def _fit(
+        self, parameters: Sequence[torch.nn.Parameter], batches: Iterable[torch.Tensor]
+    ) -> dict[str, float]:
+        """SGD on ``parameters`` over ``batches`` (index tensors); the mean per-sample loss."""
         optimizer = torch.optim.SGD(parameters, lr=self.config.lr, momentum=self.config.momentum)
         device = self._device
         total_loss, seen = 0.0, 0
-        for _ in range(epochs):
-            for indices in self._shuffled_batches():
-                inputs, labels = _batch(self.train_data, indices)
-                inputs, labels = inputs.to(device), labels.to(device)
-                optimizer.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(self.model.module(inputs), labels)
-                loss.backward()
-                optimizer.step()
-                total_loss += loss.item() * len(labels)
-                seen += len(labels)
+        for indices in batches:
+            inputs, labels = _batch(self.train_data, indices)
+            inputs, labels = inputs.to(device), labels.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(self.model.module(inputs), labels)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.item() * len(labels)
+            seen += len(labels)
         return {"loss": total_loss / seen if seen else math.nan}
 
+    def _epochs(self, epochs: int) -> Iterator[torch.Tensor]:
+        for _ in range(epochs):
+            yield from self._shuffled_batches()
+
+    def train_round(self) -> dict[str, float]:
+        return self.train_local()
+
     def train_local(self) -> dict[str, float]:
-        """Train all parameters (backbone and head) for ``config.epochs`` epochs."""
+        """Train all parameters (backbone and head) for one round's budget:
+        ``config.steps_per_round`` mini-batches if set, else ``config.epochs`` epochs."""
         self.model.module.train()
-        return self._fit(list(self.model.module.parameters()), self.config.epochs)
+        steps = self.config.steps_per_round
+        if steps:
+            if self._stream is None:
+                self._stream = self._batches_forever()
+            batches: Iterable[torch.Tensor] = itertools.islice(self._stream, steps)
+        else:
+            batches = self._epochs(self.config.epochs)
+        return self._fit(list(self.model.module.parameters()), batches)
 
     def finetune_head(self) -> dict[str, float]:
         """Train only the head for ``config.head_epochs``; the backbone stays bit-identical.
@@ -144,24 +291,46 @@ class Trainer:
             if not any(self.model.is_head(name) for name in tensor_names):
                 submodule.eval()
         with _frozen(self.model.backbone_parameters()):
-            return self._fit(self.model.head_parameters(), self.config.head_epochs)
+            return self._fit(self.model.head_parameters(), self._epochs(self.config.head_epochs))
+
+    def evaluate(self, split: str = "test") -> dict[str, float]:
+        """Accuracy, error (1 - accuracy) and mean cross-entropy ("loss") on ``split``."""
+        losses, correct = self._per_sample(self._split(split))
+        return {
+            "accuracy": float(correct.mean()),
+            "error": float(1.0 - correct.mean()),
+            "loss": float(losses.mean()),
+            "cross_entropy": float(losses.mean()),
+            "samples": float(len(losses)),
+        }
+
+    def losses(self, split: str, metric: str) -> np.ndarray:
+        """Each sample's ``metric`` on ``split``: "error" (0 if classified right, else 1) or
+        "loss"/"cross_entropy". Optional in the protocol: with it, personal acceptance can
+        tell harm from noise."""
+        losses, correct = self._per_sample(self._split(split))
+        if metric == "error":
+            return (~correct).astype(np.float64)
+        if metric in ("loss", "cross_entropy"):
+            return losses
+        raise KeyError(metric)
+
+    def _split(self, split: str) -> Dataset:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        return self.val_data if split == "validation" else self.test_data
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        """Accuracy and mean loss on the validation (personal test) data."""
+    def _per_sample(self, dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
+        """(loss, correct) of each sample of ``dataset``, in order."""
         self.model.module.eval()
         device = self._device
-        total_loss, correct = 0.0, 0
-        all_indices = torch.arange(self._num_val_samples)
-        for indices in all_indices.split(max(self.config.batch_size, _MIN_EVAL_BATCH)):
-            inputs, labels = _batch(self.val_data, indices)
+        samples: int = len(dataset)  # type: ignore[arg-type]
+        losses, correct = [], []
+        for indices in torch.arange(samples).split(max(self.config.batch_size, _MIN_EVAL_BATCH)):
+            inputs, labels = _batch(dataset, indices)
             inputs, labels = inputs.to(device), labels.to(device)
             logits = self.model.module(inputs)
-            total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
-            correct += int((logits.argmax(dim=1) == labels).sum().item())
-        samples = self._num_val_samples
-        return {
-            "accuracy": correct / samples,
-            "loss": total_loss / samples,
-            "samples": float(samples),
-        }
+            losses.append(F.cross_entropy(logits, labels, reduction="none").double().cpu())
+            correct.append((logits.argmax(dim=1) == labels).cpu())
+        return torch.cat(losses).numpy(), torch.cat(correct).numpy()

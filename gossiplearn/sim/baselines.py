@@ -1,8 +1,11 @@
 """Reference methods that gossiplearn is compared against, on the same shards and budget.
 
-Each baseline takes the peers' ``(train, val)`` shards, a model factory and the same
-:class:`TrainConfig` gossiplearn peers use, runs ``rounds`` rounds and returns a
-:class:`MethodResult` (peer p's accuracy on its own validation data after every round).
+Each baseline takes the peers' data (:class:`~gossiplearn.peer.data.PeerData`), a model
+factory and the same :class:`TrainConfig` gossiplearn peers use (one round's local budget
+included), runs ``rounds`` rounds and returns a :class:`MethodResult` (peer p's accuracy on its
+own test data after every round). They train on the same training part gossiplearn peers do;
+the validation part, which gossiplearn peers hold out to decide whether an average helps
+them, is not used.
 
 =======  ===========================  ======================  ===================
 method   averaged by the server       kept per peer           after averaging
@@ -12,18 +15,22 @@ fedavg   every floating-point tensor  non-float buffers       -
 fedper   the backbone                 head and local buffers  ``finetune_head``
 =======  ===========================  ======================  ===================
 
-* **local**: every peer trains alone, one ``train_local`` (``config.epochs`` epochs) per round.
+* **local**: every peer trains alone, one ``train_local`` (one round's budget) per round.
   Sends nothing.
 * **fedavg** (centralized FedAvg): one global model. Each round every peer starts from it and
-  runs ``train_local``; the server replaces it by the training-sample-weighted average of the
-  peers' models. Peer p's accuracy is the global model's accuracy on p's validation data.
+  runs ``train_local``; the server replaces it by the weighted average of the peers' models. Peer p's accuracy is the global model's accuracy on p's validation data.
   Each peer downloads and uploads the model once per round as float32.
 * **fedper** (centralized FedPer, same backbone/head split as gossiplearn): each peer keeps its
   head; each round it starts from the global backbone, runs ``train_local``, and the server
-  averages only the backbones (weighted by samples). Unlike the original FedPer, each peer then
+  averages only the backbones (weighted). Unlike the original FedPer, each peer then
   fine-tunes its head on the new backbone (``finetune_head``) before it is evaluated. That is
   what a gossiplearn round does, so the two differ only in how the backbone is averaged (exact
   and central vs. gossip), not in local compute. Traffic: the backbone, down and up, per round.
+
+Weights: a peer weighs its training samples, capped at ``max_weight`` (default: no cap, the
+textbook methods), which is how a gossiplearn network with ``round.max_weight`` weighs its
+members: the simulation passes the same cap (equal weights with gossiplearn's default of 1),
+so the methods differ in how they average, not in what they average towards.
 
 All peers start from the same initial weights (``factory()`` under ``torch.manual_seed(seed)``,
 run with torch's global generator saved and restored) and results are deterministic given
@@ -38,23 +45,28 @@ local, heads for fedper, usually nothing for fedavg), so 50 peers cost 50 heads,
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
+from gossiplearn.peer.data import PeerData
 from gossiplearn.peer.model import SplitModel
 from gossiplearn.peer.trainer import TrainConfig, Trainer
-from gossiplearn.sim.results import MethodResult
+from gossiplearn.sim.results import MethodResult, accuracy_of
 
 #: Returns a fresh module with ``backbone`` and ``head`` submodules (same init given torch seed).
 ModelFactory = Callable[[], torch.nn.Module]
 #: Called as ``progress(method_name, round_index)`` after each round (``round_index`` from 0).
 Progress = Callable[[str, int], None]
-Shards = Sequence[tuple[Dataset, Dataset]]
+Shards = Sequence[PeerData]
+#: (the working SplitModel, a peer's data) -> that peer's trainer (TrainerProtocol). Built once
+#: per peer; the model is shared, each peer's tensors are swapped in before it trains.
+TrainerFactory = Callable[[SplitModel, PeerData], Any]
 
 # Tensors travel as float32, like gossiplearn's backbone vectors.
 _WIRE_BYTES_PER_VALUE = 4
@@ -92,6 +104,11 @@ _FEDAVG = _Scheme("fedavg", _float_tensors, finetune_head=False)
 _FEDPER = _Scheme("fedper", _backbone, finetune_head=True)
 
 
+def _builtin_trainer(config: TrainConfig) -> TrainerFactory:
+    # Trained on the training part, measured on the test part (no acceptance here).
+    return lambda split, data: Trainer(split, data.train, data.test, config)
+
+
 def _initial_module(factory: ModelFactory, seed: int) -> torch.nn.Module:
     """``factory()`` under ``torch.manual_seed(seed)``, leaving torch's global generator as it was."""
     with torch.random.fork_rng(devices=[]):
@@ -118,6 +135,8 @@ def _run(
     rounds: int,
     seed: int,
     progress: Progress | None,
+    max_weight: int | None,
+    make_trainer: TrainerFactory | None = None,
 ) -> MethodResult:
     """The loop all baselines share: per round, train every peer, average, evaluate every peer."""
     if not shards:
@@ -126,14 +145,20 @@ def _run(
         raise ValueError("rounds must be >= 1")
     start = time.perf_counter()
     split = SplitModel(_initial_module(factory, seed))
-    trainers = [Trainer(split, train, val, config) for train, val in shards]
+    make = make_trainer or _builtin_trainer(config)
+    trainers = [make(split, data) for data in shards]
     # state_dict() tensors alias the module's storage, so copying into them sets the module.
     state = split.module.state_dict()
     shared_names = scheme.shared(split)
     personal_names = tuple(sorted(set(state) - set(shared_names)))
     global_shared = _snapshot(state, shared_names)
     personal = [_snapshot(state, personal_names) for _ in trainers]
-    samples = [trainer.num_train_samples for trainer in trainers]
+    samples = [
+        trainer.num_train_samples
+        if max_weight is None
+        else min(trainer.num_train_samples, max_weight)
+        for trainer in trainers
+    ]
 
     def load(peer: int) -> None:
         _copy(state, global_shared, shared_names)
@@ -150,7 +175,7 @@ def _run(
         losses = []
         for peer, trainer in enumerate(trainers):
             load(peer)
-            losses.append(trainer.train_local()["loss"])
+            losses.append(trainer.train_round().get("loss", math.nan))
             for name in shared_names:
                 totals[name].add_(state[name].to(torch.float64), alpha=samples[peer])
             _copy(personal[peer], state, personal_names)
@@ -163,7 +188,7 @@ def _run(
             if scheme.finetune_head:
                 trainer.finetune_head()
                 _copy(personal[peer], state, personal_names)
-            accuracies.append(trainer.evaluate()["accuracy"])
+            accuracies.append(accuracy_of(trainer.evaluate()))
         history.append(accuracies)
         if progress is not None:
             progress(scheme.name, round_index)
@@ -186,9 +211,11 @@ def run_local_only(
     rounds: int,
     seed: int = 0,
     progress: Progress | None = None,
+    max_weight: int | None = None,
+    make_trainer: TrainerFactory | None = None,
 ) -> MethodResult:
     """Every peer trains its own model on its own data only; nothing is sent."""
-    return _run(_LOCAL, shards, factory, config, rounds, seed, progress)
+    return _run(_LOCAL, shards, factory, config, rounds, seed, progress, max_weight, make_trainer)
 
 
 def run_fedavg(
@@ -198,9 +225,11 @@ def run_fedavg(
     rounds: int,
     seed: int = 0,
     progress: Progress | None = None,
+    max_weight: int | None = None,
+    make_trainer: TrainerFactory | None = None,
 ) -> MethodResult:
     """Centralized FedAvg: one global model, averaged over all peers every round."""
-    return _run(_FEDAVG, shards, factory, config, rounds, seed, progress)
+    return _run(_FEDAVG, shards, factory, config, rounds, seed, progress, max_weight, make_trainer)
 
 
 def run_fedper(
@@ -210,6 +239,8 @@ def run_fedper(
     rounds: int,
     seed: int = 0,
     progress: Progress | None = None,
+    max_weight: int | None = None,
+    make_trainer: TrainerFactory | None = None,
 ) -> MethodResult:
     """Centralized FedPer: the backbone is averaged, each peer keeps and fine-tunes its head."""
-    return _run(_FEDPER, shards, factory, config, rounds, seed, progress)
+    return _run(_FEDPER, shards, factory, config, rounds, seed, progress, max_weight, make_trainer)

@@ -26,6 +26,10 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from gossiplearn.peer.data import DEFAULT_VALIDATION, PeerData
+
+__all__ = ["DATASETS", "DEFAULT_VALIDATION", "PeerData", "digits", "fashion_mnist", "synthetic"]
+
 # Dirichlet shards are topped up to this many samples (if the dataset is large enough).
 DEFAULT_MIN_SHARD_SIZE = 10
 _SHARD_PATTERN = re.compile(r"(\d+)/(\d+)")
@@ -166,19 +170,28 @@ def _partition(spec: str, labels: np.ndarray, shards: int, seed: int) -> list[np
 
 
 def _holdout_split(
-    indices: np.ndarray, holdout: float, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Randomly hold out ``holdout`` of ``indices`` (at least one, never all): (train, val)."""
-    if len(indices) < 2:
-        raise ValueError("a shard needs at least 2 samples to hold one out")
+    indices: np.ndarray, holdout: float, rng: np.random.Generator, validation: float = 0.0
+) -> tuple[np.ndarray, ...]:
+    """Randomly hold out ``holdout`` of ``indices`` (at least one, never all) as the test set:
+    (train, test); with ``validation`` > 0, that fraction of ``indices`` is also held out of
+    the training part (at least one, leaving one to train): (train, validation, test)."""
+    minimum = 3 if validation else 2
+    if len(indices) < minimum:
+        raise ValueError(f"a shard needs at least {minimum} samples to hold out a test set")
     shuffled = rng.permutation(indices)
-    held_out = min(max(round(holdout * len(indices)), 1), len(indices) - 1)
-    return np.sort(shuffled[held_out:]), np.sort(shuffled[:held_out])
+    tested = min(max(round(holdout * len(indices)), 1), len(indices) - (minimum - 1))
+    test, rest = shuffled[:tested], shuffled[tested:]
+    if not validation:
+        return np.sort(rest), np.sort(test)
+    validated = min(max(round(validation * len(indices)), 1), len(rest) - 1)
+    return np.sort(rest[validated:]), np.sort(rest[:validated]), np.sort(test)
 
 
-def _check_holdout(holdout: float) -> None:
+def _check_holdout(holdout: float, validation: float = 0.0) -> None:
     if not 0 < holdout < 1:
         raise ValueError(f"holdout must be in (0, 1), got {holdout}")
+    if not 0 <= validation < 1 - holdout:
+        raise ValueError(f"validation must be in [0, 1 - holdout), got {validation}")
 
 
 def _tensor_dataset(features: np.ndarray, labels: np.ndarray) -> TensorDataset:
@@ -221,19 +234,24 @@ def _pool_partition(pool: _Pool, spec: str, shards: int, seed: int) -> tuple[np.
 
 
 def _pool_shard(
-    load_pool: Callable[[], _Pool], shard: str, partition: str, seed: int, holdout: float
-) -> tuple[TensorDataset, TensorDataset]:
-    """One peer's (train, validation) of a pooled dataset, as :func:`digits` describes.
+    load_pool: Callable[[], _Pool],
+    shard: str,
+    partition: str,
+    seed: int,
+    holdout: float,
+    validation: float = 0.0,
+) -> tuple[TensorDataset, ...]:
+    """One peer's (train[, validation], test) of a pooled dataset, as :func:`digits` says.
 
     The arguments are checked before ``load_pool`` runs, so a typo fails before a slow decode.
     """
     index, count = parse_shard(shard)
-    _check_holdout(holdout)
+    _check_holdout(holdout, validation)
     pool = load_pool()
     mine = _pool_partition(pool, partition, count, seed)[index]
     # Seeded by the shard too, so peers' holdouts are independent draws.
-    train, validation = _holdout_split(mine, holdout, np.random.default_rng([seed, index]))
-    return pool.subset(train), pool.subset(validation)
+    parts = _holdout_split(mine, holdout, np.random.default_rng([seed, index]), validation)
+    return tuple(pool.subset(rows) for rows in parts)
 
 
 @functools.lru_cache(maxsize=1)
@@ -271,15 +289,18 @@ def digits(
     partition: str = "dirichlet:0.3",
     seed: int = 0,
     holdout: float = 0.25,
-) -> tuple[TensorDataset, TensorDataset]:
+    validation: float = 0.0,
+) -> tuple[TensorDataset, ...]:
     """scikit-learn's handwritten digits (64 features in [0, 1], 10 classes): one peer's shard.
 
     All samples are split across the N shards by ``partition`` (``"iid"``,
     ``"dirichlet:ALPHA"`` or ``"shards:C"``; seeded, so every process computes the same
-    split), then ``holdout`` of shard i is held out as the peer's personal validation set,
-    which thus follows the shard's own label distribution.
+    split), then ``holdout`` of shard i is held out as the peer's personal test set, which
+    thus follows the shard's own label distribution: ``(train, test)``. With ``validation``
+    > 0, that fraction of the shard is also held out of training as a validation set (the
+    daemon decides on it whether a group average helps): ``(train, validation, test)``.
     """
-    return _pool_shard(_digits_pool, shard, partition, seed, holdout)
+    return _pool_shard(_digits_pool, shard, partition, seed, holdout, validation)
 
 
 # ---- Fashion-MNIST from the Debian package dataset-fashion-mnist ---------------------------
@@ -375,17 +396,23 @@ def fashion_mnist(
     seed: int = 0,
     holdout: float = 0.25,
     root: str | os.PathLike[str] = FASHION_MNIST_ROOT,
-) -> tuple[TensorDataset, TensorDataset]:
+    validation: float = 0.0,
+) -> tuple[TensorDataset, ...]:
     """Fashion-MNIST (784 features in [0, 1], 10 classes): one peer's shard.
 
     Reads the IDX files of the Debian package ``dataset-fashion-mnist`` under ``root`` and
     pools train and test (70,000 samples; peers hold out their own validation sets). The
-    decoded arrays are cached per ``root`` for the process. ``partition`` and ``holdout`` work
-    as for :func:`digits`. Raises :class:`DatasetUnavailable` if the files are missing and
+    decoded arrays are cached per ``root`` for the process. ``partition``, ``holdout`` and
+    ``validation`` work as for :func:`digits`. Raises :class:`DatasetUnavailable` if the files are missing and
     :class:`IdxFormatError` if one is corrupt.
     """
     return _pool_shard(
-        functools.partial(_fashion_mnist_pool, os.fspath(root)), shard, partition, seed, holdout
+        functools.partial(_fashion_mnist_pool, os.fspath(root)),
+        shard,
+        partition,
+        seed,
+        holdout,
+        validation,
     )
 
 
@@ -453,7 +480,8 @@ def synthetic(
     min_samples: int = 50,
     max_samples: int = 1000,
     partition: str | None = None,
-) -> tuple[TensorDataset, TensorDataset]:
+    validation: float = 0.0,
+) -> tuple[TensorDataset, ...]:
     """FedProx's Synthetic(alpha, beta) data of device i for shard ``"i/N"``.
 
     As in Li et al., "Federated Optimization in Heterogeneous Networks" (MLSys 2020) and its
@@ -470,13 +498,14 @@ def synthetic(
 
     Device i's data depends only on ``(seed, i)`` (a generator seeded with ``[seed, i]``),
     never on N, so device i is generated alone, in any process, for any N. ``holdout`` of it
-    is then held out (same generator, after the data) as the device's validation set.
+    is then held out (same generator, after the data) as the device's test set, and
+    ``validation`` of it as a validation set, as for :func:`digits`.
     ``partition``, if of the form ``"synthetic:ALPHA,BETA"``, overrides ``alpha`` and
     ``beta``; other specs are ignored. It lets this loader take the same options
     (shard, partition, seed, holdout) as the pooled ones.
     """
     index, _ = parse_shard(shard)
-    _check_holdout(holdout)
+    _check_holdout(holdout, validation)
     if partition is not None:
         alpha, beta = synthetic_parameters(partition, alpha, beta)
     if not all(value >= 0 and math.isfinite(value) for value in (alpha, beta)):
@@ -489,11 +518,8 @@ def synthetic(
     features, labels = _synthetic_device(
         rng, alpha, beta, dimension, classes, min_samples, max_samples
     )
-    train, validation = _holdout_split(np.arange(len(labels)), holdout, rng)
-    return (
-        _tensor_dataset(features[train], labels[train]),
-        _tensor_dataset(features[validation], labels[validation]),
-    )
+    parts = _holdout_split(np.arange(len(labels)), holdout, rng, validation)
+    return tuple(_tensor_dataset(features[rows], labels[rows]) for rows in parts)
 
 
 # ---- registry ------------------------------------------------------------------------------
@@ -503,7 +529,8 @@ def synthetic(
 class DatasetInfo:
     """A built-in dataset: its loader spec (``"module:function"``) and model shapes.
 
-    Every loader takes the options ``shard``, ``partition``, ``seed`` and ``holdout``.
+    Every loader takes the options ``shard``, ``partition``, ``seed``, ``holdout`` and
+    ``validation``.
     """
 
     loader: str
@@ -519,33 +546,46 @@ DATASETS: dict[str, DatasetInfo] = {
 
 
 def load_shard(
-    name: str, shard: str, partition: str, seed: int = 0, holdout: float = 0.25
-) -> tuple[TensorDataset, TensorDataset]:
-    """One peer's (train, validation) of the built-in dataset ``name``.
+    name: str,
+    shard: str,
+    partition: str,
+    seed: int = 0,
+    holdout: float = 0.25,
+    validation: float = 0.0,
+) -> PeerData:
+    """One peer's data of the built-in dataset ``name`` (its test set is also its validation
+    set when ``validation`` is 0).
 
     ``partition`` is ``"iid"``, ``"dirichlet:ALPHA"`` or ``"shards:C"`` for digits and
     fashion-mnist; for synthetic it is ``"synthetic:ALPHA,BETA"``, any other value meaning
     Synthetic(1, 1).
     """
     # Imported here: the daemon's loader resolution, shared so names resolve identically.
-    from gossiplearn.peer.data import resolve
+    from gossiplearn.peer.data import peer_data, resolve
 
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     loader = resolve(DATASETS[name].loader)
-    result: tuple[TensorDataset, TensorDataset] = loader(
-        shard=shard, partition=partition, seed=seed, holdout=holdout
+    result = loader(
+        shard=shard, partition=partition, seed=seed, holdout=holdout, validation=validation
     )
-    return result
+    return peer_data(result)
 
 
 def load_all_shards(
-    name: str, peers: int, partition: str, seed: int = 0, holdout: float = 0.25
-) -> list[tuple[TensorDataset, TensorDataset]]:
-    """Every peer's (train, validation) for ``peers`` peers, identical to :func:`load_shard`.
+    name: str,
+    peers: int,
+    partition: str,
+    seed: int = 0,
+    holdout: float = 0.25,
+    validation: float = 0.0,
+) -> list[PeerData]:
+    """Every peer's data for ``peers`` peers, identical to :func:`load_shard`.
 
     The split is computed once (pooled datasets cache it), not once per peer.
     """
     if peers < 1:
         raise ValueError(f"peers must be >= 1, got {peers}")
-    return [load_shard(name, f"{i}/{peers}", partition, seed, holdout) for i in range(peers)]
+    return [
+        load_shard(name, f"{i}/{peers}", partition, seed, holdout, validation) for i in range(peers)
+    ]

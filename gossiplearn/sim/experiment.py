@@ -20,11 +20,14 @@ from rich.progress import (
 
 from gossiplearn.sim.launcher import (
     SimConfig,
+    check_parts,
+    load_data,
     model_factory,
     run_inproc,
     run_memory,
     run_process,
     train_config,
+    trainer_factory,
 )
 from gossiplearn.sim.report import human_bytes, plot_results, summary_table, write_results
 from gossiplearn.sim.results import MethodResult
@@ -34,15 +37,13 @@ def run_experiment(
     config: SimConfig, out: Path, with_baselines: bool = True, console: Console | None = None
 ) -> list[MethodResult]:
     from gossiplearn.sim.baselines import run_fedavg, run_fedper, run_local_only
-    from gossiplearn.sim.datasets import load_all_shards
 
     console = console or Console()
     # Peers log through our logger; the progress bar is the console's story here.
     logging.getLogger("gossiplearn").setLevel(logging.WARNING)
     started = time.perf_counter()
-    shards = load_all_shards(
-        config.dataset, config.peers, config.partition, config.seed, config.holdout
-    )
+    shards = load_data(config)
+    check_parts(config, shards)
     methods: list[MethodResult] = []
 
     columns = (
@@ -69,6 +70,7 @@ def run_experiment(
 
         if with_baselines:
             factory, training = model_factory(config), train_config(config)
+            make = trainer_factory(config)
             baselines: list[tuple[str, Callable[..., MethodResult]]] = [
                 ("local", run_local_only),
                 ("fedavg", run_fedavg),
@@ -88,12 +90,16 @@ def run_experiment(
                         config.rounds,
                         seed=config.seed,
                         progress=on_baseline,
+                        max_weight=config.max_weight,
+                        make_trainer=make,
                     )
                 )
 
     run_config = config.as_dict() | {"wall_s": round(time.perf_counter() - started, 3)}
     results = write_results(out, run_config, methods)
-    plots = plot_results(out, methods)
+    data = config.data or f"{config.dataset}, {config.partition}"
+    run_name = f"{data}, {config.peers} peers, {config.rounds} rounds, {config.mode} mode"
+    plots = plot_results(out, methods, run_name)
     console.print(summary_table(methods))
     console.print(f"results: {results}")
     for plot in plots:

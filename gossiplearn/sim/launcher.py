@@ -13,8 +13,10 @@ its own held-out data after each of its rounds.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import itertools
 import json
 import os
 import random
@@ -23,7 +25,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,8 @@ import numpy as np
 
 from gossiplearn.crypto.identity import Identity, write_key_file
 from gossiplearn.peer.config import IDENTITY_FILE, PeerConfig, save_config
-from gossiplearn.sim.results import MethodResult
+from gossiplearn.peer.data import DEFAULT_VALIDATION, PeerData
+from gossiplearn.sim.results import MethodResult, accuracy_of
 
 MODES = ("process", "inproc", "memory")
 Progress = Callable[[int, float, float], None]  # (rounds done, mean accuracy, bytes per peer)
@@ -48,12 +51,37 @@ class SimConfig:
     mode: str = "process"
     seed: int = 0
     holdout: float = 0.25
+    #: of each shard, held out of training for personal acceptance (gossiplearn only; the
+    #: baselines train on the same training part)
+    validation: float = DEFAULT_VALIDATION
     epochs: int = 1
+    #: one round's local budget in mini-batches (0: ``epochs`` whole epochs), for every
+    #: method and mode
+    steps_per_round: int = 0
     batch_size: int = 32
     lr: float = 0.05
     hidden: tuple[int, ...] = (64, 64)
+    #: gossiplearn: apply an average only if it does not hurt a peer's validation loss by
+    #: more than ``acceptance_tolerance`` (relative)
+    acceptance: bool = True
+    acceptance_tolerance: float = 0.02
+    acceptance_metric: str = "error"
     #: process/inproc: mean seconds between a peer's invitations
     interval_s: float = 1.0
+    #: process/inproc: train the next budget while a round runs (training.overlap)
+    overlap: bool = False
+    #: each gossiplearn peer also trains a local-only reference and falls back to it when it
+    #: is significantly better on validation (training.local_reference)
+    local_reference: bool = False
+    #: the network-wide weight cap (round.max_weight): 1, equal weights; above, each peer
+    #: weighs its training samples, capped there
+    max_weight: int = 1
+    #: yours instead of the built-ins ("module:function"; see gossiplearn/sim/user.py): the
+    #: model (an MLP of ``hidden`` if empty), each peer's data (``dataset`` if empty) and the
+    #: trainer (the built-in one if empty); every method uses the same ones
+    model: str = ""
+    data: str = ""
+    trainer: str = ""
 
     def validate(self) -> SimConfig:
         if self.mode not in MODES:
@@ -64,6 +92,18 @@ class SimConfig:
             raise ValueError("rounds must be >= 1")
         if not 3 <= self.group_size <= 16:
             raise ValueError("group size must be in 3..16")
+        if self.steps_per_round < 0:
+            raise ValueError("steps per round must be >= 0 (0: whole epochs)")
+        if self.max_weight < 1:
+            raise ValueError("max weight must be >= 1 (1: equal weights)")
+        acceptance_config(self)  # checks the tolerance and the metric
+        from gossiplearn.peer.data import resolve
+
+        for option, spec in (("--model", self.model), ("--data", self.data)):
+            if spec:
+                resolve(spec, option)  # importable and callable, or a one-line error now
+        if self.trainer:
+            resolve(self.trainer, "--trainer")
         return self
 
     def as_dict(self) -> dict[str, Any]:
@@ -73,6 +113,9 @@ class SimConfig:
 
 
 def model_options(config: SimConfig) -> dict[str, Any]:
+    """The ``model.options`` of a simulated peer (none for ``--model``)."""
+    if config.model:
+        return {}
     from gossiplearn.sim.datasets import DATASETS
 
     info = DATASETS[config.dataset]
@@ -83,15 +126,100 @@ def train_config(config: SimConfig) -> Any:
     from gossiplearn.peer.trainer import TrainConfig
 
     return TrainConfig(
-        epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed
+        epochs=config.epochs,
+        steps_per_round=config.steps_per_round,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        seed=config.seed,
+    )
+
+
+def acceptance_config(config: SimConfig) -> Any:
+    from gossiplearn.peer.learner import AcceptanceConfig
+
+    return AcceptanceConfig(
+        config.acceptance, config.acceptance_tolerance, config.acceptance_metric
     )
 
 
 def model_factory(config: SimConfig) -> Callable[[], Any]:
+    if config.model:
+        from gossiplearn.sim.user import model_factory as user_model
+
+        return user_model(config.model)
     from gossiplearn.peer.models import mlp
 
     options = model_options(config)
     return lambda: mlp(options["input_dim"], tuple(options["hidden"]), options["classes"])
+
+
+def trainer_factory(config: SimConfig) -> Callable[[Any, PeerData], Any]:
+    """(SplitModel, PeerData) -> the trainer every method of this run trains through."""
+    from gossiplearn.peer.trainer import make_trainer
+
+    training = train_config(config)
+    return lambda model, data: make_trainer(config.trainer, model, data, training, key="--trainer")
+
+
+def check_parts(config: SimConfig, shards: Sequence[PeerData]) -> None:
+    """With ``--model`` or ``--trainer``: build the model, split it, and have the trainer
+    evaluate it once on the first peer's data, so that a model that does not fit the data,
+    or a trainer without "accuracy", fails now in one line naming the option, not after the
+    peers started. Raises ModelFactoryError or TrainerError."""
+    if not (config.model or config.trainer):
+        return
+    import torch
+
+    from gossiplearn.peer.data import ModelFactoryError, TrainerError
+    from gossiplearn.peer.model import SplitModel, SplitModelError
+
+    name = f"--model {config.model!r}" if config.model else "the built-in MLP (--hidden)"
+    torch.manual_seed(config.seed)
+    try:
+        module = model_factory(config)()
+    except ModelFactoryError:
+        raise
+    except Exception as exc:
+        raise ModelFactoryError(f"{name} failed: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(module, torch.nn.Module):
+        raise ModelFactoryError(f"{name} returned a {type(module).__name__}, not a torch.nn.Module")
+    try:
+        model = SplitModel(module)
+    except SplitModelError as exc:
+        raise ModelFactoryError(f"{name}: {exc}") from exc
+    trainer = trainer_factory(config)(model, shards[0])
+    data = f"--data {config.data!r}" if config.data else f"--dataset {config.dataset}"
+    try:
+        metrics = trainer.evaluate("test")
+    except Exception as exc:
+        raise TrainerError(
+            f"the model of {name} fails on the samples of {data} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}): check the model against the "
+            "data's shapes" + (", and --trainer's evaluate" if config.trainer else "")
+        ) from exc
+    if "accuracy" not in metrics:
+        raise TrainerError(
+            f"--trainer {config.trainer!r}: evaluate() returns {sorted(metrics)}; the simulation "
+            'reports "accuracy" (higher is better): return it too'
+        )
+
+
+def load_data(config: SimConfig) -> list[PeerData]:
+    """Every peer's (train, validation, test): ``--data``'s, or the built-in dataset's split."""
+    if config.data:
+        from gossiplearn.sim.user import load_all
+
+        return load_all(config.data, config.peers, config.validation, config.seed)
+    from gossiplearn.sim.datasets import load_all_shards
+
+    return load_all_shards(
+        config.dataset,
+        config.peers,
+        config.partition,
+        config.seed,
+        config.holdout,
+        config.validation,
+    )
 
 
 # ---- memory mode ------------------------------------------------------------------------
@@ -99,31 +227,47 @@ def model_factory(config: SimConfig) -> Callable[[], Any]:
 
 def run_memory(
     config: SimConfig,
-    shards: Sequence[tuple[Any, Any]],
+    shards: Sequence[PeerData],
     progress: Progress | None = None,
+    node_factories: Mapping[int, Callable[..., Any]] | None = None,
 ) -> MethodResult:
-    """Synchronous rounds of the real protocol machines over the in-memory network."""
+    """Synchronous rounds of the real protocol machines over the in-memory network: each
+    round, every peer trains its budget and contributes its backbone, all peers are split
+    into groups of 3..k, each group runs the real secure round (masks, shards, signatures,
+    agreement), and each peer applies its group's average through the same
+    :class:`~gossiplearn.peer.learner.Learner` the daemon uses (personal acceptance
+    included). ``node_factories``: peer index -> round machine factory (tests and
+    benchmarks put adversaries there)."""
     import torch
 
+    from gossiplearn.peer.learner import Learner
     from gossiplearn.peer.model import SplitModel
-    from gossiplearn.peer.trainer import Trainer
-    from gossiplearn.protocol.events import RoundFinished
+    from gossiplearn.protocol.events import RoundFinished, RoundUsageError
     from gossiplearn.protocol.node import Node, RoundConfig
     from gossiplearn.sim.memnet import MemoryNetwork
 
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     initial = model_factory(config)()
-    models = [SplitModel(copy.deepcopy(initial)) for _ in shards]
-    trainers = [
-        Trainer(m, train, val, train_config(config))
-        for m, (train, val) in zip(models, shards, strict=True)
-    ]
+    make = trainer_factory(config)
+    learners = []
+    for data in shards:
+        model = SplitModel(copy.deepcopy(initial))
+        reference = None
+        if config.local_reference:
+            alone = SplitModel(copy.deepcopy(initial))
+            reference = (alone, make(alone, data))
+        learners.append(
+            Learner(model, make(model, data), acceptance_config(config), reference=reference)
+        )
     net = MemoryNetwork(seed=config.seed, latency_ms=2.0, jitter_ms=2.0)
-    round_config = RoundConfig(max_group_size=config.group_size, round_timeout_ms=600_000)
+    round_config = RoundConfig(
+        max_group_size=config.group_size, max_weight=config.max_weight, round_timeout_ms=600_000
+    )
+    factories = node_factories or {}
     nodes = [
         net.add(
-            Node(
+            factories.get(i, Node)(
                 Identity(np.random.default_rng([config.seed, i]).bytes(32)),
                 round_config,
                 rng=random.Random(config.seed * 1_000_003 + i),
@@ -135,24 +279,27 @@ def run_memory(
     index_of = {node.public_key: i for i, node in enumerate(nodes)}
     rng = random.Random(config.seed)
     accuracy_per_round: list[list[float]] = []
-    aborted = 0
+    aborted = refused = 0
     for round_index in range(config.rounds):
-        for node, model, trainer in zip(nodes, models, trainers, strict=True):
-            trainer.train_local()
-            node.set_contribution(model.get_backbone(), 1, model.schema_hash)  # equal weights
-        for group in _groups(len(nodes), config.group_size, rng):
-            net.start_round(nodes[group[0]].public_key, [nodes[i].public_key for i in group[1:]])
+        for node, learner in zip(nodes, learners, strict=True):
+            vector = learner.train_round()
+            weight = min(learner.trainer.num_train_samples, config.max_weight)
+            node.set_contribution(vector, weight, learner.model.schema_hash)
+        for group in groups_of(len(nodes), config.group_size, rng):
+            with contextlib.suppress(RoundUsageError):  # it backs off (almost) everyone asked
+                net.start_round(
+                    nodes[group[0]].public_key, [nodes[i].public_key for i in group[1:]]
+                )
         net.run()
         for key, outcomes in net.outcomes.items():
             for outcome in outcomes:
                 if isinstance(outcome, RoundFinished):
-                    peer = index_of[key]
-                    models[peer].set_backbone(outcome.average)
-                    trainers[peer].finetune_head()
+                    applied = learners[index_of[key]].apply(outcome.average, outcome.contribution)
+                    refused += not applied.accepted
                 else:
                     aborted += 1
             outcomes.clear()
-        accuracy_per_round.append([t.evaluate()["accuracy"] for t in trainers])
+        accuracy_per_round.append([accuracy_of(learner.evaluate()) for learner in learners])
         bytes_per_peer = float(np.mean([net.bytes_sent[n.public_key] for n in nodes]))
         if progress:
             progress(round_index + 1, float(np.mean(accuracy_per_round[-1])), bytes_per_peer)
@@ -161,21 +308,30 @@ def run_memory(
         accuracy_per_round,
         bytes_per_peer=float(np.mean([net.bytes_sent[n.public_key] for n in nodes])),
         wall_s=time.perf_counter() - started,
-        extra={"rounds_aborted": aborted},
+        extra={
+            "rounds_aborted": aborted,
+            "averages_refused": refused,
+            "fell_back_to_local": sum(learner.fell_back for learner in learners),
+        },
     )
 
 
-def _groups(count: int, size: int, rng: random.Random) -> list[list[int]]:
-    """A random split of ``count`` peers into groups of 3..size; every peer in one group."""
+def groups_of(count: int, size: int, rng: random.Random) -> list[list[int]]:
+    """A random split of ``count`` peers into groups of 3..``size`` that covers every peer:
+    the fewest groups that can hold them all, sizes as even as possible (50 peers, k = 4:
+    11 groups of 4 and 2 of 3). When no such split exists (4 or 5 peers with k = 3, 5 with
+    k = 4), a random peer sits this round out, and the rest are split."""
     order = list(range(count))
     rng.shuffle(order)
-    groups = [order[i : i + size] for i in range(0, count, size)]
-    if len(groups) > 1 and len(groups[-1]) < 3:
-        # Too few left for a group: spread them over the others, which may then exceed k by
-        # at most 2; the initiator then invites k-1 of its group and the rest sit out.
-        for j, peer in enumerate(groups.pop()):
-            groups[j % len(groups)].append(peer)
-    return [g for g in groups if len(g) >= 3]
+    while len(order) >= 3:
+        groups = -(-len(order) // size)  # the fewest that can hold everyone
+        if 3 * groups <= len(order):
+            base, extra = divmod(len(order), groups)
+            sizes = [base + 1] * extra + [base] * (groups - extra)
+            starts = list(itertools.accumulate(sizes, initial=0))
+            return [order[a:b] for a, b in itertools.pairwise(starts)]
+        order.pop()  # shuffled: a random peer waits for the next round
+    return []
 
 
 # ---- process and inproc modes: real daemons --------------------------------------------
@@ -208,18 +364,41 @@ def prepare_peers(out_dir: Path, config: SimConfig) -> list[Path]:
         peer_config.discovery.ping_interval_s = 1.0
         peer_config.discovery.max_neighbours = max(16, config.group_size * 2)
         peer_config.round.group_size = config.group_size
+        peer_config.round.max_weight = config.max_weight
         peer_config.round.interval_s = config.interval_s
+        if config.model:
+            peer_config.model.factory = config.model
         peer_config.model.options = model_options(config)
-        peer_config.data.loader = DATASETS[config.dataset].loader
-        peer_config.data.options = {
-            "shard": f"{i}/{config.peers}",
-            "partition": config.partition,
-            "seed": config.seed,
-        }
-        peer_config.training.epochs = config.epochs
-        peer_config.training.batch_size = config.batch_size
-        peer_config.training.lr = config.lr
-        peer_config.training.seed = config.seed
+        if config.data:
+            peer_config.data.loader = "gossiplearn.sim.user:load_shard"
+            peer_config.data.options = {
+                "function": config.data,
+                "peer": i,
+                "peers": config.peers,
+                "validation": config.validation,
+                "seed": config.seed,
+            }
+        else:
+            peer_config.data.loader = DATASETS[config.dataset].loader
+            peer_config.data.options = {
+                "shard": f"{i}/{config.peers}",
+                "partition": config.partition,
+                "seed": config.seed,
+                "holdout": config.holdout,
+                "validation": config.validation,
+            }
+        training = peer_config.training
+        training.trainer = config.trainer
+        training.epochs = config.epochs
+        training.steps_per_round = config.steps_per_round
+        training.batch_size = config.batch_size
+        training.lr = config.lr
+        training.seed = config.seed
+        training.acceptance = config.acceptance
+        training.acceptance_tolerance = config.acceptance_tolerance
+        training.acceptance_metric = config.acceptance_metric
+        training.overlap = config.overlap
+        training.local_reference = config.local_reference
         peer_config.status.port = free_port()
         save_config(directory, peer_config)
         dirs.append(directory)
@@ -247,13 +426,31 @@ def _bytes_sent(document: dict[str, Any] | None) -> int:
     return sum(n["bytes_out"] for n in document["neighbours"]) if document else 0
 
 
-def _report(documents: Sequence[dict[str, Any] | None], progress: Progress | None) -> None:
+def _accuracies_after(documents: Sequence[dict[str, Any] | None], round_: int) -> list[float]:
+    """Each peer's accuracy after its ``round_``-th round (1-based), from its status history;
+    a peer short of rounds gives its latest accuracy. The progress bar and the results table
+    both read this, so they show the same figure."""
+    row = []
+    for document in documents:
+        history = (document or {}).get("rounds", {}).get("history", [])
+        if round_ >= 1 and round_ <= len(history):
+            row.append(float(history[round_ - 1]["accuracy"]))
+        elif history:
+            row.append(float(history[-1]["accuracy"]))
+        else:
+            row.append(float((document or {}).get("accuracy") or 0.0))
+    return row
+
+
+def _report(
+    documents: Sequence[dict[str, Any] | None], rounds: int, progress: Progress | None
+) -> None:
     if progress is None:
         return
-    accuracies = [d["accuracy"] for d in documents if d and d["accuracy"] is not None]
+    done = min(min(_rounds_done(documents)), rounds)
     progress(
-        min(_rounds_done(documents)),
-        float(np.mean(accuracies)) if accuracies else 0.0,
+        done,
+        float(np.mean(_accuracies_after(documents, done))),
         float(np.mean([_bytes_sent(d) for d in documents])),
     )
 
@@ -261,23 +458,12 @@ def _report(documents: Sequence[dict[str, Any] | None], progress: Progress | Non
 def _result_from_documents(
     documents: Sequence[dict[str, Any] | None], rounds: int, wall_s: float
 ) -> MethodResult:
-    """Each peer's accuracy after each of its first ``rounds`` rounds, from its status
-    history (a peer short of rounds keeps its last accuracy; counted in ``extra``)."""
-    accuracy_per_round = []
+    """Each peer's accuracy after each of its first ``rounds`` rounds (see
+    _accuracies_after; a peer short of rounds is counted in ``extra``)."""
     histories = [(d or {}).get("rounds", {}).get("history", []) for d in documents]
-    for r in range(rounds):
-        row = []
-        for document, history in zip(documents, histories, strict=True):
-            if r < len(history):
-                row.append(float(history[r]["accuracy"]))
-            elif history:
-                row.append(float(history[-1]["accuracy"]))
-            else:
-                row.append(float((document or {}).get("accuracy") or 0.0))
-        accuracy_per_round.append(row)
     return MethodResult(
         "gossiplearn",
-        accuracy_per_round,
+        [_accuracies_after(documents, r) for r in range(1, rounds + 1)],
         bytes_per_peer=float(np.mean([_bytes_sent(d) for d in documents])),
         wall_s=wall_s,
         extra={"peers_short_of_rounds": sum(len(h) < rounds for h in histories)},
@@ -323,9 +509,9 @@ def run_process(
                         f"peer {i} exited early (code {processes[i].returncode}); "
                         f"see {dirs[i] / 'stdout.log'}"
                     )
-            _report(documents, progress)
             if min(_rounds_done(documents)) >= config.rounds:
                 break
+            _report(documents, config.rounds, progress)
             time.sleep(1.0)
     finally:
         _stop_all(processes)
@@ -355,7 +541,7 @@ def run_inproc(
     done ``config.rounds`` rounds or on timeout."""
     import trio
 
-    from gossiplearn.peer.daemon import Peer
+    from gossiplearn.peer.daemon import Daemon
 
     started = time.perf_counter()
     dirs = prepare_peers(out_dir, config)
@@ -363,7 +549,7 @@ def run_inproc(
     documents: list[dict[str, Any] | None] = [None] * len(dirs)
 
     async def main() -> None:
-        peers = [Peer(d) for d in dirs]
+        peers = [Daemon(d) for d in dirs]
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
             for peer in peers:
@@ -374,7 +560,7 @@ def run_inproc(
                     for i, peer in enumerate(peers):
                         if peer.ready:
                             documents[i] = peer.status_document()
-                    _report(documents, progress)
+                    _report(documents, config.rounds, progress)
                     if min(_rounds_done(documents)) >= config.rounds:
                         break
             stop.set()

@@ -245,8 +245,18 @@ def _mean_of_reported(row: Sequence[float]) -> float:
     return float(values.mean()) if values.size else math.nan
 
 
-def plot_results(out_dir: Path, methods: Sequence[MethodResult]) -> list[Path]:
-    """Write the mean-accuracy-per-round and sorted per-peer final accuracy plots (PNG)."""
+def peer_order(methods: Sequence[MethodResult], by: str = "local") -> np.ndarray:
+    """Peer indices sorted by the final accuracy of method ``by`` (else the first method):
+    the per-peer plot puts every method's peer p at the same place."""
+    reference = next((m for m in methods if m.name == by), methods[0] if methods else None)
+    if reference is None:
+        return np.arange(0)
+    return np.argsort(np.asarray(reference.final, dtype=np.float64), kind="stable")
+
+
+def plot_results(out_dir: Path, methods: Sequence[MethodResult], run_name: str = "") -> list[Path]:
+    """Write the mean-accuracy-per-round and per-peer final accuracy plots (PNG), titled with
+    ``run_name`` (the dataset, peers, partition and rounds)."""
     import matplotlib
 
     # Headless: no display on simulation machines, and no GUI event loop wanted.
@@ -281,18 +291,24 @@ def plot_results(out_dir: Path, methods: Sequence[MethodResult]) -> list[Path]:
             axes.legend()
         save(figure, name)
 
+    suffix = f"\n{run_name}" if run_name else ""
     line_plot(
         [np.asarray([_mean_of_reported(row) for row in m.accuracy_per_round]) for m in methods],
         "round",
         "mean accuracy",
-        "Mean accuracy over peers, per round",
+        "Mean accuracy over peers, per round" + suffix,
         ACCURACY_PLOT_FILE,
     )
+    order = peer_order(methods)
+    if any(m.name == "local" for m in methods):
+        reference = "local-only"
+    else:
+        reference = methods[0].name if methods else "no"
     line_plot(
-        [np.sort(np.asarray(m.final, dtype=np.float64)) for m in methods],  # NaN sorts last
-        "peer rank (worst to best)",
+        [np.asarray(m.final, dtype=np.float64)[order] for m in methods],
+        f"peer (sorted by {reference} accuracy; the same peer at each x)",
         "final accuracy",
-        "Final accuracy per peer, sorted",
+        "Final accuracy per peer" + suffix,
         PER_PEER_PLOT_FILE,
     )
     return written

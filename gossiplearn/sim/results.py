@@ -5,6 +5,7 @@ Every method reports the same shape, so the report, the table and the plots trea
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,3 +39,14 @@ class MethodResult:
             "p10": float(np.percentile(final, 10)),
             "min": float(final.min()),
         }
+
+
+def accuracy_of(metrics: Mapping[str, float]) -> float:
+    """The "accuracy" the simulation reports, from a trainer's ``evaluate()``."""
+    if "accuracy" not in metrics:
+        raise ValueError(
+            f"the trainer's evaluate() returns {sorted(metrics)}: gossiplearn sim reports "
+            '"accuracy" (higher is better), so return it too (for regression, e.g. the share '
+            "of predictions within a tolerance)"
+        )
+    return float(metrics["accuracy"])

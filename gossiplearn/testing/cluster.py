@@ -1,7 +1,7 @@
 """Real peer daemons (libp2p hosts and all) in one trio process, for live tests.
 
 :func:`prepare` makes the peer directories (identities, documented configs admitting each
-other, digits shards); :func:`running` runs a :class:`~gossiplearn.peer.daemon.Peer` for each
+other, digits shards); :func:`running` runs a :class:`~gossiplearn.peer.daemon.Daemon` for each
 until its block ends, yielding them once every one is serving, has trained and sees its
 neighbours live. A daemon may run an adversary's round machine (``node_factories``).
 """
@@ -17,7 +17,7 @@ from typing import Any
 import trio
 
 from gossiplearn.peer.config import load_config, save_config
-from gossiplearn.peer.daemon import Peer
+from gossiplearn.peer.daemon import Daemon
 from gossiplearn.protocol.node import Node
 from gossiplearn.sim.launcher import SimConfig, prepare_peers
 
@@ -47,11 +47,11 @@ def prepare(
     return dirs
 
 
-def key_of(peer: Peer) -> bytes:
+def key_of(peer: Daemon) -> bytes:
     return bytes(peer.identity.public_key)
 
 
-def live_neighbours(peer: Peer) -> int:
+def live_neighbours(peer: Daemon) -> int:
     return len(peer.table.live(time.monotonic())) if peer.ready else 0
 
 
@@ -61,18 +61,18 @@ async def running(
     *,
     node_factories: Mapping[int, Callable[..., Node]] | None = None,
     live: int | None = None,
-) -> AsyncIterator[list[Peer]]:
+) -> AsyncIterator[list[Daemon]]:
     """Run a daemon for each directory until the block ends (then stop them all, each
     checkpointing as on SIGTERM). Yields once every daemon serves, has its first contribution
     and sees ``live`` live neighbours (default: all the others). Raises RuntimeError if one
     ends early, trio.TooSlowError if they are not ready within READY_TIMEOUT_S."""
     factories = node_factories or {}
-    peers = [Peer(d, node_factory=factories.get(i, Node)) for i, d in enumerate(dirs)]
+    peers = [Daemon(d, node_factory=factories.get(i, Node)) for i, d in enumerate(dirs)]
     wanted = len(dirs) - 1 if live is None else live
     stop = trio.Event()
     ended: list[int] = []
 
-    async def run(i: int, peer: Peer) -> None:
+    async def run(i: int, peer: Daemon) -> None:
         try:
             await peer.run(stop)
         finally:

@@ -5,7 +5,7 @@ An :class:`Insider` is a round machine whose outgoing frames pass through an
 insider's own key, as its own implementation of the wire format would) or adds frames. It
 also keeps every frame it received, so a test can reconstruct what the insider learned. It is
 a :class:`~gossiplearn.protocol.node.Node` for everything else, so the same insider runs on
-the in-memory network and inside a live daemon (``Peer(..., node_factory=...)``).
+the in-memory network and inside a live daemon (``Daemon(..., node_factory=...)``).
 
 The attacks, one per class of the red team's findings:
 
@@ -221,6 +221,33 @@ class WeightLever(Attack):
     average is scaled down by m / W: an all-zero vector wipes every honest backbone."""
 
 
+class WeightLeverNode(Insider):
+    """An insider that declares ``declared_weight`` with every contribution (see
+    WeightLever); make one with :func:`lever`."""
+
+    declared_weight = 1 << 40
+
+    def set_contribution(self, vector: np.ndarray, weight: int, schema_hash: bytes) -> None:
+        super().set_contribution(np.zeros_like(vector), self.declared_weight, schema_hash)
+
+
+def lever(weight: int) -> type[WeightLeverNode]:
+    """A WeightLeverNode class that declares ``weight`` (a round-machine factory)."""
+    return type("WeightLeverNode", (WeightLeverNode,), {"declared_weight": weight})
+
+
+class ZeroContribution(Insider):
+    """Plausible poisoning: brings an all-zero backbone to every round, with an honest weight.
+    Every bound holds (an all-zero vector is a plausible average), so rounds finish: only
+    personal acceptance stands between it and the honest members' models. (The last element
+    counts its rounds, so that its own node, which spends each contribution once, takes it.)"""
+
+    def set_contribution(self, vector: np.ndarray, weight: int, schema_hash: bytes) -> None:
+        zero = np.zeros_like(vector)
+        zero[-1] = np.float32(1e-6 * len(self.contributions))
+        super().set_contribution(zero, weight, schema_hash)
+
+
 # ---- 4: holding -----------------------------------------------------------------------------------
 
 
@@ -287,8 +314,11 @@ __all__ = [
     "ReducerEquivocation",
     "WeightEquivocation",
     "WeightLever",
+    "WeightLeverNode",
+    "ZeroContribution",
     "Withhold",
     "learned_sums",
+    "lever",
     "resign",
     "vector_error",
 ]

@@ -6,8 +6,11 @@ libp2p; and a live round between real daemons uses it."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import trio
 from hypothesis import given, settings
@@ -24,7 +27,11 @@ from gossiplearn.peer.bulk import (
     parse_header,
     record_key,
 )
+from gossiplearn.peer.config import load_config, save_config
+from gossiplearn.peer.daemon import BuiltinLearning
 from gossiplearn.peer.engine import RoundEngine
+from gossiplearn.peer.runtime import PeerRuntime
+from gossiplearn.protocol.events import RoundFinished
 from gossiplearn.testing.cluster import key_of, prepare, running
 from gossiplearn.testing.fakes import IdleMachine
 
@@ -200,6 +207,22 @@ async def test_a_live_round_moves_its_parts_over_the_bulk_channel(
 ) -> None:
     monkeypatch.setattr(engine_module, "BULK_MIN_BYTES", 0)  # digits' backbone is ~30 KB
     dirs = prepare(tmp_path, 3)
+    for directory in dirs:
+        # The channel is under test, not personal acceptance: every member applies the average
+        # (one early average may well be refused for hurting a peer's own validation loss).
+        config = load_config(directory)
+        config.training.acceptance = False
+        save_config(directory, config)
+    finished: list[RoundFinished] = []
+    take_in = BuiltinLearning.round_finished
+
+    async def recording(
+        self: BuiltinLearning, runtime: PeerRuntime, result: RoundFinished
+    ) -> Mapping[str, Any]:
+        finished.append(result)
+        return await take_in(self, runtime, result)
+
+    monkeypatch.setattr(BuiltinLearning, "round_finished", recording)
     async with running(dirs) as peers:
         initiator, *others = peers
         await initiator.engine.start_round([key_of(p) for p in others])
@@ -213,6 +236,11 @@ async def test_a_live_round_moves_its_parts_over_the_bulk_channel(
         with trio.fail_after(30):  # all apply the same average (checkpointed just after)
             while len({p.digests["backbone"] for p in peers}) != 1:
                 await trio.sleep(0.05)
+    # ... and that average is the members' mean (equal weights), up to the fixed-point encoding.
+    assert len(finished) == 3 and len({r.group for r in finished}) == 1
+    assert all(np.array_equal(r.average, finished[0].average) for r in finished)
+    mean = np.mean([r.contribution for r in finished], axis=0)
+    np.testing.assert_allclose(finished[0].average, mean, rtol=0, atol=1e-4)
 
 
 # ---- fuzzing the channel's parsing ----

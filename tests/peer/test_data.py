@@ -21,7 +21,15 @@ def list_loader():
 
 
 def triple_loader():
-    return SAMPLES, SAMPLES, SAMPLES
+    return SAMPLES, SAMPLES, TensorDataset(torch.zeros(4, 2), torch.zeros(4, dtype=torch.int64))
+
+
+def quadruple_loader():
+    return SAMPLES, SAMPLES, SAMPLES, SAMPLES
+
+
+def empty_test_loader():
+    return SAMPLES, SAMPLES, EMPTY
 
 
 def iterable_loader():
@@ -74,16 +82,27 @@ def test_resolve_errors_are_clear(bad_spec, message):
 
 
 def test_load_datasets_passes_options():
-    train, validation = load_datasets(spec("good_loader"), {"size": 5})
-    assert len(train) == 3
-    assert len(validation) == 5
+    data = load_datasets(spec("good_loader"), {"size": 5})
+    assert len(data.train) == 3
+    assert len(data.validation) == 5
+    assert data.test is data.validation and not data.separate_test  # reported on validation
+
+
+def test_a_third_set_is_the_test_set():
+    data = load_datasets(spec("triple_loader"), {})
+    assert len(data.test) == 4 and data.separate_test
 
 
 @pytest.mark.parametrize(
     ("name", "options", "message"),
     [
-        ("list_loader", {}, "must return a \\(train, validation\\) tuple, got list"),
-        ("triple_loader", {}, "tuple"),
+        (
+            "list_loader",
+            {},
+            "must return a \\(train, validation\\) or \\(train, validation, test\\) tuple, got list",
+        ),
+        ("quadruple_loader", {}, "test\\) tuple, got tuple of 4"),
+        ("empty_test_loader", {}, "test set is empty"),
         ("iterable_loader", {}, "validation set .* is not a map-style dataset"),
         ("empty_loader", {}, "training set is empty"),
         ("good_loader", {"size": 0}, "validation set is empty"),
@@ -97,7 +116,13 @@ def test_load_datasets_contract_errors(name, options, message):
 
 
 def test_builtin_digits_loader_through_a_spec():
-    train, validation = load_datasets(
-        "gossiplearn.sim.datasets:digits", {"shard": "1/4", "partition": "iid"}
+    data = load_datasets("gossiplearn.sim.datasets:digits", {"shard": "1/4", "partition": "iid"})
+    assert len(data.train) + len(data.validation) in (449, 450)
+    split = load_datasets(
+        "gossiplearn.sim.datasets:digits",
+        {"shard": "1/4", "partition": "iid", "validation": 0.1},
     )
-    assert len(train) + len(validation) in (449, 450)
+    sizes = [len(split.train), len(split.validation), len(split.test)]
+    assert sum(sizes) == len(data.train) + len(data.validation)
+    assert sizes[2] == len(data.validation)  # the test set is the same 25% holdout
+    assert sizes[1] == round(0.1 * sum(sizes))

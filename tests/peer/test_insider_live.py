@@ -9,6 +9,7 @@ round machine is an :class:`~gossiplearn.testing.insider.Insider` running the at
 from __future__ import annotations
 
 import time
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import pytest
 import trio
 
 from gossiplearn.crypto.identity import peer_id_from_public_key
-from gossiplearn.peer.daemon import Peer
+from gossiplearn.peer.daemon import Daemon
 from gossiplearn.peer.proofs import EVIDENCE_DIR, ProofStore
 from gossiplearn.protocol.evidence import verify_proof
 from gossiplearn.testing.cluster import key_of, prepare, running
@@ -31,7 +32,7 @@ from gossiplearn.testing.insider import (
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
-def insider_of(peer: Peer) -> Insider:
+def insider_of(peer: Daemon) -> Insider:
     node = peer.node
     assert isinstance(node, Insider)
     return node
@@ -43,7 +44,7 @@ async def until(condition: object, timeout_s: float, what: str) -> None:
             await trio.sleep(0.05)
 
 
-def metric(peer: Peer, name: str) -> float:
+def metric(peer: Daemon, name: str) -> float:
     for line in peer._render_metrics().decode().splitlines():
         if line.startswith(name + " ") or line.startswith(name + "{"):
             return float(line.rsplit(" ", 1)[1])
@@ -109,12 +110,13 @@ async def test_a_victim_of_a_spoiled_round_never_sends_the_same_vector_again(
     # The attacker withholds its REDUCED part and reads everyone else's: it holds the sum of
     # {M, A, B}. To difference it into A's vector it needs A's same vector in another group,
     # {M, A, C}: A declines (backed off first, then "contribution_spent") until it trains.
-    # These daemons train once and never again (they never invite), so the attacker never
-    # gets a second sum. (With training in between, see the in-memory test: the differenced
-    # estimate is off by the training steps.)
+    # A's schedule is held still here (a slow trainer, as far as the round can tell), so the
+    # attacker never gets a second sum. (With training in between, see the in-memory test:
+    # the differenced estimate is off by the training steps.)
     dirs = prepare(tmp_path, 4, group_size=3)
-    async with running(dirs, node_factories={0: Insider}) as peers:
+    async with running(dirs, node_factories={0: Insider}) as peers, AsyncExitStack() as held:
         attacker, a, b, c = peers
+        await held.enter_async_context(a.builtin.paused())
         insider = insider_of(attacker)
         insider.attack = Withhold()
         frac_bits = attacker.config.round.frac_bits

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from gossiplearn.peer.data import peer_data
 from gossiplearn.peer.model import SplitModel
 from gossiplearn.peer.models import mlp
 from gossiplearn.peer.trainer import TrainConfig, Trainer
@@ -21,7 +22,7 @@ def factory() -> torch.nn.Module:
 
 
 def make_shards(peers: int, partition: str, seed: int = 0):
-    return [digits(f"{index}/{peers}", partition, seed) for index in range(peers)]
+    return [peer_data(digits(f"{index}/{peers}", partition, seed)) for index in range(peers)]
 
 
 @pytest.fixture(scope="module", autouse=True)

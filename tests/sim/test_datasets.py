@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gossiplearn.peer.data import PeerData
 from gossiplearn.sim.datasets import (
     DATASETS,
     FASHION_MNIST_ROOT,
@@ -186,7 +187,8 @@ def assert_labels_below(labels, classes: int) -> None:
 
 
 def assert_same_datasets(first, second) -> None:
-    """Two (train, validation) pairs hold identical tensors."""
+    """Two (train, validation[, test]) tuples (or PeerData) hold identical tensors."""
+    first, second = (x.as_tuple() if isinstance(x, PeerData) else x for x in (first, second))
     for a, b in zip(first, second, strict=True):
         for x, y in zip(a.tensors, b.tensors, strict=True):
             assert x.dtype == y.dtype and np.array_equal(x.numpy(), y.numpy())
@@ -301,8 +303,8 @@ def test_fashion_mnist_pools_and_splits_the_idx_files(tmp_path):
     write_fake_fashion(tmp_path)
     shards = [fashion_mnist(f"{i}/4", partition="iid", seed=2, root=tmp_path) for i in range(4)]
     rows = []
-    for train, validation in shards:
-        for part in (train, validation):
+    for data in shards:
+        for part in data:
             features, labels = part.tensors
             assert features.shape[1] == 784 and str(features.dtype) == "torch.float32"
             assert float(features.min()) >= 0.0 and float(features.max()) <= 1.0
@@ -344,8 +346,8 @@ def test_fashion_mnist_iid_shards_cover_all_70000_samples_once():
     peers = 7
     shards = load_all_shards("fashion-mnist", peers, "iid", seed=0)
     digests, counts = [], np.zeros(10, dtype=np.int64)
-    for train, validation in shards:
-        for part in (train, validation):
+    for data in shards:
+        for part in data.as_tuple():
             features, labels = part.tensors
             assert features.shape[1] == 784 and str(labels.dtype) == "torch.int64"
             assert float(features.min()) >= 0.0 and float(features.max()) <= 1.0
@@ -369,7 +371,7 @@ def test_fashion_mnist_iid_shards_cover_all_70000_samples_once():
 @needs_fashion
 def test_fashion_mnist_shards_are_label_skewed():
     shards = load_all_shards("fashion-mnist", 20, "shards:2", seed=1)
-    per_peer = [len(np.unique(train.tensors[1].numpy())) for train, _ in shards]
+    per_peer = [len(np.unique(data.train.tensors[1].numpy())) for data in shards]
     assert np.mean(per_peer) <= 2.5
 
 
@@ -435,6 +437,30 @@ def test_synthetic_1000_devices_are_fast_and_match_single_loads():
         assert_same_datasets(shards[index], synthetic(f"{index}/5000", seed=0))
 
 
+# ---- the validation split --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["digits", "synthetic"])
+def test_a_validation_set_is_held_out_of_training_only(name):
+    # The test set stays the same 25%: every method is measured on the same samples, and
+    # gossiplearn's validation set (for personal acceptance) comes out of the training part.
+    plain = load_shard(name, "2/5", "iid", seed=3)
+    split = load_shard(name, "2/5", "iid", seed=3, validation=0.1)
+    assert split.separate_test and not plain.separate_test
+    assert_same_datasets((split.test,), (plain.test,))
+    train_rows = {r.tobytes() for r in plain.train.tensors[0].numpy()}
+    held = [split.train, split.validation]
+    assert sum(len(part) for part in held) == len(plain.train)
+    assert {r.tobytes() for part in held for r in part.tensors[0].numpy()} == train_rows
+    total = len(plain.train) + len(plain.test)
+    assert len(split.validation) == max(1, round(0.1 * total))
+
+
+def test_a_validation_fraction_beyond_the_training_part_is_refused():
+    with pytest.raises(ValueError, match="validation must be in"):
+        digits("0/4", validation=0.75)
+
+
 # ---- registry ------------------------------------------------------------------------------
 
 
@@ -452,8 +478,7 @@ def test_load_all_shards_equals_load_shard_for_digits(partition):
 )
 def test_registry_matches_the_data(name):
     info = DATASETS[name]
-    train, validation = load_shard(name, "1/3", "iid", seed=0)
-    for part in (train, validation):
+    for part in load_shard(name, "1/3", "iid", seed=0).as_tuple():
         features, labels = part.tensors
         assert features.shape[1] == info.input_dim
         assert_labels_below(labels, info.classes)

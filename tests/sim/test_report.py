@@ -189,3 +189,33 @@ def test_plot_results_writes_two_pngs(tmp_path):
         data = path.read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 1000
     assert sorted(entry.name for entry in tmp_path.iterdir()) == sorted(p.name for p in paths)
+
+
+def test_the_per_peer_plot_keeps_each_peer_in_one_place():
+    from gossiplearn.sim.report import peer_order
+
+    local = MethodResult("local", [[0.9, 0.5, 0.7]])
+    ours = MethodResult("gossiplearn", [[0.8, 0.9, 0.6]])
+    order = peer_order([ours, local])
+    assert order.tolist() == [1, 2, 0]  # by local-only accuracy, worst first
+    # Without local-only, the first method orders the peers.
+    assert peer_order([ours]).tolist() == [2, 0, 1]
+
+
+def test_the_progress_bar_and_the_table_read_the_same_figure():
+    from gossiplearn.sim.launcher import _accuracies_after, _result_from_documents
+
+    def document(accuracies: list[float], current: float) -> dict[str, object]:
+        history = [{"accuracy": a} for a in accuracies]
+        return {
+            "accuracy": current,
+            "rounds": {"history": history, "completed": len(history)},
+            "neighbours": [],
+        }
+
+    # Peer 0 is ahead (3 rounds, and already at a later accuracy); peer 1 has done 2.
+    documents = [document([0.5, 0.6, 0.7], 0.7), document([0.4, 0.8], 0.8)]
+    # The bar at 2 rounds done shows each peer after its 2nd round, not its latest figure.
+    assert _accuracies_after(documents, 2) == [0.6, 0.8]
+    result = _result_from_documents(documents, 2, wall_s=1.0)
+    assert result.final == [0.6, 0.8] and result.accuracy_per_round[0] == [0.5, 0.4]

@@ -1,0 +1,200 @@
+"""The public API: ``gossiplearn.Peer`` / ``open_peer`` in a user's own loop.
+
+The first test is the issue's claim, on the path users run: three processes, each its own
+training loop (examples/tabular_regression.py) with ``gossiplearn.Peer`` over libp2p, end with
+identical backbones and a lower validation MSE than the same loop alone. The others pin what
+``sync`` does to the model (the round's change added to the backbone as it is now, refusal
+with ``validate``), what ``import gossiplearn`` exports, and the errors a user can meet.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import trio
+from torch import nn
+
+import gossiplearn
+from gossiplearn.peer.dirlock import DirectoryLocked
+from gossiplearn.testing.cluster import prepare
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Fixed-point averaging at frac_bits = 20 rounds each value to 2^-20 (about 1e-6).
+FIXED_POINT_ATOL = 1e-5
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Linear(4, 3)
+        self.head = nn.Linear(3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def backbone_of(model: Tiny) -> np.ndarray:
+    return torch.cat([p.detach().reshape(-1) for p in model.backbone.parameters()]).numpy()
+
+
+def fill_backbone(model: Tiny, value: float) -> None:
+    with torch.no_grad():
+        for p in model.backbone.parameters():
+            p.fill_(value)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_three_processes_with_their_own_loops_beat_training_alone(tmp_path: Path) -> None:
+    dirs = prepare(tmp_path, 3, interval_s=0.3, group_size=3)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    runs = [
+        subprocess.Popen(
+            [sys.executable, str(ROOT / "examples" / "tabular_regression.py"), str(d)]
+            + ["--org", str(i), "--orgs", "3"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for i, d in enumerate(dirs)
+    ]
+    results = []
+    for run in runs:
+        out, err = run.communicate(timeout=200)
+        assert run.returncode == 0, err[-2000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    assert all(r["rounds"] >= 1 for r in results), results
+    assert len({r["backbone"] for r in results}) == 1, results  # the group's one backbone
+    for r in results:
+        assert r["val_mse"] < r["alone_mse"], results
+    # What `gossiplearn status` reads is there too: the peer wrote its history.
+    assert all((d / "logs" / "peer.log").read_text().count("finished") >= 1 for d in dirs)
+
+
+def test_sync_adds_the_rounds_change_to_the_backbone_as_it_is_now(tmp_path: Path) -> None:
+    """Three peers offer backbones filled with 1, 2 and 6; each then takes a 'training step'
+    (adds 0.5 * i) before taking the average in: it ends at 3 + 0.5 * i, steps kept."""
+    dirs = prepare(tmp_path, 3, interval_s=0.2, group_size=3)
+    ends: dict[int, tuple[np.ndarray, gossiplearn.SyncResult]] = {}
+
+    async def one(i: int, directory: Path) -> None:
+        model = Tiny()
+        fill_backbone(model, [1.0, 2.0, 6.0][i])
+        async with gossiplearn.open_peer(directory) as peer:
+            first = await peer.sync(model)
+            assert first.offered and first.applied == 0
+            with trio.fail_after(60):
+                while peer.status()["rounds"]["completed"] < 1:
+                    await trio.sleep(0.05)
+            with torch.no_grad():
+                for p in model.backbone.parameters():
+                    p.add_(0.5 * i)
+            result = await peer.sync(model)
+            ends[i] = (backbone_of(model), result)
+            # Stay until every peer took its average in: leaving ABORTs nothing now, but the
+            # others' status must still see this peer.
+            with trio.fail_after(30):
+                while len(ends) < 3:
+                    await trio.sleep(0.05)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            for i, directory in enumerate(dirs):
+                nursery.start_soon(one, i, directory)
+
+    trio.run(main)
+    for i, (backbone, result) in ends.items():
+        assert result.applied == 1 and result.refused == 0
+        assert result.rounds_completed == 1
+        np.testing.assert_allclose(backbone, 3.0 + 0.5 * i, atol=FIXED_POINT_ATOL)
+
+
+def test_validate_refuses_an_average_that_makes_it_worse(tmp_path: Path) -> None:
+    """Peer 0 validates by distance to its own backbone value (1.0): the average (3.0) is
+    worse and is undone; peers 1 and 2 take it."""
+    dirs = prepare(tmp_path, 3, interval_s=0.2, group_size=3)
+    ends: dict[int, tuple[np.ndarray, gossiplearn.SyncResult, dict]] = {}
+
+    def distance_to_one(model: Tiny) -> float:
+        return float(np.abs(backbone_of(model) - 1.0).mean())
+
+    async def one(i: int, directory: Path) -> None:
+        model = Tiny()
+        fill_backbone(model, [1.0, 2.0, 6.0][i])
+        validate = distance_to_one if i == 0 else None
+        async with gossiplearn.open_peer(directory, validate=validate) as peer:
+            await peer.sync(model)
+            with trio.fail_after(60):
+                while peer.status()["rounds"]["completed"] < 1:
+                    await trio.sleep(0.05)
+            result = await peer.sync(model)
+            ends[i] = (backbone_of(model), result, peer.status()["learning"])
+            with trio.fail_after(30):
+                while len(ends) < 3:
+                    await trio.sleep(0.05)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            for i, directory in enumerate(dirs):
+                nursery.start_soon(one, i, directory)
+
+    trio.run(main)
+    backbone, result, learning = ends[0]
+    assert (result.applied, result.refused) == (0, 1)
+    np.testing.assert_array_equal(backbone, 1.0)  # exactly as before the average
+    assert learning["averages_refused"] == 1
+    assert learning["validation_loss"] == pytest.approx(2.0, abs=FIXED_POINT_ATOL)
+    for i in (1, 2):
+        backbone, result, learning = ends[i]
+        assert (result.applied, result.refused) == (1, 0)
+        np.testing.assert_allclose(backbone, 3.0, atol=FIXED_POINT_ATOL)
+        assert learning["averages_applied"] == 1
+
+
+def test_the_threaded_peer_serves_status_and_refuses_a_second_model(tmp_path: Path) -> None:
+    (directory,) = prepare(tmp_path, 1)
+    with gossiplearn.Peer(directory) as peer:
+        model = Tiny()
+        result = peer.sync(model)
+        assert result == gossiplearn.SyncResult(
+            applied=0, refused=0, offered=True, rounds_completed=0
+        )
+        status = peer.status()
+        assert status["learning"]["driven_by"] == "gossiplearn.Peer.sync"
+        assert status["peer_id"].startswith("12D3KooW")
+        with pytest.raises(ValueError, match="another model than before"):
+            peer.sync(Tiny())
+        # The directory is this peer's while it runs: a second one says who holds it.
+        with (
+            pytest.raises(DirectoryLocked, match=f"pid {os.getpid()}"),
+            gossiplearn.Peer(directory),
+        ):
+            pass
+    with pytest.raises(RuntimeError, match="is not running"):
+        peer.sync(model)
+
+
+def test_import_gossiplearn_is_cheap_and_exports_what_it_lists() -> None:
+    code = (
+        "import sys, gossiplearn\n"
+        "heavy = sorted(m for m in ('torch', 'trio', 'libp2p') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+        "missing = [n for n in gossiplearn.__all__ if getattr(gossiplearn, n, None) is None]\n"
+        "assert not missing, missing\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip() == "ok", done.stderr[-2000:]
+    assert set(gossiplearn.__all__) == set(gossiplearn._EXPORTS) | {"__version__"}
+    assert sorted(dir(gossiplearn)) == sorted(gossiplearn.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        gossiplearn.Nope  # noqa: B018
+    assert (ROOT / "gossiplearn" / "py.typed").is_file()
