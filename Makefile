@@ -61,6 +61,8 @@ bench: $(VENV)/.installed-dev datasets
 	$(PY) benchmarks/crypto_bench.py
 	$(PY) benchmarks/round_bench.py --net memory
 	$(PY) benchmarks/round_bench.py --net libp2p
+	$(PY) benchmarks/compare_hivemind.py
+	$(PY) benchmarks/idle_bench.py
 	$(PY) benchmarks/learning_bench.py --dataset digits --peers 4,8 --rounds 5,20 --modes process,memory
 	$(PY) benchmarks/learning_bench.py --dataset fashion-mnist --peers 10,50 --rounds 30
 	$(PY) benchmarks/learning_bench.py --dataset fashion-mnist --peers 10 --rounds 30 --poison zero
@@ -71,6 +73,7 @@ bench: $(VENV)/.installed-dev datasets
 	$(PY) benchmarks/checkpoint_crash_bench.py
 	$(PY) benchmarks/churn_bench.py
 	$(PY) benchmarks/soak_bench.py
+	$(PY) benchmarks/compare_flower.py
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check gossiplearn tests benchmarks

@@ -97,54 +97,70 @@ STOP_PROTOCOL = "/gossiplearn/bench-stop/1.0.0"
 STREAM_MIB = 64
 
 
-def run_libp2p(n: int, rounds: int) -> None:
+def libp2p_rounds(n: int, rounds: int, variant: str, transport: str = "bulk") -> dict:
+    """Start 4 fresh peer processes, run 1 + ``rounds`` rounds of ``variant`` ("secure" or
+    "plain") initiated by peer 0 and return its figures: round_s (median of the timed
+    rounds), bytes_sent, stream_mb_s, tcp_mb_s, rounds, bulk_frames_sent, bulk_fallbacks."""
+    seeds = [os.urandom(32).hex() for _ in range(LIBP2P_PEERS)]
+    ports = [str(free_port()) for _ in seeds]
+    tcp_port = str(free_port())
+    children = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--net",
+                "libp2p",
+                "--child",
+                str(i),
+                "--seeds",
+                ",".join(seeds),
+                "--ports",
+                ",".join(ports),
+                "--variant",
+                variant,
+                "--vector",
+                str(n),
+                "--rounds",
+                str(rounds),
+                "--transport",
+                transport,
+                "--tcp-port",
+                tcp_port,
+            ],
+            stdout=subprocess.PIPE if i == 0 else subprocess.DEVNULL,
+            text=True,
+        )
+        for i in range(LIBP2P_PEERS)
+    ]
+    try:
+        output, _ = children[0].communicate(timeout=1800)
+        for child in children[1:]:
+            child.wait(timeout=60)
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def run_libp2p(n: int, rounds: int, transport: str = "bulk") -> None:
     """Both variants with fresh processes each; prints one JSON line for this n."""
-    figures = {}
-    for variant in ("secure", "plain"):
-        seeds = [os.urandom(32).hex() for _ in range(LIBP2P_PEERS)]
-        ports = [str(free_port()) for _ in seeds]
-        children = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    __file__,
-                    "--net",
-                    "libp2p",
-                    "--child",
-                    str(i),
-                    "--seeds",
-                    ",".join(seeds),
-                    "--ports",
-                    ",".join(ports),
-                    "--variant",
-                    variant,
-                    "--vector",
-                    str(n),
-                    "--rounds",
-                    str(rounds),
-                ],
-                stdout=subprocess.PIPE if i == 0 else subprocess.DEVNULL,
-                text=True,
-            )
-            for i in range(LIBP2P_PEERS)
-        ]
-        try:
-            output, _ = children[0].communicate(timeout=1800)
-            for child in children[1:]:
-                child.wait(timeout=60)
-        finally:
-            for child in children:
-                if child.poll() is None:
-                    child.kill()
-        figures[variant] = json.loads(output.strip().splitlines()[-1])
+    figures = {
+        variant: libp2p_rounds(n, rounds, variant, transport) for variant in ("secure", "plain")
+    }
     secure, plain = figures["secure"], figures["plain"]
     model_mb = 4 * n / 1e6
     round_mb_s = model_mb / secure["round_s"]
+    # Wire bytes of the whole round (every member sends what the initiator sends, within
+    # framing) per second, against one raw TCP connection between two of the processes.
+    wire_mb_s = LIBP2P_PEERS * secure["bytes_sent"] / 1e6 / secure["round_s"]
     print(
         json.dumps(
             {
                 "bench": "round",
                 "net": "libp2p",
+                "transport": transport,
                 "k": LIBP2P_PEERS,
                 "n": n,
                 "secure_round_s": round(secure["round_s"], 3),
@@ -154,6 +170,11 @@ def run_libp2p(n: int, rounds: int) -> None:
                 "round_model_mb_s": round(round_mb_s, 1),
                 "stream_mb_s": round(secure["stream_mb_s"], 1),
                 "round_over_stream": round(round_mb_s / secure["stream_mb_s"], 3),
+                "round_wire_mb_s": round(wire_mb_s, 1),
+                "tcp_mb_s": round(secure["tcp_mb_s"], 1),
+                "round_wire_over_tcp": round(wire_mb_s / secure["tcp_mb_s"], 3),
+                "bulk_frames_sent": secure["bulk_frames_sent"],
+                "bulk_fallbacks": secure["bulk_fallbacks"],
             }
         ),
         flush=True,
@@ -201,7 +222,7 @@ async def libp2p_child(args: argparse.Namespace) -> None:
             await fresh.wait()
             fresh = trio.Event()
 
-    engine = RoundEngine(host, node, on_action)
+    engine = RoundEngine(host, node, on_action, bulk_port=0 if args.transport == "bulk" else None)
     stop = trio.Event()
 
     async def sink(key: bytes, stream: object) -> None:
@@ -218,6 +239,8 @@ async def libp2p_child(args: argparse.Namespace) -> None:
     host.handle(SINK_PROTOCOL, sink)
     host.handle(STOP_PROTOCOL, on_stop)
     async with host.run(), trio.open_nursery() as nursery:
+        if args.child == 1:
+            await nursery.start(_tcp_sink, int(args.tcp_port))
         for key, port in zip(keys, ports, strict=True):
             if key != me.public_key:  # members send parts to each other, not only to peer 0
                 host.remember_addrs(key, [_address(key, port)])
@@ -231,16 +254,19 @@ async def libp2p_child(args: argparse.Namespace) -> None:
         for key, port in zip(others, ports[1:], strict=True):
             await _connect_with_retry(host, key, port)
         stream_mb_s = await _stream_mb_s(host, others[0])
-        times, sent = [], []
+        tcp_mb_s = await _tcp_mb_s(int(args.tcp_port))
+        times, sent, cpu = [], [], []
         for _attempt in range(args.rounds + 1 + 20):  # one warm-up; retries if a peer was busy
             round_over = trio.Event()
             began = time.perf_counter()
+            began_cpu = time.process_time()
             await engine.start_round(others)
             with trio.fail_after(600):
                 await round_over.wait()
             result = outcome["last"]
             if isinstance(result, RoundFinished):
                 times.append(time.perf_counter() - began)
+                cpu.append(time.process_time() - began_cpu)
                 sent.append(result.stats.bytes_sent)
                 if len(times) == args.rounds + 1:
                     break
@@ -256,7 +282,11 @@ async def libp2p_child(args: argparse.Namespace) -> None:
                     "round_s": statistics.median(timed),
                     "bytes_sent": sent[-1],
                     "stream_mb_s": stream_mb_s,
+                    "tcp_mb_s": tcp_mb_s,
+                    "cpu_s": statistics.median(cpu[1:] or cpu),
                     "rounds": len(timed),
+                    "bulk_frames_sent": engine.bulk_frames_sent,
+                    "bulk_fallbacks": engine.bulk_fallbacks,
                 }
             ),
             flush=True,
@@ -279,6 +309,37 @@ async def _connect_with_retry(host: object, key: bytes, port: str) -> None:
                 return
             except Exception:
                 await trio.sleep(0.2)
+
+
+async def _tcp_sink(
+    port: int, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Raw loopback TCP, no encryption: read everything, answer one byte at EOF."""
+    listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
+    task_status.started()
+
+    async def serve(stream: trio.SocketStream) -> None:
+        buffer = bytearray(1 << 20)
+        while await stream.socket.recv_into(buffer):
+            pass
+        await stream.send_all(b"k")
+        await stream.aclose()
+
+    await trio.serve_listeners(serve, listeners)
+
+
+async def _tcp_mb_s(port: int) -> float:
+    """One raw TCP connection between two of the peer processes: 64 MiB in 1 MiB writes."""
+    chunk = os.urandom(1 << 20)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    began = time.perf_counter()
+    for _ in range(STREAM_MIB):
+        await stream.send_all(chunk)
+    await stream.send_eof()
+    await stream.receive_some(1)
+    elapsed = time.perf_counter() - began
+    await stream.aclose()
+    return STREAM_MIB * (1 << 20) / 1e6 / elapsed
 
 
 async def _stream_mb_s(host: object, key: bytes) -> float:
@@ -305,13 +366,20 @@ def main() -> None:
     parser.add_argument("--ports", help=argparse.SUPPRESS)
     parser.add_argument("--variant", choices=["secure", "plain"], help=argparse.SUPPRESS)
     parser.add_argument("--vector", type=int, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--transport",
+        choices=["bulk", "libp2p"],
+        default="bulk",
+        help="libp2p: round parts over libp2p streams too (the bulk channel off)",
+    )
+    parser.add_argument("--tcp-port", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
         trio.run(libp2p_child, args)
         return
     if args.net == "libp2p":
         for n in (int(float(x)) for x in args.n.split(",")):
-            run_libp2p(n, args.rounds)
+            run_libp2p(n, args.rounds, args.transport)
         return
 
     for n in (int(float(x)) for x in args.n.split(",")):

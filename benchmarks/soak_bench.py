@@ -40,7 +40,8 @@ warm-up (``[warmup_s, warmup_s + window_s]``), with the MEDIAN over the final wi
 
 Prints one JSON line: peers, duration_s, warmup_s, window_s, sample_s, samples (successful
 per-peer /status readings), crashes, rounds_completed_total, rounds_aborted_total (summed
-over peers, their last readings), rss_growth_max with rss_baseline_mb / rss_final_mb /
+over peers, their last readings), rss_first_mb_max (the largest RSS in any peer's first
+sample) and rss_final_mb_max (the largest final-window median), rss_growth_max with rss_baseline_mb / rss_final_mb /
 rss_slope_mb_per_h of that peer, fds_growth_max, tasks_growth_max, rss_ok, fds_flat,
 tasks_flat, ok; then details: the worst peer of each figure, per-peer growths, baselines
 and round counts, missed readings, crash details and wall_s. Progress goes to stderr every
@@ -236,6 +237,12 @@ def growth_figures(
         "peers_measured": len(measured),
         "rounds_completed_total": sum(completed),
         "rounds_aborted_total": sum(aborted),
+        # Absolute resident memory: the largest peer's, at the start of its post-warm-up
+        # samples (just started: trained, not yet in a round) and over its final window.
+        "rss_first_mb_max": round(
+            max(min(s, key=lambda x: x.t).rss_bytes for s in series if s) / MB, 2
+        ),
+        "rss_final_mb_max": round(max(g.rss_final for g in measured) / MB, 2),
         "rss_growth_max": round(g_rss.rss_growth, 4),
         "rss_baseline_mb": round(g_rss.rss_baseline / MB, 2),
         "rss_final_mb": round(g_rss.rss_final / MB, 2),

@@ -45,6 +45,7 @@ class PeerSection:
     allow: list[str] = field(default_factory=list)
     bootstrap: list[str] = field(default_factory=list)
     failed_admissions_per_minute: int = 60
+    bulk_port: int = 0
 
 
 @dataclass
@@ -175,6 +176,10 @@ class PeerConfig:
                 raise ConfigError(f"peer.bootstrap: {problem}")
         if peer.failed_admissions_per_minute < 0:
             raise ConfigError("peer.failed_admissions_per_minute must be >= 0 (0: no limit)")
+        if not -1 <= peer.bulk_port <= 65535:
+            raise ConfigError(
+                "peer.bulk_port must be a TCP port (0..65535; 0: any free port) or -1 (off)"
+            )
         if not 3 <= rnd.group_size <= 16:
             raise ConfigError("round.group_size must be in 3..16 (groups of 2 would leak)")
         if not 1 <= rnd.max_weight <= MAX_WEIGHT:
@@ -303,6 +308,10 @@ _DOCS: dict[str, str] = {
     "peer.failed_admissions_per_minute": "Failed admissions (a failed handshake, or a peer not\n"
     "admitted) each remote IP may cause per minute, in bursts of as many; past that its\n"
     "connections are closed before the handshake. 0: no limit.",
+    "peer.bulk_port": "TCP port of the bulk channel, on the first listen address's IP: a round's\n"
+    "model parts travel there, sealed (AES-256-GCM) with keys from the round's own key\n"
+    "agreement, much faster than over libp2p. Peers learn it over libp2p. 0: any free port;\n"
+    "-1: off (everything over libp2p). A peer that cannot reach it falls back to libp2p.",
     "discovery": "Finding and watching neighbours.",
     "discovery.peer_exchange": "Exchange signed address records of admitted peers with neighbours.",
     "discovery.mdns": "Announce on the local network with mDNS (off by default; binds every\n"

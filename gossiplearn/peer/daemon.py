@@ -345,8 +345,10 @@ def load_learning(cfg: PeerConfig) -> tuple[Any, Any, Any, dict[str, float]]:
     import torch
 
     from gossiplearn.peer.data import ModelFactoryError, TrainerError, load_datasets, resolve
+    from gossiplearn.peer.lean import avoid_dynamo_import
     from gossiplearn.peer.trainer import make_trainer
 
+    avoid_dynamo_import()  # ~100 MB and seconds of start-up that a daemon never uses
     factory = resolve(cfg.model.factory, "model.factory", ModelFactoryError)
     try:
         # torch's generator is global: daemons that load in threads of one process (inproc

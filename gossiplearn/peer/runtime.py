@@ -261,7 +261,11 @@ class PeerRuntime:
             on_problem=self._dial_problem,
         )
         self.engine = RoundEngine(
-            self.host, self.node, self._on_action, on_unreachable=self._peer_unreachable
+            self.host,
+            self.node,
+            self._on_action,
+            on_unreachable=self._peer_unreachable,
+            bulk_port=None if cfg.peer.bulk_port < 0 else cfg.peer.bulk_port,
         )
         self.host.disconnect_listeners.append(self.engine.peer_disconnected)
         for stored in await trio.to_thread.run_sync(self.proofs.load):

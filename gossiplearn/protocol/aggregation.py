@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import msgpack
 import numpy as np
+from blake3 import blake3
 
 from gossiplearn.crypto.agreement import KeyAgreementError, derive_pair_seed, shared_secret
 from gossiplearn.crypto.masks import apply_pairwise_masks
@@ -46,7 +47,7 @@ from gossiplearn.protocol.events import RoundFault
 from gossiplearn.protocol.evidence import EquivocationProof, Slot, claim_of
 from gossiplearn.protocol.matchmaking import VerifiedGroup
 from gossiplearn.protocol.messages import Confirm, Message, Part, Reduced, WeightShare
-from gossiplearn.protocol.shards import Shard, join_shards, split_shards
+from gossiplearn.protocol.shards import Shard, ordered_shards, split_shards
 
 #: Adds a member's pairwise masks to ``vector`` in place: (vector, my index, seeds by index).
 Masking = Callable[[np.ndarray, int, Mapping[int, bytes]], object]
@@ -54,8 +55,9 @@ PAIRWISE_MASKS: Masking = apply_pairwise_masks
 
 _MASK_LABEL = b"mask"
 _WEIGHT_LABEL = b"weight"
+_CHANNEL_LABEL = b"bulk"
 _DIGEST_PERSON = b"gossiplearn.cfm2"
-_PART_PERSON = b"gossiplearn.red2"
+_PART_CONTEXT = "gossiplearn round v2 reduced part digest"
 
 
 def no_masks(vector: np.ndarray, index: int, seeds: Mapping[int, bytes]) -> np.ndarray:
@@ -72,7 +74,7 @@ def part_bounds(length: int, parts: int) -> list[tuple[int, int]]:
 def part_digest(reduced: np.ndarray) -> bytes:
     """The digest a reducer signs in every REDUCED shard of its part."""
     data = np.ascontiguousarray(reduced, dtype="<u4")
-    return hashlib.blake2b(data.data, digest_size=32, person=_PART_PERSON).digest()
+    return blake3(data.view(np.uint8).data, derive_key_context=_PART_CONTEXT).digest(32)
 
 
 @dataclass(frozen=True)
@@ -127,9 +129,16 @@ class _ShardSet:
     def complete(self) -> bool:
         return self.total is not None and len(self.shards) == self.total
 
-    def join(self, what: str, blamed: tuple[bytes, ...]) -> np.ndarray:
+    def ordered(self, what: str, blamed: tuple[bytes, ...]) -> list[Shard]:
+        """The complete set in order (checked: no gap, overlap or excess), data not copied."""
         try:
-            return join_shards(self.shards.values(), dtype="u4", length=self.expected_length)
+            # Every shard here came in a verified envelope: its data matched its digest.
+            return ordered_shards(
+                self.shards.values(),
+                dtype="u4",
+                length=self.expected_length,
+                digests_checked=True,
+            )
         except ProtocolError:
             raise RoundFault(f"bad_{what}", blamed) from None
 
@@ -169,6 +178,10 @@ class Aggregation:
         self._bounds = part_bounds(group.params.length, m)
         self._mask_seeds: dict[int, bytes] = {}
         self._weight_seeds: dict[int, bytes] = {}
+        #: A transport key per other member (by its identity key): the driver may seal this
+        #: round's frames to that member with it (peer/bulk.py). From the same agreement as the
+        #: masks, under its own label, so it reveals nothing about them.
+        self.channel_keys: dict[bytes, bytes] = {}
         me = self.members[index]
         for j, (member, key) in enumerate(zip(self.members, group.ephemeral_keys, strict=True)):
             if j == index:
@@ -179,6 +192,9 @@ class Aggregation:
                 raise RoundFault("bad_ephemeral_key", (member,)) from None
             self._mask_seeds[j] = derive_pair_seed(secret, group.id, me, member, _MASK_LABEL)
             self._weight_seeds[j] = derive_pair_seed(secret, group.id, me, member, _WEIGHT_LABEL)
+            self.channel_keys[member] = derive_pair_seed(
+                secret, group.id, me, member, _CHANNEL_LABEL
+            )
         start, end = self._bounds[index]
         self._parts = {j: _ShardSet(end - start) for j in range(m) if j != index}
         self._reduced = {
@@ -312,7 +328,9 @@ class Aggregation:
         assert self._own_part is not None
         reduced = self._own_part.copy()
         for j, shard_set in self._parts.items():
-            np.add(reduced, shard_set.join("part", (self.members[j],)), out=reduced)
+            for shard in shard_set.ordered("part", (self.members[j],)):
+                piece = reduced[shard.offset : shard.offset + shard.length]
+                np.add(piece, shard.array(), out=piece)
         self._own_reduced = reduced
         digest = part_digest(reduced)
         self._own_claims[("REDUCED", self.index)] = digest
@@ -328,28 +346,45 @@ class Aggregation:
 
     def _confirm(self) -> list[Outgoing]:
         assert self._own_reduced is not None and self._total_weight is not None
-        pieces, digests = [], []
-        for j in range(len(self.members)):
+        params = self.group.params
+        # decode(sum) x S / W straight into the float32 average, part by part (no full-size
+        # temporaries: a 10M-element round used to make four).
+        average = np.empty(params.length, dtype=np.float32)
+        scale = self._scale_total / max(self._total_weight, 1)
+        digests = []
+        for j, (start, _end) in enumerate(self._bounds):
             if j == self.index:
-                pieces.append(self._own_reduced)
+                pieces = [(0, self._own_reduced)]
                 digests.append(self._own_claims[("REDUCED", j)])
-                continue
-            blamed = (self.members[j],)
-            piece = self._reduced[j].join("reduced", blamed)
-            claimed = self._seen[(j, ("REDUCED", j))][0]
-            if part_digest(piece) != claimed:
-                raise RoundFault("bad_reduced_digest", blamed)
-            pieces.append(piece)
-            digests.append(claimed)
-        total = np.concatenate(pieces)
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # judged below
-            average = (
-                decode(total, self.group.params.frac_bits, RING32, np.float64)
-                * (self._scale_total / max(self._total_weight, 1))
-            ).astype(np.float32)
+            else:
+                # Shard by shard, never joined: the part's digest is the hash of their data
+                # in order (the same bytes part_digest hashes), and each decodes in place.
+                blamed = (self.members[j],)
+                shards = self._reduced[j].ordered("reduced", blamed)
+                hasher = blake3(derive_key_context=_PART_CONTEXT)
+                for shard in shards:
+                    hasher.update(shard.data)
+                claimed = self._seen[(j, ("REDUCED", j))][0]
+                if hasher.digest(32) != claimed:
+                    raise RoundFault("bad_reduced_digest", blamed)
+                digests.append(claimed)
+                pieces = [(shard.offset, shard.array()) for shard in shards]
+            for offset, piece in pieces:
+                at = start + offset
+                with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # see below
+                    decode(
+                        piece,
+                        params.frac_bits,
+                        RING32,
+                        np.float32,
+                        scale=scale,
+                        out=average[at : at + piece.size],
+                    )
         # Garbage from a member decodes to values spread over the ring's range; every honest
-        # member holds this same average, so all reach the same verdict (NaN fails it too).
-        if not np.all(np.abs(average) <= self._max_abs_average):
+        # member holds this same average, so all reach the same verdict (NaN fails it too:
+        # min and max are NaN if any element is).
+        bound = self._max_abs_average
+        if average.size and not (-bound <= average.min() and average.max() <= bound):
             raise RoundFault("implausible_average")
         self.result = Result(average, self._total_weight, self.clipped)
         self._digest = self._round_digest(digests)

@@ -14,7 +14,7 @@ base58 form); ``group`` is a 16-byte group id, or empty for messages outside a r
 (PEERS, STATUS); ``ts`` is the sender's clock in milliseconds.
 
 Shard data is detached from the signature: for PART and REDUCED, ``sig`` covers the map with
-the shard's ``data`` replaced by empty bytes, and the shard's ``digest`` (BLAKE2b of its data,
+the shard's ``data`` replaced by empty bytes, and the shard's ``digest`` (BLAKE3 of its data,
 inside the signed part) binds the data; a receiver refuses data that does not match it. So
 the signed map plus ``sig``, without the data, is a small :attr:`Envelope.statement` of what
 the sender sent, verifiable by anyone (:func:`verify_statement`): members relay statements to
@@ -187,9 +187,10 @@ def encode_envelope(
     )
     sig = signer.sign(signed)
     if _detaches(body):
-        return _full_frame(
-            VERSION, body.TYPE, sender, recipient, group, seq, ts, body.to_wire(), sig
-        )
+        fields = {"sender": sender, "recipient": recipient, "group": group, "seq": seq, "ts": ts}
+        before, after = _data_frame_parts(fields, body, sig)
+        data = body.shard.data  # type: ignore[attr-defined]
+        return b"".join((before, _bin_header(len(data)), data, after))
     return _frame(signed, sig)
 
 
@@ -289,21 +290,7 @@ def verify_envelope(
     header, body = _decode(raw, limits, detached=False)
     signed = _signed(header, body)
     statement = _frame(signed, header["sig"])
-    if _detaches(body):
-        canonical = _full_frame(
-            VERSION,
-            body.TYPE,
-            header["sender"],
-            header["recipient"],
-            header["group"],
-            header["seq"],
-            header["ts"],
-            body.to_wire(),
-            header["sig"],
-        )
-    else:
-        canonical = statement
-    if raw != canonical:
+    if not (_canonical_detached(raw, header, body) if _detaches(body) else raw == statement):
         raise NonCanonicalEncoding("frame is not the canonical encoding of its content")
 
     sender = header["sender"]
@@ -317,6 +304,57 @@ def verify_envelope(
     if isinstance(shard, Shard) and shard_digest(shard.data) != shard.digest:
         raise BadSignature("shard data does not match its signed digest")
     return _envelope(header, body, statement)
+
+
+def _bin_header(length: int) -> bytes:
+    """msgpack's header of a bin of ``length`` bytes (bin8, bin16 or bin32)."""
+    if length < 1 << 8:
+        return b"\xc4" + length.to_bytes(1, "big")
+    if length < 1 << 16:
+        return b"\xc5" + length.to_bytes(2, "big")
+    return b"\xc6" + length.to_bytes(4, "big")
+
+
+def _data_frame_parts(header: dict[str, Any], body: Message, sig: bytes) -> tuple[bytes, bytes]:
+    """(A, B) with the canonical frame of a message with shard data = A + bin(len) + data + B,
+    found without packing the data (a 1 MiB copy, and msgpack's buffer growth): the frame
+    packed with empty data is A + bin8(0) + B, and packed with one byte of data it differs
+    first at the length byte right after A."""
+
+    def frame_with(data: bytes) -> bytes:
+        wire = body.to_wire()
+        wire["shard"] = dict(wire["shard"], data=data)
+        return _full_frame(
+            VERSION,
+            body.TYPE,
+            header["sender"],
+            header["recipient"],
+            header["group"],
+            header["seq"],
+            header["ts"],
+            wire,
+            sig,
+        )
+
+    empty, one = frame_with(b""), frame_with(b"\x00")
+    at = next(i for i, (x, y) in enumerate(zip(empty, one, strict=False)) if x != y) - 1
+    return empty[:at], empty[at + 2 :]
+
+
+def _canonical_detached(raw: bytes, header: dict[str, Any], body: Message) -> bool:
+    """Whether ``raw`` is the canonical frame of a message with shard data (which the
+    decoder read from between the two parts that must match)."""
+    data = body.shard.data  # type: ignore[attr-defined]
+    before, after = _data_frame_parts(header, body, header["sig"])
+    data_header = _bin_header(len(data))
+    start = len(before) + len(data_header)
+    end = start + len(data)
+    return (
+        len(raw) == end + len(after)
+        and raw[: len(before)] == before
+        and raw[len(before) : start] == data_header
+        and raw[end:] == after
+    )
 
 
 def verify_statement(raw: bytes, *, limits: Limits = DEFAULT_LIMITS) -> Envelope:

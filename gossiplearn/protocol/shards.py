@@ -7,11 +7,11 @@ silently zero-filled or truncated.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+from blake3 import blake3
 
 from gossiplearn.protocol.errors import SchemaViolation, ShardError
 from gossiplearn.protocol.schema import Record, binary, text, uint
@@ -30,8 +30,14 @@ DTYPES: dict[str, np.dtype] = {
 }
 
 
+#: BLAKE3 in key-derivation mode with this context: domain-separated from every other hash
+#: of the protocol. BLAKE3 (not BLAKE2b, as before round v2 was released) because every shard
+#: is hashed at its sender and again at its receiver: ~4-7 GB/s against BLAKE2b's ~0.9 GB/s.
+_SHARD_CONTEXT = "gossiplearn round v2 shard digest"
+
+
 def shard_digest(data: bytes | memoryview) -> bytes:
-    return hashlib.blake2b(data, digest_size=DIGEST_BYTES, person=b"gossiplearn.shd1").digest()
+    return blake3(data, derive_key_context=_SHARD_CONTEXT).digest(DIGEST_BYTES)
 
 
 SHARD_SCHEMA = Record(
@@ -135,11 +141,16 @@ def split_shards(array: np.ndarray, max_bytes: int = MAX_SHARD_BYTES) -> list[Sh
     return shards
 
 
-def join_shards(shards: Iterable[Shard], *, dtype: str, length: int) -> np.ndarray:
-    """Join a complete shard set into one array of ``length`` elements of ``dtype``.
+def ordered_shards(
+    shards: Iterable[Shard], *, dtype: str, length: int, digests_checked: bool = False
+) -> list[Shard]:
+    """A complete shard set in order, checked to cover exactly ``length`` elements of
+    ``dtype`` with no gap or overlap, without copying any data.
 
     Raises :class:`ShardError` for a missing, duplicate, overlapping or mistyped shard, a
     digest mismatch, or a set that does not cover exactly ``length`` elements.
+    ``digests_checked``: every shard's data was already checked against its digest (shards
+    of verified envelopes), so it is not hashed again.
     """
     if dtype not in DTYPES:
         raise ShardError(f"unknown dtype {dtype!r}")
@@ -160,7 +171,7 @@ def join_shards(shards: Iterable[Shard], *, dtype: str, length: int) -> np.ndarr
     missing = [i for i in range(total) if i not in by_index]
     if missing:
         raise ShardError(f"missing shards {missing[:8]}{'...' if len(missing) > 8 else ''}")
-    out = np.empty(length, dtype=DTYPES[dtype])
+    ordered = []
     position = 0
     for index in range(total):
         shard = by_index[index]
@@ -170,10 +181,22 @@ def join_shards(shards: Iterable[Shard], *, dtype: str, length: int) -> np.ndarr
         end = position + shard.length
         if end > length:
             raise ShardError(f"shard {index} ends at {end}, beyond length {length}")
-        if shard_digest(shard.data) != shard.digest:
+        if not digests_checked and shard_digest(shard.data) != shard.digest:
             raise ShardError(f"shard {index} digest mismatch")
-        out[position:end] = shard.array()
+        ordered.append(shard)
         position = end
     if position != length:
         raise ShardError(f"shards cover {position} elements, expected {length}")
+    return ordered
+
+
+def join_shards(
+    shards: Iterable[Shard], *, dtype: str, length: int, digests_checked: bool = False
+) -> np.ndarray:
+    """Join a complete shard set into one array of ``length`` elements of ``dtype`` (checked
+    as by :func:`ordered_shards`)."""
+    ordered = ordered_shards(shards, dtype=dtype, length=length, digests_checked=digests_checked)
+    out = np.empty(length, dtype=DTYPES[dtype])
+    for shard in ordered:
+        out[shard.offset : shard.offset + shard.length] = shard.array()
     return out

@@ -257,14 +257,31 @@ def _pool_shard(
 @functools.lru_cache(maxsize=1)
 def _digits_pool() -> _Pool:
     """The 1797 8x8 digit images (pixel values 0..16) and their int64 labels."""
-    # Imported here: scikit-learn is slow to import and only this dataset needs it.
+    table = _digits_table()
+    raw = table[:, :-1].astype(np.uint8)  # integers 0..16, stored as floats
+    labels = table[:, -1].astype(np.int64)
+    _read_only(raw, labels)
+    return _Pool(raw, labels, scale=16.0)
+
+
+def _digits_table() -> np.ndarray:
+    """scikit-learn's digits.csv.gz (64 pixel columns, then the label), read the way its
+    ``load_digits`` reads it but without importing scikit-learn: that import alone costs a
+    daemon ~80 MB of resident memory and a second of start-up. Found through the import
+    system (``find_spec`` does not import the package); ``load_digits`` if the file moved."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        path = Path(location) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            with gzip.open(path, "rt") as file:
+                return np.loadtxt(file, delimiter=",")
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    raw = np.asarray(bunch.data).astype(np.uint8)  # integers 0..16, stored as floats
-    labels = np.asarray(bunch.target, dtype=np.int64)
-    _read_only(raw, labels)
-    return _Pool(raw, labels, scale=16.0)
+    return np.column_stack([bunch.data, bunch.target])
 
 
 def digits(

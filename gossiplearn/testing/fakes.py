@@ -20,9 +20,11 @@ class IdleMachine:
 
     current_group: bytes | None = None
     contribution_fresh = True
+    public_key = b"\x00" * 32
 
     def __init__(self) -> None:
         self.backoff = NoBackoff()
+        self.channel_keys: dict[bytes, bytes] = {}
 
     @property
     def busy(self) -> bool:

@@ -67,6 +67,12 @@ async def test_weight_equivocation_is_proven_kept_and_the_equivocator_refused(
         digests = [p.digests["backbone"] for p in honest]
         await attacker.engine.start_round([key_of(p) for p in honest])
         await until(lambda: all(p.rounds.aborted >= 1 for p in honest), 30, "honest aborts")
+        # The abort is counted at once; the proof is written to disk by a task of its own.
+        await until(
+            lambda: all(ProofStore(p.directory / EVIDENCE_DIR).load() for p in honest),
+            10,
+            "proofs kept",
+        )
 
         for peer, digest in zip(honest, digests, strict=True):
             assert dict(peer.rounds.abort_reasons) == {"equivocation": 1}

@@ -490,3 +490,24 @@ def test_load_shard_rejects_unknown_names_and_peer_counts():
         load_shard("mnist", "0/1", "iid")
     with pytest.raises(ValueError, match="peers"):
         load_all_shards("digits", 0, "iid")
+
+
+def test_digits_are_read_without_importing_scikit_learn_and_equal_its_loader():
+    # A fresh interpreter: the daemon must not pay scikit-learn's import (memory, start-up).
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from gossiplearn.sim.datasets import _digits_table; t = _digits_table(); "
+        "print(t.shape, 'sklearn' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["(1797,", "65)", "False"]
+
+    from sklearn.datasets import load_digits
+
+    from gossiplearn.sim.datasets import _digits_table
+
+    table, bunch = _digits_table(), load_digits()
+    assert np.array_equal(table[:, :-1], bunch.data)
+    assert np.array_equal(table[:, -1], bunch.target)

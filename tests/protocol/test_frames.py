@@ -1,0 +1,52 @@
+"""Frames of messages with shard data are built and checked without packing the data again:
+they must stay byte-identical to msgpack's own canonical encoding of the whole map."""
+
+from __future__ import annotations
+
+import msgpack
+import numpy as np
+import pytest
+
+from gossiplearn.crypto import Identity
+from gossiplearn.protocol.envelope import VERSION, decode_envelope, encode_envelope
+from gossiplearn.protocol.errors import NonCanonicalEncoding
+from gossiplearn.protocol.messages import Part, Reduced
+from gossiplearn.protocol.replay import ReplayGuard
+from gossiplearn.protocol.shards import split_shards
+
+ALICE, BOB = Identity(b"\x01" * 32), Identity(b"\x02" * 32)
+GROUP = b"g" * 16
+
+
+def _bodies() -> list[object]:
+    bodies: list[object] = []
+    for n in (0, 1, 63, 64, 16_383, 16_384, 262_144):  # bin8, bin16 and bin32 data
+        shard = split_shards(np.arange(n, dtype=np.uint32))[0]
+        bodies += [Part(1, shard), Reduced(2, b"\x07" * 32, shard)]
+    return bodies
+
+
+@pytest.mark.parametrize("body", _bodies(), ids=lambda b: f"{b.TYPE}-{b.shard.length}")
+def test_a_shard_frame_is_msgpacks_canonical_encoding(body: object) -> None:
+    frame = encode_envelope(
+        ALICE, ALICE.public_key, BOB.public_key, body, group=GROUP, seq=5, ts=1_000
+    )
+    decoded = msgpack.unpackb(frame, raw=False)
+    assert msgpack.packb(decoded, use_bin_type=True) == frame
+    assert decoded["v"] == VERSION and decoded["body"]["shard"]["data"] == body.shard.data
+    envelope = decode_envelope(frame, recipient=BOB.public_key, now_ms=1_000, replay=ReplayGuard())
+    assert envelope.body == body
+
+
+def test_shard_data_in_a_wider_container_is_non_canonical() -> None:
+    body = _bodies()[4]  # 63 elements: 252 bytes, a bin8
+    frame = encode_envelope(
+        ALICE, ALICE.public_key, BOB.public_key, body, group=GROUP, seq=5, ts=1_000
+    )
+    data = body.shard.data
+    wider = frame.replace(
+        b"\xc4" + bytes([len(data)]) + data, b"\xc5\x00" + bytes([len(data)]) + data
+    )
+    assert wider != frame
+    with pytest.raises(NonCanonicalEncoding):
+        decode_envelope(wider, recipient=BOB.public_key, now_ms=1_000, replay=ReplayGuard())
