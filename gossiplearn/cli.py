@@ -9,6 +9,7 @@ import typer
 
 from gossiplearn import __version__
 from gossiplearn.commands.allow import allow
+from gossiplearn.commands.audit import audit
 from gossiplearn.commands.evidence import evidence
 from gossiplearn.commands.init import init
 from gossiplearn.commands.keys import keys_app
@@ -44,6 +45,7 @@ app.command()(run)
 app.command()(status)
 app.command()(allow)
 app.command()(evidence)
+app.command()(audit)
 app.add_typer(keys_app, name="keys")
 app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(sim)
 
