@@ -620,7 +620,7 @@ def parts_from_directory(directory: Path, config: Any) -> tuple[AuditParts, Any]
     metadata). Read-only: the daemon may be running (checkpoints are replaced atomically)."""
     from gossiplearn.peer.checkpoint import load_checkpoint
     from gossiplearn.peer.config import CHECKPOINT_DIR
-    from gossiplearn.peer.daemon import _SEEDING, _split, load_learning
+    from gossiplearn.peer.daemon import MODEL_SEEDING, load_learning, split_model
     from gossiplearn.peer.data import ModelFactoryError, resolve
     from gossiplearn.peer.trainer import make_trainer
 
@@ -635,10 +635,10 @@ def parts_from_directory(directory: Path, config: Any) -> tuple[AuditParts, Any]
     factory = resolve(config.model.factory, "model.factory", ModelFactoryError)
 
     def fresh_model(seed: int) -> SplitModel:
-        with _SEEDING:  # torch's generator is global (see load_learning)
+        with MODEL_SEEDING:  # torch's generator is global (see load_learning)
             torch.manual_seed(seed)
             module = factory(**config.model.options)
-        split: SplitModel = _split(config, module)
+        split: SplitModel = split_model(config, module)
         return split
 
     def build_trainer(model: SplitModel, data: PeerData, train_config: TrainConfig) -> Any:

@@ -89,7 +89,7 @@ class BuiltinLearning:
         reference = None
         if training.local_reference:
             # From the model as loaded: what this peer alone would do from here on.
-            alone = _split(cfg, copy.deepcopy(self.model.module))
+            alone = split_model(cfg, copy.deepcopy(self.model.module))
             reference = (
                 alone,
                 make_trainer(
@@ -317,7 +317,9 @@ class Daemon(PeerRuntime):
         return learning
 
 
-def _split(cfg: PeerConfig, module: Any) -> Any:
+def split_model(cfg: PeerConfig, module: Any) -> Any:
+    """``module`` split into backbone and head as the config says (``model.head_prefixes``);
+    SplitModelError names model.factory."""
     from gossiplearn.peer.model import SplitModel, SplitModelError
 
     try:
@@ -332,7 +334,8 @@ def _split(cfg: PeerConfig, module: Any) -> Any:
         ) from exc
 
 
-_SEEDING = threading.Lock()
+#: Held while torch's global generator is seeded and a model factory called (see load_learning).
+MODEL_SEEDING = threading.Lock()
 
 
 def load_learning(cfg: PeerConfig) -> tuple[Any, Any, Any, dict[str, float]]:
@@ -356,7 +359,7 @@ def load_learning(cfg: PeerConfig) -> tuple[Any, Any, Any, dict[str, float]]:
         # draw from each other's seeds, starting from different weights, whose average is
         # no model at all (found by a multi-label test: every average refused in half the
         # runs).
-        with _SEEDING:
+        with MODEL_SEEDING:
             torch.manual_seed(cfg.training.seed)
             module = factory(**cfg.model.options)
     except Exception as exc:
@@ -369,7 +372,7 @@ def load_learning(cfg: PeerConfig) -> tuple[Any, Any, Any, dict[str, float]]:
             f"model.factory {cfg.model.factory!r} returned a {type(module).__name__}, not a "
             "torch.nn.Module"
         )
-    model = _split(cfg, module)
+    model = split_model(cfg, module)
     data = load_datasets(cfg.data.loader, cfg.data.options)
     training = cfg.training
     trainer = make_trainer(
