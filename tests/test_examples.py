@@ -72,21 +72,24 @@ def test_real_daemons_learn_the_sequence_model_as_the_memory_mode_does(tmp_path:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(300)
 def test_a_cnn_through_init_allow_run_and_status(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, str(EXAMPLES / "digits_cnn.py"), str(tmp_path), "--rounds", "2"],
+        [sys.executable, str(EXAMPLES / "digits_cnn.py"), str(tmp_path)]
+        + ["--rounds", "4", "--timeout", "180"],
         capture_output=True,
         text=True,
         env=example_env(),
-        timeout=200,
+        timeout=260,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["exit_codes"] == [0, 0, 0]  # SIGTERM: a clean stop
     for peer in report["peers"]:
-        assert peer["rounds"] >= 2
-        assert peer["accuracy"] > 0.8  # measured 0.95 after 6-7 rounds
+        assert peer["rounds"] >= 4
+        # Measured 0.875-0.988 after 4-12 rounds (a peer read right after its 2nd round, having
+        # refused both averages, once stood at 0.28: hence 4 rounds).
+        assert peer["accuracy"] > 0.7
     # The daemons trained the user's CNN: its convolutions are in the checkpoint.
     with safe_open(str(tmp_path / "org-0" / "checkpoints" / "model.safetensors"), "pt") as f:
         shapes = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118
