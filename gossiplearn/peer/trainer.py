@@ -306,22 +306,21 @@ class Trainer:
         )
         device = self._device
         total_loss, seen = 0.0, 0
+        # Opacus's hooks on a first layer whose input needs no gradient warn: expected.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
         try:
-            with warnings.catch_warnings():
-                # Opacus's hooks on a first layer whose input needs no gradient: expected.
-                warnings.filterwarnings("ignore", message="Full backward hook is firing")
-                for _ in range(steps):
-                    chosen = torch.rand(self.num_train_samples, generator=self._sampling)
-                    indices = (chosen < self.sample_rate).nonzero().flatten()
-                    inputs, labels = self._sampled_batch(indices)
-                    inputs, labels = inputs.to(device), labels.to(device)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss = F.cross_entropy(private_module(inputs), labels, reduction="sum")
-                    loss.backward()
-                    optimizer.step()
-                    ledger.spend(1)
-                    total_loss += loss.item()
-                    seen += len(labels)
+            for _ in range(steps):
+                chosen = torch.rand(self.num_train_samples, generator=self._sampling)
+                indices = (chosen < self.sample_rate).nonzero().flatten()
+                inputs, labels = self._sampled_batch(indices)
+                inputs, labels = inputs.to(device), labels.to(device)
+                optimizer.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(private_module(inputs), labels, reduction="sum")
+                loss.backward()
+                optimizer.step()
+                ledger.spend(1)
+                total_loss += loss.item()
+                seen += len(labels)
         finally:
             private_module._close()  # removes its hooks: the module is as it was
         return {"loss": total_loss / seen if seen else math.nan}
