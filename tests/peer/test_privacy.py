@@ -225,7 +225,7 @@ async def test_without_enforcement_the_same_check_fails(
 # ---- the simulation ----
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(60)
 def test_sim_memory_mode_trains_every_method_with_dp(tmp_path: Path) -> None:
     from rich.console import Console
 
