@@ -259,3 +259,24 @@ def test_sim_rejects_bad_dp_settings() -> None:
     with pytest.raises(ValueError, match="--dp-delta must be in"):
         SimConfig(mode="memory", dp_epsilon=8.0, dp_delta=2.0).validate()
     np.testing.assert_equal(SimConfig().dp_epsilon, 0.0)
+
+
+def test_make_private_gives_a_user_loop_opacus_accounting() -> None:
+    from gossiplearn.privacy import make_private
+
+    torch.manual_seed(0)
+    data = peer_data(digits("0/4", "iid", seed=0, validation=0.1))
+    module = mlp(64, (32,), 10)
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
+    loader = torch.utils.data.DataLoader(data.train, batch_size=32)
+    config = PrivacyConfig(epsilon=5.0)
+    module, optimizer, loader, accountant = make_private(
+        module, optimizer, loader, config, steps=len(loader)
+    )
+    for inputs, labels in loader:
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(module(inputs), labels).backward()
+        optimizer.step()
+    assert 0 < accountant.get_epsilon(config.delta) <= 5.0
+    with pytest.raises(PrivacyError, match="give steps"):
+        make_private(mlp(64, (32,), 10), optimizer, loader, config)
