@@ -331,6 +331,8 @@ class BuiltinLearning:
         decision = (
             "applied"
             if applied.accepted
+            else "refused (no privacy budget left for the head fine-tune)"
+            if applied.refusal == "privacy"
             else f"refused ({applied.refusal}: it would hurt this peer)"
         )
         accuracy = "-" if self.accuracy is None else f"{self.accuracy:.4f}"
