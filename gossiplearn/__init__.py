@@ -10,6 +10,8 @@ What a user needs, from here (imported on first use, so ``import gossiplearn`` s
   ``training.trainer = "module:Class"`` plugs into ``gossiplearn run`` and ``gossiplearn sim``.
 - :class:`PeerData`: a peer's (train, validation, test) data; :class:`PeerConfig` and
   :func:`load_config`: a peer directory's configuration.
+- :class:`PrivacyConfig`: the DP-SGD settings (``[privacy]``, ``TrainConfig.privacy``);
+  ``gossiplearn.privacy.make_private`` makes a user trainer private.
 
 Layers, dependencies pointing one way: ``crypto`` <- ``protocol`` <- ``peer`` <- ``sim``,
 ``commands``. ``crypto`` and ``protocol`` are pure (no trio, libp2p or torch).
@@ -35,6 +37,7 @@ _EXPORTS = {
     "PeerData": "gossiplearn.peer.data",
     "PeerConfig": "gossiplearn.peer.config",
     "load_config": "gossiplearn.peer.config",
+    "PrivacyConfig": "gossiplearn.privacy",
 }
 
 __all__ = [
@@ -42,6 +45,7 @@ __all__ = [
     "Peer",
     "PeerConfig",
     "PeerData",
+    "PrivacyConfig",
     "SplitModel",
     "SyncResult",
     "TrainConfig",
@@ -58,6 +62,7 @@ if TYPE_CHECKING:
     from gossiplearn.peer.data import PeerData
     from gossiplearn.peer.model import SplitModel
     from gossiplearn.peer.trainer import TrainConfig, Trainer, TrainerProtocol
+    from gossiplearn.privacy import PrivacyConfig
 
 
 def __getattr__(name: str) -> Any:

@@ -69,6 +69,7 @@ def _known_error(error: BaseException) -> BaseException | None:
     from gossiplearn.peer.dirlock import DirectoryLocked
     from gossiplearn.peer.model import SplitModelError
     from gossiplearn.peer.trainer import DeviceUnavailable
+    from gossiplearn.privacy import PrivacyError
 
     known = (
         ConfigError,
@@ -79,6 +80,7 @@ def _known_error(error: BaseException) -> BaseException | None:
         StartError,
         DirectoryLocked,
         DeviceUnavailable,
+        PrivacyError,
     )
     if isinstance(error, known):
         return error

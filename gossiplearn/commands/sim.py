@@ -69,6 +69,15 @@ def sim(
         help="Your trainer, module:Class (gossiplearn.TrainerProtocol); evaluate() must "
         "return accuracy. Default: the built-in one (SGD, cross-entropy).",
     ),
+    dp_epsilon: float = typer.Option(
+        0.0,
+        help="Differential privacy: every method trains with DP-SGD within this epsilon per "
+        "peer over --rounds (0: off). Needs pip install 'gossiplearn[dp]'.",
+    ),
+    dp_delta: float = typer.Option(1e-5, help="The delta of --dp-epsilon."),
+    dp_max_grad_norm: float = typer.Option(
+        1.0, help="Per-record gradient clipping norm under --dp-epsilon."
+    ),
     baselines: bool = typer.Option(True, help="Also run local-only, FedAvg and FedPer."),
     overwrite: bool = typer.Option(False, help="Replace the results of an earlier run in --out."),
 ) -> None:
@@ -93,6 +102,9 @@ def sim(
             model=model,
             data=data,
             trainer=trainer,
+            dp_epsilon=dp_epsilon,
+            dp_delta=dp_delta,
+            dp_max_grad_norm=dp_max_grad_norm,
         ).validate()
     except ValueError as exc:
         fail(str(exc), 2)

@@ -165,6 +165,18 @@ def _averages(learning: dict[str, Any] | None) -> str:
     return text
 
 
+def _privacy(privacy: dict[str, Any] | None) -> str:
+    if not privacy:
+        return "off"
+    text = (
+        f"epsilon {privacy.get('epsilon_spent', 0):.3f} spent of {privacy.get('epsilon', 0):g}, "
+        f"{privacy.get('epsilon_remaining', 0):.3f} left (delta {privacy.get('delta', 0):g})"
+    )
+    if privacy.get("exhausted"):
+        text += "; budget spent: no longer trains or contributes"
+    return text
+
+
 def _blocked(blocked: dict[str, dict[str, Any]] | None) -> str:
     if not blocked:
         return "-"
@@ -216,6 +228,7 @@ def render(document: dict[str, Any]) -> Any:
         ("model digest", (document.get("model_digest") or "-")[:16]),
         ("accuracy", "-" if accuracy is None else f"{accuracy:.4f} (local held-out data)"),
         ("averages", _averages(document.get("learning"))),
+        ("privacy", _privacy(document.get("privacy"))),
         ("blocked", _blocked(document.get("blocked_peers"))),
         ("refused", f"{document.get('refused_connections', 0)} connections/streams"),
         (

@@ -16,12 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 from gossiplearn.crypto.identity import IdentityError, public_key_from_peer_id
 from gossiplearn.fileio import write_atomically
+from gossiplearn.privacy import privacy_problem
 from gossiplearn.protocol.messages import MAX_WEIGHT
 from gossiplearn.protocol.node import RoundConfig
 
 if TYPE_CHECKING:
     from gossiplearn.peer.learner import AcceptanceConfig
     from gossiplearn.peer.trainer import TrainConfig
+    from gossiplearn.privacy import PrivacyConfig
 
 CONFIG_FILE = "config.toml"
 IDENTITY_FILE = "identity.key"
@@ -134,6 +136,26 @@ class TrainingSection:
 
 
 @dataclass
+class PrivacySection:
+    enabled: bool = False
+    epsilon: float = 8.0
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+    noise_multiplier: float = 0.0
+    rounds: int = 100
+
+    def to_privacy_config(self) -> PrivacyConfig | None:
+        """The trainer's DP-SGD settings; None when privacy is off."""
+        from gossiplearn.privacy import PrivacyConfig
+
+        if not self.enabled:
+            return None
+        return PrivacyConfig(
+            self.epsilon, self.delta, self.max_grad_norm, self.noise_multiplier, self.rounds
+        )
+
+
+@dataclass
 class StatusSection:
     port: int = 0
 
@@ -152,8 +174,15 @@ class PeerConfig:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     training: TrainingSection = field(default_factory=TrainingSection)
+    privacy: PrivacySection = field(default_factory=PrivacySection)
     status: StatusSection = field(default_factory=StatusSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
+
+    def train_config(self) -> TrainConfig:
+        """``[training]`` and ``[privacy]`` as the trainer takes them."""
+        return dataclasses.replace(
+            self.training.to_train_config(), privacy=self.privacy.to_privacy_config()
+        )
 
     def validate(self) -> PeerConfig:
         """Check every value; a ConfigError names the key, what is wrong and what is allowed."""
@@ -236,6 +265,22 @@ class PeerConfig:
             raise ConfigError(f"training.head_epochs must be >= 0, got {training.head_epochs}")
         if training.threads < 1:
             raise ConfigError(f"training.threads must be >= 1, got {training.threads}")
+        privacy = self.privacy
+        problem = privacy_problem(
+            privacy.epsilon,
+            privacy.delta,
+            privacy.max_grad_norm,
+            privacy.noise_multiplier,
+            privacy.rounds,
+        )
+        if problem:
+            raise ConfigError(problem)
+        if privacy.enabled and training.local_reference:
+            raise ConfigError(
+                "privacy.enabled with training.local_reference: the local reference trains a "
+                "second model on the records outside the privacy accountant; set "
+                "training.local_reference = false"
+            )
         if self.logging.level.lower() not in LOG_LEVELS:
             raise ConfigError(
                 f"logging.level must be {', '.join(LOG_LEVELS)}, got {self.logging.level!r}"
@@ -375,6 +420,20 @@ _DOCS: dict[str, str] = {
     "training.options": "Keyword arguments for training.trainer.",
     "training.overlap": "Train the next budget while a round runs (the round's change is applied\n"
     "on top). Off: the peer waits for its round, as the simulation's memory mode does.",
+    "privacy": "Record-level differential privacy (DP-SGD through Opacus; pip install\n"
+    "'gossiplearn[dp]'). On: every training step (the round's budget and the head fine-tune)\n"
+    "clips each record's gradient and adds Gaussian noise, so all this peer shares is\n"
+    "(epsilon, delta)-DP for its training records; validation and test data are not covered.\n"
+    "When the next round would exceed epsilon, the peer stops training and contributing.",
+    "privacy.enabled": "Train with differential privacy (off by default).",
+    "privacy.epsilon": "The total privacy budget of this peer's training records, over its life\n"
+    "(spent epsilon is kept in DIR/privacy.json across restarts).",
+    "privacy.delta": "The delta of the guarantee; must be below 1/training samples.",
+    "privacy.max_grad_norm": "Each record's gradient is clipped to this L2 norm per step.",
+    "privacy.noise_multiplier": "Noise standard deviation / max_grad_norm. 0: derived from\n"
+    "epsilon, delta and the plan (rounds x (one training budget + one head fine-tune) at this\n"
+    "peer's sampling rate batch_size / training samples), so the budget lasts that long.",
+    "privacy.rounds": "Rounds the budget is planned for when noise_multiplier is 0.",
     "status": "The local status endpoint: GET /status (JSON) and /metrics (Prometheus).",
     "status.port": "TCP port on 127.0.0.1.",
     "logging": "Logs: one line per round, plus warnings and errors.",

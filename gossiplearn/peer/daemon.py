@@ -14,6 +14,7 @@ that cannot be written is logged, counted and survived (the last good one stays 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -23,6 +24,7 @@ from typing import Any
 
 import trio
 
+from gossiplearn.fileio import write_atomically
 from gossiplearn.peer.config import CHECKPOINT_DIR, PeerConfig
 from gossiplearn.peer.learner import Learner
 from gossiplearn.peer.runtime import (  # noqa: F401 - StartError is part of this module's API
@@ -36,6 +38,9 @@ log = logging.getLogger("gossiplearn.peer")
 
 #: A contribution no round took for this many round intervals is replaced by a newly trained one.
 WAIT_INTERVALS = 10
+#: The privacy ledger (the DP steps spent on the training records), next to the checkpoints:
+#: it survives restarts, so a restart does not reset the budget.
+PRIVACY_FILE = "privacy.json"
 
 
 class BuiltinLearning:
@@ -56,6 +61,8 @@ class BuiltinLearning:
         self._checkpoint_logged: set[str] = set()
         self._lock = trio.Lock()  # the model: training, applying and checkpointing take turns
         self._runtime: PeerRuntime | None = None
+        #: [privacy] on and the budget cannot pay for another round: no training, no offers.
+        self.privacy_exhausted = False
 
     @property
     def schema_hash(self) -> bytes | None:
@@ -96,6 +103,8 @@ class BuiltinLearning:
                     training.trainer, alone, data, training.to_train_config(), training.options
                 ),
             )
+        if cfg.privacy.enabled:
+            self._load_privacy_ledger(runtime, trainer)
         self.learner = Learner(
             self.model,
             trainer,
@@ -120,6 +129,79 @@ class BuiltinLearning:
         self.accuracy = meta.metrics.get("accuracy", first.get("accuracy"))
         self._refresh_digests()
         runtime.metrics.accuracy.set(self.accuracy or 0.0)
+        self._update_privacy_metrics(runtime)
+
+    def _load_privacy_ledger(self, runtime: PeerRuntime, trainer: Any) -> None:
+        ledger = getattr(trainer, "privacy", None)
+        path = runtime.directory / PRIVACY_FILE
+        if ledger is None or not path.exists():
+            return  # a user trainer keeps its own accounting
+        document = json.loads(path.read_text(encoding="utf-8"))
+        ledger.load(document["history"])
+
+    def _save_privacy_ledger(self, runtime: PeerRuntime) -> None:
+        """Write the steps spent so far (atomically; called after every training budget)."""
+        ledger = getattr(self.learner.trainer, "privacy", None) if self.learner else None
+        if ledger is None:
+            return
+        text = json.dumps({"history": ledger.history, "epsilon_spent": ledger.epsilon()})
+        write_atomically(
+            runtime.directory / PRIVACY_FILE,
+            lambda temp: temp.write_text(text, encoding="utf-8"),
+            0o644,
+        )
+
+    def privacy_status(self) -> dict[str, Any] | None:
+        """The status document's ``privacy`` (None when it is off)."""
+        config = self._runtime.config.privacy if self._runtime else None
+        trainer = self.learner.trainer if self.learner else None
+        if config is None or not config.enabled or trainer is None:
+            return None
+        spent, delta = trainer.privacy_spent()  # type: ignore[attr-defined]
+        ledger = getattr(trainer, "privacy", None)
+        return {
+            "enabled": True,
+            "epsilon": config.epsilon,
+            "delta": delta or config.delta,
+            "epsilon_spent": spent,
+            "epsilon_remaining": max(0.0, config.epsilon - spent),
+            "max_grad_norm": config.max_grad_norm,
+            "noise_multiplier": None if ledger is None else ledger.noise_multiplier,
+            "sample_rate": None if ledger is None else ledger.sample_rate,
+            "steps": None if ledger is None else ledger.steps,
+            "exhausted": self.privacy_exhausted,
+        }
+
+    def _privacy_affords_round(self, runtime: PeerRuntime) -> bool:
+        """Whether one more round (training and head fine-tune) fits in privacy.epsilon: the
+        built-in trainer says what it would spend; a user trainer, what it has spent."""
+        trainer = self.learner.trainer if self.learner else None
+        if not runtime.config.privacy.enabled or trainer is None:
+            return True
+        budget = runtime.config.privacy.epsilon
+        next_round = getattr(trainer, "privacy_next_round", None)
+        if next_round is not None:
+            return bool(next_round() <= budget)
+        return bool(trainer.privacy_spent()[0] < budget)  # type: ignore[attr-defined]
+
+    def _update_privacy_metrics(self, runtime: PeerRuntime) -> None:
+        status = self.privacy_status()
+        if status is not None:
+            runtime.metrics.privacy_epsilon_spent.set(status["epsilon_spent"])
+            runtime.metrics.privacy_epsilon_remaining.set(status["epsilon_remaining"])
+            runtime.metrics.privacy_exhausted.set(1.0 if self.privacy_exhausted else 0.0)
+
+    async def _stop_for_privacy(self, runtime: PeerRuntime) -> None:
+        """The budget is spent: say so once, and never train or offer again."""
+        self.privacy_exhausted = True
+        status = self.privacy_status() or {}
+        log.warning(
+            "privacy budget spent: epsilon %.3f of %g; this peer no longer trains or contributes",
+            status.get("epsilon_spent", 0.0),
+            runtime.config.privacy.epsilon,
+        )
+        self._update_privacy_metrics(runtime)
+        await trio.sleep_forever()
 
     def _refresh_digests(self) -> None:
         self.digests = {
@@ -181,11 +263,18 @@ class BuiltinLearning:
         cfg = runtime.config
         weight = min(self.training_samples, cfg.round.max_weight)
         max_wait_s = WAIT_INTERVALS * cfg.round.interval_s
+        # With [privacy], every budget is paid for before it starts (its training and the
+        # head fine-tune after its round); one that does not fit stops the schedule.
+        if not self._privacy_affords_round(runtime):
+            await self._stop_for_privacy(runtime)
         async with self._lock:
             vector = await self._train(learner.train_round)
         while True:
             await runtime.offer(vector, weight)
             if cfg.training.overlap:
+                if not self._privacy_affords_round(runtime):
+                    await runtime.until_round_over(max_wait_s)
+                    await self._stop_for_privacy(runtime)
                 async with self._lock:
                     await self._train(learner.trainer.train_round)
                 used = await runtime.until_round_over(max_wait_s)
@@ -193,6 +282,8 @@ class BuiltinLearning:
                     vector = await trio.to_thread.run_sync(self.model.get_backbone)
             else:
                 used = await runtime.until_round_over(max_wait_s)
+                if not self._privacy_affords_round(runtime):
+                    await self._stop_for_privacy(runtime)
                 async with self._lock:
                     vector = await self._train(learner.train_round)
             if not used:
@@ -204,7 +295,11 @@ class BuiltinLearning:
         from gossiplearn.peer.data import TrainerError
 
         try:
-            return await trio.to_thread.run_sync(train_round)
+            result = await trio.to_thread.run_sync(train_round)
+            if self._runtime is not None and self._runtime.config.privacy.enabled:
+                self._save_privacy_ledger(self._runtime)
+                self._update_privacy_metrics(self._runtime)
+            return result
         except Exception as exc:
             log.error("training failed", exc_info=True)
             trainer = self._runtime.config.training.trainer if self._runtime else ""
@@ -224,15 +319,20 @@ class BuiltinLearning:
             applied = learner.apply(result.average, result.contribution)
             self.accuracy = applied.metrics.get("accuracy")
             self._checkpoint(runtime)  # the runtime has counted the round already
+            if runtime.config.privacy.enabled:
+                self._save_privacy_ledger(runtime)  # the head fine-tune spent budget too
             return applied
 
         async with self._lock:
             applied = await trio.to_thread.run_sync(apply)
         runtime.metrics.averages.labels("accepted" if applied.accepted else "refused").inc()
         runtime.metrics.accuracy.set(self.accuracy or 0.0)
+        self._update_privacy_metrics(runtime)
         decision = (
             "applied"
             if applied.accepted
+            else "refused (no privacy budget left for the head fine-tune)"
+            if applied.refusal == "privacy"
             else f"refused ({applied.refusal}: it would hurt this peer)"
         )
         accuracy = "-" if self.accuracy is None else f"{self.accuracy:.4f}"
@@ -275,6 +375,7 @@ class BuiltinLearning:
                 "acceptance": training.acceptance if training else True,
                 "tolerance": training.acceptance_tolerance if training else 0.0,
             },
+            "privacy": self.privacy_status(),
         }
 
 
@@ -375,9 +476,7 @@ def load_learning(cfg: PeerConfig) -> tuple[Any, Any, Any, dict[str, float]]:
     model = split_model(cfg, module)
     data = load_datasets(cfg.data.loader, cfg.data.options)
     training = cfg.training
-    trainer = make_trainer(
-        training.trainer, model, data, training.to_train_config(), training.options
-    )
+    trainer = make_trainer(training.trainer, model, data, cfg.train_config(), training.options)
     try:
         first = dict(trainer.evaluate("test"))
     except Exception as exc:

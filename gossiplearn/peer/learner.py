@@ -23,6 +23,7 @@ an average that hurts a peer's validation loss is not applied there.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ import torch
 
 from gossiplearn.peer.model import SplitModel
 from gossiplearn.peer.trainer import TrainerProtocol
+from gossiplearn.privacy import PrivacyBudgetSpent
 
 #: An average is refused only if it is worse by more than this many standard errors of the
 #: mean paired difference of per-sample validation losses: a validation set of a few dozen
@@ -93,7 +95,8 @@ class Applied:
     new_loss: float  # with the average taken in and the head fine-tuned
     metrics: Mapping[str, float]  # the test metrics of the model kept
     #: Why it was refused: "worse" (the acceptance metric), "loss_worse" (no better on it,
-    #: and the loss worse beyond noise), "loss_blowup" (see LOSS_BLOWUP); None if accepted.
+    #: and the loss worse beyond noise), "loss_blowup" (see LOSS_BLOWUP), "privacy" (no
+    #: privacy budget left for the head fine-tune); None if accepted.
     refusal: str | None = None
 
 
@@ -150,7 +153,13 @@ class Learner:
         # each member).
         target = np.asarray(average, np.float32) + (current - contribution)
         self.model.set_backbone(target, mix=self.mix)
-        self.trainer.finetune_head()
+        try:
+            self.trainer.finetune_head()
+        except PrivacyBudgetSpent:
+            # No budget left to fit the head to the average: keep the peer's own model.
+            self._restore(saved)
+            self.refused += 1
+            return Applied(False, float(np.mean(own)), math.nan, self.trainer.evaluate(), "privacy")
         new = self._validation(self.trainer)
         own_loss, new_loss = float(np.mean(own)), float(np.mean(new))
         refusal = "worse" if self.acceptance.enabled and self._hurts(own, new) else None

@@ -74,6 +74,21 @@ class Metrics:
             "gossiplearn_validation_accuracy", "Accuracy on local held-out data.", registry=r
         )
         self.uptime = Gauge("gossiplearn_uptime_seconds", "Seconds since start.", registry=r)
+        self.privacy_epsilon_spent = Gauge(
+            "gossiplearn_privacy_epsilon_spent",
+            "Differential privacy: epsilon spent on this peer's training records ([privacy]).",
+            registry=r,
+        )
+        self.privacy_epsilon_remaining = Gauge(
+            "gossiplearn_privacy_epsilon_remaining",
+            "Differential privacy: privacy.epsilon minus the epsilon spent.",
+            registry=r,
+        )
+        self.privacy_exhausted = Gauge(
+            "gossiplearn_privacy_budget_exhausted",
+            "1: the privacy budget cannot pay for another round; the peer stopped training.",
+            registry=r,
+        )
         self.averages = Counter(
             "gossiplearn_averages",
             "Finished rounds' averages by this peer's decision: accepted, or refused because "

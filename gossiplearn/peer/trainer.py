@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +34,14 @@ from torch.utils.data import Dataset, TensorDataset, default_collate
 
 from gossiplearn.peer.data import PeerData, TrainerError, resolve
 from gossiplearn.peer.model import SplitModel
+from gossiplearn.privacy import (
+    PrivacyBudgetSpent,
+    PrivacyConfig,
+    PrivacyLedger,
+    check_delta,
+    derive_noise_multiplier,
+    random_seed,
+)
 
 # Evaluation needs no gradients, so it can afford bigger batches than training.
 _MIN_EVAL_BATCH = 256
@@ -102,6 +111,12 @@ def make_trainer(
             f"{key} {spec!r}: {type(trainer).__name__} has no {', '.join(missing)} "
             "(a trainer needs train_round, finetune_head and evaluate; see TrainerProtocol)"
         )
+    if config.privacy is not None and not callable(getattr(trainer, "privacy_spent", None)):
+        raise TrainerError(
+            f"{key} {spec!r} does not report its privacy spending: implement privacy_spent() "
+            "-> (epsilon, delta) (gossiplearn.privacy.make_private gives an accountant), or "
+            "set privacy.enabled = false"
+        )
     if not isinstance(getattr(trainer, "num_train_samples", None), int):
         trainer.num_train_samples = len(data.train)  # type: ignore[arg-type]
     return trainer
@@ -159,6 +174,8 @@ class TrainConfig:
     head_epochs: int = 1
     seed: int = 0
     device: str = "cpu"
+    #: DP-SGD settings (``[privacy]``); None: privacy off
+    privacy: PrivacyConfig | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.head_epochs < 0 or self.steps_per_round < 0:
@@ -220,6 +237,100 @@ class Trainer:
             raise ValueError("training, validation and test data must all be non-empty")
         self._epochs_run = 0
         self._stream: Iterator[torch.Tensor] | None = None
+        self.privacy: PrivacyLedger | None = None
+        if config.privacy is not None:
+            self._make_private(config.privacy)
+
+    # ---- differential privacy (DP-SGD, see gossiplearn/privacy.py) ----
+
+    def _make_private(self, privacy: PrivacyConfig) -> None:
+        check_delta(privacy, self.num_train_samples)
+        # Poisson sampling: each record is in a step's batch with this probability, so the
+        # expected batch is config.batch_size (an "epoch" is 1 / sample_rate steps).
+        self.sample_rate = min(1.0, self.config.batch_size / self.num_train_samples)
+        train_steps, head_steps = self.planned_steps()
+        noise = derive_noise_multiplier(
+            privacy, self.sample_rate, privacy.rounds * (train_steps + head_steps)
+        )
+        self.privacy = PrivacyLedger(privacy, noise, self.sample_rate)
+        seed = random_seed(privacy)
+        # Neither the sampling nor the noise may come from training.seed or torch's global
+        # generator, both of which an attacker may know (see PrivacyConfig.noise_seed).
+        self._sampling = torch.Generator().manual_seed(seed)
+        self._noise = torch.Generator(device=self._device).manual_seed(seed ^ 0x5EED)
+
+    def planned_steps(self) -> tuple[int, int]:
+        """(training steps, head fine-tune steps) of one round under privacy."""
+        per_epoch = math.ceil(self.num_train_samples / self.config.batch_size)
+        train = self.config.steps_per_round or self.config.epochs * per_epoch
+        return train, self.config.head_epochs * per_epoch
+
+    def privacy_spent(self) -> tuple[float, float]:
+        """(epsilon, delta) spent on the training records so far ((0, 0): privacy off)."""
+        if self.privacy is None:
+            return 0.0, 0.0
+        return self.privacy.epsilon(), self.privacy.config.delta
+
+    def privacy_next_round(self) -> float:
+        """The epsilon spent after one more round (its training and one head fine-tune)."""
+        if self.privacy is None:
+            return 0.0
+        return self.privacy.epsilon(sum(self.planned_steps()))
+
+    def _fit_private(
+        self, parameters: Sequence[torch.nn.Parameter], steps: int
+    ) -> dict[str, float]:
+        """DP-SGD on ``parameters`` for ``steps`` Poisson-sampled batches: each record's
+        gradient clipped to max_grad_norm, Gaussian noise added, every step accounted.
+        Raises PrivacyBudgetSpent, before touching a record, if they would exceed epsilon."""
+        from opacus.grad_sample import GradSampleModule
+        from opacus.optimizers import DPOptimizer
+
+        ledger = self.privacy
+        assert ledger is not None
+        if not ledger.affords(steps):
+            raise PrivacyBudgetSpent(
+                f"{steps} more steps would spend epsilon {ledger.epsilon(steps):.3f} of "
+                f"{ledger.config.epsilon:g}"
+            )
+        # Summed per-sample losses: the per-sample gradients are those of each record, and
+        # DPOptimizer divides the noisy sum by the expected batch size ("mean").
+        private_module = GradSampleModule(self.model.module, batch_first=True, loss_reduction="sum")
+        optimizer = DPOptimizer(
+            torch.optim.SGD(parameters, lr=self.config.lr, momentum=self.config.momentum),
+            noise_multiplier=ledger.noise_multiplier,
+            max_grad_norm=ledger.config.max_grad_norm,
+            expected_batch_size=max(1, round(self.sample_rate * self.num_train_samples)),
+            loss_reduction="mean",
+            generator=self._noise,
+        )
+        device = self._device
+        total_loss, seen = 0.0, 0
+        # Opacus's hooks on a first layer whose input needs no gradient warn: expected.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        try:
+            for _ in range(steps):
+                chosen = torch.rand(self.num_train_samples, generator=self._sampling)
+                indices = (chosen < self.sample_rate).nonzero().flatten()
+                inputs, labels = self._sampled_batch(indices)
+                inputs, labels = inputs.to(device), labels.to(device)
+                optimizer.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(private_module(inputs), labels, reduction="sum")
+                loss.backward()
+                optimizer.step()
+                ledger.spend(1)
+                total_loss += loss.item()
+                seen += len(labels)
+        finally:
+            private_module._close()  # removes its hooks: the module is as it was
+        return {"loss": total_loss / seen if seen else math.nan}
+
+    def _sampled_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(indices):
+            return _batch(self.train_data, indices)
+        # An empty Poisson batch is still a step (noise only): shapes from record 0.
+        inputs, labels = _batch(self.train_data, torch.zeros(1, dtype=torch.long))
+        return inputs[:0], labels[:0]
 
     @property
     def _device(self) -> torch.device:
@@ -273,6 +384,8 @@ class Trainer:
             batches: Iterable[torch.Tensor] = itertools.islice(self._stream, steps)
         else:
             batches = self._epochs(self.config.epochs)
+        if self.privacy is not None:
+            return self._fit_private(list(self.model.module.parameters()), self.planned_steps()[0])
         return self._fit(list(self.model.module.parameters()), batches)
 
     def finetune_head(self) -> dict[str, float]:
@@ -291,6 +404,8 @@ class Trainer:
             if not any(self.model.is_head(name) for name in tensor_names):
                 submodule.eval()
         with _frozen(self.model.backbone_parameters()):
+            if self.privacy is not None:
+                return self._fit_private(self.model.head_parameters(), self.planned_steps()[1])
             return self._fit(self.model.head_parameters(), self._epochs(self.config.head_epochs))
 
     def evaluate(self, split: str = "test") -> dict[str, float]:

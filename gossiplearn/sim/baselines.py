@@ -57,7 +57,7 @@ import torch
 from gossiplearn.peer.data import PeerData
 from gossiplearn.peer.model import SplitModel
 from gossiplearn.peer.trainer import TrainConfig, Trainer
-from gossiplearn.sim.results import MethodResult, accuracy_of
+from gossiplearn.sim.results import MethodResult, accuracy_of, epsilon_spent
 
 #: Returns a fresh module with ``backbone`` and ``head`` submodules (same init given torch seed).
 ModelFactory = Callable[[], torch.nn.Module]
@@ -200,7 +200,7 @@ def _run(
         # Every round each peer downloads the shared tensors and uploads its trained ones.
         bytes_per_peer=float(rounds * 2 * shared_values * _WIRE_BYTES_PER_VALUE),
         wall_s=time.perf_counter() - start,
-        extra={"train_loss": float(np.mean(losses))},
+        extra={"train_loss": float(np.mean(losses)), **epsilon_spent(trainers)},
     )
 
 

@@ -35,7 +35,7 @@ import numpy as np
 from gossiplearn.crypto.identity import Identity, write_key_file
 from gossiplearn.peer.config import IDENTITY_FILE, PeerConfig, save_config
 from gossiplearn.peer.data import DEFAULT_VALIDATION, PeerData
-from gossiplearn.sim.results import MethodResult, accuracy_of
+from gossiplearn.sim.results import MethodResult, accuracy_of, epsilon_spent
 
 MODES = ("process", "inproc", "memory")
 Progress = Callable[[int, float, float], None]  # (rounds done, mean accuracy, bytes per peer)
@@ -82,6 +82,11 @@ class SimConfig:
     model: str = ""
     data: str = ""
     trainer: str = ""
+    #: > 0: every method trains with DP-SGD under this total epsilon per peer, the noise
+    #: derived for ``rounds`` rounds (the same clipping, noise and sampling for all)
+    dp_epsilon: float = 0.0
+    dp_delta: float = 1e-5
+    dp_max_grad_norm: float = 1.0
 
     def validate(self) -> SimConfig:
         if self.mode not in MODES:
@@ -104,6 +109,14 @@ class SimConfig:
                 resolve(spec, option)  # importable and callable, or a one-line error now
         if self.trainer:
             resolve(self.trainer, "--trainer")
+        if self.dp_epsilon:
+            from gossiplearn.privacy import PrivacyError, require_opacus
+
+            try:
+                privacy_config(self)
+                require_opacus()
+            except PrivacyError as exc:
+                raise ValueError(str(exc).replace("privacy.", "--dp-")) from None
         return self
 
     def as_dict(self) -> dict[str, Any]:
@@ -122,6 +135,22 @@ def model_options(config: SimConfig) -> dict[str, Any]:
     return {"input_dim": info.input_dim, "hidden": list(config.hidden), "classes": info.classes}
 
 
+def privacy_config(config: SimConfig) -> Any:
+    """The DP-SGD settings every method trains with (None without --dp-epsilon). The noise
+    is seeded from --seed: a simulation is reproducible, not private against its operator."""
+    from gossiplearn.privacy import PrivacyConfig
+
+    if not config.dp_epsilon:
+        return None
+    return PrivacyConfig(
+        config.dp_epsilon,
+        config.dp_delta,
+        config.dp_max_grad_norm,
+        rounds=config.rounds,
+        noise_seed=config.seed,
+    )
+
+
 def train_config(config: SimConfig) -> Any:
     from gossiplearn.peer.trainer import TrainConfig
 
@@ -131,6 +160,7 @@ def train_config(config: SimConfig) -> Any:
         batch_size=config.batch_size,
         lr=config.lr,
         seed=config.seed,
+        privacy=privacy_config(config),
     )
 
 
@@ -312,6 +342,7 @@ def run_memory(
             "rounds_aborted": aborted,
             "averages_refused": refused,
             "fell_back_to_local": sum(learner.fell_back for learner in learners),
+            **epsilon_spent([learner.trainer for learner in learners]),
         },
     )
 
@@ -399,6 +430,13 @@ def prepare_peers(out_dir: Path, config: SimConfig) -> list[Path]:
         training.acceptance_metric = config.acceptance_metric
         training.overlap = config.overlap
         training.local_reference = config.local_reference
+        if config.dp_epsilon:
+            privacy = peer_config.privacy
+            privacy.enabled = True
+            privacy.epsilon = config.dp_epsilon
+            privacy.delta = config.dp_delta
+            privacy.max_grad_norm = config.dp_max_grad_norm
+            privacy.rounds = config.rounds
         peer_config.status.port = free_port()
         save_config(directory, peer_config)
         dirs.append(directory)
@@ -466,8 +504,19 @@ def _result_from_documents(
         [_accuracies_after(documents, r) for r in range(1, rounds + 1)],
         bytes_per_peer=float(np.mean([_bytes_sent(d) for d in documents])),
         wall_s=wall_s,
-        extra={"peers_short_of_rounds": sum(len(h) < rounds for h in histories)},
+        extra={
+            "peers_short_of_rounds": sum(len(h) < rounds for h in histories),
+            **_epsilon_from_documents(documents),
+        },
     )
+
+
+def _epsilon_from_documents(documents: Sequence[dict[str, Any] | None]) -> dict[str, float]:
+    spent = [((d or {}).get("privacy") or {}).get("epsilon_spent") for d in documents]
+    known = [float(e) for e in spent if e is not None]
+    if not known:
+        return {}
+    return {"epsilon_spent_mean": float(np.mean(known)), "epsilon_spent_max": max(known)}
 
 
 def start_peer(directory: Path) -> subprocess.Popen[bytes]:

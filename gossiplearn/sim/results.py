@@ -5,8 +5,9 @@ Every method reports the same shape, so the report, the table and the plots trea
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -50,3 +51,11 @@ def accuracy_of(metrics: Mapping[str, float]) -> float:
             "of predictions within a tolerance)"
         )
     return float(metrics["accuracy"])
+
+
+def epsilon_spent(trainers: Sequence[Any]) -> dict[str, float]:
+    """``extra`` figures of a run with privacy: the mean and largest epsilon the peers spent."""
+    spent = [t.privacy_spent()[0] for t in trainers if callable(getattr(t, "privacy_spent", None))]
+    if not spent or not any(spent):
+        return {}
+    return {"epsilon_spent_mean": float(np.mean(spent)), "epsilon_spent_max": float(max(spent))}
