@@ -78,6 +78,14 @@ def sim(
     dp_max_grad_norm: float = typer.Option(
         1.0, help="Per-record gradient clipping norm under --dp-epsilon."
     ),
+    audit: bool = typer.Option(
+        False,
+        help="After each method, audit every peer's final model for membership inference "
+        "on its own data (memory mode only; see gossiplearn audit).",
+    ),
+    audit_references: int = typer.Option(
+        2, help="Reference models per peer for --audit's LiRA (0: the loss attack only)."
+    ),
     baselines: bool = typer.Option(True, help="Also run local-only, FedAvg and FedPer."),
     overwrite: bool = typer.Option(False, help="Replace the results of an earlier run in --out."),
 ) -> None:
@@ -105,6 +113,8 @@ def sim(
             dp_epsilon=dp_epsilon,
             dp_delta=dp_delta,
             dp_max_grad_norm=dp_max_grad_norm,
+            audit=audit,
+            audit_references=audit_references,
         ).validate()
     except ValueError as exc:
         fail(str(exc), 2)

@@ -67,6 +67,9 @@ Shards = Sequence[PeerData]
 #: (the working SplitModel, a peer's data) -> that peer's trainer (TrainerProtocol). Built once
 #: per peer; the model is shared, each peer's tensors are swapped in before it trains.
 TrainerFactory = Callable[[SplitModel, PeerData], Any]
+#: Called as ``final_models(peer, model)`` after the last round, with the shared working
+#: model holding that peer's final tensors: copy what you keep, the next peer reuses it.
+FinalModels = Callable[[int, SplitModel], None]
 
 # Tensors travel as float32, like gossiplearn's backbone vectors.
 _WIRE_BYTES_PER_VALUE = 4
@@ -137,6 +140,7 @@ def _run(
     progress: Progress | None,
     max_weight: int | None,
     make_trainer: TrainerFactory | None = None,
+    final_models: FinalModels | None = None,
 ) -> MethodResult:
     """The loop all baselines share: per round, train every peer, average, evaluate every peer."""
     if not shards:
@@ -193,6 +197,10 @@ def _run(
         if progress is not None:
             progress(scheme.name, round_index)
 
+    if final_models is not None:
+        for peer in range(len(trainers)):
+            load(peer)
+            final_models(peer, split)
     shared_values = sum(global_shared[name].numel() for name in shared_names)
     return MethodResult(
         name=scheme.name,
@@ -213,9 +221,21 @@ def run_local_only(
     progress: Progress | None = None,
     max_weight: int | None = None,
     make_trainer: TrainerFactory | None = None,
+    final_models: FinalModels | None = None,
 ) -> MethodResult:
     """Every peer trains its own model on its own data only; nothing is sent."""
-    return _run(_LOCAL, shards, factory, config, rounds, seed, progress, max_weight, make_trainer)
+    return _run(
+        _LOCAL,
+        shards,
+        factory,
+        config,
+        rounds,
+        seed,
+        progress,
+        max_weight,
+        make_trainer,
+        final_models,
+    )
 
 
 def run_fedavg(
@@ -227,9 +247,21 @@ def run_fedavg(
     progress: Progress | None = None,
     max_weight: int | None = None,
     make_trainer: TrainerFactory | None = None,
+    final_models: FinalModels | None = None,
 ) -> MethodResult:
     """Centralized FedAvg: one global model, averaged over all peers every round."""
-    return _run(_FEDAVG, shards, factory, config, rounds, seed, progress, max_weight, make_trainer)
+    return _run(
+        _FEDAVG,
+        shards,
+        factory,
+        config,
+        rounds,
+        seed,
+        progress,
+        max_weight,
+        make_trainer,
+        final_models,
+    )
 
 
 def run_fedper(
@@ -241,6 +273,18 @@ def run_fedper(
     progress: Progress | None = None,
     max_weight: int | None = None,
     make_trainer: TrainerFactory | None = None,
+    final_models: FinalModels | None = None,
 ) -> MethodResult:
     """Centralized FedPer: the backbone is averaged, each peer keeps and fine-tunes its head."""
-    return _run(_FEDPER, shards, factory, config, rounds, seed, progress, max_weight, make_trainer)
+    return _run(
+        _FEDPER,
+        shards,
+        factory,
+        config,
+        rounds,
+        seed,
+        progress,
+        max_weight,
+        make_trainer,
+        final_models,
+    )

@@ -68,6 +68,24 @@ def _run(
     from gossiplearn.sim.baselines import run_fedavg, run_fedper, run_local_only
 
     methods: list[MethodResult] = []
+    # --audit: each method hands over every peer's final model (a state_dict copy), audited
+    # once the method is done (gossiplearn/sim/audit.py).
+    final_states: list[dict[str, Any]] = []
+
+    def keep_final(peer: int, model: Any) -> None:
+        from gossiplearn.sim.audit import snapshot
+
+        final_states.append(snapshot(model))
+
+    keep = keep_final if config.audit else None
+
+    def audit(method: MethodResult) -> MethodResult:
+        if config.audit:
+            from gossiplearn.sim.audit import audit_models, print_progress
+
+            method.audit = audit_models(config, shards, final_states, method.name, print_progress)
+            final_states.clear()
+        return method
 
     columns = (
         TextColumn("{task.description:<12}"),
@@ -76,7 +94,8 @@ def _run(
         TextColumn("{task.fields[detail]}"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console) as progress:
+    # Audit progress goes to the real stderr, not through the bar's console (stdout).
+    with Progress(*columns, console=console, redirect_stderr=False) as progress:
         task = progress.add_task("gossiplearn", total=config.rounds, detail="starting peers")
 
         def on_round(done: int, accuracy: float, sent: float) -> None:
@@ -84,7 +103,7 @@ def _run(
             progress.update(task, completed=min(done, config.rounds), detail=detail)
 
         if config.mode == "memory":
-            methods.append(run_memory(config, shards, on_round))
+            methods.append(audit(run_memory(config, shards, on_round, final_models=keep)))
         elif config.mode == "inproc":
             methods.append(run_inproc(config, out, on_round))
         else:
@@ -105,18 +124,18 @@ def _run(
                 def on_baseline(_: str, index: int, task_id: TaskID = baseline_task) -> None:
                     progress.update(task_id, completed=index + 1)
 
-                methods.append(
-                    run(
-                        shards,
-                        factory,
-                        training,
-                        config.rounds,
-                        seed=config.seed,
-                        progress=on_baseline,
-                        max_weight=config.max_weight,
-                        make_trainer=make,
-                    )
+                result = run(
+                    shards,
+                    factory,
+                    training,
+                    config.rounds,
+                    seed=config.seed,
+                    progress=on_baseline,
+                    max_weight=config.max_weight,
+                    make_trainer=make,
+                    final_models=keep,
                 )
+                methods.append(audit(result))
 
     run_config = config.as_dict() | {"wall_s": round(time.perf_counter() - started, 3)}
     results = write_results(out, run_config, methods)

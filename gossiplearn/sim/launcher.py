@@ -87,6 +87,11 @@ class SimConfig:
     dp_epsilon: float = 0.0
     dp_delta: float = 1e-5
     dp_max_grad_norm: float = 1.0
+    #: after each method, audit every peer's final model (membership inference, see
+    #: gossiplearn/sim/audit.py); memory mode only: the daemons' models are not held here
+    audit: bool = False
+    #: reference models of each peer's offline LiRA (0: the loss attack only)
+    audit_references: int = 2
 
     def validate(self) -> SimConfig:
         if self.mode not in MODES:
@@ -101,6 +106,17 @@ class SimConfig:
             raise ValueError("steps per round must be >= 0 (0: whole epochs)")
         if self.max_weight < 1:
             raise ValueError("max weight must be >= 1 (1: equal weights)")
+        if self.audit and self.mode != "memory":
+            raise ValueError(
+                f"--audit audits the final models the simulation holds, which --mode "
+                f"{self.mode} leaves in its daemons; use --mode memory (or run gossiplearn "
+                "audit OUT/peers/peer-I on each daemon's directory)"
+            )
+        if self.audit_references < 0 or self.audit_references == 1:
+            raise ValueError(
+                "--audit-references must be 0 (the loss attack only) or at least 2 (LiRA "
+                "needs a variance)"
+            )
         acceptance_config(self)  # checks the tolerance and the metric
         from gossiplearn.peer.data import resolve
 
@@ -260,6 +276,7 @@ def run_memory(
     shards: Sequence[PeerData],
     progress: Progress | None = None,
     node_factories: Mapping[int, Callable[..., Any]] | None = None,
+    final_models: Callable[[int, Any], None] | None = None,
 ) -> MethodResult:
     """Synchronous rounds of the real protocol machines over the in-memory network: each
     round, every peer trains its budget and contributes its backbone, all peers are split
@@ -267,7 +284,8 @@ def run_memory(
     agreement), and each peer applies its group's average through the same
     :class:`~gossiplearn.peer.learner.Learner` the daemon uses (personal acceptance
     included). ``node_factories``: peer index -> round machine factory (tests and
-    benchmarks put adversaries there)."""
+    benchmarks put adversaries there). ``final_models(peer, model)``: called with each
+    peer's SplitModel after the last round (``sim --audit``)."""
     import torch
 
     from gossiplearn.peer.learner import Learner
@@ -333,6 +351,9 @@ def run_memory(
         bytes_per_peer = float(np.mean([net.bytes_sent[n.public_key] for n in nodes]))
         if progress:
             progress(round_index + 1, float(np.mean(accuracy_per_round[-1])), bytes_per_peer)
+    if final_models:
+        for peer, learner in enumerate(learners):
+            final_models(peer, learner.model)
     return MethodResult(
         "gossiplearn",
         accuracy_per_round,

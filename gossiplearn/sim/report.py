@@ -15,6 +15,7 @@ is its reference:
 | `methods.NAME.bytes_per_peer` | mean bytes each peer sent over the whole run (0 for `local`) |
 | `methods.NAME.wall_s` | wall-clock seconds the method took |
 | `methods.NAME.extra` | method-specific figures, `{name: number}` (e.g. `train_loss`) |
+| `methods.NAME.audit` | only with `--audit`: the membership-inference audit of each peer's final model on its own data (members: its training set; non-members: its held-out data), `{auc_loss, auc_lira, tpr_at_1pct_lira, mean_auc_loss, mean_auc_lira, max_auc_lira}`: the first three `[peer]` (null: too few records to audit), the rest over the peers; AUCs and TPRs in [0, 1]; a lower bound on leakage |
 
 Every number is a finite JSON number: a NaN or infinite value is written as ``null`` (e.g. an
 accuracy a peer never reported, or the summary of such a peer set).
@@ -79,7 +80,7 @@ def _method_document(method: MethodResult) -> dict[str, Any]:
         "bytes_per_peer": _number(method.bytes_per_peer),
         "wall_s": _number(method.wall_s),
         "extra": {str(key): _number(value) for key, value in method.extra.items()},
-    }
+    } | ({} if method.audit is None else {"audit": _jsonable(method.audit)})
 
 
 def results_document(
@@ -185,6 +186,24 @@ def _check_method(method: object, peers: int, where: str) -> None:
     extra = _check_keys(entry["extra"], (), f"{where}.extra")
     for key, value in extra.items():
         _check_number(value, f"{where}.extra.{key}")
+    if "audit" in entry:
+        _check_audit(entry["audit"], peers, f"{where}.audit")
+
+
+_AUDIT_PER_PEER = ("auc_loss", "auc_lira", "tpr_at_1pct_lira")
+_AUDIT_OVER_PEERS = ("mean_auc_loss", "mean_auc_lira", "max_auc_lira")
+
+
+def _check_audit(audit: object, peers: int, where: str) -> None:
+    entry = _check_keys(audit, _AUDIT_PER_PEER + _AUDIT_OVER_PEERS, where)
+    for key in _AUDIT_PER_PEER:
+        values = entry[key]
+        if not isinstance(values, list) or len(values) != peers:
+            raise ValueError(f"{where}.{key}: expected a list of {peers} per-peer values")
+        for index, value in enumerate(values):
+            _check_number(value, f"{where}.{key}[{index}]", low=0.0, high=1.0)
+    for key in _AUDIT_OVER_PEERS:
+        _check_number(entry[key], f"{where}.{key}", low=0.0, high=1.0)
 
 
 def validate_results(document: dict[str, Any]) -> None:
@@ -222,20 +241,41 @@ def human_bytes(count: float) -> str:
 
 
 def summary_table(methods: Sequence[MethodResult]) -> Table:
-    """One row per method: final accuracy (mean, p10, min), bytes sent per peer, wall time."""
+    """One row per method: final accuracy (mean, p10, min), bytes sent per peer, wall time;
+    after ``--audit``, the membership-inference AUC of the most exposed peer (offline LiRA's;
+    the loss attack's without reference models)."""
+    audited = any(method.audit is not None for method in methods)
     table = Table(title="Final accuracy on each peer's own held-out data")
     table.add_column("method")
-    for column in ("mean", "p10", "min", "sent / peer", "wall"):
+    columns = ["mean", "p10", "min", "sent / peer", "wall"]
+    if audited:
+        columns.append("MIA AUC (max)")
+    for column in columns:
         table.add_column(column, justify="right")
     for method in methods:
         summary = method.summary()
-        table.add_row(
-            method.name,
+        cells = [
             *(_percent(summary[key]) for key in _SUMMARY_KEYS),
             human_bytes(method.bytes_per_peer),
             f"{method.wall_s:.1f} s",
-        )
+        ]
+        if audited:
+            cells.append(_auc(_max_auc(method.audit)))
+        table.add_row(method.name, *cells)
     return table
+
+
+def _max_auc(audit: Mapping[str, Any] | None) -> float | None:
+    if audit is None:
+        return None
+    if audit.get("max_auc_lira") is not None:
+        return float(audit["max_auc_lira"])
+    known = [value for value in audit.get("auc_loss", []) if value is not None]
+    return max(known) if known else None
+
+
+def _auc(value: float | None) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.3f}"
 
 
 def _mean_of_reported(row: Sequence[float]) -> float:

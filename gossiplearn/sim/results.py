@@ -24,6 +24,9 @@ class MethodResult:
     wall_s: float = 0.0
     #: method-specific figures (rounds aborted, clipped values, ...)
     extra: dict[str, float] = field(default_factory=dict)
+    #: ``sim --audit``: the membership-inference audit of each peer's final model (keys in
+    #: gossiplearn/sim/audit.py AUDIT_KEYS); None when not audited
+    audit: dict[str, Any] | None = None
 
     @property
     def final(self) -> list[float]:
