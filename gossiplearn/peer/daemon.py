@@ -323,11 +323,11 @@ class BuiltinLearning:
                 self._save_privacy_ledger(runtime)  # the head fine-tune spent budget too
             return applied
 
-        async with self._lock:
+        async with self._lock:  # counted under the lock, as the learner counts it
             applied = await trio.to_thread.run_sync(apply)
-        runtime.metrics.averages.labels("accepted" if applied.accepted else "refused").inc()
-        runtime.metrics.accuracy.set(self.accuracy or 0.0)
-        self._update_privacy_metrics(runtime)
+            runtime.metrics.averages.labels("accepted" if applied.accepted else "refused").inc()
+            runtime.metrics.accuracy.set(self.accuracy or 0.0)
+            self._update_privacy_metrics(runtime)
         decision = (
             "applied"
             if applied.accepted

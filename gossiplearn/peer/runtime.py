@@ -338,6 +338,11 @@ class PeerRuntime:
 
     # ---- training and gossip ----
 
+    @property
+    def averages_pending(self) -> int:
+        """Finished rounds whose result the learning side is still taking in."""
+        return self._applying
+
     async def offer(self, vector: np.ndarray, weight: int) -> None:
         """Contribute ``vector`` (the backbone, float32) with ``weight`` to this peer's next
         round: it invites neighbours (and accepts invitations) until a round takes it."""

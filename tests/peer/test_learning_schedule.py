@@ -14,6 +14,7 @@ import pytest
 import torch
 import trio
 
+from gossiplearn.peer.daemon import Daemon
 from gossiplearn.peer.data import peer_data
 from gossiplearn.peer.learner import AcceptanceConfig, Learner
 from gossiplearn.peer.model import SplitModel
@@ -249,26 +250,33 @@ async def test_daemons_train_one_budget_per_round_and_count_refused_averages(
             (p.rounds.completed, dict(p.rounds.abort_reasons), p.rounds.cancelled) for p in peers
         ]
         for peer in honest:
-            node = peer.node
-            assert isinstance(node, Insider)
-            ended = peer.rounds.completed + peer.rounds.aborted
-            # One contribution per budget: each round spent one, the current one waits.
-            assert ended <= len(node.contributions) <= ended + 1
-            document = peer.status_document()
-            learning = document["learning"]
-            assert learning["averages_applied"] + learning["averages_refused"] == (
-                peer.rounds.completed
-            )
-            history = document["rounds"]["history"]
-            poisoned = [e for e in history if poisoner_id in e["members"]]
-            assert poisoned and not any(e["accepted"] for e in poisoned)
-            assert all(
-                e["validation_loss"]["average"] > e["validation_loss"]["own"]
-                if e["refusal"] == "worse"
-                else e["refusal"] in ("loss_worse", "loss_blowup")
-                for e in poisoned
-            ), poisoned
-            assert learning["averages_refused"] >= len(poisoned)
-            metrics = peer._render_metrics().decode()
-            refused = learning["averages_refused"]
-            assert f'gossiplearn_averages_total{{decision="refused"}} {refused}.0' in metrics
+            async with peer.builtin.paused():  # no average half taken in while we read
+                check_counts(peer, poisoner_id)
+
+
+def check_counts(peer: Daemon, poisoner_id: str) -> None:
+    node = peer.node
+    assert isinstance(node, Insider)
+    ended = peer.rounds.completed + peer.rounds.aborted
+    # One contribution per budget: each round spent one, the current one waits.
+    assert ended <= len(node.contributions) <= ended + 1
+    document = peer.status_document()
+    learning = document["learning"]
+    # Rounds finished whose average waits for the model (held still here) count as pending.
+    assert (
+        learning["averages_applied"] + learning["averages_refused"] + (peer.averages_pending)
+        == peer.rounds.completed
+    )
+    history = document["rounds"]["history"]
+    poisoned = [e for e in history if poisoner_id in e["members"]]
+    assert poisoned and not any(e["accepted"] for e in poisoned)
+    assert all(
+        e["validation_loss"]["average"] > e["validation_loss"]["own"]
+        if e["refusal"] == "worse"
+        else e["refusal"] in ("loss_worse", "loss_blowup")
+        for e in poisoned
+    ), poisoned
+    assert learning["averages_refused"] >= len(poisoned)
+    metrics = peer._render_metrics().decode()
+    refused = learning["averages_refused"]
+    assert f'gossiplearn_averages_total{{decision="refused"}} {refused}.0' in metrics
