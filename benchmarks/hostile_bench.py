@@ -72,7 +72,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -102,6 +102,7 @@ from gossiplearn.protocol.events import Action, MessageRefused
 from gossiplearn.protocol.node import Node
 from gossiplearn.protocol.replay import DEFAULT_FRESHNESS_MS
 from gossiplearn.sim.launcher import SimConfig, prepare_peers
+from gossiplearn.testing.cluster import paused
 from gossiplearn.testing.insider import GarbageParts, Insider
 
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
@@ -529,16 +530,6 @@ async def check_alive(solo: Solo) -> bool:
 # ---- three honest daemons: replayed, garbage -----------------------------------------------
 
 
-@asynccontextmanager
-async def paused(victims: Sequence[Any]) -> AsyncIterator[None]:
-    """Every victim's learning schedule held still (no training, applying, checkpointing)
-    inside the block."""
-    async with AsyncExitStack() as stack:
-        for v in victims:
-            await stack.enter_async_context(v.peer.builtin.paused())
-        yield
-
-
 async def run_round(initiator: Any, members: Sequence[Any]) -> dict[bytes, str]:
     """Have ``initiator`` invite ``members``; each one's outcome once all have ended it:
     "finished", "aborted:<reason>", "cancelled", or "none" (nothing within the timeout)."""
@@ -638,7 +629,7 @@ async def replayed_scenario(
         taps = [Tap(m.peer) for m in members]
         errors: Counter[str] = Counter()
         # Held still: only the replayed frames could change the members' models.
-        async with paused(members):
+        async with paused([m.peer for m in members]):
             before = [victim_snapshot(m.peer) for m in members]
             try:
                 await send_batches(recorder.peer.host, plan, errors, ROUND_PROTOCOL)
@@ -714,7 +705,7 @@ async def garbage_scenario(cluster: Sequence[Any], rounds: int) -> dict[str, Any
         others = [v for v in cluster if v is not initiator]
         # The learning schedules are held still so that only the round could change a model
         # (after an aborted round a peer trains its next budget).
-        async with paused(honest):
+        async with paused([v.peer for v in honest]):
             digests = {key_of(v): v.peer.model.backbone_digest() for v in honest}
             result = await run_round(initiator, others)
             for v in honest:

@@ -14,8 +14,7 @@ import json
 import resource
 import time
 
-from gossiplearn.sim.datasets import load_all_shards
-from gossiplearn.sim.launcher import SimConfig, run_memory
+from gossiplearn.sim.launcher import SimConfig, load_data, run_memory
 
 
 def main() -> None:
@@ -39,14 +38,7 @@ def main() -> None:
         hidden=(32,),
     ).validate()
     started = time.perf_counter()
-    shards = load_all_shards(
-        config.dataset,
-        config.peers,
-        config.partition,
-        config.seed,
-        config.holdout,
-        config.validation,
-    )
+    shards = load_data(config)
     result = run_memory(config, shards)
     wall = time.perf_counter() - started
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -157,6 +157,8 @@ class _Syncer:
 
     def take_in(self, split: Any) -> tuple[int, int]:
         """Apply every finished round's change; returns (applied, refused)."""
+        from gossiplearn.peer.learner import landed  # torch: only once there is a model
+
         applied = refused = 0
         while True:
             try:
@@ -168,9 +170,7 @@ class _Syncer:
                 continue
             before = float(self.validate(split.module)) if self.validate else None
             current = split.get_backbone()
-            # average + (current - contribution): the average bit for bit when no steps were
-            # taken since (every member then holds the same backbone).
-            split.set_backbone(result.average + (current - result.contribution))
+            split.set_backbone(landed(result.average, current, result.contribution))
             if before is not None and self.validate is not None:
                 after = float(self.validate(split.module))
                 self.learning.validation_loss = after

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,17 @@ def fill_backbone(model: Tiny, value: float) -> None:
     with torch.no_grad():
         for p in model.backbone.parameters():
             p.fill_(value)
+
+
+def run_each(dirs: list[Path], one: Callable[[int, Path], Awaitable[None]]) -> None:
+    """``one(i, directory)`` for every peer directory, concurrently, in one trio run."""
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            for i, directory in enumerate(dirs):
+                nursery.start_soon(one, i, directory)
+
+    trio.run(main)
 
 
 @pytest.mark.slow
@@ -105,12 +117,7 @@ def test_sync_adds_the_rounds_change_to_the_backbone_as_it_is_now(tmp_path: Path
                 while len(ends) < 3:
                     await trio.sleep(0.05)
 
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            for i, directory in enumerate(dirs):
-                nursery.start_soon(one, i, directory)
-
-    trio.run(main)
+    run_each(dirs, one)
     for i, (backbone, result) in ends.items():
         assert result.applied == 1 and result.refused == 0
         assert result.rounds_completed == 1
@@ -141,12 +148,7 @@ def test_validate_refuses_an_average_that_makes_it_worse(tmp_path: Path) -> None
                 while len(ends) < 3:
                     await trio.sleep(0.05)
 
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            for i, directory in enumerate(dirs):
-                nursery.start_soon(one, i, directory)
-
-    trio.run(main)
+    run_each(dirs, one)
     backbone, result, learning = ends[0]
     assert (result.applied, result.refused) == (0, 1)
     np.testing.assert_array_equal(backbone, 1.0)  # exactly as before the average

@@ -293,6 +293,7 @@ class BuiltinLearning:
         """One round's budget in a worker thread; a failure of the trainer (the user's code,
         often) stops the peer with a one-line TrainerError, its traceback in the log."""
         from gossiplearn.peer.data import TrainerError
+        from gossiplearn.peer.trainer import first_line
 
         try:
             result = await trio.to_thread.run_sync(train_round)
@@ -305,7 +306,7 @@ class BuiltinLearning:
             trainer = self._runtime.config.training.trainer if self._runtime else ""
             raise TrainerError(
                 f"training failed in {trainer or 'the built-in trainer'} "
-                f"({type(exc).__name__}: {_first_line(exc)}); the traceback is in the log"
+                f"({type(exc).__name__}: {first_line(exc)}); the traceback is in the log"
             ) from exc
 
     async def round_finished(
@@ -448,11 +449,12 @@ def load_learning(cfg: PeerConfig) -> tuple[Any, Any, Any, dict[str, float]]:
     DeviceUnavailable)."""
     import torch
 
-    from gossiplearn.peer.data import ModelFactoryError, TrainerError, load_datasets, resolve
+    from gossiplearn.peer.data import ModelFactoryError, load_datasets, resolve
     from gossiplearn.peer.lean import avoid_dynamo_import
-    from gossiplearn.peer.trainer import make_trainer
+    from gossiplearn.peer.trainer import checked_module, first_evaluation, first_line, make_trainer
 
     avoid_dynamo_import()  # ~100 MB and seconds of start-up that a daemon never uses
+    name = f"model.factory {cfg.model.factory!r}"
     factory = resolve(cfg.model.factory, "model.factory", ModelFactoryError)
     try:
         # torch's generator is global: daemons that load in threads of one process (inproc
@@ -465,31 +467,18 @@ def load_learning(cfg: PeerConfig) -> tuple[Any, Any, Any, dict[str, float]]:
             module = factory(**cfg.model.options)
     except Exception as exc:
         raise ModelFactoryError(
-            f"model.factory {cfg.model.factory!r} failed with model.options "
-            f"{cfg.model.options}: {type(exc).__name__}: {_first_line(exc)}"
+            f"{name} failed with model.options {cfg.model.options}: "
+            f"{type(exc).__name__}: {first_line(exc)}"
         ) from exc
-    if not isinstance(module, torch.nn.Module):
-        raise ModelFactoryError(
-            f"model.factory {cfg.model.factory!r} returned a {type(module).__name__}, not a "
-            "torch.nn.Module"
-        )
-    model = split_model(cfg, module)
+    model = split_model(cfg, checked_module(module, name))
     data = load_datasets(cfg.data.loader, cfg.data.options)
     training = cfg.training
     trainer = make_trainer(training.trainer, model, data, cfg.train_config(), training.options)
-    try:
-        first = dict(trainer.evaluate("test"))
-    except Exception as exc:
-        log.debug("the first evaluation failed", exc_info=True)
-        raise TrainerError(
-            f"the model of model.factory {cfg.model.factory!r} fails on the samples of "
-            f"data.loader {cfg.data.loader!r} ({type(exc).__name__}: {_first_line(exc)}): "
-            "check model.options against the data's shapes"
-            + (", and training.trainer's evaluate" if training.trainer else "")
-        ) from exc
+    first = first_evaluation(
+        trainer,
+        name,
+        f"data.loader {cfg.data.loader!r}",
+        "check model.options against the data's shapes"
+        + (", and training.trainer's evaluate" if training.trainer else ""),
+    )
     return model, data, trainer, first
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else ""

@@ -1,4 +1,5 @@
-"""Our wrapper around a py-libp2p host, with every trap in LIBP2P_NOTES.md handled here.
+"""Our wrapper around a py-libp2p host: the traps of py-libp2p 0.8.1 that we know of, each
+handled here.
 
 - Noise is the only security transport (default hosts also accept plaintext peers); yamux.
 - The 250 ms "happy eyeballs" wait on every connect is switched off.

@@ -86,6 +86,17 @@ class AcceptanceConfig:
             raise ValueError(f"the acceptance metric must be a metric name, got {self.metric!r}")
 
 
+def landed(average: np.ndarray, current: np.ndarray, contribution: np.ndarray) -> np.ndarray:
+    """The backbone after taking in a round: its change (average - contribution) on top of
+    whatever this peer learned since it contributed (``current``).
+
+    Written as average + (current - contribution) so that, when nothing was learned since
+    (the daemon's default schedule), the sum is the average bit for bit: every member then
+    holds the same backbone (current + (average - contribution) rounds differently at each
+    member)."""
+    return np.asarray(average, np.float32) + (current - contribution)
+
+
 @dataclass(frozen=True)
 class Applied:
     """What became of one round's average at this peer."""
@@ -145,13 +156,7 @@ class Learner:
             self._per_sample(self.trainer, TIE_BREAK_METRIC) if self.acceptance.enabled else None
         )
         saved = self._snapshot()
-        current = self.model.get_backbone()
-        # The round's change, on top of whatever this peer learned since it contributed.
-        # Written as average + (current - contribution) so that, when nothing was learned
-        # since (the default schedule), the sum is the average bit for bit: every member then
-        # holds the same backbone (current + (average - contribution) rounds differently at
-        # each member).
-        target = np.asarray(average, np.float32) + (current - contribution)
+        target = landed(average, self.model.get_backbone(), contribution)
         self.model.set_backbone(target, mix=self.mix)
         try:
             self.trainer.finetune_head()

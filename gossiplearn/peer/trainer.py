@@ -19,6 +19,7 @@ no global seeding, no DataLoader worker processes or threads).
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -32,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset, default_collate
 
-from gossiplearn.peer.data import PeerData, TrainerError, resolve
+from gossiplearn.peer.data import ModelFactoryError, PeerData, TrainerError, resolve
 from gossiplearn.peer.model import SplitModel
 from gossiplearn.privacy import (
     PrivacyBudgetSpent,
@@ -42,6 +43,8 @@ from gossiplearn.privacy import (
     derive_noise_multiplier,
     random_seed,
 )
+
+log = logging.getLogger(__name__)
 
 # Evaluation needs no gradients, so it can afford bigger batches than training.
 _MIN_EVAL_BATCH = 256
@@ -120,6 +123,38 @@ def make_trainer(
     if not isinstance(getattr(trainer, "num_train_samples", None), int):
         trainer.num_train_samples = len(data.train)  # type: ignore[arg-type]
     return trainer
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message, first line only (for one-line errors)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def checked_module(module: object, model_name: str) -> torch.nn.Module:
+    """``module`` if a model factory (named ``model_name``) returned a torch module; else a
+    one-line ModelFactoryError."""
+    if not isinstance(module, torch.nn.Module):
+        raise ModelFactoryError(
+            f"{model_name} returned a {type(module).__name__}, not a torch.nn.Module"
+        )
+    return module
+
+
+def first_evaluation(
+    trainer: TrainerProtocol, model_name: str, data_name: str, hint: str
+) -> dict[str, float]:
+    """The trainer's metrics on the test split, once, before any training: a model that
+    does not fit the data's samples fails here in one line (TrainerError naming the model,
+    the data and ``hint``, what to check), not in the first round."""
+    try:
+        return dict(trainer.evaluate("test"))
+    except Exception as exc:
+        log.debug("the first evaluation failed", exc_info=True)
+        raise TrainerError(
+            f"the model of {model_name} fails on the samples of {data_name} "
+            f"({type(exc).__name__}: {first_line(exc)}): {hint}"
+        ) from exc
 
 
 class DeviceUnavailable(ValueError):

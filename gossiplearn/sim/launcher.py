@@ -218,6 +218,7 @@ def check_parts(config: SimConfig, shards: Sequence[PeerData]) -> None:
 
     from gossiplearn.peer.data import ModelFactoryError, TrainerError
     from gossiplearn.peer.model import SplitModel, SplitModelError
+    from gossiplearn.peer.trainer import checked_module, first_evaluation
 
     name = f"--model {config.model!r}" if config.model else "the built-in MLP (--hidden)"
     torch.manual_seed(config.seed)
@@ -227,22 +228,19 @@ def check_parts(config: SimConfig, shards: Sequence[PeerData]) -> None:
         raise
     except Exception as exc:
         raise ModelFactoryError(f"{name} failed: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(module, torch.nn.Module):
-        raise ModelFactoryError(f"{name} returned a {type(module).__name__}, not a torch.nn.Module")
     try:
-        model = SplitModel(module)
+        model = SplitModel(checked_module(module, name))
     except SplitModelError as exc:
         raise ModelFactoryError(f"{name}: {exc}") from exc
     trainer = trainer_factory(config)(model, shards[0])
     data = f"--data {config.data!r}" if config.data else f"--dataset {config.dataset}"
-    try:
-        metrics = trainer.evaluate("test")
-    except Exception as exc:
-        raise TrainerError(
-            f"the model of {name} fails on the samples of {data} ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}): check the model against the "
-            "data's shapes" + (", and --trainer's evaluate" if config.trainer else "")
-        ) from exc
+    metrics = first_evaluation(
+        trainer,
+        name,
+        data,
+        "check the model against the data's shapes"
+        + (", and --trainer's evaluate" if config.trainer else ""),
+    )
     if "accuracy" not in metrics:
         raise TrainerError(
             f"--trainer {config.trainer!r}: evaluate() returns {sorted(metrics)}; the simulation "

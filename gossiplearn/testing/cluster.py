@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -97,3 +97,14 @@ async def running(
                 while len(ended) < len(peers):
                     await trio.sleep(0.05)
             nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def paused(daemons: Sequence[Daemon]) -> AsyncIterator[None]:
+    """Every daemon's learning schedule held still inside the block (no training, applying or
+    checkpointing; see BuiltinLearning.paused): for comparing models, or reading counts that
+    must agree, while the schedules run."""
+    async with AsyncExitStack() as stack:
+        for daemon in daemons:
+            await stack.enter_async_context(daemon.builtin.paused())
+        yield

@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from gossiplearn.peer.config import load_config, save_config
-from gossiplearn.testing.cluster import prepare, running
+from gossiplearn.testing.cluster import paused, prepare, running
 
 PEERS = 3
 ROUNDS = 6
@@ -51,7 +51,7 @@ async def test_a_users_trainer_runs_in_the_daemon(
         with trio.fail_after(120):
             while min(p.rounds.completed for p in peers) < ROUNDS:
                 await trio.sleep(0.2)
-        async with AsyncExitStackOf(peers):
+        async with paused(peers):
             documents = [peer.status_document() for peer in peers]
             last = [peer.builtin.learner.trainer.evaluate("test")[figure] for peer in peers]
     for document in documents:
@@ -79,20 +79,3 @@ async def test_a_users_trainer_runs_in_the_daemon(
     # averages fit, and most are taken in (measured: 11-16 of 18 decisions). A seed race
     # between daemons in one process once left half the runs at 0.
     assert applied >= PEERS, [d["rounds"]["history"] for d in documents]
-
-
-class AsyncExitStackOf:
-    """Every peer's learning schedule held still inside the block."""
-
-    def __init__(self, peers: list) -> None:
-        from contextlib import AsyncExitStack
-
-        self.peers = peers
-        self.stack = AsyncExitStack()
-
-    async def __aenter__(self) -> None:
-        for peer in self.peers:
-            await self.stack.enter_async_context(peer.builtin.paused())
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stack.aclose()
