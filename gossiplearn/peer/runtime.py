@@ -637,6 +637,9 @@ class PeerRuntime:
             "neighbours": neighbours,
             "rounds": {
                 "completed": self.rounds.completed,
+                # Completed rounds whose result the learning side is still taking in: their
+                # history entries come when it is done.
+                "taking_in": self.averages_pending,
                 "aborted": self.rounds.aborted,
                 "cancelled": self.rounds.cancelled,
                 "abort_reasons": dict(self.rounds.abort_reasons),

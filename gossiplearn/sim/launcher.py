@@ -476,7 +476,12 @@ def _budget_s(config: SimConfig, timeout_s: float | None) -> float:
 
 
 def _rounds_done(documents: Sequence[dict[str, Any] | None]) -> list[int]:
-    return [d["rounds"]["completed"] if d else 0 for d in documents]
+    """Rounds each peer has completed and taken in (a round counts as completed before its
+    average is taken in and its history entry written: stopping on ``completed`` alone once
+    left peers "short" of a round whose entry was a moment away)."""
+    return [
+        d["rounds"]["completed"] - d["rounds"].get("taking_in", 0) if d else 0 for d in documents
+    ]
 
 
 def _bytes_sent(document: dict[str, Any] | None) -> int:
