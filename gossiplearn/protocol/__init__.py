@@ -28,10 +28,10 @@ from gossiplearn.protocol.messages import (
     Part,
     PeerRecord,
     Peers,
+    Ready,
     Reduced,
     Roster,
     Status,
-    WeightShare,
 )
 from gossiplearn.protocol.replay import ReplayGuard, SequenceCounter, sequence_start
 from gossiplearn.protocol.shards import MAX_SHARD_BYTES, Shard, join_shards, split_shards
@@ -56,13 +56,13 @@ __all__ = [
     "PeerRecord",
     "Peers",
     "ProtocolError",
+    "Ready",
     "Reduced",
     "ReplayGuard",
     "Roster",
     "SequenceCounter",
     "Shard",
     "Status",
-    "WeightShare",
     "decode_envelope",
     "encode_envelope",
     "join_shards",

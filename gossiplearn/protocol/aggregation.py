@@ -1,27 +1,35 @@
 """The secure sum of a verified group, one member's side, in explicit steps.
 
-Once the roster is known, member i of m:
+Once the roster is known (its transcript T names this round instance), member i of m:
 
-1. **Share** (:meth:`Aggregation.start`): sends every member its weight w_i masked in Z/2^64
-   (WEIGHT_SHARE), and member p part p of its masked vector (PART shards): it encodes
-   (w_i / S) * x_i in Z/2^32, S = m * max_weight, and adds its pairwise masks. S is known
-   from the roster and the network-wide cap alone, so nothing a member sends depends on what
-   others declared: in version 1 members scaled by the total weight W, and one insider that
-   sent a different WEIGHT_SHARE to each member made the others' contributions vanish.
-2. **Reduce**: once it holds every member's piece of its part p, it sums them (the masks
+1. **Agree** (:meth:`Aggregation.start`): every member but the initiator sends every other
+   member READY(T, the ROSTER statement it received). A READY with another transcript and a
+   valid relayed ROSTER is a proof that the initiator signed two rosters; one without is its
+   sender's fault. Nothing masked moves until every READY agreed: in round v2 an initiator
+   that sent two members the roster in different orders made their masks add instead of
+   cancel, and read the difference of their vectors.
+2. **Share**: sends member p part p of its masked vector (PART shards): it encodes
+   (w_i / W) * x_i in Z/2^32, W the sum of the weights every member declared in its signed
+   ACCEPT (all in the roster, so W is agreed with the transcript), and adds its pairwise masks.
+   Pair seeds are derived from the transcript and mask signs from the order of the members'
+   identity keys, so a mask cancels only between two members that hold the same transcript.
+   This is the moment the contribution is spent (:attr:`Aggregation.shared`).
+3. **Reduce**: once it holds every member's piece of its part p, it sums them (the masks
    cancel) and sends the reduced part to every member (REDUCED shards, each carrying the
    digest of the whole reduced part).
-3. **Confirm**: once it holds every WEIGHT_SHARE and every reduced part, it computes W (which
-   must lie within what the cap allows), the average decode(sum) * S / W, checks it is
-   plausible, and sends every member a CONFIRM: a digest of everything that determines the
-   result (parameters, roster, every share, every part digest) and the statements of what it
-   received. Nothing is applied yet.
-4. **Done**: every other member's CONFIRM arrived, its evidence matches what this member
-   received, and its digest equals this member's: all hold the same W and the same average.
-   A relayed statement that conflicts with one this member holds is an equivocation proof.
+4. **Confirm**: once it holds every reduced part, it computes the average, checks it is
+   plausible, and sends every member a CONFIRM: a digest of the transcript and every part
+   digest, and the REDUCED statements it received. Nothing is applied yet.
+5. **Done**: every other member's CONFIRM arrived and its digest equals this member's. A
+   relayed statement that conflicts with one this member holds is an equivocation proof; a
+   digest that differs without such a proof is its sender's fault (an honest member's digest
+   can only differ from another honest member's if some reducer equivocated, and then its
+   evidence proves it).
 
-Any failure raises :class:`~gossiplearn.protocol.events.RoundFault` naming the reason and the
-members held responsible; :meth:`Aggregation.missing` says whom a timeout blames.
+Every PART, REDUCED and CONFIRM carries T; one of another instance is its signer's fault (all
+members agreed on T first). Any failure raises :class:`~gossiplearn.protocol.events.RoundFault`
+naming the reason and the members held responsible; :meth:`Aggregation.missing` says whom a
+timeout leaves waiting for.
 
 Masking is passed in (``masking``): the pairwise masks, or none for the plaintext baseline
 that measures what the masks cost.
@@ -45,8 +53,9 @@ from gossiplearn.protocol.envelope import Envelope, Limits, verify_statement
 from gossiplearn.protocol.errors import ProtocolError
 from gossiplearn.protocol.events import RoundFault
 from gossiplearn.protocol.evidence import EquivocationProof, Slot, claim_of
-from gossiplearn.protocol.matchmaking import VerifiedGroup
-from gossiplearn.protocol.messages import Confirm, Message, Part, Reduced, WeightShare
+from gossiplearn.protocol.matchmaking import VerifiedGroup, transcript_of
+from gossiplearn.protocol.messages import Confirm, Message, Part, Ready, Reduced, Roster
+from gossiplearn.protocol.safeguards import Safeguards
 from gossiplearn.protocol.shards import Shard, ordered_shards, split_shards
 
 #: Adds a member's pairwise masks to ``vector`` in place: (vector, my index, seeds by index).
@@ -54,10 +63,9 @@ Masking = Callable[[np.ndarray, int, Mapping[int, bytes]], object]
 PAIRWISE_MASKS: Masking = apply_pairwise_masks
 
 _MASK_LABEL = b"mask"
-_WEIGHT_LABEL = b"weight"
 _CHANNEL_LABEL = b"bulk"
-_DIGEST_PERSON = b"gossiplearn.cfm2"
-_PART_CONTEXT = "gossiplearn round v2 reduced part digest"
+_DIGEST_PERSON = b"gossiplearn.cfm3"
+_PART_CONTEXT = "gossiplearn round v3 reduced part digest"
 
 
 def no_masks(vector: np.ndarray, index: int, seeds: Mapping[int, bytes]) -> np.ndarray:
@@ -95,7 +103,8 @@ class Result:
 
 
 class Step(enum.Enum):
-    COLLECT = "collect"  # own shares and parts sent; collecting shares, parts, reduced parts
+    AGREE = "agree"  # own READY sent; waiting for every other member's
+    COLLECT = "collect"  # own parts sent; collecting parts and reduced parts
     CONFIRM = "confirm"  # own CONFIRM sent; checking the others'
     DONE = "done"
 
@@ -144,7 +153,8 @@ class _ShardSet:
 
 
 class Aggregation:
-    """Member ``index`` of ``group``: its secure sum from shares to agreed average."""
+    """Member ``index`` of ``group``: its secure sum from the roster agreement to the agreed
+    average."""
 
     def __init__(
         self,
@@ -157,27 +167,36 @@ class Aggregation:
         shard_bytes: int,
         max_abs_average: float,
         limits: Limits,
-        confirm: bool = True,
-        weight_bounds: bool = True,
+        safeguards: Safeguards | None = None,
     ) -> None:
         self.group = group
         self.members = group.members
         self.index = index
+        self.transcript = group.transcript
         self.contribution = contribution
-        self.step = Step.COLLECT
+        self.step = Step.AGREE
         self.result: Result | None = None
+        #: Set once this member's masked parts went out: its contribution is spent.
+        self.shared = False
         self._masking = masking
         self._shard_bytes = shard_bytes
         self._max_abs_average = max_abs_average
         self._limits = limits
-        # Safeguards a test may switch off to show the attack each one stops (RoundConfig).
-        self._agree = confirm
-        self._weight_bounds = weight_bounds
+        self._safeguards = safeguards or Safeguards()
+        bind = self._safeguards.transcript_binding
         m = len(self.members)
-        self._scale_total = m * group.params.max_weight  # S
+        self._total_weight = sum(group.weights)
         self._bounds = part_bounds(group.params.length, m)
+        # Mask signs follow the order of the identity keys (the same for every member whatever
+        # roster it holds) and seeds the transcript; round v2 used each member's own roster
+        # index and the group id (Safeguards.transcript_binding off).
+        if bind:
+            order = sorted(range(m), key=lambda j: self.members[j])
+            self._rank = {j: r for r, j in enumerate(order)}
+        else:
+            self._rank = {j: j for j in range(m)}
+        binding = self.transcript if bind else group.id
         self._mask_seeds: dict[int, bytes] = {}
-        self._weight_seeds: dict[int, bytes] = {}
         #: A transport key per other member (by its identity key): the driver may seal this
         #: round's frames to that member with it (peer/bulk.py). From the same agreement as the
         #: masks, under its own label, so it reveals nothing about them.
@@ -190,96 +209,135 @@ class Aggregation:
                 secret = shared_secret(ephemeral_private_key, key)
             except KeyAgreementError:
                 raise RoundFault("bad_ephemeral_key", (member,)) from None
-            self._mask_seeds[j] = derive_pair_seed(secret, group.id, me, member, _MASK_LABEL)
-            self._weight_seeds[j] = derive_pair_seed(secret, group.id, me, member, _WEIGHT_LABEL)
+            self._mask_seeds[self._rank[j]] = derive_pair_seed(
+                secret, binding, me, member, _MASK_LABEL
+            )
             self.channel_keys[member] = derive_pair_seed(
-                secret, group.id, me, member, _CHANNEL_LABEL
+                secret, binding, me, member, _CHANNEL_LABEL
             )
         start, end = self._bounds[index]
         self._parts = {j: _ShardSet(end - start) for j in range(m) if j != index}
         self._reduced = {
             j: _ShardSet(stop - begin) for j, (begin, stop) in enumerate(self._bounds) if j != index
         }
-        self._shares: dict[int, int] = {}
-        self._total_weight: int | None = None
+        self._ready: set[int] = set()
         self._own_part: np.ndarray | None = None
         self._own_reduced: np.ndarray | None = None
-        # (sender index, slot) -> (claim, statement) of what this member received
-        self._seen: dict[tuple[int, Slot], tuple[bytes, bytes]] = {}
-        # what this member itself claims, by slot (it holds no statement of its own frames)
-        self._own_claims: dict[Slot, bytes] = {}
-        if index == 0:
-            self._own_claims[("ROSTER", 0)] = msgpack.packb(
-                group.roster.to_wire(), use_bin_type=True
-            )
-        elif group.roster_statement:
-            self._seen[(0, ("ROSTER", 0))] = (
-                msgpack.packb(group.roster.to_wire(), use_bin_type=True),
-                group.roster_statement,
-            )
-        self._confirms: dict[int, Confirm] = {}
-        self._checked: set[int] = set()
+        self._own_digest: bytes | None = None
+        # reducer index -> (part digest, REDUCED statement) of what this member received
+        self._seen: dict[int, tuple[bytes, bytes]] = {}
+        self._confirms: dict[int, tuple[Confirm, bytes]] = {}  # (body, statement)
         self._digest: bytes | None = None
         self.clipped = 0
 
-    # ---- step 1: share ----
+    # ---- step 1: agree ----
 
     def start(self) -> list[Outgoing]:
-        """This member's WEIGHT_SHAREs and PARTs: the moment its contribution is spent."""
+        """This member's READYs (none from the initiator, whose ROSTER says it all)."""
         out: list[Outgoing] = []
-        share = np.array([self.contribution.weight], dtype=np.uint64)
-        self._masking(share, self.index, self._weight_seeds)
-        self._shares[self.index] = int(share[0])
-        self._own_claims[("WEIGHT_SHARE", 0)] = int(share[0]).to_bytes(8, "big")
-        out += [(j, WeightShare(int(share[0]))) for j in self._others()]
+        if not self._safeguards.roster_agreement:
+            self._ready = set(self._ready_expected())
+        elif self.index != 0:
+            ready = Ready(self.transcript, self.group.roster_statement)
+            out += [(j, ready) for j in self._others()]
+        return out + self._progress()
 
+    def _ready_expected(self) -> list[int]:
+        return [j for j in self._others() if j != 0]
+
+    def _on_ready(self, sender: int, envelope: Envelope) -> None:
+        body = envelope.body
+        assert isinstance(body, Ready)
+        blamed = (self.members[sender],)
+        if sender == 0 or sender in self._ready:
+            raise RoundFault("unexpected_ready", blamed)
+        if body.transcript != self.transcript:
+            raise self._roster_conflict(sender, body)
+        self._ready.add(sender)
+
+    def _roster_conflict(self, sender: int, ready: Ready) -> RoundFault:
+        """A READY with another transcript: a proof against the initiator if it relays a
+        ROSTER the initiator signed for this group that hashes to that transcript, else the
+        READY's signer is at fault."""
+        blamed = (self.members[sender],)
+        try:
+            relayed = verify_statement(ready.roster, limits=self._limits)
+        except ProtocolError:
+            return RoundFault("bad_ready", blamed)
+        roster = relayed.body
+        initiator = self.members[0]
+        if (
+            not isinstance(roster, Roster)
+            or relayed.sender != initiator
+            or relayed.group != self.group.id
+            or transcript_of(self.group.id, roster) != ready.transcript
+            or not self.group.roster_statement  # the initiator itself signed only one roster
+        ):
+            return RoundFault("bad_ready", blamed)
+        proof = EquivocationProof(self.group.roster_statement, ready.roster).encode()
+        return RoundFault("equivocation", (initiator,), proof)
+
+    # ---- step 2: share ----
+
+    def _share(self) -> list[Outgoing]:
+        """This member's PARTs: the moment its contribution is spent."""
+        out: list[Outgoing] = []
         encoded, self.clipped = encode(
             self.contribution.vector,
             self.group.params.frac_bits,
-            scale=self.contribution.weight / self._scale_total,
+            scale=self.group.weights[self.index] / self._total_weight,
         )
-        self._masking(encoded, self.index, self._mask_seeds)
+        self._masking(encoded, self._rank[self.index], self._mask_seeds)
+        self.shared = True
         for j, (start, end) in enumerate(self._bounds):
             if j == self.index:
                 self._own_part = encoded[start:end]
                 continue
             out += [
-                (j, Part(j, shard)) for shard in split_shards(encoded[start:end], self._shard_bytes)
+                (j, Part(self.transcript, j, shard))
+                for shard in split_shards(encoded[start:end], self._shard_bytes)
             ]
-        return out + self._progress()
+        return out
 
     # ---- inputs ----
 
     def receive(self, sender: int, envelope: Envelope) -> list[Outgoing]:
         """A verified message of this group from member ``sender``."""
         blamed = (self.members[sender],)
-        claim = claim_of(envelope)
-        if claim is not None:
-            self._record(sender, claim, envelope.statement)
         body = envelope.body
-        if isinstance(body, WeightShare):
-            self._shares[sender] = body.value  # a different second value was caught above
-        elif isinstance(body, Part):
+        if isinstance(body, Ready):
+            self._on_ready(sender, envelope)
+            return self._progress()
+        if not isinstance(body, Part | Reduced | Confirm):
+            raise RoundFault("unexpected_" + envelope.type.lower(), blamed)
+        if body.transcript != self.transcript:
+            raise RoundFault("wrong_transcript", blamed)
+        if isinstance(body, Part):
             if body.part != self.index:
                 raise RoundFault("misaddressed_part", blamed)
             self._parts[sender].add(body.shard, "part", blamed)
         elif isinstance(body, Reduced):
             if body.part != sender:
                 raise RoundFault("misattributed_reduced", blamed)
+            known = self._seen.get(sender)
+            if known is None:
+                self._seen[sender] = (body.part_digest, envelope.statement)
+            elif known[0] != body.part_digest:
+                proof = EquivocationProof(known[1], envelope.statement).encode()
+                raise RoundFault("equivocation", blamed, proof)
             self._reduced[sender].add(body.shard, "reduced", blamed)
-        elif isinstance(body, Confirm):
+        else:
             if sender in self._confirms:
                 raise RoundFault("unexpected_confirm", blamed)
-            self._confirms[sender] = body
-        else:
-            raise RoundFault("unexpected_" + envelope.type.lower(), blamed)
+            self._confirms[sender] = (body, envelope.statement)
         return self._progress()
 
     def missing(self) -> tuple[bytes, ...]:
-        """Whom a timeout now blames: the members whose messages of the earliest unfinished
-        step are missing (a reducer that lacks a part cannot send its REDUCED: only whoever
-        withheld the part is to blame)."""
-        first = [j for j in self._others() if j not in self._shares or not self._parts[j].complete]
+        """The members whose messages of the earliest unfinished step this member still waits
+        for (informational: such a member may itself be waiting for someone else)."""
+        if self.step is Step.AGREE:
+            return tuple(self.members[j] for j in self._ready_expected() if j not in self._ready)
+        first = [j for j in self._others() if not self._parts[j].complete]
         if first:
             return tuple(self.members[j] for j in first)
         reducers = [j for j, shard_set in self._reduced.items() if not shard_set.complete]
@@ -287,42 +345,40 @@ class Aggregation:
             return tuple(self.members[j] for j in reducers)
         return tuple(self.members[j] for j in self._others() if j not in self._confirms)
 
+    def statement_of(self, member: bytes, slot: Slot) -> bytes | None:
+        """The statement this member holds from ``member`` for ``slot`` (to compare with one
+        relayed in an ABORT), if any."""
+        if member not in self.members:
+            return None
+        j = self.members.index(member)
+        kind, transcript, part = slot
+        if transcript != self.transcript:
+            return None
+        if kind == "REDUCED" and part == j and j in self._seen:
+            return self._seen[j][1]
+        if kind == "CONFIRM" and j in self._confirms:
+            return self._confirms[j][1]
+        return None
+
     # ---- the steps ----
 
     def _progress(self) -> list[Outgoing]:
         out: list[Outgoing] = []
-        m = len(self.members)
-        if self._total_weight is None and len(self._shares) == m:
-            self._total_weight = self._check_total(sum(self._shares.values()) % (1 << 64))
+        if self.step is Step.AGREE and len(self._ready) == len(self._ready_expected()):
+            self.step = Step.COLLECT
+            out += self._share()
+        if self.step is Step.AGREE:
+            return out
         if self._own_reduced is None and all(s.complete for s in self._parts.values()):
             out += self._reduce()
         if self.step is Step.COLLECT and self._view_complete():
             out += self._confirm()
-            if not self._agree:
+            if not self._safeguards.confirm:
                 self.step = Step.DONE
-        if self.step is Step.CONFIRM:
-            for j in sorted(set(self._confirms) - self._checked):
-                self._check_evidence(j, self._confirms[j])
-                self._checked.add(j)
-            if len(self._checked) == m - 1:
-                # Digests are compared only once every CONFIRM's evidence was searched for a
-                # proof: a member that disagrees because someone equivocated to it is not to
-                # blame, and the evidence of some other member names the equivocator.
-                disagreeing = [
-                    j for j in sorted(self._checked) if self._confirms[j].digest != self._digest
-                ]
-                if disagreeing:
-                    raise RoundFault("disagreement", tuple(self.members[j] for j in disagreeing))
-                self.step = Step.DONE
+        if self.step is Step.CONFIRM and len(self._confirms) == len(self.members) - 1:
+            self._check_confirms()
+            self.step = Step.DONE
         return out
-
-    def _check_total(self, total: int) -> int:
-        # Each weight is in [1, max_weight]: W outside these bounds means a member declared
-        # more (the weight lever) or sent a garbage share.
-        m, own, cap = len(self.members), self.contribution.weight, self.group.params.max_weight
-        if self._weight_bounds and not own + (m - 1) <= total <= own + (m - 1) * cap:
-            raise RoundFault("bad_total_weight")
-        return total
 
     def _reduce(self) -> list[Outgoing]:
         assert self._own_part is not None
@@ -333,29 +389,28 @@ class Aggregation:
                 np.add(piece, shard.array(), out=piece)
         self._own_reduced = reduced
         digest = part_digest(reduced)
-        self._own_claims[("REDUCED", self.index)] = digest
+        self._own_digest = digest
         shards = split_shards(reduced, self._shard_bytes)
-        return [(j, Reduced(self.index, digest, shard)) for j in self._others() for shard in shards]
+        return [
+            (j, Reduced(self.transcript, self.index, digest, shard))
+            for j in self._others()
+            for shard in shards
+        ]
 
     def _view_complete(self) -> bool:
-        return (
-            self._own_reduced is not None
-            and self._total_weight is not None
-            and all(s.complete for s in self._reduced.values())
-        )
+        return self._own_reduced is not None and all(s.complete for s in self._reduced.values())
 
     def _confirm(self) -> list[Outgoing]:
-        assert self._own_reduced is not None and self._total_weight is not None
+        assert self._own_reduced is not None and self._own_digest is not None
         params = self.group.params
-        # decode(sum) x S / W straight into the float32 average, part by part (no full-size
+        # decode(sum) straight into the float32 average, part by part (no full-size
         # temporaries: a 10M-element round used to make four).
         average = np.empty(params.length, dtype=np.float32)
-        scale = self._scale_total / max(self._total_weight, 1)
         digests = []
         for j, (start, _end) in enumerate(self._bounds):
             if j == self.index:
                 pieces = [(0, self._own_reduced)]
-                digests.append(self._own_claims[("REDUCED", j)])
+                digests.append(self._own_digest)
             else:
                 # Shard by shard, never joined: the part's digest is the hash of their data
                 # in order (the same bytes part_digest hashes), and each decodes in place.
@@ -364,7 +419,7 @@ class Aggregation:
                 hasher = blake3(derive_key_context=_PART_CONTEXT)
                 for shard in shards:
                     hasher.update(shard.data)
-                claimed = self._seen[(j, ("REDUCED", j))][0]
+                claimed = self._seen[j][0]
                 if hasher.digest(32) != claimed:
                     raise RoundFault("bad_reduced_digest", blamed)
                 digests.append(claimed)
@@ -377,7 +432,6 @@ class Aggregation:
                         params.frac_bits,
                         RING32,
                         np.float32,
-                        scale=scale,
                         out=average[at : at + piece.size],
                     )
         # Garbage from a member decodes to values spread over the ring's range; every honest
@@ -385,88 +439,67 @@ class Aggregation:
         # min and max are NaN if any element is).
         bound = self._max_abs_average
         if average.size and not (-bound <= average.min() and average.max() <= bound):
-            raise RoundFault("implausible_average")
+            raise RoundFault("implausible_average", self._other_members())
         self.result = Result(average, self._total_weight, self.clipped)
         self._digest = self._round_digest(digests)
-        if not self._agree:
+        if not self._safeguards.confirm:
             return []
-        evidence = [
-            statement
-            for (_, slot), (_, statement) in sorted(self._seen.items())
-            if slot[0] != "CONFIRM"
-        ]
+        evidence = tuple(statement for _, (_, statement) in sorted(self._seen.items()))
         self.step = Step.CONFIRM
-        confirm = Confirm(self._digest, tuple(evidence))
+        confirm = Confirm(self.transcript, self._digest, evidence)
         return [(j, confirm) for j in self._others()]
 
     def _round_digest(self, part_digests: list[bytes]) -> bytes:
-        params = self.group.params
-        content = msgpack.packb(
-            [
-                self.group.id,
-                self.group.roster.to_wire(),
-                [params.schema_hash, params.length, params.frac_bits, params.max_weight],
-                [self._shares[j] for j in range(len(self.members))],
-                part_digests,
-            ],
-            use_bin_type=True,
-        )
+        content = msgpack.packb([self.transcript, part_digests], use_bin_type=True)
         return hashlib.blake2b(content, digest_size=32, person=_DIGEST_PERSON).digest()
 
-    def _check_evidence(self, j: int, confirm: Confirm) -> None:
-        """Compare member j's evidence with what this member holds: a conflicting statement is
-        a proof against its sender; missing, extra or invalid evidence is j's fault."""
-        member = self.members[j]
-        expected = self._expected_evidence(j)
-        found: set[tuple[int, Slot]] = set()
-        faulty = False
+    def _check_confirms(self) -> None:
+        """Every CONFIRM is in: search all their evidence for a proof first (a member that
+        disagrees because a reducer equivocated to it is not to blame), then compare digests."""
+        for j in sorted(self._confirms):
+            confirm, _ = self._confirms[j]
+            self._search_evidence(j, confirm)
+        disagreeing = [
+            j for j in sorted(self._confirms) if self._confirms[j][0].digest != self._digest
+        ]
+        if disagreeing:
+            raise RoundFault(
+                "disagreement",
+                tuple(self.members[j] for j in disagreeing),
+                evidence=self._confirms[disagreeing[0]][1],
+            )
+
+    def _search_evidence(self, j: int, confirm: Confirm) -> None:
+        """A REDUCED statement in member j's evidence that conflicts with the one this member
+        holds from the same reducer is a proof against that reducer. Anything else in the
+        evidence (unverifiable, of another round, about itself) proves nothing and is passed
+        over: if it hides a disagreement, the digests show it."""
         for statement in confirm.evidence:
             try:
                 envelope = verify_statement(statement, limits=self._limits)
             except ProtocolError:
-                faulty = True
                 continue
-            claim = claim_of(envelope)
+            claim = claim_of(envelope, bind_transcript=self._safeguards.transcript_binding)
+            body = envelope.body
             if (
                 claim is None
+                or not isinstance(body, Reduced)
                 or envelope.group != self.group.id
-                or envelope.recipient != member
                 or envelope.sender not in self.members
             ):
-                faulty = True
                 continue
-            sender = self.members.index(envelope.sender)
-            key = (sender, claim[0])
-            if key not in expected or key in found:
-                faulty = True
+            reducer = self.members.index(envelope.sender)
+            mine = self._seen.get(reducer)
+            if mine is None or body.part != reducer:
                 continue
-            found.add(key)
-            if sender == self.index:
-                faulty |= self._own_claims.get(claim[0]) != claim[1]
+            if self._safeguards.transcript_binding and body.transcript != self.transcript:
                 continue
-            mine = self._seen.get(key)
-            if mine is not None and mine[0] != claim[1]:
+            if mine[0] != body.part_digest:
                 proof = EquivocationProof(mine[1], statement).encode()
-                raise RoundFault("equivocation", (self.members[sender],), proof)
-        if faulty or found != expected:
-            raise RoundFault("bad_confirm", (member,))
-
-    def _expected_evidence(self, j: int) -> set[tuple[int, Slot]]:
-        keys = {(k, ("WEIGHT_SHARE", 0)) for k in range(len(self.members)) if k != j}
-        keys |= {(k, ("REDUCED", k)) for k in range(len(self.members)) if k != j}
-        if j != 0:
-            keys.add((0, ("ROSTER", 0)))
-        return keys
-
-    def _record(self, sender: int, claim: tuple[Slot, bytes], statement: bytes) -> None:
-        """Keep the first statement per (sender, slot); a conflicting one is a proof."""
-        slot, value = claim
-        known = self._seen.get((sender, slot))
-        if known is None:
-            self._seen[(sender, slot)] = (value, statement)
-        elif known[0] != value:
-            proof = EquivocationProof(known[1], statement).encode()
-            raise RoundFault("equivocation", (self.members[sender],), proof)
+                raise RoundFault("equivocation", (envelope.sender,), proof)
 
     def _others(self) -> list[int]:
         return [j for j in range(len(self.members)) if j != self.index]
+
+    def _other_members(self) -> tuple[bytes, ...]:
+        return tuple(self.members[j] for j in self._others())

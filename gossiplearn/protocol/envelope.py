@@ -55,9 +55,10 @@ from gossiplearn.protocol.replay import ReplayGuard
 from gossiplearn.protocol.schema import Record, binary, text, uint
 from gossiplearn.protocol.shards import MAX_SHARD_BYTES, Shard, shard_digest
 
-#: 2: round v2 (agreement step, detached shard signatures, INVITE.max_weight). Version 1
-#: frames are refused (reason "version"); a v1 INVITE is answered BUSY so its sender learns.
-VERSION = 2
+#: 3: round v3 (every round statement bound to its transcript, the READY roster agreement,
+#: weights declared in ACCEPT, no WEIGHT_SHARE). Frames of any other version are refused
+#: (reason "version") and never answered: nothing signed goes out for an unverified frame.
+VERSION = 3
 GROUP_ID_BYTES = 16
 _SIG_KEY = msgpack.packb("sig")
 _SIG_ENTRY_BYTES = len(_SIG_KEY) + 2 + SIGNATURE_BYTES  # "sig", bin8 header, 64 bytes

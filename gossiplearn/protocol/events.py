@@ -25,33 +25,45 @@ class RoundUsageError(RuntimeError):
 
 # ---- reason registries ------------------------------------------------------------------------
 
-#: Why a round aborted, and whom a member holds responsible (see RoundAborted.blamed).
+#: Why a round aborted, and whom a member holds responsible (see RoundAborted). Three kinds:
+#: a fault a member saw first-hand in a message its sender signed (or a peer its transport
+#: cannot reach) strikes that sender; an equivocation proof refuses the equivocator; a failure
+#: nobody can be blamed for with certainty (UNEXPLAINED_REASONS) strikes nobody and goes to
+#: group testing (suspicion.py).
 ABORT_REASONS: dict[str, str] = {
     # deadlines and the transport
-    "timeout_running": "the round passed its deadline; blamed: the members whose messages of "
-    "the earliest unfinished step are missing",
-    "timeout_await_roster": "the initiator sent neither ROSTER nor CANCEL in time; blamed: it",
+    "timeout_running": "the round passed its deadline; unexplained (a message can be missing "
+    "because someone else withheld what its sender waited for): suspects are the other members",
+    "timeout_await_roster": "the initiator sent neither ROSTER nor CANCEL in time; unexplained: "
+    "the suspect is the initiator",
     "timeout_inviting": "the round's deadline passed while the initiator was still inviting",
     "initiator_unreachable": "the transport cannot reach the initiator; blamed: it",
     "member_unreachable": "the transport cannot reach a member; blamed: it",
-    "peer_aborted": "another member sent ABORT; blamed: that member",
+    "peer_aborted": "another member sent ABORT without a proof; unexplained: suspects are the "
+    "other members (an ABORT proves nothing about who caused it)",
     "peer_stopping": "this peer is stopping (its driver aborted the round)",
-    # the roster (blamed: the initiator)
+    # the roster (blamed: the initiator, who signed it)
     "unexpected_roster": "a ROSTER from someone other than the initiator, or a second one",
-    "bad_roster": "the roster's members are not the invited ones, or exclude this peer",
-    "bad_roster_accept": "an ACCEPT in the roster is not a valid, signed ACCEPT of its member",
+    "bad_roster": "the roster's members are not the invited ones, exclude this peer, or its "
+    "parameters are not the INVITE's",
+    "bad_roster_accept": "an ACCEPT in the roster is not a valid, signed ACCEPT of its member, "
+    "or declares a weight above the cap",
     "roster_altered_my_accept": "the roster carries another ACCEPT for this peer",
     "bad_ephemeral_key": "a member's ephemeral key is unusable (small order); blamed: it",
     "too_much_before_roster": "a member sent more before the roster than a round can hold",
-    # messages that break the round's rules (blamed: their sender)
+    # messages that break the round's rules (blamed: their signer)
     "unexpected_invite": "an INVITE inside a running group",
     "unexpected_accept": "an ACCEPT from a non-invitee, or after the roster",
     "unexpected_busy": "a BUSY from a non-invitee",
     "unexpected_cancel": "a CANCEL from someone other than the initiator, or after the roster",
-    "unexpected_weight_share": "a WEIGHT_SHARE at the wrong time",
+    "unexpected_ready": "a READY from the initiator, or a second one",
     "unexpected_part": "a PART at the wrong time",
     "unexpected_reduced": "a REDUCED at the wrong time",
-    "unexpected_confirm": "a CONFIRM at the wrong time",
+    "unexpected_confirm": "a second CONFIRM",
+    "bad_ready": "a READY whose transcript is not this member's and whose relayed ROSTER does "
+    "not prove the initiator signed another one",
+    "wrong_transcript": "a PART, REDUCED or CONFIRM of another round instance than the one every "
+    "member agreed on",
     "misaddressed_part": "a PART for a part this member does not reduce",
     "misattributed_reduced": "a REDUCED for a part its sender does not reduce",
     "bad_part_dtype": "PART shards of a dtype other than u4",
@@ -65,18 +77,23 @@ ABORT_REASONS: dict[str, str] = {
     "bad_part": "PART shards that do not join into the part",
     "bad_reduced": "REDUCED shards that do not join into the part",
     "bad_reduced_digest": "a reduced part whose data does not match its signed part digest",
-    # the agreement step
-    "equivocation": "a member signed two conflicting messages (a proof is kept); blamed and "
+    # the agreements
+    "equivocation": "a member signed two conflicting statements (a proof is kept); blamed and "
     "refused: that member",
-    "bad_confirm": "a CONFIRM whose evidence is incomplete, invalid or not what was sent; "
-    "blamed: its sender",
-    "disagreement": "CONFIRM digests differ though no evidence proves an equivocation; blamed: "
-    "the members whose digest differs from this member's",
-    # the unmasked sums, which every honest member holds bit-identically (nobody blamed: the
-    # masks hide who sent what)
-    "bad_total_weight": "the total weight is outside what the weight cap allows",
-    "implausible_average": "an element of the average is not finite or beyond max_abs_average",
+    "disagreement": "a CONFIRM digest differs from this member's though no statement proves an "
+    "equivocation (an honest member's digest can only differ with such a proof); blamed: the "
+    "members whose digest differs, whose CONFIRM is relayed in the ABORT",
+    # the unmasked average, which every honest member holds bit-identically (the masks hide who
+    # sent what)
+    "implausible_average": "an element of the average is not finite or beyond max_abs_average; "
+    "unexplained: suspects are the other members",
 }
+
+#: Aborts nobody can be blamed for with certainty: no strike; the other members (for
+#: timeout_await_roster, the initiator) are recorded as suspects for group testing.
+UNEXPLAINED_REASONS: frozenset[str] = frozenset(
+    {"timeout_running", "timeout_await_roster", "peer_aborted", "implausible_average"}
+)
 
 #: Why a round was cancelled before it started.
 CANCEL_REASONS: dict[str, str] = {
@@ -96,8 +113,8 @@ BUSY_REASONS: dict[str, str] = {
     "group_too_large": "more members than this peer's group size allows",
     "backoff": "the initiator is backed off after rounds it held or aborted",
     "refused": "the initiator equivocated (a proof is kept) and is refused until cleared",
-    "blocked_member": "another invited member is backed off or refused",
-    "version_mismatch": "the INVITE was of another protocol version",
+    "blocked_member": "another invited member is backed off or refused, or two invited "
+    "members are kept apart after failures only they had in common",
 }
 
 #: Why the machine dropped a frame without effect (besides the envelope's own reasons).
@@ -110,20 +127,33 @@ REFUSAL_REASONS: dict[str, str] = {
     "bad_invite_deadline": "an INVITE whose deadline is past or beyond round_timeout",
     "not_admitted_member": "an INVITE naming a member this peer does not admit",
     "bad_proof": "an ABORT carrying a proof that does not verify",
+    "foreign_proof": "an ABORT carrying a proof about another round or a non-member (ignored: "
+    "only the members of a round can be convicted through it)",
+    "stray_abort": "an ABORT for a round this peer finished, carrying nothing that proves an "
+    "equivocation",
 }
 
 
 class RoundFault(Exception):
     """Inside the machine: the current group must abort with ``reason`` (registered in
-    ABORT_REASONS), holding ``blamed`` responsible; ``proof``: an encoded equivocation proof."""
+    ABORT_REASONS), holding ``blamed`` responsible (for an unexplained reason: suspecting
+    them); ``proof``: an encoded equivocation proof; ``evidence``: a statement to relay (the
+    disagreeing CONFIRM) so that the others can build a proof."""
 
-    def __init__(self, reason: str, blamed: tuple[bytes, ...] = (), proof: bytes = b"") -> None:
+    def __init__(
+        self,
+        reason: str,
+        blamed: tuple[bytes, ...] = (),
+        proof: bytes = b"",
+        evidence: bytes = b"",
+    ) -> None:
         if reason not in ABORT_REASONS:
             raise RoundUsageError(f"unregistered abort reason {reason!r}")
         super().__init__(reason)
         self.reason = reason
         self.blamed = blamed
         self.proof = proof
+        self.evidence = evidence
 
 
 # ---- actions ----------------------------------------------------------------------------------
@@ -183,12 +213,15 @@ class RoundFinished:
 @dataclass(frozen=True)
 class RoundAborted:
     """The round ended without an average. ``blamed``: the members this peer holds
-    responsible (it backs them off; see ABORT_REASONS)."""
+    responsible with certainty (it struck them, or refuses a proven equivocator);
+    ``suspects``: for an unexplained reason, the members group testing records (see
+    suspicion.py; a :class:`PeerSuspected` follows when that singles one out)."""
 
     group: bytes
     reason: str
     stats: RoundStats
     blamed: tuple[bytes, ...] = ()
+    suspects: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -220,6 +253,16 @@ class EquivocationDetected:
     group: bytes
 
 
+@dataclass(frozen=True)
+class PeerSuspected:
+    """Group testing singled out ``peers`` from failures nobody could be blamed for: one peer
+    present in every one of the last ``failures`` (struck: backed off like a blamed one), or a
+    pair always present together (kept apart: never in one group with this peer)."""
+
+    peers: tuple[bytes, ...]
+    failures: int
+
+
 Outcome = RoundFinished | RoundAborted | RoundCancelled
 Action = (
     Send
@@ -229,4 +272,5 @@ Action = (
     | RoundCancelled
     | MessageRefused
     | EquivocationDetected
+    | PeerSuspected
 )

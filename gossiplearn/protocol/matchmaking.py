@@ -1,27 +1,44 @@
 """Matchmaking: INVITE -> ACCEPT/BUSY -> ROSTER (or CANCEL) -> a verified group.
 
 The initiator invites up to k-1 live neighbours (:func:`propose`); each idle one with the same
-parameters answers ACCEPT with a fresh X25519 key for this group only, signed by its identity
-(:func:`busy_reason` says why it would not); the initiator collects the answers
-(:class:`Invitation`) and, with at least 3 members, sends every member the ROSTER: the ordered
-members with each one's signed ACCEPT frame. Each member checks every ACCEPT itself
-(:func:`verify_roster`), so the initiator cannot substitute an ephemeral key. What comes out
-is a :class:`VerifiedGroup`: members, ephemeral keys and the roster, which the aggregation
-step (aggregation.py) then works on. The agreement step checks later that every member was
-sent the same roster.
+parameters answers ACCEPT with a fresh X25519 key for this group only and its weight, signed
+by its identity (:func:`busy_reason` says why it would not); the initiator collects the
+answers (:class:`Invitation`) and, with at least 3 members, sends every member the ROSTER:
+the ordered members with each one's signed ACCEPT frame and the round's parameters. Each
+member checks every ACCEPT itself (:func:`verify_roster`), so the initiator cannot substitute
+an ephemeral key or a weight. What comes out is a :class:`VerifiedGroup`: members, ephemeral
+keys, weights, the roster and its **transcript** (:func:`transcript_of`), the id of this one
+round instance. Members then agree on the transcript (READY, aggregation.py) before any masked
+data moves; pair seeds, mask signs and every later statement are bound to it.
 
 Pure functions and small state holders: no I/O, no clock, no randomness of their own.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
+
+import msgpack
 
 from gossiplearn.protocol.envelope import GROUP_ID_BYTES, Envelope, Limits, verify_envelope
 from gossiplearn.protocol.errors import ProtocolError
 from gossiplearn.protocol.events import RoundFault
-from gossiplearn.protocol.messages import MIN_GROUP, Accept, Invite, Roster
+from gossiplearn.protocol.messages import MIN_GROUP, TRANSCRIPT_BYTES, Accept, Invite, Roster
+
+_TRANSCRIPT_PERSON = b"gossiplearn.trs3"
+
+
+def transcript_of(group_id: bytes, roster: Roster) -> bytes:
+    """The id of one round instance: BLAKE2b-256 over the group id and the whole ROSTER (the
+    ordered members, their signed ACCEPTs with every ephemeral key and weight, the parameters
+    and the deadline). Two members with the same transcript hold the same roster; an honest
+    member's fresh ephemeral key in it makes it unique to one round of that member."""
+    content = msgpack.packb([group_id, roster.to_wire()], use_bin_type=True)
+    return hashlib.blake2b(
+        content, digest_size=TRANSCRIPT_BYTES, person=_TRANSCRIPT_PERSON
+    ).digest()
 
 
 @dataclass(frozen=True)
@@ -34,7 +51,7 @@ class RoundParams:
     max_weight: int
 
     @classmethod
-    def of(cls, invite: Invite) -> RoundParams:
+    def of(cls, invite: Invite | Roster) -> RoundParams:
         return cls(invite.schema_hash, invite.length, invite.frac_bits, invite.max_weight)
 
 
@@ -45,11 +62,33 @@ class VerifiedGroup:
     id: bytes
     members: tuple[bytes, ...]  # initiator first
     ephemeral_keys: tuple[bytes, ...]  # members[i]'s key for this group
+    weights: tuple[int, ...]  # members[i]'s declared weight, each in [1, max_weight]
     roster: Roster
-    #: The ROSTER as this member received it (a statement, for the agreement step); empty
-    #: for the initiator, which built it.
+    #: The ROSTER as this member received it (a statement, relayed in READY); empty for the
+    #: initiator, which built it.
     roster_statement: bytes
     params: RoundParams
+    transcript: bytes
+
+    @classmethod
+    def build(
+        cls,
+        group_id: bytes,
+        roster: Roster,
+        keys: Sequence[bytes],
+        weights: Sequence[int],
+        roster_statement: bytes,
+    ) -> VerifiedGroup:
+        return cls(
+            group_id,
+            roster.members,
+            tuple(keys),
+            tuple(weights),
+            roster,
+            roster_statement,
+            RoundParams.of(roster),
+            transcript_of(group_id, roster),
+        )
 
 
 def propose(
@@ -109,6 +148,9 @@ class Invitation:
 
     invitees: tuple[bytes, ...]
     schema_hash: bytes
+    #: ACCEPTs declaring more than this are refused (None: round v2's unchecked weights, for
+    #: the test that shows the attack).
+    max_weight: int | None
     accepts: dict[bytes, tuple[bytes, Accept]] = field(default_factory=dict)  # frame, body
     declined: set[bytes] = field(default_factory=set)
 
@@ -116,15 +158,22 @@ class Invitation:
     def answered(self) -> bool:
         return len(self.accepts) + len(self.declined) == len(self.invitees)
 
-    def answer(self, sender: bytes, body: object, frame: bytes | None) -> None:
+    def answer(self, sender: bytes, body: object, frame: bytes | None) -> bool:
         """An invitee's ACCEPT (kept with its frame, for the roster) or decline. A second
-        answer changes nothing."""
+        answer changes nothing. False if the answer broke the rules (an ACCEPT of another
+        schema or over the weight cap: its signer is to blame)."""
         if sender in self.accepts or sender in self.declined:
-            return
-        if isinstance(body, Accept) and body.schema_hash == self.schema_hash and frame:
-            self.accepts[sender] = (frame, body)
-        else:
+            return True
+        if not isinstance(body, Accept) or not frame:
             self.declined.add(sender)
+            return True
+        if body.schema_hash != self.schema_hash or (
+            self.max_weight is not None and body.weight > self.max_weight
+        ):
+            self.declined.add(sender)
+            return False
+        self.accepts[sender] = (frame, body)
+        return True
 
     def unreachable(self, peer: bytes) -> None:
         """An invitee the transport cannot reach counts as having declined."""
@@ -148,16 +197,25 @@ class Invitation:
             or (cancelling and peer in self.accepts)
         ]
 
-    def roster(self, initiator: bytes, my_accept_frame: bytes, deadline_ms: int) -> Roster:
+    def roster(
+        self, initiator: bytes, my_accept_frame: bytes, params: RoundParams, deadline_ms: int
+    ) -> Roster:
         accepted = self.accepted()
         return Roster(
             members=(initiator, *accepted),
             accepts=(my_accept_frame, *(self.accepts[p][0] for p in accepted)),
+            schema_hash=params.schema_hash,
+            length=params.length,
+            frac_bits=params.frac_bits,
+            max_weight=params.max_weight,
             deadline_ms=deadline_ms,
         )
 
     def ephemeral_keys(self, my_key: bytes) -> tuple[bytes, ...]:
         return (my_key, *(self.accepts[p][1].ephemeral_key for p in self.accepted()))
+
+    def weights(self, my_weight: int) -> tuple[int, ...]:
+        return (my_weight, *(self.accepts[p][1].weight for p in self.accepted()))
 
 
 def verify_roster(
@@ -169,10 +227,13 @@ def verify_roster(
     invite: Invite,
     my_accept_frame: bytes,
     my_ephemeral_key: bytes,
+    my_weight: int,
     limits: Limits,
     admitted: Container[bytes] | None,
+    check_weights: bool = True,
 ) -> VerifiedGroup:
-    """Check a ROSTER as a member; raises :class:`RoundFault` (blaming the initiator)."""
+    """Check a ROSTER as a member; raises :class:`RoundFault` (blaming the initiator, who
+    signed it: every check here is of its content)."""
     roster = envelope.body
     assert isinstance(roster, Roster)
     blamed = (initiator,)
@@ -181,12 +242,16 @@ def verify_roster(
         raise RoundFault("bad_roster", blamed)
     if not set(members) <= set(invite.members):
         raise RoundFault("bad_roster", blamed)
+    if RoundParams.of(roster) != RoundParams.of(invite):
+        raise RoundFault("bad_roster", blamed)
     keys = []
+    weights = []
     for i, (member, frame) in enumerate(zip(members, roster.accepts, strict=True)):
         if member == me:
             if frame != my_accept_frame:
                 raise RoundFault("roster_altered_my_accept", blamed)
             keys.append(my_ephemeral_key)
+            weights.append(my_weight)
             continue
         try:
             accept = verify_envelope(frame, limits=limits, admitted=admitted)
@@ -199,10 +264,10 @@ def verify_roster(
             or accept.recipient != initiator
             or accept.group != group_id
             or body.schema_hash != invite.schema_hash
+            or (check_weights and body.weight > invite.max_weight)
             or (i == 0 and accept.sender != initiator)
         ):
             raise RoundFault("bad_roster_accept", blamed)
         keys.append(body.ephemeral_key)
-    return VerifiedGroup(
-        group_id, members, tuple(keys), roster, envelope.statement, RoundParams.of(invite)
-    )
+        weights.append(body.weight)
+    return VerifiedGroup.build(group_id, roster, keys, weights, envelope.statement)

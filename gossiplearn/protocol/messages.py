@@ -1,7 +1,9 @@
 """Typed bodies of every message gossiplearn peers exchange, with their wire schemas.
 
-Matchmaking: INVITE, ACCEPT, BUSY, ROSTER, CANCEL. The round: WEIGHT_SHARE, PART (a masked
-shard), REDUCED (a reduced part), CONFIRM (the agreement step), ABORT. The daemon: PEERS
+Matchmaking: INVITE, ACCEPT, BUSY, ROSTER, CANCEL. The round: READY (the roster agreement),
+PART (a masked shard), REDUCED (a reduced part), CONFIRM (the result agreement), ABORT. Every
+round message after the ROSTER carries the round's *transcript* (see matchmaking.py), which
+binds it to one round instance. The daemon: PEERS
 (signed peer records), STATUS. Each class validates itself on construction, so a body built
 locally and one decoded from the wire obey the same rules.
 """
@@ -39,14 +41,19 @@ MAX_WEIGHT = (1 << 32) - 1
 #: The largest is a ROSTER of MAX_GROUP members: 16 ACCEPTs of at most MAX_ACCEPT_FRAME
 #: bytes plus 16 keys and the envelope, ~17.3 KiB.
 MAX_STATEMENT = 24 * 1024
-#: A CONFIRM relays the ROSTER, the other members' WEIGHT_SHAREs and one REDUCED per other
-#: part: at most 1 + 2 * (MAX_GROUP - 1) statements.
-MAX_EVIDENCE = 2 * MAX_GROUP - 1
+#: A CONFIRM relays one REDUCED statement per other part: at most MAX_GROUP - 1, each a
+#: signed shard header of ~420 bytes (bounded here at 1 KiB), so that a CONFIRM itself (at most
+#: ~16 KiB) is small enough to be relayed as a statement in an ABORT.
+MAX_EVIDENCE = MAX_GROUP - 1
+MAX_REDUCED_STATEMENT = 1024
+#: A transcript id: BLAKE2b-256 of the group id and the ROSTER (see matchmaking.transcript_of).
+TRANSCRIPT_BYTES = 32
 #: An equivocation proof: two statements and their framing.
 MAX_PROOF = 2 * MAX_STATEMENT + 256
 
 _member = binary(KEY_BYTES)
 _members = array(_member, MAX_GROUP, MIN_GROUP)
+_transcript = binary(TRANSCRIPT_BYTES)
 
 
 class Message:
@@ -111,14 +118,22 @@ class Invite(Message):
 
 @dataclass(frozen=True)
 class Accept(Message):
-    """Invitee -> initiator: a fresh X25519 key for this group only, signed via the envelope."""
+    """Invitee -> initiator: a fresh X25519 key for this group only, signed via the envelope,
+    and the weight this member declares for the round (in [1, max_weight]; visible to every
+    member through the ROSTER)."""
 
     TYPE = "ACCEPT"
     SCHEMA = Record(
-        TYPE, (("ephemeral_key", binary(KEY_BYTES)), ("schema_hash", binary(HASH_BYTES)))
+        TYPE,
+        (
+            ("ephemeral_key", binary(KEY_BYTES)),
+            ("schema_hash", binary(HASH_BYTES)),
+            ("weight", uint(MAX_WEIGHT, minimum=1)),
+        ),
     )
     ephemeral_key: bytes
     schema_hash: bytes
+    weight: int
 
 
 @dataclass(frozen=True)
@@ -130,10 +145,13 @@ class Busy(Message):
 
 @dataclass(frozen=True)
 class Roster(Message):
-    """Initiator -> members: the final ordered group with every member's signed ACCEPT frame.
+    """Initiator -> members: the final ordered group with every member's signed ACCEPT frame,
+    and the round's parameters (those of the INVITE).
 
     ``accepts[i]`` is member i's complete signed ACCEPT envelope (the initiator's own too), so
-    each member verifies every ephemeral key itself and the initiator cannot substitute one.
+    each member verifies every ephemeral key and weight itself and the initiator cannot
+    substitute one. The ROSTER fixes everything the round's transcript covers: members then
+    check, with READY, that they all hold the same one before any masked data moves.
     """
 
     TYPE = "ROSTER"
@@ -142,11 +160,19 @@ class Roster(Message):
         (
             ("members", _members),
             ("accepts", array(binary(max_size=MAX_ACCEPT_FRAME), MAX_GROUP, MIN_GROUP)),
+            ("schema_hash", binary(HASH_BYTES)),
+            ("length", uint(MAX_VECTOR_LENGTH)),
+            ("frac_bits", uint(MAX_FRAC_BITS)),
+            ("max_weight", uint(MAX_WEIGHT, minimum=1)),
             ("deadline_ms", uint()),
         ),
     )
     members: tuple[bytes, ...]
     accepts: tuple[bytes, ...]
+    schema_hash: bytes
+    length: int
+    frac_bits: int
+    max_weight: int
     deadline_ms: int
 
     def __post_init__(self) -> None:
@@ -163,17 +189,23 @@ class Cancel(Message):
 
 
 @dataclass(frozen=True)
-class WeightShare(Message):
-    """One member's masked weight (a Z/2^64 element) in the weight pre-pass."""
+class Ready(Message):
+    """Member -> every other member (the initiator included), once its ROSTER verified: "I hold
+    the roster whose transcript is ``transcript``", with the ROSTER statement it received
+    (``roster``), so a member holding another roster can prove that the initiator signed two.
+    Nobody sends masked data before every other member's READY agreed (the initiator, whose
+    own ROSTER is its statement, sends none)."""
 
-    TYPE = "WEIGHT_SHARE"
-    SCHEMA = Record(TYPE, (("value", uint()),))
-    value: int
+    TYPE = "READY"
+    SCHEMA = Record(TYPE, (("transcript", _transcript), ("roster", binary(max_size=MAX_STATEMENT))))
+    transcript: bytes
+    roster: bytes
 
 
 class _ShardMessage(Message):
     """A body carrying one shard (its field ``shard``) of part ``part`` of the group's vector."""
 
+    transcript: bytes
     part: int
     shard: Shard
 
@@ -195,7 +227,11 @@ class Part(_ShardMessage):
     """One shard of a member's masked part ``part``, sent to the member that reduces it."""
 
     TYPE = "PART"
-    SCHEMA = Record(TYPE, (("part", uint(MAX_GROUP - 1)), ("shard", SHARD_SCHEMA)))
+    SCHEMA = Record(
+        TYPE,
+        (("transcript", _transcript), ("part", uint(MAX_GROUP - 1)), ("shard", SHARD_SCHEMA)),
+    )
+    transcript: bytes
     part: int
     shard: Shard
 
@@ -213,11 +249,13 @@ class Reduced(_ShardMessage):
     SCHEMA = Record(
         TYPE,
         (
+            ("transcript", _transcript),
             ("part", uint(MAX_GROUP - 1)),
             ("part_digest", binary(HASH_BYTES)),
             ("shard", SHARD_SCHEMA),
         ),
     )
+    transcript: bytes
     part: int
     part_digest: bytes
     shard: Shard
@@ -225,37 +263,55 @@ class Reduced(_ShardMessage):
 
 @dataclass(frozen=True)
 class Confirm(Message):
-    """The agreement step: what this member holds, before it applies anything.
+    """The result agreement: what this member holds, before it applies anything.
 
-    ``digest`` covers the round's parameters, the roster, every WEIGHT_SHARE and every reduced
-    part's digest, so equal digests mean equal total weights and equal averages. ``evidence``
-    is the statements (signed messages without shard data) this member received from the
-    others: the ROSTER (unless it is the initiator), each other member's WEIGHT_SHARE and one
-    REDUCED header per other part. A receiver compares them with its own: two validly signed,
-    conflicting statements from one sender prove that sender equivocated.
+    ``digest`` covers the transcript (members, weights, parameters, ephemeral keys) and every
+    reduced part's digest, so equal digests mean equal averages. ``evidence`` is the REDUCED
+    statements (signed shard headers, data left out) this member received, one per other
+    part. A receiver compares them with its own: two validly signed, conflicting statements
+    from one reducer prove that it equivocated.
     """
 
     TYPE = "CONFIRM"
     SCHEMA = Record(
         TYPE,
         (
+            ("transcript", _transcript),
             ("digest", binary(HASH_BYTES)),
-            ("evidence", array(binary(max_size=MAX_STATEMENT), MAX_EVIDENCE)),
+            ("evidence", array(binary(max_size=MAX_REDUCED_STATEMENT), MAX_EVIDENCE)),
         ),
     )
+    transcript: bytes
     digest: bytes
     evidence: tuple[bytes, ...]
 
 
 @dataclass(frozen=True)
 class Abort(Message):
-    """The round is over for everyone. ``proof`` is an encoded equivocation proof (or empty):
-    a receiver that verifies it refuses the equivocator too, instead of blaming the aborter."""
+    """The round is over for everyone.
+
+    ``transcript``: the round's, or empty if the sender never verified a roster. ``proof``: an
+    encoded equivocation proof about a member of this round (or empty): a receiver that
+    verifies it refuses the equivocator too. ``evidence``: a statement the sender holds (the
+    CONFIRM or REDUCED of a member that disagreed with it, or empty): a receiver that holds a
+    conflicting statement of the same member and slot builds the proof itself, even after it
+    finished the round.
+    """
 
     TYPE = "ABORT"
-    SCHEMA = Record(TYPE, (("reason", text(MAX_REASON)), ("proof", binary(max_size=MAX_PROOF))))
+    SCHEMA = Record(
+        TYPE,
+        (
+            ("transcript", binary(sizes=(0, TRANSCRIPT_BYTES))),
+            ("reason", text(MAX_REASON)),
+            ("proof", binary(max_size=MAX_PROOF)),
+            ("evidence", binary(max_size=MAX_STATEMENT)),
+        ),
+    )
+    transcript: bytes
     reason: str
     proof: bytes = b""
+    evidence: bytes = b""
 
 
 _PEER_RECORD_DOMAIN = "gossiplearn/peer-record/1"
@@ -336,7 +392,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         Busy,
         Roster,
         Cancel,
-        WeightShare,
+        Ready,
         Part,
         Reduced,
         Confirm,

@@ -58,12 +58,15 @@ from gossiplearn.protocol.envelope import (
     Limits,
     decode_envelope,
     encode_envelope,
+    verify_statement,
 )
 from gossiplearn.protocol.errors import ProtocolError, UnsupportedVersion
 from gossiplearn.protocol.events import (
+    UNEXPLAINED_REASONS,
     Action,
     EquivocationDetected,
     MessageRefused,
+    PeerSuspected,
     RoundAborted,
     RoundCancelled,
     RoundFault,
@@ -73,7 +76,12 @@ from gossiplearn.protocol.events import (
     Send,
     Wake,
 )
-from gossiplearn.protocol.evidence import InvalidProof, verify_proof
+from gossiplearn.protocol.evidence import (
+    EquivocationProof,
+    InvalidProof,
+    claim_of,
+    verify_proof,
+)
 from gossiplearn.protocol.matchmaking import (
     Invitation,
     RoundParams,
@@ -95,37 +103,25 @@ from gossiplearn.protocol.messages import (
     Invite,
     Message,
     Part,
+    Ready,
     Reduced,
     Roster,
-    WeightShare,
 )
 from gossiplearn.protocol.replay import ReplayGuard, SequenceCounter, sequence_start
+from gossiplearn.protocol.safeguards import Safeguards
 from gossiplearn.protocol.shards import MAX_SHARD_BYTES
+from gossiplearn.protocol.suspicion import Suspicion
 
 _RING_BYTES = 4  # uint32 ring elements
 _REMEMBERED_GROUPS = 1024
+#: Ended rounds whose statements are kept, for an ABORT that arrives after this member
+#: finished (a member that disagreed relays the CONFIRM it got: with ours, a proof).
+_REMEMBERED_ROUNDS = 16
 _ROSTER_GRACE_MS = 3_000  # a member's wait for ROSTER beyond the invite timeout
 _SPENT_REMEMBERED = 64  # digests of spent contributions kept
 #: A deadline allows this many times the expected transfer time at the measured throughput.
 _DEADLINE_SAFETY = 4
 _THROUGHPUT_FLOOR = 1_000_000  # bytes/s: a slow measurement never stretches deadlines further
-
-
-@dataclass(frozen=True)
-class Safeguards:
-    """The round v2 defences, each on by default. Tests switch one off to show the attack it
-    stops succeeding; no configuration file can."""
-
-    #: The agreement step (CONFIRM): stops weight and reducer equivocation (attacks 1, 5).
-    confirm: bool = True
-    #: A contribution is sent in at most one round: stops abort differencing (attack 2).
-    fresh_contributions: bool = True
-    #: The total weight must lie within the cap's bounds: stops the weight lever (attack 3).
-    weight_bounds: bool = True
-    #: Backing off from members that hold or abort rounds (attack 4).
-    backoff: bool = True
-    #: Deadlines scaled to the backbone (else always round_timeout_ms) (attack 4).
-    scaled_deadlines: bool = True
 
 
 @dataclass(frozen=True)
@@ -186,7 +182,7 @@ class Phase(enum.Enum):
     RUNNING = "running"  # roster known: the aggregation runs
 
 
-_ROUND_TYPES = frozenset({WeightShare.TYPE, Part.TYPE, Reduced.TYPE, Confirm.TYPE})
+_ROUND_TYPES = frozenset({Ready.TYPE, Part.TYPE, Reduced.TYPE, Confirm.TYPE})
 #: Which message types a member of the group may send us, by (our role, our phase). Anything
 #: else from a member aborts the round ("unexpected_<type>"); anything from a non-member is
 #: refused without effect. In AWAIT_ROSTER the round's types are buffered until the roster.
@@ -218,6 +214,7 @@ class _Group:
     early_bytes: int = 0
     members: tuple[bytes, ...] = ()
     aggregation: Aggregation | None = None
+    spent: bool = False
 
     def participants(self) -> tuple[bytes, ...]:
         """Everyone this member would tell about an abort."""
@@ -265,6 +262,9 @@ class Node:
         self._spent: OrderedDict[bytes, None] = OrderedDict()
         self._group: _Group | None = None
         self._ended: OrderedDict[bytes, str] = OrderedDict()  # recent group ids -> outcome
+        #: the last rounds' aggregations (statements received), by group id
+        self._recent: OrderedDict[bytes, Aggregation] = OrderedDict()
+        self.suspicion = Suspicion()
         self._throughput = float(self.config.assumed_bytes_per_s)  # bytes/s, measured
 
     # ---- inputs from the driver ----
@@ -357,7 +357,9 @@ class Node:
             raise RoundUsageError(
                 f"need at least {MIN_GROUP - 1} candidates not backed off, got {len(pool)}"
             )
-        invitees = tuple(self._rng.sample(pool, min(len(pool), self.config.max_group_size - 1)))
+        invitees = self._choose(pool, now_ms)
+        if len(invitees) < MIN_GROUP - 1:
+            raise RoundUsageError("need at least 2 candidates that may be grouped together")
         group_id = self._rng.randbytes(GROUP_ID_BYTES)
         params = self._params(contribution)
         assert params is not None
@@ -368,7 +370,7 @@ class Node:
             now_ms + self.round_budget_ms(params.length),
         )
         ephemeral = EphemeralKey.generate(self._rng.randbytes(32))
-        accept = Accept(ephemeral.public_key, contribution.schema_hash)
+        accept = Accept(ephemeral.public_key, contribution.schema_hash, contribution.weight)
         group = _Group(
             id=group_id,
             role="initiator",
@@ -381,12 +383,28 @@ class Node:
             phase=Phase.INVITING,
             my_accept_frame=self._encode(self.public_key, accept, group_id, now_ms),
             invite_deadline_ms=now_ms + self.config.invite_timeout_ms,
-            invitation=Invitation(invitees, contribution.schema_hash),
+            invitation=Invitation(
+                invitees,
+                contribution.schema_hash,
+                self.config.max_weight if self._safeguards.weight_bounds else None,
+            ),
         )
         self._group = group
         actions: list[Action] = [self._send(group, peer, invite, now_ms) for peer in invitees]
         actions.append(Wake(group.invite_deadline_ms))
         return actions
+
+    def _choose(self, pool: list[bytes], now_ms: int) -> tuple[bytes, ...]:
+        """Up to k-1 invitees at random from ``pool``, never two kept apart (nor one kept
+        apart from this peer)."""
+        order = self._rng.sample(pool, len(pool))
+        chosen: list[bytes] = []
+        for peer in order:
+            if len(chosen) == self.config.max_group_size - 1:
+                break
+            if not self.backoff.apart((self.public_key, *chosen, peer), now_ms):
+                chosen.append(peer)
+        return tuple(chosen)
 
     def receive(self, frame: bytes, now_ms: int, *, from_peer: bytes | None = None) -> list[Action]:
         """A frame arrived (from the authenticated peer ``from_peer``, when the transport knows)."""
@@ -401,13 +419,15 @@ class Node:
                 expected_sender=from_peer,
             )
         except UnsupportedVersion as exc:
-            return self._other_version(exc, from_peer, now_ms)
+            return self._other_version(exc, from_peer)
         except ProtocolError as exc:
             return [MessageRefused(exc.reason, from_peer, exc.detail)]
         if envelope.type == Invite.TYPE:
             return self._on_invite(envelope, now_ms)
         group = self._group
         if group is None or envelope.group != group.id:
+            if envelope.type == Abort.TYPE and envelope.group in self._recent:
+                return self._late_abort(self._recent[envelope.group], envelope)
             reason = "ended_group" if envelope.group in self._ended else "unknown_group"
             return [MessageRefused(reason, envelope.sender, envelope.type)]
         group.stats.bytes_received += len(frame)
@@ -474,7 +494,7 @@ class Node:
     def accept_proof(self, proof: bytes) -> bytes:
         """Refuse the peer an encoded equivocation proof convicts (e.g. one kept on disk from
         an earlier run); returns its key. Raises InvalidProof if it proves nothing."""
-        peer, _ = verify_proof(proof, self._limits)
+        peer = verify_proof(proof, self._limits).peer
         if peer != self.public_key:
             self.backoff.refuse(peer)
         return peer
@@ -504,7 +524,7 @@ class Node:
         contribution = self._contribution
         assert contribution is not None
         ephemeral = EphemeralKey.generate(self._rng.randbytes(32))
-        accept = Accept(ephemeral.public_key, invite.schema_hash)
+        accept = Accept(ephemeral.public_key, invite.schema_hash, contribution.weight)
         accept_frame = self._encode(sender, accept, envelope.group, now_ms)
         deadline_ms = min(invite.deadline_ms, now_ms + self.round_budget_ms(invite.length))
         group = _Group(
@@ -534,6 +554,8 @@ class Node:
         if blocked:
             return blocked
         if any(self.backoff.blocked(m, now_ms) for m in invite.members[1:] if m != self.public_key):
+            return "blocked_member"
+        if self.backoff.apart(invite.members, now_ms):
             return "blocked_member"
         contribution = self._contribution
         if contribution is not None and self._is_spent(contribution):
@@ -565,16 +587,17 @@ class Node:
         if too_few:
             actions.append(self._end(group, RoundCancelled, reason, now_ms))
             return
-        roster = invitation.roster(self.public_key, group.my_accept_frame, group.deadline_ms)
+        roster = invitation.roster(
+            self.public_key, group.my_accept_frame, RoundParams.of(group.invite), group.deadline_ms
+        )
         for peer in roster.members[1:]:
             actions.append(self._send(group, peer, roster, now_ms))
-        verified = VerifiedGroup(
+        verified = VerifiedGroup.build(
             group.id,
-            roster.members,
-            invitation.ephemeral_keys(group.ephemeral.public_key),
             roster,
+            invitation.ephemeral_keys(group.ephemeral.public_key),
+            invitation.weights(group.contribution.weight),
             b"",
-            RoundParams.of(group.invite),
         )
         self._begin_round(group, verified, now_ms, actions)
 
@@ -594,8 +617,10 @@ class Node:
             invite=group.invite,
             my_accept_frame=group.my_accept_frame,
             my_ephemeral_key=group.ephemeral.public_key,
+            my_weight=group.contribution.weight,
             limits=self._limits,
             admitted=self._admitted,
+            check_weights=self._safeguards.weight_bounds,
         )
         group.deadline_ms = min(group.deadline_ms, roster.deadline_ms)
         self._begin_round(group, verified, now_ms, actions)
@@ -615,7 +640,6 @@ class Node:
         group.stats.members = verified.members
         actions.append(Wake(group.deadline_ms))  # the initiator's last wake was for invitations
         index = verified.members.index(self.public_key)
-        safeguards = self._safeguards
         group.aggregation = Aggregation(
             verified,
             index,
@@ -625,11 +649,8 @@ class Node:
             shard_bytes=self.config.shard_bytes,
             max_abs_average=self.config.max_abs_average,
             limits=self._limits,
-            confirm=safeguards.confirm,
-            weight_bounds=safeguards.weight_bounds,
+            safeguards=self._safeguards,
         )
-        if safeguards.fresh_contributions:
-            self._spend(group.contribution)
         self._emit(group, group.aggregation.start(), now_ms, actions)
 
     def _dispatch(
@@ -668,7 +689,9 @@ class Node:
             assert group.invitation is not None
             if sender not in group.invitation.invitees:
                 raise RoundFault("unexpected_" + kind.lower(), (sender,))
-            group.invitation.answer(sender, envelope.body, frame)
+            if not group.invitation.answer(sender, envelope.body, frame):
+                # An ACCEPT over the weight cap or of another schema, signed by its sender.
+                self._strike((sender,), now_ms)
             if group.invitation.answered:
                 self._close_invitations(group, now_ms, actions)
         elif kind == Roster.TYPE:
@@ -697,10 +720,16 @@ class Node:
         actions: list[Action],
     ) -> None:
         """Send the aggregation's messages; finish the round once it is done."""
-        for index, body in outgoing:
-            actions.append(self._send(group, group.members[index], body, now_ms))
         aggregation = group.aggregation
         assert aggregation is not None
+        if aggregation.shared and not group.spent:
+            # The masked parts are about to go out: from now on this contribution is in a sum
+            # someone may see, finished or not.
+            group.spent = True
+            if self._safeguards.fresh_contributions:
+                self._spend(group.contribution)
+        for index, body in outgoing:
+            actions.append(self._send(group, group.members[index], body, now_ms))
         if aggregation.step is not Step.DONE:
             return
         result = aggregation.result
@@ -708,6 +737,7 @@ class Node:
         group.stats.ended_ms = now_ms
         group.stats.clipped = result.clipped
         self._forget(group, "finished")
+        self._remember(aggregation)
         self._measure(group.stats)
         for member in group.members:
             self.backoff.forgive(member)
@@ -727,26 +757,104 @@ class Node:
     ) -> None:
         body = envelope.body
         assert isinstance(body, Abort)
-        blamed: tuple[bytes, ...] = (envelope.sender,)
-        reason = "peer_aborted"
+        convicted = self._abort_evidence(group.aggregation, group.id, group, envelope, actions)
+        if convicted is not None:
+            # A proven equivocator is to blame, not the member that caught it.
+            outcome = self._end(group, RoundAborted, "equivocation", now_ms, (convicted,))
+            actions.append(outcome)
+            return
+        if not self._safeguards.group_testing:  # round v2: the aborter is blamed
+            actions.append(
+                self._end(group, RoundAborted, "peer_aborted", now_ms, (envelope.sender,))
+            )
+            return
+        actions.extend(self._end_unexplained(group, "peer_aborted", now_ms))
+
+    def _abort_evidence(
+        self,
+        aggregation: Aggregation | None,
+        group_id: bytes,
+        group: _Group | None,
+        envelope: Envelope,
+        actions: list[Action],
+    ) -> bytes | None:
+        """The member an ABORT's proof (or relayed statement, with ours) convicts, if any.
+
+        A proof counts only about a member of this same round instance: an ABORT is no
+        channel for spreading proofs about anyone else."""
+        body = envelope.body
+        assert isinstance(body, Abort)
+        members = aggregation.members if aggregation is not None else ()
+        if not members and group is not None:
+            members = group.members or group.invite.members
+        transcript = aggregation.transcript if aggregation is not None else b""
+        bind = self._safeguards.transcript_binding
         if body.proof:
             try:
-                peer, _ = verify_proof(body.proof, self._limits)
+                proven = verify_proof(body.proof, self._limits, bind_transcript=bind)
             except InvalidProof as exc:
                 actions.append(MessageRefused(exc.reason, envelope.sender, exc.detail))
             else:
-                # A proven equivocator is to blame, not the member that caught it.
-                blamed, reason = (peer,), "equivocation"
-                actions.extend(self._convict(peer, body.proof, group.id))
-        actions.append(self._end(group, RoundAborted, reason, now_ms, blamed))
+                in_scope = (
+                    proven.peer in members
+                    and proven.group == group_id
+                    and (
+                        not transcript
+                        or proven.transcript == transcript
+                        or proven.slot[0] == "ROSTER"
+                    )
+                )
+                if in_scope or not self._safeguards.proof_scope:
+                    actions.extend(self._convict(proven.peer, body.proof, group_id))
+                    return proven.peer
+                actions.append(MessageRefused("foreign_proof", envelope.sender, "ABORT"))
+        if body.evidence and aggregation is not None:
+            proof = self._proof_from(aggregation, body.evidence)
+            if proof is not None:
+                peer, encoded = proof
+                actions.extend(self._convict(peer, encoded, group_id))
+                return peer
+        return None
+
+    def _proof_from(self, aggregation: Aggregation, statement: bytes) -> tuple[bytes, bytes] | None:
+        """A relayed statement that conflicts with the one we hold from the same member and
+        slot of this round: (that member, the proof)."""
+        try:
+            relayed = verify_statement(statement, limits=self._limits)
+        except ProtocolError:
+            return None
+        claim = claim_of(relayed)
+        if claim is None or relayed.group != aggregation.group.id:
+            return None
+        mine = aggregation.statement_of(relayed.sender, claim[0])
+        if mine is None:
+            return None
+        proof = EquivocationProof(mine, statement)
+        try:
+            proof.verify(self._limits)
+        except InvalidProof:
+            return None
+        return relayed.sender, proof.encode()
+
+    def _late_abort(self, aggregation: Aggregation, envelope: Envelope) -> list[Action]:
+        """An ABORT of a round this member already finished: only a proof (or a statement
+        that makes one with ours) about one of its members changes anything."""
+        actions: list[Action] = []
+        if envelope.sender not in aggregation.members:
+            return [MessageRefused("not_in_group", envelope.sender, envelope.type)]
+        convicted = self._abort_evidence(aggregation, aggregation.group.id, None, envelope, actions)
+        if convicted is None:
+            actions.append(MessageRefused("stray_abort", envelope.sender, envelope.type))
+        return actions
 
     def _early_budget(self, group: _Group) -> int:
         # Everything a member can legitimately send us in a round, plus framing slack.
         return 2 * group.invite.length * _RING_BYTES + len(group.invite.members) * (1 << 20)
 
     def _missing(self, group: _Group) -> tuple[bytes, ...]:
-        """Whom a deadline blames: the initiator if its roster never came, else the members
-        the aggregation still waits for (nobody while inviting: silence is a decline)."""
+        """Whom a deadline leaves this member waiting for: the initiator if its roster never
+        came, else the members the aggregation still waits for (nobody while inviting:
+        silence is a decline). Only round v2 blamed them (Safeguards.group_testing off)."""
         if group.aggregation is not None:
             return group.aggregation.missing()
         if group.phase is Phase.AWAIT_ROSTER:
@@ -772,15 +880,20 @@ class Node:
     # ---- endings ----
 
     def _abort(self, group: _Group, fault: RoundFault, now_ms: int) -> list[Action]:
+        transcript = group.aggregation.transcript if group.aggregation is not None else b""
+        abort = Abort(transcript, fault.reason, fault.proof, fault.evidence)
         actions: list[Action] = [
-            self._send(group, peer, Abort(fault.reason, fault.proof), now_ms)
+            self._send(group, peer, abort, now_ms)
             for peer in group.participants()
             if peer != self.public_key
         ]
         if fault.proof:
             for peer in fault.blamed:
                 actions.extend(self._convict(peer, fault.proof, group.id))
-        actions.append(self._end(group, RoundAborted, fault.reason, now_ms, fault.blamed))
+        if fault.reason in UNEXPLAINED_REASONS and self._safeguards.group_testing:
+            actions.extend(self._end_unexplained(group, fault.reason, now_ms))
+        else:
+            actions.append(self._end(group, RoundAborted, fault.reason, now_ms, fault.blamed))
         return actions
 
     def _convict(self, peer: bytes, proof: bytes, group_id: bytes) -> list[Action]:
@@ -797,15 +910,39 @@ class Node:
         now_ms: int,
         blamed: tuple[bytes, ...] = (),
     ) -> RoundAborted | RoundCancelled:
+        """End the round; a certain fault strikes ``blamed``."""
         group.stats.ended_ms = now_ms
         self._forget(group, reason)
         if outcome is RoundCancelled:
             return RoundCancelled(group.id, reason, group.stats)
         blamed = tuple(peer for peer in blamed if peer != self.public_key)
-        if self._safeguards.backoff:
-            for peer in blamed:
-                self.backoff.strike(peer, now_ms)
+        self._strike(blamed, now_ms)
         return RoundAborted(group.id, reason, group.stats, blamed)
+
+    def _end_unexplained(self, group: _Group, reason: str, now_ms: int) -> list[Action]:
+        """End the round for a reason nobody can be blamed for: strike nobody, record the
+        suspects for group testing, and act on what it singles out."""
+        if reason == "timeout_await_roster":
+            suspects: tuple[bytes, ...] = (group.initiator,)
+        else:
+            suspects = tuple(p for p in group.participants() if p != self.public_key)
+        group.stats.ended_ms = now_ms
+        self._forget(group, reason)
+        actions: list[Action] = [RoundAborted(group.id, reason, group.stats, (), suspects)]
+        singled = self.suspicion.failed(suspects)
+        if len(singled) == 1:
+            self._strike(singled, now_ms)
+        elif len(singled) == 2:
+            self.backoff.keep_apart(singled[0], singled[1], now_ms)
+        if singled:
+            actions.append(PeerSuspected(singled, self.suspicion.window))
+        return actions
+
+    def _strike(self, peers: Iterable[bytes], now_ms: int) -> None:
+        if self._safeguards.backoff:
+            for peer in peers:
+                if peer != self.public_key:
+                    self.backoff.strike(peer, now_ms)
 
     def _forget(self, group: _Group, outcome: str) -> None:
         if self._group is group:
@@ -813,28 +950,22 @@ class Node:
         self._ended[group.id] = outcome
         while len(self._ended) > _REMEMBERED_GROUPS:
             self._ended.popitem(last=False)
+        if group.aggregation is not None and outcome != "finished":
+            self._remember(group.aggregation)
+
+    def _remember(self, aggregation: Aggregation) -> None:
+        self._recent[aggregation.group.id] = aggregation
+        while len(self._recent) > _REMEMBERED_ROUNDS:
+            self._recent.popitem(last=False)
 
     # ---- sending ----
 
-    def _other_version(
-        self, exc: UnsupportedVersion, from_peer: bytes | None, now_ms: int
-    ) -> list[Action]:
-        """Refuse a frame of another protocol version; answer an INVITE with BUSY, so a peer
-        still on version 1 learns why nobody joins it (it refuses our frame as "version")."""
-        refused: list[Action] = [MessageRefused(exc.reason, from_peer, exc.detail)]
-        header = exc.header
-        group = header.get("group")
-        if (
-            header.get("type") == Invite.TYPE
-            and from_peer is not None
-            and header.get("sender") == from_peer
-            and header.get("recipient") == self.public_key
-            and isinstance(group, bytes)
-            and len(group) == GROUP_ID_BYTES
-        ):
-            busy = Busy("version_mismatch")
-            refused.append(self._send_outside_group(from_peer, busy, group, now_ms))
-        return refused
+    @staticmethod
+    def _other_version(exc: UnsupportedVersion, from_peer: bytes | None) -> list[Action]:
+        """Refuse a frame of another protocol version, silently: nothing signed goes out in
+        answer to a frame whose signature was never checked (the driver logs the version
+        the peer speaks, from the unverified header, once)."""
+        return [MessageRefused(exc.reason, from_peer, exc.detail)]
 
     def _encode(self, to: bytes, body: Message, group_id: bytes, now_ms: int) -> bytes:
         return encode_envelope(
