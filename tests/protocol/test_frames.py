@@ -16,13 +16,14 @@ from gossiplearn.protocol.shards import split_shards
 
 ALICE, BOB = Identity(b"\x01" * 32), Identity(b"\x02" * 32)
 GROUP = b"g" * 16
+TRANSCRIPT = b"\x05" * 32
 
 
 def _bodies() -> list[object]:
     bodies: list[object] = []
     for n in (0, 1, 63, 64, 16_383, 16_384, 262_144):  # bin8, bin16 and bin32 data
         shard = split_shards(np.arange(n, dtype=np.uint32))[0]
-        bodies += [Part(1, shard), Reduced(2, b"\x07" * 32, shard)]
+        bodies += [Part(TRANSCRIPT, 1, shard), Reduced(TRANSCRIPT, 2, b"\x07" * 32, shard)]
     return bodies
 
 

@@ -38,11 +38,11 @@ from gossiplearn.protocol import (
     PeerRecord,
     Peers,
     ProtocolError,
+    Ready,
     Reduced,
     ReplayGuard,
     Roster,
     Status,
-    WeightShare,
     decode_envelope,
     encode_envelope,
     split_shards,
@@ -59,6 +59,7 @@ RECIPIENT = Identity(b"\x02" * 32)
 THIRD = Identity(b"\x03" * 32)
 MEMBERS = (SENDER.public_key, RECIPIENT.public_key, THIRD.public_key)
 SCHEMA_HASH = b"\x5a" * 32
+TRANSCRIPT = b"\x3c" * 32
 
 #: Peak allocation allowed while refusing a hostile frame, and time allowed for it.
 MEMORY_BUDGET = 4 * DEFAULT_LIMITS.max_frame_bytes
@@ -93,7 +94,7 @@ def _accept_from(member: Identity) -> bytes:
         member,
         member.public_key,
         SENDER.public_key,
-        Accept(ephemeral_key=member.public_key[::-1], schema_hash=SCHEMA_HASH),
+        Accept(ephemeral_key=member.public_key[::-1], schema_hash=SCHEMA_HASH, weight=3),
         group=GROUP,
         seq=SEQ,
         ts=NOW_MS,
@@ -115,19 +116,23 @@ def _sample_bodies() -> list[Message]:
             max_weight=1,
             deadline_ms=NOW_MS + 5_000,
         ),
-        Accept(ephemeral_key=b"\x42" * 32, schema_hash=SCHEMA_HASH),
+        Accept(ephemeral_key=b"\x42" * 32, schema_hash=SCHEMA_HASH, weight=2**32 - 1),
         Busy("already in a round"),
         Roster(
             MEMBERS,
             tuple(_accept_from(m) for m in (SENDER, RECIPIENT, THIRD)),
+            schema_hash=SCHEMA_HASH,
+            length=11,
+            frac_bits=16,
+            max_weight=99,
             deadline_ms=NOW_MS + 9_000,
         ),
         Cancel("initiator left"),
-        WeightShare(value=2**64 - 1),
-        Part(part=1, shard=part_shard),
-        Reduced(part=2, part_digest=b"\x17" * 32, shard=reduced_shard),
-        Confirm(digest=b"\x18" * 32, evidence=(b"statement",)),
-        Abort("timeout"),
+        Ready(transcript=TRANSCRIPT, roster=b"roster statement"),
+        Part(transcript=TRANSCRIPT, part=1, shard=part_shard),
+        Reduced(transcript=TRANSCRIPT, part=2, part_digest=b"\x17" * 32, shard=reduced_shard),
+        Confirm(transcript=TRANSCRIPT, digest=b"\x18" * 32, evidence=(b"statement",)),
+        Abort(TRANSCRIPT, "timeout", proof=b"proof", evidence=b"statement"),
         Peers((record,)),
         Status('{"rounds": 3}'),
     ]
@@ -478,8 +483,8 @@ def widened_frames(draw: st.DrawFn) -> bytes:
     return encoded_with(doc, path, draw(st.sampled_from(wider_encodings(value_at(doc, path)))))
 
 
-# About 530 distinct cases exist; Hypothesis stops early once it has tried them all.
-@fuzz_settings(max_examples=600)
+# About 620 distinct cases exist; Hypothesis stops early once it has tried them all.
+@fuzz_settings(max_examples=700)
 @given(raw=widened_frames())
 def test_a_wider_encoding_of_valid_content_is_non_canonical(raw: bytes) -> None:
     assert rejection_reason(raw) == "non_canonical"
@@ -543,6 +548,35 @@ def test_wrong_size_keys_and_signatures_violate_the_schema(path: Path, size: int
     assert rejection_reason(raw) == "schema"
 
 
+@pytest.mark.parametrize(
+    ("name", "size"),
+    [
+        *((name, n) for name in ("READY", "PART", "REDUCED", "CONFIRM") for n in (0, 31, 33)),
+        *(("ABORT", n) for n in (1, 16, 31, 33)),  # empty (before the roster) or 32 bytes
+    ],
+)
+def test_a_transcript_of_the_wrong_size_violates_the_schema(name: str, size: int) -> None:
+    raw = pack(replaced_at(FRAME_DOCS[name], ("body", "transcript"), b"\x07" * size))
+    assert rejection_reason(raw) == "schema"
+
+
+@pytest.mark.parametrize("weight", [0, 2**32, 2**64 - 1])
+def test_an_accept_declaring_a_weight_outside_1_to_2_32_minus_1_violates_the_schema(
+    weight: int,
+) -> None:
+    raw = pack(replaced_at(FRAME_DOCS["ACCEPT"], ("body", "weight"), weight))
+    assert rejection_reason(raw) == "schema"
+
+
+def test_an_accept_without_a_weight_violates_the_schema() -> None:
+    # Round v2's ACCEPT: the weight went in a WEIGHT_SHARE, which no longer exists.
+    doc = FRAME_DOCS["ACCEPT"]
+    body = {k: v for k, v in doc["body"].items() if k != "weight"}
+    assert rejection_reason(pack(replaced_at(doc, ("body",), body))) == "schema"
+    weight_share = replaced_at(doc, ("type",), "WEIGHT_SHARE")
+    assert rejection_reason(pack(replaced_at(weight_share, ("body",), {"value": 7}))) == "schema"
+
+
 # --- 9: valid frames the receiver must refuse --------------------------------------------------
 
 
@@ -570,7 +604,7 @@ def test_the_same_frame_twice_is_a_replay() -> None:
     assert rejection_reason(VALID_FRAMES["PART"], replay) == "replay"
 
 
-@pytest.mark.parametrize("version", [1, 3])
+@pytest.mark.parametrize("version", [1, 2, 4])
 def test_a_validly_signed_frame_of_another_version_is_refused(version: int) -> None:
     fields = {k: v for k, v in FRAME_DOCS["BUSY"].items() if k != "sig"}
     assert signed_frame(SENDER, fields) == VALID_FRAMES["BUSY"]  # only the version differs
@@ -578,5 +612,5 @@ def test_a_validly_signed_frame_of_another_version_is_refused(version: int) -> N
     assert rejection_reason(frame) == "version"
     with pytest.raises(ProtocolError) as refused:
         verify_envelope(frame)
-    assert str(refused.value) == f"version: version {version}, this peer speaks 2"
+    assert str(refused.value) == f"version: version {version}, this peer speaks 3"
     assert refused.value.header["sender"] == SENDER.public_key  # type: ignore[attr-defined]

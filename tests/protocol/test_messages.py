@@ -5,10 +5,17 @@ import pytest
 from gossiplearn.crypto.identity import Identity
 from gossiplearn.protocol.errors import SchemaViolation
 from gossiplearn.protocol.messages import (
+    MAX_EVIDENCE,
+    MAX_STATEMENT,
+    MAX_WEIGHT,
     MESSAGE_TYPES,
+    Abort,
+    Accept,
+    Confirm,
     Invite,
     PeerRecord,
     Peers,
+    Ready,
     Roster,
 )
 
@@ -24,7 +31,7 @@ def test_every_type_is_registered_once():
             "BUSY",
             "ROSTER",
             "CANCEL",
-            "WEIGHT_SHARE",
+            "READY",
             "PART",
             "REDUCED",
             "CONFIRM",
@@ -53,7 +60,64 @@ def test_groups_of_two_or_repeated_members_are_impossible():
 
 def test_roster_needs_one_accept_per_member():
     with pytest.raises(SchemaViolation):
-        Roster(MEMBERS, (b"x", b"y"), 1)
+        Roster(MEMBERS, (b"x", b"y"), b"h" * 32, 10, 16, 1, 1)
+    roster = Roster(MEMBERS, (b"x", b"y", b"z"), b"h" * 32, 10, 16, 1, 1)
+    assert Roster.from_wire(roster.to_wire()) == roster
+
+
+def test_roster_repeating_a_member_is_impossible():
+    with pytest.raises(SchemaViolation):
+        Roster(MEMBERS[:2] + (MEMBERS[0],), (b"x", b"y", b"z"), b"h" * 32, 10, 16, 1, 1)
+
+
+def test_a_roster_carries_the_round_parameters_of_its_invite():
+    wire = Roster(MEMBERS, (b"x", b"y", b"z"), b"h" * 32, 10, 16, 7, 99).to_wire()
+    assert list(wire) == [
+        "members",
+        "accepts",
+        "schema_hash",
+        "length",
+        "frac_bits",
+        "max_weight",
+        "deadline_ms",
+    ]
+    for field, bad in (("max_weight", 0), ("max_weight", MAX_WEIGHT + 1), ("frac_bits", 31)):
+        with pytest.raises(SchemaViolation):
+            Roster.from_wire({**wire, field: bad})
+
+
+@pytest.mark.parametrize("weight", [0, MAX_WEIGHT + 1, -1])
+def test_an_accept_declares_a_weight_in_1_to_max_weight(weight):
+    wire = Accept(b"k" * 32, b"h" * 32, 1).to_wire()
+    assert wire == {"ephemeral_key": b"k" * 32, "schema_hash": b"h" * 32, "weight": 1}
+    assert Accept.from_wire({**wire, "weight": MAX_WEIGHT}).weight == MAX_WEIGHT
+    with pytest.raises(SchemaViolation):
+        Accept.from_wire({**wire, "weight": weight})
+    with pytest.raises(SchemaViolation):
+        Accept.from_wire({"ephemeral_key": b"k" * 32, "schema_hash": b"h" * 32})  # v2's
+
+
+def test_round_statements_carry_a_32_byte_transcript():
+    assert Ready.from_wire({"transcript": b"t" * 32, "roster": b"r"}) == Ready(b"t" * 32, b"r")
+    with pytest.raises(SchemaViolation):
+        Ready.from_wire({"transcript": b"t" * 31, "roster": b"r"})
+    with pytest.raises(SchemaViolation):
+        Ready.from_wire({"transcript": b"t" * 32, "roster": bytes(MAX_STATEMENT + 1)})
+    confirm = {"transcript": b"t" * 32, "digest": b"d" * 32, "evidence": []}
+    assert Confirm.from_wire(confirm) == Confirm(b"t" * 32, b"d" * 32, ())
+    with pytest.raises(SchemaViolation):
+        Confirm.from_wire({**confirm, "transcript": b""})
+    with pytest.raises(SchemaViolation):
+        Confirm.from_wire({**confirm, "evidence": [b"e"] * (MAX_EVIDENCE + 1)})
+
+
+def test_an_abort_names_its_transcript_or_none_before_the_roster():
+    for transcript in (b"", b"t" * 32):
+        abort = Abort(transcript, "timeout_running")
+        assert Abort.from_wire(abort.to_wire()) == abort
+        assert abort.proof == abort.evidence == b""
+    with pytest.raises(SchemaViolation):
+        Abort.from_wire({"transcript": b"t" * 16, "reason": "x", "proof": b"", "evidence": b""})
 
 
 def test_peer_record_signature_and_expiry():

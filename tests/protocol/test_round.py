@@ -3,6 +3,7 @@ determinism. (Faults over the in-memory network are in tests/sim/test_round_faul
 
 import random
 from collections import deque
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from gossiplearn.crypto.identity import Identity
 from gossiplearn.protocol.aggregation import part_bounds
 from gossiplearn.protocol.events import (
     MessageRefused,
+    RoundAborted,
     RoundCancelled,
     RoundFinished,
     RoundUsageError,
@@ -38,16 +40,27 @@ def make_nodes(count: int, config: RoundConfig, seed: int = 0) -> list[Node]:
 
 
 def route(
-    nodes: list[Node], actions: list, now_ms: int = START_MS, first: bytes | None = None
+    nodes: list[Node],
+    actions: list,
+    now_ms: int = START_MS,
+    first: bytes | None = None,
+    *,
+    sent: list[tuple[bytes, Send]] | None = None,
+    drop: Callable[[bytes, Send], bool] | None = None,
 ) -> dict[bytes, list]:
     """Deliver every Send in FIFO order (no latency) until quiet; returns outcomes per node.
-    ``actions`` came from the node with key ``first`` (default: the first node)."""
+    ``actions`` came from the node with key ``first`` (default: the first node). Every
+    (sender, Send) is appended to ``sent``; those ``drop`` is true for are lost."""
     by_key = {n.public_key: n for n in nodes}
     outcomes: dict[bytes, list] = {k: [] for k in by_key}
     queue = deque((first or nodes[0].public_key, a) for a in actions)
     while queue:
         origin, action = queue.popleft()
         if isinstance(action, Send):
+            if sent is not None:
+                sent.append((origin, action))
+            if drop is not None and drop(origin, action):
+                continue
             target = by_key[action.to]
             queue.extend(
                 (action.to, a) for a in target.receive(action.frame, now_ms, from_peer=origin)
@@ -85,12 +98,13 @@ def test_every_member_gets_the_same_weighted_average(k, n, seed, max_weight):
     averages = [r[0].average for r in results]
     assert all(np.array_equal(averages[0], a) for a in averages[1:])  # bit-identical
     expected = np.average(vectors.astype(np.float64), axis=0, weights=weights)
-    # Each member encodes (w_i / S) x_i with S = k * max_weight, so the k rounding errors of
-    # 2^-(f+1) are scaled back up by S / W; then float32.
+    # Each member encodes (w_i / W) x_i, W the sum of the weights declared in the ACCEPTs
+    # (round v2 scaled by S = k * max_weight and back by S / W, multiplying the error): k
+    # rounding errors of at most 2^-(f+1) each, then float32.
     total = int(weights.sum())
-    tolerance = k * 2.0 ** -(config.frac_bits + 1) * (k * max_weight / total)
+    tolerance = k * 2.0 ** -(config.frac_bits + 1)
     assert np.abs(averages[0] - expected).max() <= tolerance + 1e-6 * np.abs(expected).max()
-    assert results[0][0].total_weight == total
+    assert all(r[0].total_weight == total for r in results)
     assert not any(node.busy for node in nodes)
 
 
@@ -102,6 +116,75 @@ def test_bytes_per_member_are_about_twice_the_model():
     for node in nodes:
         stats = outcomes[node.public_key][0].stats
         assert 2 * (k - 1) / k <= stats.bytes_sent / (4 * n) <= 2.1
+
+
+def test_each_member_sends_in_the_order_of_round_v3():
+    # INVITE -> ACCEPT -> ROSTER -> READY -> PART -> REDUCED -> CONFIRM: the initiator's
+    # ROSTER is its statement (no READY); every other member sends READY to every other one
+    # (the initiator included) before anything masked.
+    k = 4
+    nodes = make_nodes(k, RoundConfig(max_group_size=k))
+    contribute(nodes, 50, 3)
+    sent: list[tuple[bytes, Send]] = []
+    outcomes = route(
+        nodes, nodes[0].start_round([n.public_key for n in nodes[1:]], START_MS), sent=sent
+    )
+    assert all(isinstance(outcomes[n.public_key][0], RoundFinished) for n in nodes)
+    for i, node in enumerate(nodes):
+        kinds = [send.kind for origin, send in sent if origin == node.public_key]
+        steps = [kind for j, kind in enumerate(kinds) if j == 0 or kinds[j - 1] != kind]
+        if i == 0:
+            assert steps == ["INVITE", "ROSTER", "PART", "REDUCED", "CONFIRM"]
+            assert kinds.count("INVITE") == kinds.count("ROSTER") == k - 1
+        else:
+            assert steps == ["ACCEPT", "READY", "PART", "REDUCED", "CONFIRM"]
+            assert kinds.count("ACCEPT") == 1 and kinds.count("READY") == k - 1
+            readies = {
+                send.to
+                for origin, send in sent
+                if origin == node.public_key and send.kind == "READY"
+            }
+            assert readies == {n.public_key for n in nodes} - {node.public_key}
+        for kind in ("PART", "REDUCED", "CONFIRM"):  # one shard per part here
+            assert kinds.count(kind) == k - 1
+
+
+def test_a_contribution_is_spent_when_its_parts_go_out_not_at_the_roster():
+    config = RoundConfig(max_group_size=3)
+    nodes = make_nodes(3, config, seed=3)
+    contribute(nodes, 10, 4)
+    keys = [n.public_key for n in nodes]
+    # Member 2's READYs are lost: the two others never send anything masked; member 2, which
+    # got every READY it waits for (member 1's), sends its PARTs. The round times out.
+    sent: list[tuple[bytes, Send]] = []
+    route(
+        nodes,
+        nodes[0].start_round(keys[1:], START_MS),
+        sent=sent,
+        drop=lambda origin, send: origin == keys[2] and send.kind == "READY",
+    )
+    assert {origin for origin, send in sent if send.kind == "PART"} == {keys[2]}
+    deadline = nodes[0].current_round[2]  # type: ignore[index]
+    for node in nodes:
+        (aborted,) = node.tick(deadline)[-1:]
+        assert isinstance(aborted, RoundAborted) and aborted.reason == "timeout_running"
+        assert aborted.blamed == () and set(aborted.suspects) == set(keys) - {node.public_key}
+    # Only member 2's contribution is spent; the others may bring theirs to another round.
+    assert [node.contribution_fresh for node in nodes] == [True, True, False]
+    now = deadline + 1
+    nodes[2].set_contribution(np.ones(10, np.float32), 1, SCHEMA)
+    sent.clear()
+    # Every PART goes out, but a REDUCED is lost: the round aborts, and the contributions
+    # are spent now, finished or not.
+    actions = nodes[0].start_round(keys[1:], now)
+    route(nodes, actions, now, sent=sent, drop=lambda origin, send: send.kind == "REDUCED")
+    assert {origin for origin, send in sent if send.kind == "PART"} == set(keys)
+    deadline = nodes[0].current_round[2]  # type: ignore[index]
+    for node in nodes:
+        assert isinstance(node.tick(deadline)[-1], RoundAborted)
+    assert not any(node.contribution_fresh for node in nodes)
+    with pytest.raises(RoundUsageError, match="contribution_spent"):
+        nodes[0].start_round(keys[1:], deadline + 1)
 
 
 def test_a_group_of_two_is_impossible():

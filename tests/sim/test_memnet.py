@@ -5,7 +5,7 @@ import random
 import numpy as np
 
 from gossiplearn.crypto.identity import Identity
-from gossiplearn.protocol.events import RoundFinished
+from gossiplearn.protocol.events import RoundAborted, RoundFinished
 from gossiplearn.protocol.node import Node, RoundConfig
 from gossiplearn.sim.memnet import MemoryNetwork
 
@@ -50,8 +50,10 @@ def test_time_is_virtual_and_latency_is_applied():
     net.run()
     results = finished(net, keys)
     assert len(results) == 3
-    # INVITE, ACCEPT, ROSTER, WEIGHT_SHARE, PART, REDUCED: at least six one-way trips.
-    assert net.now_ms - start >= 6 * 250
+    # INVITE, ACCEPT, ROSTER, READY, PART, REDUCED, CONFIRM: seven one-way trips, each
+    # waiting for the last.
+    assert net.now_ms - start >= 7 * 250
+    assert all(r.stats.ended_ms - start == 7 * 250 for r in results)
 
 
 def test_duplicates_are_delivered_and_refused_as_replays():
@@ -97,9 +99,20 @@ def test_interceptor_can_drop_and_replace_frames():
     net.start_round(keys[0])
     net.run()
     assert len(dropped) == 2
-    # The members never saw a roster: they time out; the initiator aborts for lack of shares.
+    # The members never saw a roster: they stop waiting for it; the initiator times out
+    # waiting for their READYs. Unexplained failures: nobody is struck, the members suspect
+    # the initiator, the initiator suspects both members.
     assert not any(net.nodes[k].busy for k in keys)
     assert finished(net, keys) == []
+    outcomes = {k: net.outcomes[k] for k in keys}
+    assert all(len(o) == 1 and isinstance(o[0], RoundAborted) for o in outcomes.values())
+    assert outcomes[keys[0]][0].reason == "timeout_running"
+    assert sorted(outcomes[keys[0]][0].suspects) == sorted(keys[1:])
+    for key in keys[1:]:
+        assert outcomes[key][0].reason == "timeout_await_roster"
+        assert outcomes[key][0].suspects == (keys[0],)
+    assert all(o[0].blamed == () for o in outcomes.values())
+    assert not any(net.suspected[k] for k in keys)  # one failure singles out nobody
 
 
 def test_run_until_stops_at_the_given_time():
