@@ -310,7 +310,7 @@ class Aggregation:
             return self._progress()
         if not isinstance(body, Part | Reduced | Confirm):
             raise RoundFault("unexpected_" + envelope.type.lower(), blamed)
-        if body.transcript != self.transcript:
+        if self._safeguards.transcript_binding and body.transcript != self.transcript:
             raise RoundFault("wrong_transcript", blamed)
         if isinstance(body, Part):
             if body.part != self.index:

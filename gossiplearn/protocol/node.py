@@ -113,7 +113,6 @@ from gossiplearn.protocol.shards import MAX_SHARD_BYTES
 from gossiplearn.protocol.suspicion import Suspicion
 
 _RING_BYTES = 4  # uint32 ring elements
-_REMEMBERED_GROUPS = 1024
 #: Ended rounds whose statements are kept, for an ABORT that arrives after this member
 #: finished (a member that disagreed relays the CONFIRM it got: with ours, a proof).
 _REMEMBERED_ROUNDS = 16
@@ -155,6 +154,10 @@ class RoundConfig:
     #: A member's first backoff lasts this long, doubling with each further strike.
     backoff_base_ms: int = 5_000
     backoff_max_ms: int = 3_600_000
+    #: Ended group ids remembered; an INVITE that reuses one is refused ("ended_group"). Past
+    #: this, an id can come back: harmless, since every statement names its round's
+    #: transcript, not just the group id (tests make it small to let an insider reuse ids).
+    remembered_groups: int = 1024
     safeguards: Safeguards = field(default_factory=Safeguards)
 
     def __post_init__(self) -> None:
@@ -360,7 +363,7 @@ class Node:
         invitees = self._choose(pool, now_ms)
         if len(invitees) < MIN_GROUP - 1:
             raise RoundUsageError("need at least 2 candidates that may be grouped together")
-        group_id = self._rng.randbytes(GROUP_ID_BYTES)
+        group_id = self._new_group_id()
         params = self._params(contribution)
         assert params is not None
         invite = propose(
@@ -393,6 +396,11 @@ class Node:
         actions: list[Action] = [self._send(group, peer, invite, now_ms) for peer in invitees]
         actions.append(Wake(group.invite_deadline_ms))
         return actions
+
+    def _new_group_id(self) -> bytes:
+        # Random, never reused: an honest initiator's group id names one round (see
+        # evidence.py: a ROSTER's slot is its group id).
+        return self._rng.randbytes(GROUP_ID_BYTES)
 
     def _choose(self, pool: list[bytes], now_ms: int) -> tuple[bytes, ...]:
         """Up to k-1 invitees at random from ``pool``, never two kept apart (nor one kept
@@ -682,8 +690,23 @@ class Node:
                 actions.append(MessageRefused("not_in_group", sender, kind))
             return
         if kind not in ALLOWED[(group.role, group.phase)]:
+            if group.phase is Phase.INVITING and group.invitation is not None:
+                # An invitee breaking the rules before the roster is struck and left out; the
+                # round goes on with the others.
+                self._strike((sender,), now_ms)
+                group.invitation.unreachable(sender)
+                if group.invitation.answered:
+                    self._close_invitations(group, now_ms, actions)
+                return
             raise RoundFault("unexpected_" + kind.lower(), (sender,))
-        if kind == Abort.TYPE:
+        if kind == Abort.TYPE and group.phase is Phase.INVITING:
+            # An invitee leaving before the roster only declines: the round goes on without
+            # it (else one ABORT would end the round for every other invitee too).
+            assert group.invitation is not None
+            group.invitation.unreachable(sender)
+            if group.invitation.answered:
+                self._close_invitations(group, now_ms, actions)
+        elif kind == Abort.TYPE:
             self._on_abort(group, envelope, now_ms, actions)
         elif kind in (Accept.TYPE, Busy.TYPE):
             assert group.invitation is not None
@@ -897,8 +920,8 @@ class Node:
         return actions
 
     def _convict(self, peer: bytes, proof: bytes, group_id: bytes) -> list[Action]:
-        if peer == self.public_key:
-            return []
+        if peer == self.public_key or self.backoff.blocked(peer, 0) == "refused":
+            return []  # one proof is enough: the same one relayed again is not news
         self.backoff.refuse(peer)
         return [EquivocationDetected(peer, proof, group_id)]
 
@@ -925,7 +948,9 @@ class Node:
         if reason == "timeout_await_roster":
             suspects: tuple[bytes, ...] = (group.initiator,)
         else:
-            suspects = tuple(p for p in group.participants() if p != self.public_key)
+            # Before the roster, whoever the INVITE named may have caused it.
+            everyone = group.members or group.invite.members
+            suspects = tuple(p for p in everyone if p != self.public_key)
         group.stats.ended_ms = now_ms
         self._forget(group, reason)
         actions: list[Action] = [RoundAborted(group.id, reason, group.stats, (), suspects)]
@@ -935,7 +960,7 @@ class Node:
         elif len(singled) == 2:
             self.backoff.keep_apart(singled[0], singled[1], now_ms)
         if singled:
-            actions.append(PeerSuspected(singled, self.suspicion.window))
+            actions.append(PeerSuspected(singled, self.suspicion.singled_after))
         return actions
 
     def _strike(self, peers: Iterable[bytes], now_ms: int) -> None:
@@ -948,7 +973,7 @@ class Node:
         if self._group is group:
             self._group = None
         self._ended[group.id] = outcome
-        while len(self._ended) > _REMEMBERED_GROUPS:
+        while len(self._ended) > self.config.remembered_groups:
             self._ended.popitem(last=False)
         if group.aggregation is not None and outcome != "finished":
             self._remember(group.aggregation)

@@ -44,6 +44,8 @@ class Suspicion:
             raise ValueError("the window holds at least two failures")
         self.window = window
         self._failures: deque[frozenset[bytes]] = deque()
+        #: How many recorded failures the last peers singled out were common to.
+        self.singled_after = 0
 
     @property
     def recorded(self) -> int:
@@ -61,10 +63,12 @@ class Suspicion:
             self._failures.popleft()
             common = self._common()
         if len(self._failures) >= 2 and len(common) == 1:
+            self.singled_after = len(self._failures)
             self._failures.clear()
             return tuple(common)
         if len(self._failures) >= self.window:
             if len(common) == 2:
+                self.singled_after = len(self._failures)
                 self._failures.clear()
                 return tuple(sorted(common))
             self._failures.popleft()

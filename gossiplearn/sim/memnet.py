@@ -22,6 +22,7 @@ from gossiplearn.protocol.events import (
     Action,
     EquivocationDetected,
     MessageRefused,
+    PeerSuspected,
     RoundAborted,
     RoundCancelled,
     RoundFinished,
@@ -76,6 +77,8 @@ class MemoryNetwork:
         self.refused: dict[bytes, Counter[str]] = defaultdict(Counter)
         #: Equivocation proofs each node produced (EquivocationDetected actions).
         self.proofs: dict[bytes, list[EquivocationDetected]] = defaultdict(list)
+        #: What group testing singled out at each node (PeerSuspected actions).
+        self.suspected: dict[bytes, list[PeerSuspected]] = defaultdict(list)
         self.bytes_sent: Counter[bytes] = Counter()
         self.bytes_received: Counter[bytes] = Counter()
         self.deliveries: list[Delivery] = []  # every frame sent, when record=True
@@ -165,6 +168,8 @@ class MemoryNetwork:
                 self.refused[key][action.reason] += 1
             elif isinstance(action, EquivocationDetected):
                 self.proofs[key].append(action)
+            elif isinstance(action, PeerSuspected):
+                self.suspected[key].append(action)
             else:
                 self.outcomes[key].append(action)
 

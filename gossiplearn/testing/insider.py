@@ -1,4 +1,4 @@
-"""Admitted members that deviate from the protocol: the attacks round v2 defends against.
+"""Admitted members that deviate from the protocol: the attacks the round defends against.
 
 An :class:`Insider` is a round machine whose outgoing frames pass through an
 :class:`Attack` before they leave: the attack drops, rewrites (re-signing them with the
@@ -7,20 +7,26 @@ also keeps every frame it received, so a test can reconstruct what the insider l
 a :class:`~gossiplearn.protocol.node.Node` for everything else, so the same insider runs on
 the in-memory network and inside a live daemon (``Daemon(..., node_factory=...)``).
 
-The attacks, one per class of the red team's findings:
+The attacks of the red teams, one class each (gossiplearn.testing.chaos searches beyond
+them):
 
-1. :class:`WeightEquivocation`: a different WEIGHT_SHARE to one target than to the others.
-2. :class:`Withhold`: withhold its own REDUCED (and CONFIRM) parts, read everyone else's, so
-   each round it spoils shows it the group's sum (:func:`learned_sums`); repeated over
-   overlapping groups, such sums are differenced into one member's vector.
-3. :class:`WeightLever`: declare a huge weight (consistently to everyone, and in its own view).
-4. :class:`Holder`: invite, send the ROSTER, then fall silent, holding its victims.
-5. :class:`ReducerEquivocation`: a different REDUCED part to one victim than to the others.
+- :class:`RosterReorder`: the ROSTER in another order to one member (round v2 read x_A - x_B).
+- :class:`Withhold`: withhold its own REDUCED (and CONFIRM) parts, read everyone else's, so
+  each round it spoils shows it the group's sum (:func:`learned_sums`); repeated over
+  overlapping groups, such sums are differenced into one member's vector.
+- :class:`WeightLever`: declare a huge weight (consistently to everyone, and in its own view).
+- :class:`Holder`: invite, send the ROSTER, then fall silent, holding its victims.
+- :class:`ReducerEquivocation`: a different REDUCED part to one victim than to the others.
+- :class:`GarbageParts` and :class:`Spoiler`: spoil rounds nobody can be blamed for.
+- :class:`ConfirmSplit`: a wrong CONFIRM digest to one member after agreement.
+- :class:`Framer`: reuse an old group id and relay a victim's statement from the earlier
+  round as evidence of an equivocation it never made.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -34,7 +40,17 @@ from gossiplearn.protocol.aggregation import part_digest
 from gossiplearn.protocol.envelope import Envelope, encode_envelope, verify_envelope
 from gossiplearn.protocol.errors import ProtocolError
 from gossiplearn.protocol.events import Action, Send
-from gossiplearn.protocol.messages import Message, Part, Reduced, Roster, WeightShare
+from gossiplearn.protocol.evidence import EquivocationProof
+from gossiplearn.protocol.messages import (
+    MAX_WEIGHT,
+    Abort,
+    Confirm,
+    Message,
+    Part,
+    Ready,
+    Reduced,
+    Roster,
+)
 from gossiplearn.protocol.node import Node
 from gossiplearn.protocol.shards import Shard, shard_digest
 
@@ -58,6 +74,21 @@ def resign(
 def _resent(node: Node, envelope: Envelope, body: Message) -> Send:
     """The Send of ``envelope`` rewritten to carry ``body``, signed by the insider."""
     return Send(envelope.recipient, resign(node.identity, envelope, body), body.TYPE)
+
+
+def _injected(node: Insider, envelope: Envelope, body: Message) -> Send:
+    """A frame added beside ``envelope`` (same recipient and group), with a fresh sequence
+    number so that the receiver does not take it for a replay."""
+    frame = encode_envelope(
+        node.identity,
+        node.public_key,
+        envelope.recipient,
+        body,
+        group=envelope.group,
+        seq=node.next_seq(),
+        ts=envelope.ts,
+    )
+    return Send(envelope.recipient, frame, body.TYPE)
 
 
 class Attack:
@@ -86,7 +117,11 @@ class Insider(Node):
 
     def _weight_limit(self) -> int:
         # Its own implementation declares what it likes (see WeightLever).
-        return (1 << 64) - 1
+        return MAX_WEIGHT
+
+    def next_seq(self) -> int:
+        """A fresh sequence number, for frames it adds."""
+        return self._seq()
 
     def _through(self, actions: list[Action]) -> list[Action]:
         sends = [a for a in actions if isinstance(a, Send)]
@@ -134,28 +169,140 @@ class GarbageParts(Attack):
         return out
 
 
-# ---- 1: weight equivocation ---------------------------------------------------------------------
+# ---- roster order -------------------------------------------------------------------------------
 
 
 @dataclass
-class WeightEquivocation(Attack):
-    """Its true WEIGHT_SHARE to ``target``, the share + ``shift`` to every other member: in
-    version 1 the others computed W + shift, their scaled vectors encoded to 0, and the
-    "average" everyone applied was the target's vector (when shift made it so)."""
+class RosterReorder(Attack):
+    """As initiator, send ``target`` the ROSTER with the other members in reverse order. In
+    round v2 the mask signs came from each member's own roster index: the target's and one
+    other member's masks added up instead of cancelling, and the insider, their reducer, read
+    the difference of their vectors."""
 
     target: bytes
-    shift: int
+    reordered: list[bytes] = field(default_factory=list)  # groups
 
     def rewrite(self, node: Insider, sends: list[Send]) -> list[Send]:
         out = []
         for send in sends:
-            if send.kind == WeightShare.TYPE and send.to != self.target:
+            if send.kind == Roster.TYPE and send.to == self.target:
                 envelope = verify_envelope(send.frame)
-                assert isinstance(envelope.body, WeightShare)
-                value = (envelope.body.value + self.shift) % (1 << 64)
-                send = _resent(node, envelope, WeightShare(value))
+                roster = envelope.body
+                assert isinstance(roster, Roster)
+                order = [0, *reversed(range(1, len(roster.members)))]
+                body = replace(
+                    roster,
+                    members=tuple(roster.members[i] for i in order),
+                    accepts=tuple(roster.accepts[i] for i in order),
+                )
+                send = _resent(node, envelope, body)
+                self.reordered.append(envelope.group)
             out.append(send)
         return out
+
+
+# ---- spoiling ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Spoiler(Attack):
+    """ABORT every round right after its READY (``when="ready"``) or send garbage PARTs
+    (``when="parts"``): failures nobody can be blamed for. Round v2 struck the honest member
+    that sent the ABORT; now group testing singles the spoiler out."""
+
+    when: str = "ready"
+
+    def rewrite(self, node: Insider, sends: list[Send]) -> list[Send]:
+        if self.when == "parts":
+            return GarbageParts().rewrite(node, sends)
+        out = []
+        for send in sends:
+            if send.kind == Ready.TYPE:
+                envelope = verify_envelope(send.frame)
+                assert isinstance(envelope.body, Ready)
+                abort = Abort(envelope.body.transcript, "peer_stopping")
+                send = _resent(node, envelope, abort)
+            elif send.kind in (Part.TYPE, Reduced.TYPE, Confirm.TYPE):
+                continue
+            out.append(send)
+        return out
+
+
+# ---- split after agreement ----------------------------------------------------------------------
+
+
+@dataclass
+class ConfirmSplit(Attack):
+    """A wrong CONFIRM digest to ``victim`` only: the victim aborts while the others finish.
+    The victim relays the CONFIRM it got in its ABORT, and the others, holding the insider's
+    true CONFIRM, prove it equivocated."""
+
+    victim: bytes
+
+    def rewrite(self, node: Insider, sends: list[Send]) -> list[Send]:
+        out = []
+        for send in sends:
+            if send.kind == Confirm.TYPE and send.to == self.victim:
+                envelope = verify_envelope(send.frame)
+                confirm = envelope.body
+                assert isinstance(confirm, Confirm)
+                wrong = bytes(b ^ 0xFF for b in confirm.digest)
+                send = _resent(node, envelope, replace(confirm, digest=wrong))
+            out.append(send)
+        return out
+
+
+# ---- framing ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Framer(Attack):
+    """Frame ``victim``: as initiator, reuse the group id of an earlier round the victim was
+    in (see :class:`FramerNode`), then relay, in its own CONFIRM's evidence, the victim's
+    REDUCED statement of that earlier round in place of the current one, and send every
+    member an ABORT carrying a "proof" made of the victim's two statements. In round v2 a
+    statement named only its group id: both were valid for one slot, a proof everyone kept,
+    and the victim was refused by everyone, for good."""
+
+    victim: bytes
+    old: dict[bytes, list[bytes]] = field(default_factory=dict)  # group -> victim statements
+
+    def rewrite(self, node: Insider, sends: list[Send]) -> list[Send]:
+        for envelope in node.received:
+            if envelope.sender == self.victim and envelope.type in (Reduced.TYPE, Confirm.TYPE):
+                statements = self.old.setdefault(envelope.group, [])
+                if envelope.statement not in statements:
+                    statements.append(envelope.statement)
+        out = []
+        for send in sends:
+            if send.kind == Confirm.TYPE:
+                envelope = verify_envelope(send.frame)
+                confirm = envelope.body
+                assert isinstance(confirm, Confirm)
+                evidence = [
+                    s for s in self.old.get(envelope.group, []) if len(s) <= 1024
+                ] or list(confirm.evidence)
+                send = _resent(node, envelope, replace(confirm, evidence=tuple(evidence[:15])))
+                out.append(send)
+                statements = self.old.get(envelope.group, [])
+                for first, second in itertools.combinations(statements, 2):
+                    proof = EquivocationProof(first, second).encode()
+                    abort = Abort(confirm.transcript, "equivocation", proof)
+                    out.append(_injected(node, envelope, abort))
+                continue
+            out.append(send)
+        return out
+
+
+class FramerNode(Insider):
+    """An insider that, as initiator, reuses the group id of the last round it shared with
+    its attack's victim (honest peers forget ended group ids after 1,024 rounds)."""
+
+    def _new_group_id(self) -> bytes:
+        attack = self.attack
+        if isinstance(attack, Framer) and attack.old:
+            return next(reversed(attack.old))
+        return super()._new_group_id()
 
 
 # ---- 2: withholding, and what it learns -----------------------------------------------------------
@@ -175,7 +322,7 @@ class Withhold(Attack):
 @dataclass(frozen=True)
 class LearnedSum:
     """A group's sum an insider holds in full: the members and the decoded sum of their
-    encoded contributions ((w_i / S) x_i; with equal weights, the sum of vectors / m)."""
+    encoded contributions ((w_i / W) x_i; with equal weights, the sum of vectors / m)."""
 
     members: tuple[bytes, ...]
     values: np.ndarray
@@ -191,7 +338,7 @@ def learned_sums(insider: Insider, frac_bits: int) -> dict[bytes, LearnedSum]:
         body = envelope.body
         if isinstance(body, Roster):
             rosters[envelope.group] = body.members
-        if isinstance(body, Reduced):
+        if isinstance(body, Reduced) and envelope.group in rosters:
             shards = pieces.setdefault(envelope.group, {}).setdefault(body.part, {})
             shards[body.shard.index] = body.shard
     sums = {}
@@ -225,7 +372,7 @@ class WeightLeverNode(Insider):
     """An insider that declares ``declared_weight`` with every contribution (see
     WeightLever); make one with :func:`lever`."""
 
-    declared_weight = 1 << 40
+    declared_weight = MAX_WEIGHT
 
     def set_contribution(self, vector: np.ndarray, weight: int, schema_hash: bytes) -> None:
         super().set_contribution(np.zeros_like(vector), self.declared_weight, schema_hash)
@@ -294,7 +441,7 @@ class ReducerEquivocation(Attack):
             shard = body.shard
             data = part[shard.offset : shard.offset + shard.length].tobytes()
             altered = replace(shard, digest=shard_digest(data), data=data)
-            replaced[id(send)] = _resent(node, envelope, Reduced(body.part, digest, altered))
+            replaced[id(send)] = _resent(node, envelope, Reduced(body.transcript, body.part, digest, altered))
         self.altered.append(envelopes[0].group)
         return [replaced.get(id(send), send) for send in sends]
 
@@ -307,12 +454,16 @@ def vector_error(estimate: np.ndarray, truth: np.ndarray) -> float:
 
 __all__ = [
     "Attack",
+    "ConfirmSplit",
+    "Framer",
+    "FramerNode",
     "GarbageParts",
     "Holder",
     "Insider",
     "LearnedSum",
     "ReducerEquivocation",
-    "WeightEquivocation",
+    "RosterReorder",
+    "Spoiler",
     "WeightLever",
     "WeightLeverNode",
     "ZeroContribution",
