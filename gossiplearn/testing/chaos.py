@@ -111,12 +111,16 @@ OPERATIONS: dict[str, float] = {
     "perturb_data": 1.0,
     "forge_header": 0.7,
     "inject_abort": 0.7,
+    "replay_instance": 1.0,
 }
 
 
 #: Reasons it puts in the ABORTs it forges: every registered one, and some that are not.
 ABORT_REASON_SAMPLES = [*ABORT_REASONS, "", "x" * 256, "timeout"]
 
+
+#: Statements of each direction the insider keeps at hand to relay (about 60 rounds' worth).
+HISTORY = 2000
 
 #: Kinds the insider sends rarely get their operations drawn with these weights instead.
 KIND_OPERATIONS: dict[str, dict[str, float]] = {
@@ -139,6 +143,8 @@ class ChaosAttack(Attack):
     operations: dict[str, float] = field(default_factory=lambda: dict(OPERATIONS))
     #: Chance that the insider, as initiator, reuses the group id of an earlier round.
     reuse_group_id: float = 0.3
+    #: Chance, per batch of its own frames, that it also sends one nobody asked for.
+    unsolicited: float = 0.1
     #: What it did, by operation.
     counts: Counter[str] = field(default_factory=Counter)
     #: Groups in which it altered its own data or weight (the average is then not the true
@@ -156,11 +162,13 @@ class ChaosAttack(Attack):
     # -- what it has seen --
 
     def statements(self, node: Insider) -> list[Envelope]:
-        """Every statement it holds: received frames and its own."""
-        return node.received + node.sent_envelopes
+        """The statements it holds: received frames and its own (the latest ones: enough to
+        replay from earlier rounds, bounded so that a long search stays linear)."""
+        return node.received[-HISTORY:] + node.sent_envelopes[-HISTORY:]
 
     def group_ids(self, node: Insider) -> list[bytes]:
-        return sorted({e.group for e in node.received if e.group})
+        """Group ids of the rounds whose statements it still holds, oldest first."""
+        return list(dict.fromkeys(e.group for e in self.statements(node) if e.group))
 
     # -- rewriting --
 
@@ -180,7 +188,44 @@ class ChaosAttack(Attack):
                 out.append(send)  # a rewrite the schema refuses to build: send it unchanged
                 continue
             self.counts[operation] += 1
+        if node.received and self.rng.random() < self.unsolicited:
+            extra = self._unsolicited(node)
+            if extra is not None:
+                self.counts["unsolicited"] += 1
+                out.append(extra)
         return out
+
+    def _unsolicited(self, node: Insider) -> Send | None:
+        """A frame nobody asked for, to the sender of the last frame it received, about that
+        frame's group (possibly a round that member already finished): an ABORT carrying a
+        "proof" made of that member's statements from two instances of the group id, or a
+        relayed statement."""
+        last = node.received[-1]
+        if not last.group or last.sender == node.public_key:
+            return None
+        template = replace(last, sender=node.public_key, recipient=last.sender)
+        mine = [
+            e for e in self.statements(node) if e.group == last.group and e.sender == last.sender
+        ]
+        pairs = [
+            (a, b)
+            for a in mine[-8:]
+            for b in mine
+            if a.type == b.type
+            and a is not b
+            and claim_of(a, bind_transcript=False) is not None
+            and claim_of(a, bind_transcript=False) != claim_of(b, bind_transcript=False)
+            and claim_of(a, bind_transcript=False)[0] == claim_of(b, bind_transcript=False)[0]  # type: ignore[index]
+        ]
+        transcript = getattr(last.body, "transcript", b"")
+        if pairs:
+            a, b = self.rng.choice(pairs)
+            abort = Abort(
+                transcript, "equivocation", EquivocationProof(a.statement, b.statement).encode()
+            )
+        else:
+            abort = self._abort(node, None)
+        return self._resend(node, template, abort, Abort.TYPE)
 
     def _apply(self, node: Insider, operation: str, send: Send) -> list[Send]:
         rng = self.rng
@@ -198,6 +243,8 @@ class ChaosAttack(Attack):
         body = envelope.body
         if operation == "inject_abort":
             return [send, self._resend(node, envelope, self._abort(node, envelope), Abort.TYPE)]
+        if operation == "replay_instance":
+            return self._replay_instance(node, envelope, send)
         if operation == "forge_header":
             groups = self.group_ids(node) or [envelope.group]
             group = rng.choice([*groups, rng.randbytes(16)])
@@ -313,15 +360,58 @@ class ChaosAttack(Attack):
             for envelopes in by_slot.values()
             if len({claim_of(e, bind_transcript=False)[1] for e in envelopes}) > 1  # type: ignore[index]
         ]
+        current = [c for c in candidates if c[0].group == self._current]
+        if current and rng.random() < 0.7:
+            candidates = current
         if candidates and rng.random() < 0.7:
             envelopes = rng.choice(candidates)
-            a, b = rng.sample(envelopes, 2)
-            if claim_of(a, bind_transcript=False) != claim_of(b, bind_transcript=False):
-                proof = EquivocationProof(a.statement, b.statement).encode()
+            newest = envelopes[-1]
+            older = [
+                e
+                for e in envelopes[:-1]
+                if claim_of(e, bind_transcript=False) != claim_of(newest, bind_transcript=False)
+            ]
+            if older:
+                proof = EquivocationProof(newest.statement, rng.choice(older).statement).encode()
         statements = [e.statement for e in self.statements(node) if len(e.statement) < 20_000]
         if statements and rng.random() < 0.3:
             evidence = rng.choice(statements)
         return Abort(transcript, rng.choice(ABORT_REASON_SAMPLES), proof, evidence)
+
+    def _replay_instance(self, node: Insider, envelope: Envelope, send: Send) -> list[Send]:
+        """Statements of this group id from an earlier round instance (the insider reused the
+        id, or an honest initiator's came back), put where statements are carried: as the
+        CONFIRM's evidence in place of this round's, and as an ABORT's "proof" paired with the
+        same member's statement of this round."""
+        body = envelope.body
+        current = getattr(body, "transcript", b"")
+        same_group = [e for e in self.statements(node) if e.group == envelope.group]
+        old = [e for e in same_group if getattr(e.body, "transcript", current) != current]
+        new = [e for e in same_group if getattr(e.body, "transcript", b"") == current]
+        out = [send]
+        if isinstance(body, Confirm):
+            replaced = [
+                e.statement for e in old if isinstance(e.body, Reduced) and len(e.statement) <= 1024
+            ]
+            if replaced:
+                evidence = tuple(replaced[-len(body.evidence or (0,)) :])
+                out = [self._resend(node, envelope, replace(body, evidence=evidence), Confirm.TYPE)]
+        pairs = [
+            (n, o)
+            for n in new
+            for o in old
+            if n.sender == o.sender
+            and n.sender != node.public_key
+            and n.type == o.type
+            and (claim_of(n, bind_transcript=False) or ((), b""))[0]
+            == (claim_of(o, bind_transcript=False) or ((), b"x"))[0]
+        ]
+        if pairs:
+            n, o = self.rng.choice(pairs)
+            proof = EquivocationProof(n.statement, o.statement).encode()
+            abort = Abort(current, "equivocation", proof)
+            out.append(self._resend(node, envelope, abort, Abort.TYPE))
+        return out
 
     def _transcripts(self, node: Insider) -> list[bytes]:
         found = set()
