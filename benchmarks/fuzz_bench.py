@@ -2,7 +2,7 @@
 
 One trio process runs the victim, a real :class:`~gossiplearn.peer.daemon.Daemon` from a
 directory made by ``prepare_peers`` (its round interval set so that it never invites), and a
-fuzzer, a :class:`~gossiplearn.peer.host.Host` with another peer's identity, which the victim
+fuzzer, a :class:`~gossiplearn.peer.net.host.Host` with another peer's identity, which the victim
 admits. A third prepared peer, the accomplice, is admitted too but never runs: the fuzzer
 signs with its key to impersonate it. The fuzzer opens real libp2p streams to the victim and
 sends ``--messages`` messages in three phases, one per protocol, so that each refusal is
@@ -71,8 +71,8 @@ import trio
 from gossiplearn.crypto.identity import Identity, load_key_file, peer_id_from_public_key
 from gossiplearn.peer.config import IDENTITY_FILE, load_config, save_config
 from gossiplearn.peer.daemon import Daemon
-from gossiplearn.peer.framing import FramingError
-from gossiplearn.peer.host import (
+from gossiplearn.peer.net.framing import FramingError
+from gossiplearn.peer.net.host import (
     PEERS_PROTOCOL,
     PING_PROTOCOL,
     ROUND_PROTOCOL,

@@ -86,7 +86,7 @@ import trio
 from gossiplearn.crypto.identity import Identity, load_key_file, public_key_from_peer_id
 from gossiplearn.peer.config import IDENTITY_FILE, load_config, save_config
 from gossiplearn.peer.daemon import Daemon
-from gossiplearn.peer.host import (
+from gossiplearn.peer.net.host import (
     FAILED_ADMISSIONS_PER_MINUTE,
     MAX_STREAMS_PER_PEER,
     PEERS_PROTOCOL,

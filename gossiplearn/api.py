@@ -49,7 +49,7 @@ import numpy as np
 import trio
 
 from gossiplearn.peer.config import PeerConfig, load_config
-from gossiplearn.peer.runtime import PeerRuntime
+from gossiplearn.peer.net.runtime import PeerRuntime
 from gossiplearn.protocol.events import RoundFinished
 
 log = logging.getLogger("gossiplearn.api")

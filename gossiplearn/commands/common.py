@@ -21,7 +21,7 @@ def parse_peer(text: str) -> tuple[str, str | None]:
     """(peer id, bootstrap multiaddr or None) from a peer id or a full multiaddr /.../p2p/ID;
     anything else ends the command with one line and exit code 2."""
     from gossiplearn.peer.config import dial_address_problem
-    from gossiplearn.peer.host import split_p2p_multiaddr
+    from gossiplearn.peer.net.host import split_p2p_multiaddr
 
     if text.startswith("/"):
         problem = dial_address_problem(text)

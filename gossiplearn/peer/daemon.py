@@ -27,7 +27,7 @@ import trio
 from gossiplearn.fileio import write_atomically
 from gossiplearn.peer.config import CHECKPOINT_DIR, PeerConfig
 from gossiplearn.peer.learner import Learner
-from gossiplearn.peer.runtime import (  # noqa: F401 - StartError is part of this module's API
+from gossiplearn.peer.net.runtime import (  # noqa: F401 - StartError is part of this module's API
     PeerRuntime,
     StartError,
 )

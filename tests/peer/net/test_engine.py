@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from gossiplearn.peer.engine import RoundEngine
+from gossiplearn.peer.net.engine import RoundEngine
 from gossiplearn.testing.fakes import IdleMachine
 
 GROUP = b"g" * 16

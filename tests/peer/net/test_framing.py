@@ -2,7 +2,7 @@
 
 import pytest
 
-from gossiplearn.peer.framing import FramingError, read_frame, write_frame
+from gossiplearn.peer.net.framing import FramingError, read_frame, write_frame
 
 
 class ChunkedStream:

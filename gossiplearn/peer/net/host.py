@@ -44,7 +44,7 @@ import multiaddr
 import trio
 
 from gossiplearn.crypto.identity import Identity, IdentityError, public_key_from_peer_id
-from gossiplearn.peer.framing import HEADER_BYTES, FramingError, read_frame, write_frame
+from gossiplearn.peer.net.framing import HEADER_BYTES, FramingError, read_frame, write_frame
 
 log = logging.getLogger("gossiplearn.host")
 

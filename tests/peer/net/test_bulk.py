@@ -1,4 +1,4 @@
-"""The bulk channel (peer/bulk.py): records sealed under a key from the round's agreement,
+"""The bulk channel (peer/net/bulk.py): records sealed under a key from the round's agreement,
 attributed to a sender only if they open under the key shared with it; strangers, wrong
 keys, other groups and tampering are refused; a sender that cannot use it falls back to
 libp2p; and a live round between real daemons uses it."""
@@ -16,8 +16,10 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gossiplearn.peer import engine as engine_module
-from gossiplearn.peer.bulk import (
+from gossiplearn.peer.config import load_config, save_config
+from gossiplearn.peer.daemon import BuiltinLearning
+from gossiplearn.peer.net import engine as engine_module
+from gossiplearn.peer.net.bulk import (
     HEADER_BYTES,
     BulkChannel,
     BulkError,
@@ -27,10 +29,8 @@ from gossiplearn.peer.bulk import (
     parse_header,
     record_key,
 )
-from gossiplearn.peer.config import load_config, save_config
-from gossiplearn.peer.daemon import BuiltinLearning
-from gossiplearn.peer.engine import RoundEngine
-from gossiplearn.peer.runtime import PeerRuntime
+from gossiplearn.peer.net.engine import RoundEngine
+from gossiplearn.peer.net.runtime import PeerRuntime
 from gossiplearn.protocol.events import RoundFinished
 from gossiplearn.testing.cluster import key_of, prepare, running
 from gossiplearn.testing.fakes import IdleMachine

@@ -4,8 +4,8 @@ import pytest
 import trio
 
 from gossiplearn.crypto.identity import Identity
-from gossiplearn.peer.framing import read_frame, write_frame
-from gossiplearn.peer.host import Admission, Host, split_p2p_multiaddr
+from gossiplearn.peer.net.framing import read_frame, write_frame
+from gossiplearn.peer.net.host import Admission, Host, split_p2p_multiaddr
 
 pytestmark = pytest.mark.timeout(60)
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]

@@ -29,9 +29,9 @@ import pytest
 import trio
 import trio.testing
 
-from gossiplearn.peer import engine as engine_module
-from gossiplearn.peer.engine import PEER_FRAMES, RoundEngine
-from gossiplearn.peer.host import MAX_STREAMS_PER_PEER
+from gossiplearn.peer.net import engine as engine_module
+from gossiplearn.peer.net.engine import PEER_FRAMES, RoundEngine
+from gossiplearn.peer.net.host import MAX_STREAMS_PER_PEER
 from gossiplearn.testing.fakes import IdleMachine
 from tests.bench import load_bench
 

@@ -44,9 +44,9 @@ from gossiplearn.crypto.identity import (
 )
 from gossiplearn.peer.config import CONFIG_FILE, IDENTITY_FILE, PeerConfig, load_config
 from gossiplearn.peer.dirlock import DirectoryLock
-from gossiplearn.peer.discovery import Discovery
-from gossiplearn.peer.engine import RoundEngine
-from gossiplearn.peer.host import (
+from gossiplearn.peer.net.discovery import Discovery
+from gossiplearn.peer.net.engine import RoundEngine
+from gossiplearn.peer.net.host import (
     PEERS_PROTOCOL,
     PING_PROTOCOL,
     ROUND_PROTOCOL,
@@ -55,7 +55,7 @@ from gossiplearn.peer.host import (
     Host,
     ListenError,
 )
-from gossiplearn.peer.neighbours import Neighbour, NeighbourTable, short_id
+from gossiplearn.peer.net.neighbours import Neighbour, NeighbourTable, short_id
 from gossiplearn.peer.proofs import EVIDENCE_DIR, ProofStore
 from gossiplearn.peer.status import (
     STATUS_SCHEMA_VERSION,

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import trio
 
-from gossiplearn.peer.bulk import BULK_PROTOCOL, BulkChannel, BulkError, listen_host
-from gossiplearn.peer.host import ROUND_PROTOCOL, Host
+from gossiplearn.peer.net.bulk import BULK_PROTOCOL, BulkChannel, BulkError, listen_host
+from gossiplearn.peer.net.host import ROUND_PROTOCOL, Host
 from gossiplearn.protocol.envelope import DEFAULT_LIMITS
 from gossiplearn.protocol.events import Action, RoundUsageError, Send, Wake
 from gossiplearn.protocol.node import Node
@@ -49,7 +49,7 @@ INBOX_CAPACITY = 128
 PEER_FRAMES = 32
 SEND_TIMEOUT_S = 30.0
 PROBE_TIMEOUT_S = 3.0
-#: Frames that go over the bulk channel (peer/bulk.py) when it is on; the rest over libp2p.
+#: Frames that go over the bulk channel (peer/net/bulk.py) when it is on; the rest over libp2p.
 BULK_KINDS = frozenset({"PART", "REDUCED"})
 #: A batch's bulky frames take the bulk channel only from this many bytes: below it, our
 #: open libp2p round stream is quicker than a new TCP connection (small models).

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from gossiplearn.peer.host import PEERS_PROTOCOL, ROUND_PROTOCOL, STATUS_PROTOCOL
+from gossiplearn.peer.net.host import PEERS_PROTOCOL, ROUND_PROTOCOL, STATUS_PROTOCOL
 from tests.bench import load_bench
 
 MESSAGES = 3_000

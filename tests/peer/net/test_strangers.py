@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from gossiplearn.crypto.identity import Identity
-from gossiplearn.peer.host import Admission, FailedAdmissions, Host
+from gossiplearn.peer.net.host import Admission, FailedAdmissions, Host
 from tests.bench import load_bench
 
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]

@@ -7,9 +7,9 @@ import pytest
 import trio
 
 from gossiplearn.crypto.identity import Identity
-from gossiplearn.peer.discovery import Discovery
-from gossiplearn.peer.host import PEERS_PROTOCOL, PING_PROTOCOL, Admission, Host
-from gossiplearn.peer.neighbours import NeighbourTable
+from gossiplearn.peer.net.discovery import Discovery
+from gossiplearn.peer.net.host import PEERS_PROTOCOL, PING_PROTOCOL, Admission, Host
+from gossiplearn.peer.net.neighbours import NeighbourTable
 from gossiplearn.protocol import ReplayGuard, SequenceCounter, sequence_start
 
 pytestmark = pytest.mark.timeout(60)

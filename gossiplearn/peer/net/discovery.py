@@ -32,14 +32,14 @@ from gossiplearn.crypto.identity import (
     peer_id_from_public_key,
     public_key_from_peer_id,
 )
-from gossiplearn.peer.host import (
+from gossiplearn.peer.net.host import (
     PEERS_PROTOCOL,
     PING_PROTOCOL,
     Admission,
     Host,
     split_p2p_multiaddr,
 )
-from gossiplearn.peer.neighbours import Neighbour, NeighbourTable, address_ip, short_id
+from gossiplearn.peer.net.neighbours import Neighbour, NeighbourTable, address_ip, short_id
 from gossiplearn.protocol import (
     Envelope,
     PeerRecord,

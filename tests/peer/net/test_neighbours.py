@@ -1,6 +1,6 @@
 """The neighbour table: capacity, liveness, exponential backoff."""
 
-from gossiplearn.peer.neighbours import BACKOFF_MAX_S, NeighbourTable
+from gossiplearn.peer.net.neighbours import BACKOFF_MAX_S, NeighbourTable
 
 ME, A, B, C = (bytes([i]) * 32 for i in range(4))
 
