@@ -46,8 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gossiplearn.peer.checkpoint import read_checkpoint_meta
 from gossiplearn.peer.config import CHECKPOINT_DIR, load_config, save_config
+from gossiplearn.peer.learning.checkpoint import read_checkpoint_meta
 from gossiplearn.sim.launcher import (
     SimConfig,
     _fetch_status,

@@ -30,11 +30,11 @@ _EXPORTS = {
     "AsyncPeer": "gossiplearn.api",
     "open_peer": "gossiplearn.api",
     "SyncResult": "gossiplearn.api",
-    "SplitModel": "gossiplearn.peer.model",
-    "TrainerProtocol": "gossiplearn.peer.trainer",
-    "TrainConfig": "gossiplearn.peer.trainer",
-    "Trainer": "gossiplearn.peer.trainer",
-    "PeerData": "gossiplearn.peer.data",
+    "SplitModel": "gossiplearn.peer.learning.split_model",
+    "TrainerProtocol": "gossiplearn.peer.learning.trainer",
+    "TrainConfig": "gossiplearn.peer.learning.trainer",
+    "Trainer": "gossiplearn.peer.learning.trainer",
+    "PeerData": "gossiplearn.peer.learning.data",
     "PeerConfig": "gossiplearn.peer.config",
     "load_config": "gossiplearn.peer.config",
     "PrivacyConfig": "gossiplearn.privacy",
@@ -59,9 +59,9 @@ __all__ = [
 if TYPE_CHECKING:
     from gossiplearn.api import AsyncPeer, Peer, SyncResult, open_peer
     from gossiplearn.peer.config import PeerConfig, load_config
-    from gossiplearn.peer.data import PeerData
-    from gossiplearn.peer.model import SplitModel
-    from gossiplearn.peer.trainer import TrainConfig, Trainer, TrainerProtocol
+    from gossiplearn.peer.learning.data import PeerData
+    from gossiplearn.peer.learning.split_model import SplitModel
+    from gossiplearn.peer.learning.trainer import TrainConfig, Trainer, TrainerProtocol
     from gossiplearn.privacy import PrivacyConfig
 
 

@@ -100,7 +100,7 @@ def audit(
         config = load_config(directory)
     except ConfigError as exc:
         fail(str(exc), 2)
-    from gossiplearn.peer.checkpoint import MODEL_FILE
+    from gossiplearn.peer.learning.checkpoint import MODEL_FILE
 
     if not (directory / CHECKPOINT_DIR / MODEL_FILE).exists():
         fail(
@@ -117,10 +117,10 @@ def audit(
         plot_roc,
         run_audit,
     )
-    from gossiplearn.peer.checkpoint import CheckpointError
-    from gossiplearn.peer.data import DataLoaderError
-    from gossiplearn.peer.model import SplitModelError
-    from gossiplearn.peer.trainer import DeviceUnavailable
+    from gossiplearn.peer.learning.checkpoint import CheckpointError
+    from gossiplearn.peer.learning.data import DataLoaderError
+    from gossiplearn.peer.learning.split_model import SplitModelError
+    from gossiplearn.peer.learning.trainer import DeviceUnavailable
 
     try:
         settings = AuditSettings(

@@ -175,10 +175,10 @@ def _options(flag: str, pairs: list[str]) -> dict[str, object]:
 def _check_learning(config: PeerConfig) -> None:
     """Build the model, data and trainer as `gossiplearn run` will, and evaluate once; a
     mistake is one line naming the config key (nothing is written then)."""
-    from gossiplearn.peer.daemon import load_learning
-    from gossiplearn.peer.data import DataLoaderError
-    from gossiplearn.peer.model import SplitModelError
-    from gossiplearn.peer.trainer import DeviceUnavailable
+    from gossiplearn.peer.learning.builtin import load_learning
+    from gossiplearn.peer.learning.data import DataLoaderError
+    from gossiplearn.peer.learning.split_model import SplitModelError
+    from gossiplearn.peer.learning.trainer import DeviceUnavailable
 
     try:
         model, data, _, first = load_learning(config)

@@ -123,7 +123,7 @@ def sim(
     # in process mode they run in sessions of their own, which the signal does not reach.
     signal.signal(signal.SIGTERM, _sigterm_as_sigint)
 
-    from gossiplearn.peer.lean import avoid_dynamo_import
+    from gossiplearn.peer.learning.lean import avoid_dynamo_import
     from gossiplearn.sim.experiment import run_experiment
 
     avoid_dynamo_import()  # memory mode and the baselines train here: no torch._dynamo import

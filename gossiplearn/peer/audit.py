@@ -43,9 +43,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, Dataset, Subset, TensorDataset, default_collate
 
-from gossiplearn.peer.data import PeerData, TrainerError
-from gossiplearn.peer.model import SplitModel
-from gossiplearn.peer.trainer import TrainConfig, TrainerProtocol
+from gossiplearn.peer.learning.data import PeerData, TrainerError
+from gossiplearn.peer.learning.split_model import SplitModel
+from gossiplearn.peer.learning.trainer import TrainConfig, TrainerProtocol
 
 #: The false-positive rates the TPR is reported at (as in the LiRA paper).
 LOW_FPR = 0.001
@@ -618,11 +618,11 @@ def parts_from_directory(directory: Path, config: Any) -> tuple[AuditParts, Any]
     """The audit's parts for the peer in ``directory`` (its PeerConfig ``config``): the model
     from its checkpoint, its data through its loader, its trainer. Returns (parts, checkpoint
     metadata). Read-only: the daemon may be running (checkpoints are replaced atomically)."""
-    from gossiplearn.peer.checkpoint import load_checkpoint
     from gossiplearn.peer.config import CHECKPOINT_DIR
-    from gossiplearn.peer.daemon import MODEL_SEEDING, load_learning, split_model
-    from gossiplearn.peer.data import ModelFactoryError, resolve
-    from gossiplearn.peer.trainer import make_trainer
+    from gossiplearn.peer.learning.builtin import MODEL_SEEDING, load_learning, split_model
+    from gossiplearn.peer.learning.checkpoint import load_checkpoint
+    from gossiplearn.peer.learning.data import ModelFactoryError, resolve
+    from gossiplearn.peer.learning.trainer import make_trainer
 
     model, data, trainer, _ = load_learning(config)
     meta = load_checkpoint(Path(directory) / CHECKPOINT_DIR, model)

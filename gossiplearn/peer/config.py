@@ -21,8 +21,8 @@ from gossiplearn.protocol.messages import MAX_WEIGHT
 from gossiplearn.protocol.node import RoundConfig
 
 if TYPE_CHECKING:
-    from gossiplearn.peer.learner import AcceptanceConfig
-    from gossiplearn.peer.trainer import TrainConfig
+    from gossiplearn.peer.learning.learner import AcceptanceConfig
+    from gossiplearn.peer.learning.trainer import TrainConfig
     from gossiplearn.privacy import PrivacyConfig
 
 CONFIG_FILE = "config.toml"
@@ -84,7 +84,7 @@ class RoundSection:
 
 @dataclass
 class ModelSection:
-    factory: str = "gossiplearn.peer.models:mlp"
+    factory: str = "gossiplearn.peer.learning.architectures:mlp"
     head_prefixes: list[str] = field(default_factory=list)
     share_batchnorm_stats: bool = False
     options: dict[str, Any] = field(default_factory=dict)
@@ -116,7 +116,7 @@ class TrainingSection:
     options: dict[str, Any] = field(default_factory=dict)
 
     def to_train_config(self) -> TrainConfig:
-        from gossiplearn.peer.trainer import TrainConfig  # torch: only where training runs
+        from gossiplearn.peer.learning.trainer import TrainConfig  # torch: only where training runs
 
         return TrainConfig(
             epochs=self.epochs,
@@ -130,7 +130,7 @@ class TrainingSection:
         )
 
     def to_acceptance_config(self) -> AcceptanceConfig:
-        from gossiplearn.peer.learner import AcceptanceConfig
+        from gossiplearn.peer.learning.learner import AcceptanceConfig
 
         return AcceptanceConfig(self.acceptance, self.acceptance_tolerance, self.acceptance_metric)
 

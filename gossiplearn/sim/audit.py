@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from gossiplearn.peer.audit import AuditError, AuditParts, AuditSettings, run_audit
-from gossiplearn.peer.data import PeerData, TrainerError
-from gossiplearn.peer.model import SplitModel
-from gossiplearn.peer.trainer import TrainConfig, make_trainer
+from gossiplearn.peer.learning.data import PeerData, TrainerError
+from gossiplearn.peer.learning.split_model import SplitModel
+from gossiplearn.peer.learning.trainer import TrainConfig, make_trainer
 from gossiplearn.sim.launcher import SimConfig, model_factory, train_config
 
 #: One peer's final model, as a state_dict (tensors copied out of the working module).

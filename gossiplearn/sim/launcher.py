@@ -34,7 +34,7 @@ import numpy as np
 
 from gossiplearn.crypto.identity import Identity, write_key_file
 from gossiplearn.peer.config import IDENTITY_FILE, PeerConfig, save_config
-from gossiplearn.peer.data import DEFAULT_VALIDATION, PeerData
+from gossiplearn.peer.learning.data import DEFAULT_VALIDATION, PeerData
 from gossiplearn.sim.results import MethodResult, accuracy_of, epsilon_spent
 
 MODES = ("process", "inproc", "memory")
@@ -118,7 +118,7 @@ class SimConfig:
                 "needs a variance)"
             )
         acceptance_config(self)  # checks the tolerance and the metric
-        from gossiplearn.peer.data import resolve
+        from gossiplearn.peer.learning.data import resolve
 
         for option, spec in (("--model", self.model), ("--data", self.data)):
             if spec:
@@ -168,7 +168,7 @@ def privacy_config(config: SimConfig) -> Any:
 
 
 def train_config(config: SimConfig) -> Any:
-    from gossiplearn.peer.trainer import TrainConfig
+    from gossiplearn.peer.learning.trainer import TrainConfig
 
     return TrainConfig(
         epochs=config.epochs,
@@ -181,7 +181,7 @@ def train_config(config: SimConfig) -> Any:
 
 
 def acceptance_config(config: SimConfig) -> Any:
-    from gossiplearn.peer.learner import AcceptanceConfig
+    from gossiplearn.peer.learning.learner import AcceptanceConfig
 
     return AcceptanceConfig(
         config.acceptance, config.acceptance_tolerance, config.acceptance_metric
@@ -193,7 +193,7 @@ def model_factory(config: SimConfig) -> Callable[[], Any]:
         from gossiplearn.sim.user import model_factory as user_model
 
         return user_model(config.model)
-    from gossiplearn.peer.models import mlp
+    from gossiplearn.peer.learning.architectures import mlp
 
     options = model_options(config)
     return lambda: mlp(options["input_dim"], tuple(options["hidden"]), options["classes"])
@@ -201,7 +201,7 @@ def model_factory(config: SimConfig) -> Callable[[], Any]:
 
 def trainer_factory(config: SimConfig) -> Callable[[Any, PeerData], Any]:
     """(SplitModel, PeerData) -> the trainer every method of this run trains through."""
-    from gossiplearn.peer.trainer import make_trainer
+    from gossiplearn.peer.learning.trainer import make_trainer
 
     training = train_config(config)
     return lambda model, data: make_trainer(config.trainer, model, data, training, key="--trainer")
@@ -216,9 +216,9 @@ def check_parts(config: SimConfig, shards: Sequence[PeerData]) -> None:
         return
     import torch
 
-    from gossiplearn.peer.data import ModelFactoryError, TrainerError
-    from gossiplearn.peer.model import SplitModel, SplitModelError
-    from gossiplearn.peer.trainer import checked_module, first_evaluation
+    from gossiplearn.peer.learning.data import ModelFactoryError, TrainerError
+    from gossiplearn.peer.learning.split_model import SplitModel, SplitModelError
+    from gossiplearn.peer.learning.trainer import checked_module, first_evaluation
 
     name = f"--model {config.model!r}" if config.model else "the built-in MLP (--hidden)"
     torch.manual_seed(config.seed)
@@ -280,14 +280,14 @@ def run_memory(
     round, every peer trains its budget and contributes its backbone, all peers are split
     into groups of 3..k, each group runs the real secure round (masks, shards, signatures,
     agreement), and each peer applies its group's average through the same
-    :class:`~gossiplearn.peer.learner.Learner` the daemon uses (personal acceptance
+    :class:`~gossiplearn.peer.learning.learner.Learner` the daemon uses (personal acceptance
     included). ``node_factories``: peer index -> round machine factory (tests and
     benchmarks put adversaries there). ``final_models(peer, model)``: called with each
     peer's SplitModel after the last round (``sim --audit``)."""
     import torch
 
-    from gossiplearn.peer.learner import Learner
-    from gossiplearn.peer.model import SplitModel
+    from gossiplearn.peer.learning.learner import Learner
+    from gossiplearn.peer.learning.split_model import SplitModel
     from gossiplearn.protocol.events import RoundFinished, RoundUsageError
     from gossiplearn.protocol.node import Node, RoundConfig
     from gossiplearn.sim.memnet import MemoryNetwork
@@ -614,7 +614,7 @@ def run_inproc(
     done ``config.rounds`` rounds or on timeout."""
     import trio
 
-    from gossiplearn.peer.daemon import Daemon
+    from gossiplearn.peer.learning.builtin import Daemon
 
     started = time.perf_counter()
     dirs = prepare_peers(out_dir, config)

@@ -17,10 +17,10 @@ from gossiplearn.peer.audit import (
     tpr_at_fpr,
     verdict,
 )
-from gossiplearn.peer.data import PeerData, TrainerError
-from gossiplearn.peer.model import SplitModel
-from gossiplearn.peer.models import mlp
-from gossiplearn.peer.trainer import TrainConfig, Trainer, make_trainer
+from gossiplearn.peer.learning.architectures import mlp
+from gossiplearn.peer.learning.data import PeerData, TrainerError
+from gossiplearn.peer.learning.split_model import SplitModel
+from gossiplearn.peer.learning.trainer import TrainConfig, Trainer, make_trainer
 from gossiplearn.sim.datasets import digits
 
 pytestmark = pytest.mark.timeout(60)

@@ -16,11 +16,11 @@ import torch
 import trio
 
 from gossiplearn.peer.config import ConfigError, load_config, parse_config, save_config
-from gossiplearn.peer.daemon import BuiltinLearning
-from gossiplearn.peer.data import TrainerError, peer_data
-from gossiplearn.peer.model import SplitModel
-from gossiplearn.peer.models import mlp
-from gossiplearn.peer.trainer import TrainConfig, Trainer, make_trainer
+from gossiplearn.peer.learning.architectures import mlp
+from gossiplearn.peer.learning.builtin import BuiltinLearning
+from gossiplearn.peer.learning.data import TrainerError, peer_data
+from gossiplearn.peer.learning.split_model import SplitModel
+from gossiplearn.peer.learning.trainer import TrainConfig, Trainer, make_trainer
 from gossiplearn.privacy import PrivacyConfig, PrivacyError, PrivacyLedger
 from gossiplearn.sim.datasets import digits
 from gossiplearn.testing.cluster import prepare, running
@@ -133,13 +133,13 @@ def test_per_record_gradients_are_clipped_to_max_grad_norm() -> None:
 
 
 def test_a_user_trainer_without_privacy_spent_is_refused_with_one_line() -> None:
-    from tests.peer.user_parts import regression_data, regression_model
+    from tests.peer.learning.user_parts import regression_data, regression_model
 
     data = peer_data(regression_data(0, 3))
     model = SplitModel(regression_model())
     config = TrainConfig(privacy=PrivacyConfig(epsilon=8, noise_multiplier=1.0))
     with pytest.raises(TrainerError) as raised:
-        make_trainer("tests.peer.user_parts:RegressionTrainer", model, data, config)
+        make_trainer("tests.peer.learning.user_parts:RegressionTrainer", model, data, config)
     text = str(raised.value)
     assert "does not report its privacy spending: implement privacy_spent()" in text
     assert "\n" not in text

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from gossiplearn.peer.trainer import TrainConfig
+from gossiplearn.peer.learning.trainer import TrainConfig
 from gossiplearn.sim.report import (
     RESULTS_SCHEMA_VERSION,
     human_bytes,

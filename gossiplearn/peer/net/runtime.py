@@ -1,7 +1,7 @@
 """A peer's network side: identity, config, admission, discovery, the round engine, status.
 
 :class:`PeerRuntime` is the machinery every peer runs, whoever trains its model: the daemon of
-``gossiplearn run`` (daemon.py, with the built-in learning loop) and the Python API
+``gossiplearn run`` (peer/daemon.py, with the built-in learning loop) and the Python API
 (``gossiplearn.Peer``, with the user's own loop) are a runtime plus a :class:`Learning`, the
 side that owns the model. The runtime holds the directory lock, listens, finds neighbours,
 invites them now and then while this peer has a contribution no round has taken yet, answers

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gossiplearn.peer.config import load_config, save_config
-from gossiplearn.peer.daemon import BuiltinLearning
+from gossiplearn.peer.learning.builtin import BuiltinLearning
 from gossiplearn.peer.net import engine as engine_module
 from gossiplearn.peer.net.bulk import (
     HEADER_BYTES,

@@ -1,4 +1,4 @@
-"""The peer daemon of ``gossiplearn run``: the runtime (runtime.py) plus the built-in learning.
+"""The peer daemon of ``gossiplearn run``: the runtime (peer/net/runtime.py) plus the built-in learning.
 
 :class:`BuiltinLearning` owns the model: it builds it (``model.factory``), loads this
 organization's data (``data.loader``), the trainer (the built-in one or ``training.trainer``)
@@ -26,7 +26,7 @@ import trio
 
 from gossiplearn.fileio import write_atomically
 from gossiplearn.peer.config import CHECKPOINT_DIR, PeerConfig
-from gossiplearn.peer.learner import Learner
+from gossiplearn.peer.learning.learner import Learner
 from gossiplearn.peer.net.runtime import (  # noqa: F401 - StartError is part of this module's API
     PeerRuntime,
     StartError,
@@ -86,8 +86,8 @@ class BuiltinLearning:
         await trio.to_thread.run_sync(self._load, runtime)
 
     def _load(self, runtime: PeerRuntime) -> None:
-        from gossiplearn.peer.checkpoint import CheckpointMeta, load_checkpoint
-        from gossiplearn.peer.trainer import make_trainer
+        from gossiplearn.peer.learning.checkpoint import CheckpointMeta, load_checkpoint
+        from gossiplearn.peer.learning.trainer import make_trainer
 
         cfg = runtime.config
         self.model, data, trainer, first = load_learning(cfg)
@@ -211,7 +211,7 @@ class BuiltinLearning:
         }
 
     def _checkpoint(self, runtime: PeerRuntime) -> None:
-        from gossiplearn.peer.checkpoint import CheckpointMeta, save_checkpoint
+        from gossiplearn.peer.learning.checkpoint import CheckpointMeta, save_checkpoint
 
         meta = CheckpointMeta(
             rounds_completed=runtime.rounds.completed,
@@ -292,8 +292,8 @@ class BuiltinLearning:
     async def _train(self, train_round: Callable[[], Any]) -> Any:
         """One round's budget in a worker thread; a failure of the trainer (the user's code,
         often) stops the peer with a one-line TrainerError, its traceback in the log."""
-        from gossiplearn.peer.data import TrainerError
-        from gossiplearn.peer.trainer import first_line
+        from gossiplearn.peer.learning.data import TrainerError
+        from gossiplearn.peer.learning.trainer import first_line
 
         try:
             result = await trio.to_thread.run_sync(train_round)
@@ -422,7 +422,7 @@ class Daemon(PeerRuntime):
 def split_model(cfg: PeerConfig, module: Any) -> Any:
     """``module`` split into backbone and head as the config says (``model.head_prefixes``);
     SplitModelError names model.factory."""
-    from gossiplearn.peer.model import SplitModel, SplitModelError
+    from gossiplearn.peer.learning.split_model import SplitModel, SplitModelError
 
     try:
         return SplitModel(
@@ -449,9 +449,14 @@ def load_learning(cfg: PeerConfig) -> tuple[Any, Any, Any, dict[str, float]]:
     DeviceUnavailable)."""
     import torch
 
-    from gossiplearn.peer.data import ModelFactoryError, load_datasets, resolve
-    from gossiplearn.peer.lean import avoid_dynamo_import
-    from gossiplearn.peer.trainer import checked_module, first_evaluation, first_line, make_trainer
+    from gossiplearn.peer.learning.data import ModelFactoryError, load_datasets, resolve
+    from gossiplearn.peer.learning.lean import avoid_dynamo_import
+    from gossiplearn.peer.learning.trainer import (
+        checked_module,
+        first_evaluation,
+        first_line,
+        make_trainer,
+    )
 
     avoid_dynamo_import()  # ~100 MB and seconds of start-up that a daemon never uses
     name = f"model.factory {cfg.model.factory!r}"

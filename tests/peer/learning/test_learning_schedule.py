@@ -1,7 +1,7 @@
 """The learning schedule around rounds: a fixed local budget per round, averages applied
 without losing the steps taken since the contribution, and personal acceptance.
 
-The Learner is what the daemon and every simulation mode run (peer/learner.py); the last two
+The Learner is what the daemon and every simulation mode run (peer/learning/learner.py); the last two
 tests check the daemon itself, live: one budget per round, and refusals counted.
 """
 
@@ -14,12 +14,12 @@ import pytest
 import torch
 import trio
 
-from gossiplearn.peer.daemon import Daemon
-from gossiplearn.peer.data import peer_data
-from gossiplearn.peer.learner import AcceptanceConfig, Learner
-from gossiplearn.peer.model import SplitModel
-from gossiplearn.peer.models import mlp
-from gossiplearn.peer.trainer import TrainConfig, Trainer
+from gossiplearn.peer.learning.architectures import mlp
+from gossiplearn.peer.learning.builtin import Daemon
+from gossiplearn.peer.learning.data import peer_data
+from gossiplearn.peer.learning.learner import AcceptanceConfig, Learner
+from gossiplearn.peer.learning.split_model import SplitModel
+from gossiplearn.peer.learning.trainer import TrainConfig, Trainer
 from gossiplearn.sim.datasets import digits
 from gossiplearn.testing.cluster import prepare, running
 from gossiplearn.testing.insider import Insider
@@ -152,7 +152,7 @@ def test_what_the_error_misses_the_loss_catches(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     if not guard:  # the guard switched off: the acceptance metric alone decides
-        monkeypatch.setattr("gossiplearn.peer.learner.TIE_BREAK_METRIC", "error")
+        monkeypatch.setattr("gossiplearn.peer.learning.learner.TIE_BREAK_METRIC", "error")
     model = SplitModel(mlp(64, (32,), 10))
     peer = Learner(model, FarBackbone(model, errors, far_errors))  # type: ignore[arg-type]
     contribution = model.get_backbone()

@@ -15,7 +15,7 @@ from gossiplearn.testing.cluster import paused, prepare, running
 
 PEERS = 3
 ROUNDS = 6
-PARTS = "tests.peer.user_parts"
+PARTS = "tests.peer.learning.user_parts"
 
 
 def use_parts(dirs: list[Path], task: str, trainer: str, metric: str) -> None:

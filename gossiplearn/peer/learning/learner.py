@@ -15,7 +15,7 @@ Applying the change ``average - contribution`` to the current backbone (rather t
 overwriting it with the average) keeps whatever training happened while the round ran: the
 daemon version 1 overwrote it, so a peer that trained on while its contribution was averaged
 lost those steps (the average was of the older vectors). With the daemon's default schedule
-the peer does not train while its round runs (see daemon.py, ``training.overlap``), so the
+the peer does not train while its round runs (see builtin.py, ``training.overlap``), so the
 current backbone *is* the contribution and the change lands exactly on the average, as in the
 memory mode. Personal acceptance also bounds what a poisoning member can do to any one peer:
 an average that hurts a peer's validation loss is not applied there.
@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from gossiplearn.peer.model import SplitModel
-from gossiplearn.peer.trainer import TrainerProtocol
+from gossiplearn.peer.learning.split_model import SplitModel
+from gossiplearn.peer.learning.trainer import TrainerProtocol
 from gossiplearn.privacy import PrivacyBudgetSpent
 
 #: An average is refused only if it is worse by more than this many standard errors of the

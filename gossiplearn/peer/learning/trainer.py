@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset, default_collate
 
-from gossiplearn.peer.data import ModelFactoryError, PeerData, TrainerError, resolve
-from gossiplearn.peer.model import SplitModel
+from gossiplearn.peer.learning.data import ModelFactoryError, PeerData, TrainerError, resolve
+from gossiplearn.peer.learning.split_model import SplitModel
 from gossiplearn.privacy import (
     PrivacyBudgetSpent,
     PrivacyConfig,
@@ -56,7 +56,7 @@ class TrainerProtocol(Protocol):
     """What gossiplearn asks of a trainer (``training.trainer = "module:Class"``).
 
     It is constructed as ``Class(model, data, config, **options)`` with the peer's
-    :class:`~gossiplearn.peer.model.SplitModel`, its :class:`~gossiplearn.peer.data.PeerData`
+    :class:`~gossiplearn.peer.learning.split_model.SplitModel`, its :class:`~gossiplearn.peer.learning.data.PeerData`
     (train, validation, test) and the :class:`TrainConfig`; it owns the device, optimizer,
     loss and batches. Every method runs in a worker thread and returns plain floats.
     """

@@ -24,7 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from gossiplearn.fileio import TEMP_SUFFIX, temp_prefix, write_atomically
-from gossiplearn.peer.model import SplitModel, digest_of
+from gossiplearn.peer.learning.split_model import SplitModel, digest_of
 
 MODEL_FILE = "model.safetensors"
 SIDECAR_FILE = "model.json"

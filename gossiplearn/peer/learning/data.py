@@ -66,11 +66,21 @@ class TrainerError(DataLoaderError):
     """``training.trainer`` cannot be resolved, built, or does not act as a trainer."""
 
 
+#: gossiplearn's own modules under the names earlier versions had, as config files written
+#: then name them: old module -> where the same callables live now. Such a spec resolves as
+#: before (errors still quote it as written). ``gossiplearn init`` wrote the first one as the
+#: default ``model.factory`` ("gossiplearn.peer.models:mlp") until peer/ was split into rooms.
+LEGACY_MODULES = {
+    "gossiplearn.peer.models": "gossiplearn.peer.learning.architectures",
+}
+
+
 def resolve(
     spec: str, what: str = "data loader", error: type[DataLoaderError] = DataLoaderError
 ) -> Callable[..., Any]:
-    """The callable named by ``"package.module:function"`` (the function may be dotted);
-    errors are ``error``s whose message starts with ``what`` (say, "model.factory")."""
+    """The callable named by ``"package.module:function"`` (the function may be dotted; a
+    module named as in :data:`LEGACY_MODULES` is looked up where it lives now); errors are
+    ``error``s whose message starts with ``what`` (say, "model.factory")."""
     module_name, separator, attribute_path = spec.partition(":")
     if (
         not separator
@@ -79,6 +89,7 @@ def resolve(
         or not all(part.isidentifier() for part in attribute_path.split("."))
     ):
         raise error(f"{what} {spec!r} is not of the form {_SPEC_FORM}")
+    module_name = LEGACY_MODULES.get(module_name, module_name)
     try:
         target: Any = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:

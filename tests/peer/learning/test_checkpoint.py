@@ -12,16 +12,16 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from gossiplearn.peer.checkpoint import (
+from gossiplearn.peer.learning.architectures import mlp
+from gossiplearn.peer.learning.checkpoint import (
     CheckpointError,
     CheckpointMeta,
     load_checkpoint,
     read_checkpoint_meta,
     save_checkpoint,
 )
-from gossiplearn.peer.model import SplitModel
-from gossiplearn.peer.models import mlp
-from tests.peer.test_model import seeded
+from gossiplearn.peer.learning.split_model import SplitModel
+from tests.peer.learning.test_split_model import seeded
 
 MODEL_FILE = "model.safetensors"
 

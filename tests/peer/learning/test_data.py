@@ -4,7 +4,9 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from gossiplearn.peer.data import DataLoaderError, load_datasets, resolve
+from gossiplearn.peer.config import PeerConfig
+from gossiplearn.peer.learning.architectures import mlp
+from gossiplearn.peer.learning.data import DataLoaderError, load_datasets, resolve
 from gossiplearn.sim.datasets import digits
 
 SAMPLES = TensorDataset(torch.zeros(3, 2), torch.zeros(3, dtype=torch.int64))
@@ -60,6 +62,15 @@ def spec(name: str) -> str:
 def test_resolve_finds_functions_and_dotted_attributes():
     assert resolve("gossiplearn.sim.datasets:digits") is digits
     assert resolve(spec("Namespace.loader")) is Namespace.loader
+
+
+def test_legacy_module_names_resolve_where_the_modules_live_now():
+    # config.toml files written before peer/ was split into rooms name the default model
+    # factory "gossiplearn.peer.models:mlp"; errors quote the spec as written.
+    assert PeerConfig().model.factory == "gossiplearn.peer.learning.architectures:mlp"
+    assert resolve("gossiplearn.peer.models:mlp", "model.factory") is mlp
+    with pytest.raises(DataLoaderError, match="'gossiplearn.peer.models:nope': 'nope' not found"):
+        resolve("gossiplearn.peer.models:nope", "model.factory")
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from gossiplearn.peer.model import SplitModel, SplitModelError
-from gossiplearn.peer.models import mlp
+from gossiplearn.peer.learning.architectures import mlp
+from gossiplearn.peer.learning.split_model import SplitModel, SplitModelError
 
 
 def seeded(build, seed: int = 0):

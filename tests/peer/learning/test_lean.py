@@ -33,7 +33,7 @@ def _run(patch: str) -> list[str]:
 
 def test_training_without_torch_dynamo_computes_the_same_parameters() -> None:
     lean = _run(
-        "from gossiplearn.peer.lean import avoid_dynamo_import; assert avoid_dynamo_import() > 0"
+        "from gossiplearn.peer.learning.lean import avoid_dynamo_import; assert avoid_dynamo_import() > 0"
     )
     plain = _run("")
     assert lean[0] == "False"  # never imported

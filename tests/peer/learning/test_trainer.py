@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from gossiplearn.peer.model import SplitModel
-from gossiplearn.peer.models import mlp
-from gossiplearn.peer.trainer import TrainConfig, Trainer
+from gossiplearn.peer.learning.architectures import mlp
+from gossiplearn.peer.learning.split_model import SplitModel
+from gossiplearn.peer.learning.trainer import TrainConfig, Trainer
 from gossiplearn.sim.datasets import digits
-from tests.peer.test_model import seeded
+from tests.peer.learning.test_split_model import seeded
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """A user's models, data and trainers for tests: a regression (MSE) and a multi-label
 classification (binary cross-entropy per label), each with its own Adam trainer implementing
-gossiplearn's TrainerProtocol, named in config as ``tests.peer.user_parts:...``."""
+gossiplearn's TrainerProtocol, named in config as ``tests.peer.learning.user_parts:...``."""
 
 from __future__ import annotations
 
