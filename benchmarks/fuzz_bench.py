@@ -1,6 +1,6 @@
 """Fuzzing a live peer: an admitted peer sends malformed and mutated messages over real streams.
 
-One trio process runs the victim, a real :class:`~gossiplearn.peer.learning.builtin.Daemon` from a
+One trio process runs the victim, a real :class:`~gossiplearn.peer.daemon.Daemon` from a
 directory made by ``prepare_peers`` (its round interval set so that it never invites), and a
 fuzzer, a :class:`~gossiplearn.peer.net.host.Host` with another peer's identity, which the victim
 admits. A third prepared peer, the accomplice, is admitted too but never runs: the fuzzer
@@ -70,7 +70,7 @@ import trio
 
 from gossiplearn.crypto.identity import Identity, load_key_file, peer_id_from_public_key
 from gossiplearn.peer.config import IDENTITY_FILE, load_config, save_config
-from gossiplearn.peer.learning.builtin import Daemon
+from gossiplearn.peer.daemon import Daemon
 from gossiplearn.peer.net.framing import FramingError
 from gossiplearn.peer.net.host import (
     PEERS_PROTOCOL,

@@ -1,6 +1,6 @@
 """Hostile peers against live peer daemons, one scenario each, every one measured.
 
-Real :class:`~gossiplearn.peer.learning.builtin.Daemon` daemons run in one trio process (``Daemon.run(stop)``),
+Real :class:`~gossiplearn.peer.daemon.Daemon` daemons run in one trio process (``Daemon.run(stop)``),
 from directories made by ``prepare_peers``, on 127.0.0.1; the attackers are libp2p hosts in
 the same process, talking to them over real streams. The fuzzer's helpers (benchmarks/
 fuzz_bench.py: the victim's run task, forging envelopes, liveness checks) are reused.
@@ -85,7 +85,7 @@ import trio
 
 from gossiplearn.crypto.identity import Identity, load_key_file, public_key_from_peer_id
 from gossiplearn.peer.config import IDENTITY_FILE, load_config, save_config
-from gossiplearn.peer.learning.builtin import Daemon
+from gossiplearn.peer.daemon import Daemon
 from gossiplearn.peer.net.host import (
     FAILED_ADMISSIONS_PER_MINUTE,
     MAX_STREAMS_PER_PEER,

@@ -63,8 +63,8 @@ def configure_logging(directory: Path, config: PeerConfig) -> Path:
 def _known_error(error: BaseException) -> BaseException | None:
     """The error an operator can act on, inside ``error`` (unwrapping exception groups)."""
     from gossiplearn.crypto.identity import IdentityError
+    from gossiplearn.peer.daemon import StartError
     from gossiplearn.peer.dirlock import DirectoryLocked
-    from gossiplearn.peer.learning.builtin import StartError
     from gossiplearn.peer.learning.checkpoint import CheckpointError
     from gossiplearn.peer.learning.data import DataLoaderError
     from gossiplearn.peer.learning.split_model import SplitModelError
@@ -122,7 +122,7 @@ def run(
 
     import trio
 
-    from gossiplearn.peer.learning.builtin import Daemon
+    from gossiplearn.peer.daemon import Daemon
 
     try:
         peer = Daemon(directory, config)

@@ -614,7 +614,7 @@ def run_inproc(
     done ``config.rounds`` rounds or on timeout."""
     import trio
 
-    from gossiplearn.peer.learning.builtin import Daemon
+    from gossiplearn.peer.daemon import Daemon
 
     started = time.perf_counter()
     dirs = prepare_peers(out_dir, config)

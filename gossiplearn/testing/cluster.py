@@ -1,7 +1,7 @@
 """Real peer daemons (libp2p hosts and all) in one trio process, for live tests.
 
 :func:`prepare` makes the peer directories (identities, documented configs admitting each
-other, digits shards); :func:`running` runs a :class:`~gossiplearn.peer.learning.builtin.Daemon` for each
+other, digits shards); :func:`running` runs a :class:`~gossiplearn.peer.daemon.Daemon` for each
 until its block ends, yielding them once every one is serving, has trained and sees its
 neighbours live. A daemon may run an adversary's round machine (``node_factories``).
 """
@@ -17,7 +17,7 @@ from typing import Any
 import trio
 
 from gossiplearn.peer.config import load_config, save_config
-from gossiplearn.peer.learning.builtin import Daemon
+from gossiplearn.peer.daemon import Daemon
 from gossiplearn.protocol.node import Node
 from gossiplearn.sim.launcher import SimConfig, prepare_peers
 

@@ -1,4 +1,5 @@
-"""The peer daemon of ``gossiplearn run``: the runtime (peer/net/runtime.py) plus the built-in learning.
+"""The built-in learning of ``gossiplearn run``: what the daemon (peer/daemon.py) plugs into the
+network side (peer/net/runtime.py) as its ``Learning``.
 
 :class:`BuiltinLearning` owns the model: it builds it (``model.factory``), loads this
 organization's data (``data.loader``), the trainer (the built-in one or ``training.trainer``)
@@ -7,8 +8,6 @@ offers the backbone to exactly one round, and waits for that round to be over (s
 :meth:`BuiltinLearning.run`); when a round finishes it takes the average in through personal
 acceptance (learner.py), evaluates on its own test data and writes a checkpoint. A checkpoint
 that cannot be written is logged, counted and survived (the last good one stays on disk).
-
-:class:`Daemon` is the runtime with this learning side.
 """
 
 from __future__ import annotations
@@ -19,20 +18,17 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from gossiplearn.fileio import write_atomically
 from gossiplearn.peer.config import CHECKPOINT_DIR, PeerConfig
 from gossiplearn.peer.learning.learner import Learner
-from gossiplearn.peer.net.runtime import (  # noqa: F401 - StartError is part of this module's API
-    PeerRuntime,
-    StartError,
-)
 from gossiplearn.protocol.events import RoundFinished
-from gossiplearn.protocol.node import Node
+
+if TYPE_CHECKING:  # the runtime hands itself to every call; the learning side never builds one
+    from gossiplearn.peer.net.runtime import PeerRuntime
 
 log = logging.getLogger("gossiplearn.peer")
 
@@ -378,45 +374,6 @@ class BuiltinLearning:
             },
             "privacy": self.privacy_status(),
         }
-
-
-class Daemon(PeerRuntime):
-    """The peer daemon of ``gossiplearn run DIR``: the runtime plus the built-in learning."""
-
-    def __init__(
-        self,
-        directory: Path,
-        config: PeerConfig | None = None,
-        *,
-        node_factory: Callable[..., Node] = Node,
-    ) -> None:
-        super().__init__(directory, config, learning=BuiltinLearning(), node_factory=node_factory)
-
-    @property
-    def model(self) -> Any:
-        return self.builtin.model
-
-    @property
-    def learner(self) -> Learner | None:
-        return self.builtin.learner
-
-    @property
-    def accuracy(self) -> float | None:
-        return self.builtin.accuracy
-
-    @property
-    def digests(self) -> dict[str, str]:
-        return self.builtin.digests
-
-    @property
-    def resumed_from(self) -> dict[str, Any] | None:
-        return self.builtin.resumed_from
-
-    @property
-    def builtin(self) -> BuiltinLearning:
-        learning = self.learning
-        assert isinstance(learning, BuiltinLearning)
-        return learning
 
 
 def split_model(cfg: PeerConfig, module: Any) -> Any:

@@ -14,8 +14,8 @@ import pytest
 import torch
 import trio
 
+from gossiplearn.peer.daemon import Daemon
 from gossiplearn.peer.learning.architectures import mlp
-from gossiplearn.peer.learning.builtin import Daemon
 from gossiplearn.peer.learning.data import peer_data
 from gossiplearn.peer.learning.learner import AcceptanceConfig, Learner
 from gossiplearn.peer.learning.split_model import SplitModel
