@@ -37,7 +37,7 @@ _EXPORTS = {
     "PeerData": "gossiplearn.peer.learning.data",
     "PeerConfig": "gossiplearn.peer.config",
     "load_config": "gossiplearn.peer.config",
-    "PrivacyConfig": "gossiplearn.privacy",
+    "PrivacyConfig": "gossiplearn.privacy.dp",
 }
 
 __all__ = [
@@ -62,7 +62,7 @@ if TYPE_CHECKING:
     from gossiplearn.peer.learning.data import PeerData
     from gossiplearn.peer.learning.split_model import SplitModel
     from gossiplearn.peer.learning.trainer import TrainConfig, Trainer, TrainerProtocol
-    from gossiplearn.privacy import PrivacyConfig
+    from gossiplearn.privacy.dp import PrivacyConfig
 
 
 def __getattr__(name: str) -> Any:

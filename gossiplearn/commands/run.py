@@ -69,7 +69,7 @@ def _known_error(error: BaseException) -> BaseException | None:
     from gossiplearn.peer.learning.data import DataLoaderError
     from gossiplearn.peer.learning.split_model import SplitModelError
     from gossiplearn.peer.learning.trainer import DeviceUnavailable
-    from gossiplearn.privacy import PrivacyError
+    from gossiplearn.privacy.dp import PrivacyError
 
     known = (
         ConfigError,

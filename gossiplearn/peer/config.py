@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 from gossiplearn.crypto.identity import IdentityError, public_key_from_peer_id
 from gossiplearn.fileio import write_atomically
-from gossiplearn.privacy import privacy_problem
+from gossiplearn.privacy.dp import privacy_problem
 from gossiplearn.protocol.messages import MAX_WEIGHT
 from gossiplearn.protocol.node import RoundConfig
 
 if TYPE_CHECKING:
     from gossiplearn.peer.learning.learner import AcceptanceConfig
     from gossiplearn.peer.learning.trainer import TrainConfig
-    from gossiplearn.privacy import PrivacyConfig
+    from gossiplearn.privacy.dp import PrivacyConfig
 
 CONFIG_FILE = "config.toml"
 IDENTITY_FILE = "identity.key"
@@ -146,7 +146,7 @@ class PrivacySection:
 
     def to_privacy_config(self) -> PrivacyConfig | None:
         """The trainer's DP-SGD settings; None when privacy is off."""
-        from gossiplearn.privacy import PrivacyConfig
+        from gossiplearn.privacy.dp import PrivacyConfig
 
         if not self.enabled:
             return None

@@ -126,7 +126,7 @@ class SimConfig:
         if self.trainer:
             resolve(self.trainer, "--trainer")
         if self.dp_epsilon:
-            from gossiplearn.privacy import PrivacyError, require_opacus
+            from gossiplearn.privacy.dp import PrivacyError, require_opacus
 
             try:
                 privacy_config(self)
@@ -154,7 +154,7 @@ def model_options(config: SimConfig) -> dict[str, Any]:
 def privacy_config(config: SimConfig) -> Any:
     """The DP-SGD settings every method trains with (None without --dp-epsilon). The noise
     is seeded from --seed: a simulation is reproducible, not private against its operator."""
-    from gossiplearn.privacy import PrivacyConfig
+    from gossiplearn.privacy.dp import PrivacyConfig
 
     if not config.dp_epsilon:
         return None

@@ -32,7 +32,7 @@ import torch
 
 from gossiplearn.peer.learning.split_model import SplitModel
 from gossiplearn.peer.learning.trainer import TrainerProtocol
-from gossiplearn.privacy import PrivacyBudgetSpent
+from gossiplearn.privacy.dp import PrivacyBudgetSpent
 
 #: An average is refused only if it is worse by more than this many standard errors of the
 #: mean paired difference of per-sample validation losses: a validation set of a few dozen

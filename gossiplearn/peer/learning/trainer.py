@@ -35,7 +35,7 @@ from torch.utils.data import Dataset, TensorDataset, default_collate
 
 from gossiplearn.peer.learning.data import ModelFactoryError, PeerData, TrainerError, resolve
 from gossiplearn.peer.learning.split_model import SplitModel
-from gossiplearn.privacy import (
+from gossiplearn.privacy.dp import (
     PrivacyBudgetSpent,
     PrivacyConfig,
     PrivacyLedger,
@@ -276,7 +276,7 @@ class Trainer:
         if config.privacy is not None:
             self._make_private(config.privacy)
 
-    # ---- differential privacy (DP-SGD, see gossiplearn/privacy.py) ----
+    # ---- differential privacy (DP-SGD, see gossiplearn/privacy/dp.py) ----
 
     def _make_private(self, privacy: PrivacyConfig) -> None:
         check_delta(privacy, self.num_train_samples)

@@ -1,4 +1,4 @@
-"""Record-level differential privacy ([privacy], gossiplearn/privacy.py): the settings are
+"""Record-level differential privacy ([privacy], gossiplearn/privacy/dp.py): the settings are
 checked, the accountant is Opacus's, the clipping is real, the budget is enforced by the daemon
 (with a variant that shows the check can fail), the simulation trains every method with DP,
 and a user trainer that cannot report its spending is refused."""

@@ -1,4 +1,4 @@
-"""The membership-inference audit (gossiplearn/peer/audit.py): its metrics on scores with known
+"""The membership-inference audit (gossiplearn/privacy/audit.py): its metrics on scores with known
 answers, and the attacks on models whose leakage is known (an overfit one, an untrained one)."""
 
 from __future__ import annotations
@@ -8,7 +8,11 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from gossiplearn.peer.audit import (
+from gossiplearn.peer.learning.architectures import mlp
+from gossiplearn.peer.learning.data import PeerData, TrainerError
+from gossiplearn.peer.learning.split_model import SplitModel
+from gossiplearn.peer.learning.trainer import TrainConfig, Trainer, make_trainer
+from gossiplearn.privacy.audit import (
     AuditParts,
     AuditSettings,
     auc,
@@ -17,10 +21,6 @@ from gossiplearn.peer.audit import (
     tpr_at_fpr,
     verdict,
 )
-from gossiplearn.peer.learning.architectures import mlp
-from gossiplearn.peer.learning.data import PeerData, TrainerError
-from gossiplearn.peer.learning.split_model import SplitModel
-from gossiplearn.peer.learning.trainer import TrainConfig, Trainer, make_trainer
 from gossiplearn.sim.datasets import digits
 
 pytestmark = pytest.mark.timeout(60)
