@@ -40,8 +40,8 @@ from dataclasses import dataclass
 import numpy as np
 import trio
 
-from gossiplearn.commands.common import free_port
 from gossiplearn.crypto import Identity
+from gossiplearn.peer.net.ports import free_port
 from gossiplearn.protocol.events import RoundAborted, RoundCancelled, RoundFinished, Send
 from gossiplearn.protocol.node import Node, RoundConfig
 from gossiplearn.protocol.plaintext import PlaintextNode

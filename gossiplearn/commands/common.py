@@ -1,8 +1,7 @@
-"""Helpers shared by the commands: errors as one line, peer arguments, free ports."""
+"""Helpers shared by the commands: errors as one line, peer arguments."""
 
 from __future__ import annotations
 
-import socket
 import sys
 from typing import NoReturn
 
@@ -45,10 +44,3 @@ def dialable(listen: str, peer_id: str) -> str:
     if "/ip4/0.0.0.0/" in listen or "/ip6/::/" in listen:
         return f"{address}  (replace the any-address with this machine's IP or name)"
     return address
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free right now on ``host`` (bind to 0 and let the kernel choose)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from gossiplearn.commands.common import dialable, fail, free_port, parse_peer
+from gossiplearn.commands.common import dialable, fail, parse_peer
 from gossiplearn.crypto.identity import Identity, write_key_file
 from gossiplearn.peer.config import (
     CONFIG_FILE,
@@ -17,6 +17,7 @@ from gossiplearn.peer.config import (
     PeerConfig,
     save_config,
 )
+from gossiplearn.peer.net.ports import free_port
 
 BUILT_IN_DATASETS = ("digits", "fashion-mnist", "synthetic")  # gossiplearn.sim.datasets.DATASETS
 _TCP_PORT = re.compile(r"^/ip4/(?P<ip>[0-9.]+)/tcp/(?P<port>\d+)$")

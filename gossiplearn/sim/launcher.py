@@ -389,7 +389,7 @@ def groups_of(count: int, size: int, rng: random.Random) -> list[list[int]]:
 
 def prepare_peers(out_dir: Path, config: SimConfig) -> list[Path]:
     """Create one peer directory per peer (identity, documented config), admitting each other."""
-    from gossiplearn.commands.common import free_port
+    from gossiplearn.peer.net.ports import free_port
     from gossiplearn.sim.datasets import DATASETS
 
     peers_dir = out_dir / "peers"

@@ -36,7 +36,6 @@ from typing import Any, Protocol
 import numpy as np
 import trio
 
-from gossiplearn import __version__
 from gossiplearn.crypto.identity import (
     load_key_file,
     peer_id_from_public_key,
@@ -84,6 +83,7 @@ from gossiplearn.protocol.events import (
 from gossiplearn.protocol.evidence import InvalidProof
 from gossiplearn.protocol.node import Node
 from gossiplearn.protocol.replay import DEFAULT_FRESHNESS_MS
+from gossiplearn.version import __version__
 
 log = logging.getLogger("gossiplearn.peer")
 
