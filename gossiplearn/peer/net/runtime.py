@@ -12,7 +12,8 @@ Operator-facing rules: one peer per directory (an exclusive lock, :mod:`dirlock`
 that cannot work (directory in use, a port taken) raises :class:`StartError` with one line
 naming the cause and the fix; whatever keeps the peer from starting rounds (too few live
 neighbours, a neighbour's clock or model, a bootstrap address answering with another peer id)
-is logged once per cause and listed under ``waiting`` in the status.
+is logged once per cause and listed under ``waiting`` in the status (worked out in
+waiting.py; the status document itself is assembled in status_document.py).
 
 On stop it aborts the current round (ABORT sent), lets the learning side save its state,
 closes the host and returns, well within 5 seconds.
@@ -43,6 +44,7 @@ from gossiplearn.crypto.identity import (
 )
 from gossiplearn.peer.config import CONFIG_FILE, IDENTITY_FILE, PeerConfig, load_config
 from gossiplearn.peer.dirlock import DirectoryLock
+from gossiplearn.peer.net import status_document
 from gossiplearn.peer.net.discovery import Discovery
 from gossiplearn.peer.net.engine import RoundEngine
 from gossiplearn.peer.net.host import (
@@ -54,17 +56,16 @@ from gossiplearn.peer.net.host import (
     Host,
     ListenError,
 )
-from gossiplearn.peer.net.neighbours import Neighbour, NeighbourTable, short_id
-from gossiplearn.peer.proofs import EVIDENCE_DIR, ProofStore
-from gossiplearn.peer.status import (
-    STATUS_SCHEMA_VERSION,
-    Metrics,
-    open_status_listeners,
-    process_figures,
-    remote_view,
-    serve_status,
-    trio_task_count,
+from gossiplearn.peer.net.neighbours import NeighbourTable, short_id
+from gossiplearn.peer.net.waiting import (
+    CLOCK_TOLERANCE_MS,
+    MIN_INVITABLE,
+    WATCH_S,
+    Waiting,
+    WaitingWatch,
 )
+from gossiplearn.peer.proofs import EVIDENCE_DIR, ProofStore
+from gossiplearn.peer.status import Metrics, open_status_listeners, remote_view, serve_status
 from gossiplearn.protocol import (
     ReplayGuard,
     SequenceCounter,
@@ -82,37 +83,16 @@ from gossiplearn.protocol.events import (
 )
 from gossiplearn.protocol.evidence import InvalidProof
 from gossiplearn.protocol.node import Node
-from gossiplearn.protocol.replay import DEFAULT_FRESHNESS_MS
-from gossiplearn.version import __version__
 
 log = logging.getLogger("gossiplearn.peer")
 
 STOP_BUDGET_S = 4.0  # the whole stop (abort, checkpoint, close) fits in the 5 s promise
 EVIDENCE_POLL_S = 2.0  # how soon an operator's `gossiplearn evidence --clear` takes effect
 HISTORY = 256  # finished rounds kept for the status document
-#: A neighbour whose clock is off ours by more than this is not invited. Messages older or
-#: newer than the freshness window (30 s) are refused as stale, and a round's frames are
-#: stamped when sent, so half the window leaves room for delays and estimation error.
-CLOCK_TOLERANCE_MS = DEFAULT_FRESHNESS_MS / 2
-WATCH_S = 1.0  # how often the reasons for waiting are re-checked
-MIN_INVITABLE = 2  # a round needs us and two others
-
-
-def _has_dial_problem(neighbour: Neighbour | None) -> bool:
-    return neighbour is not None and neighbour.dial_problem is not None
 
 
 class StartError(RuntimeError):
     """The daemon cannot start; the message names the cause and the fix, in one line."""
-
-
-@dataclass
-class Waiting:
-    """One reason the peer cannot start (some) rounds now."""
-
-    cause: str  # too_few_neighbours, clock_skew, schema_mismatch, peer_id_mismatch
-    message: str
-    peer: str | None = None  # the neighbour it is about, if any
 
 
 @dataclass
@@ -188,10 +168,9 @@ class PeerRuntime:
         self.rejected: Counter[str] = Counter()
         self.status_port: int | None = None
         self.ready = False  # True once serving: status_document() is then complete
-        #: Why rounds cannot start now (see Waiting); refreshed every WATCH_S.
+        #: Why rounds cannot start now (see waiting.py); refreshed every WATCH_S.
         self.waiting: list[Waiting] = []
-        self._logged: set[tuple[str, str]] = set()  # causes logged and not yet cleared
-        self._problems: dict[tuple[str, bytes], str] = {}  # reported by discovery
+        self._waiting_watch = WaitingWatch(self.directory / CONFIG_FILE)
         self._round_over = trio.Event()  # set when a round ends (and its result is applied)
         self._applying = 0  # finished rounds whose average is being applied
         self._stopping = False
@@ -258,7 +237,7 @@ class PeerRuntime:
             sequence=self._sequence,
             on_rejected=self._count_rejected,
             schema_hash=lambda: self.learning.schema_hash or b"",
-            on_problem=self._dial_problem,
+            on_problem=self._waiting_watch.dial_problem,
         )
         self.engine = RoundEngine(
             self.host,
@@ -386,101 +365,17 @@ class PeerRuntime:
 
     # ---- why nothing happens ----
 
-    def _dial_problem(self, cause: str, key: bytes, detail: str) -> None:
-        """Discovery could not reach ``key`` for a reason the operator can fix."""
-        self._problems[(cause, key)] = detail
-
     async def _watch(self) -> None:
         """Every WATCH_S, work out why rounds cannot start (status ``waiting``); log each
         cause once when it appears (too few neighbours: once it lasted a few pings), and
-        once more when it clears."""
+        once more when it clears (see waiting.py)."""
         started = time.monotonic()
         grace_s = 2 * self.config.discovery.ping_interval_s + 1
         while True:
             now = time.monotonic()
-            self.waiting = self._why_waiting(now)
-            active = set()
-            for reason in self.waiting:
-                if reason.cause == "too_few_neighbours" and now - started < grace_s:
-                    continue
-                key = (reason.cause, reason.peer or "")
-                active.add(key)
-                if key not in self._logged:
-                    self._logged.add(key)
-                    log.warning("waiting: %s", reason.message)
-            for key in sorted(self._logged - active):
-                if key[0] != "checkpoint":
-                    self._logged.discard(key)
-                    peer = f" ({key[1]})" if key[1] else ""
-                    log.info("no longer waiting: %s%s cleared", key[0], peer)
-            for cause in (
-                "too_few_neighbours",
-                "clock_skew",
-                "schema_mismatch",
-                "peer_id_mismatch",
-            ):
-                self.metrics.waiting.labels(cause).set(
-                    int(any(r.cause == cause for r in self.waiting))
-                )
+            self.waiting = self._waiting_watch.check(self.table, self.learning.schema_hash, now)
+            self._waiting_watch.log(self.waiting, self.metrics, settling=now - started < grace_s)
             await trio.sleep(WATCH_S)
-
-    def _why_waiting(self, now: float) -> list[Waiting]:
-        table = self.table
-        live = table.live(now)
-        invitable = table.invitable(now)
-        reasons: list[Waiting] = []
-        if len(invitable) < MIN_INVITABLE:
-            if len(live) < MIN_INVITABLE:
-                text = f"{len(live)} live neighbour{'s' * (len(live) != 1)}, need {MIN_INVITABLE}"
-            else:
-                text = (
-                    f"{len(invitable)} of {len(live)} live neighbours can join a round, need "
-                    f"{MIN_INVITABLE}"
-                )
-            reasons.append(Waiting("too_few_neighbours", text))
-        skewed = [n for n in live if table.clock_skewed(n)]
-        for n in skewed:
-            offset_s = (n.clock_offset_ms or 0.0) / 1000
-            hint = " (every live neighbour is off: ours may be)" if len(skewed) == len(live) else ""
-            reasons.append(
-                Waiting(
-                    "clock_skew",
-                    f"the clock of {short_id(n.peer_id)} is {offset_s:+.1f} s off ours "
-                    f"(tolerance +-{CLOCK_TOLERANCE_MS / 1000:.0f} s){hint}: not inviting it; "
-                    "synchronize both clocks (NTP)",
-                    n.peer_id,
-                )
-            )
-        for n in live:
-            if table.schema_differs(n):
-                theirs = (n.schema_hash or b"").hex()[:8]
-                ours = (self.learning.schema_hash or b"").hex()[:8]
-                reasons.append(
-                    Waiting(
-                        "schema_mismatch",
-                        f"{short_id(n.peer_id)} runs another model (backbone schema {theirs}, "
-                        f"ours {ours}): it cannot join our rounds; give every peer the same "
-                        "model.factory and model.options",
-                        n.peer_id,
-                    )
-                )
-        for (cause, key), detail in sorted(self._problems.items()):
-            neighbour = table.get(key)
-            if neighbour is None or neighbour.dial_problem is None:
-                continue  # answered since (or forgotten): solved
-            addresses = ", ".join(neighbour.dial_plan()) or "its address"
-            reasons.append(
-                Waiting(
-                    cause,
-                    f"{addresses} {detail}, not {neighbour.peer_id}: fix that address "
-                    f"(peer.bootstrap in {self.directory / CONFIG_FILE}, or the peer's record)",
-                    neighbour.peer_id,
-                )
-            )
-        self._problems = {
-            k: v for k, v in self._problems.items() if _has_dial_problem(table.get(k[1]))
-        }
-        return reasons
 
     def _peer_unreachable(self, key: bytes) -> None:
         # Not invited again until it answers a ping (or reaches us) again.
@@ -625,105 +520,12 @@ class PeerRuntime:
     # ---- status ----
 
     def status_document(self) -> dict[str, Any]:
-        now = time.monotonic()
-        counters = self.host.counters
-        neighbours = [self._neighbour_status(n, now) for n in self.table.all()]
-        return {
-            "schema": STATUS_SCHEMA_VERSION,
-            "version": __version__,
-            "peer_id": self.peer_id,
-            "addrs": self.host.addrs(),
-            "uptime_s": round(time.time() - self.started, 3),
-            "neighbours": neighbours,
-            "rounds": {
-                "completed": self.rounds.completed,
-                # Completed rounds whose result the learning side is still taking in: their
-                # history entries come when it is done.
-                "taking_in": self.averages_pending,
-                "aborted": self.rounds.aborted,
-                "cancelled": self.rounds.cancelled,
-                "abort_reasons": dict(self.rounds.abort_reasons),
-                "in_progress": self.engine.view.busy,
-                "current": self._current_round(),
-                "last": self.rounds.last,
-                "history": list(self.rounds.history),
-            },
-            "waiting": [
-                {"cause": w.cause, "message": w.message, "peer": w.peer} for w in self.waiting
-            ],
-            "clock_tolerance_ms": CLOCK_TOLERANCE_MS,
-            "refused_connections": counters.refused_connections + counters.refused_streams,
-            "rate_limited_connections": counters.rate_limited_connections,
-            "rejected_messages": dict(self.rejected),
-            **self.learning.status(),
-            "process": process_figures(),
-            "contribution_fresh": self.engine.view.contribution_fresh,
-            "blocked_peers": {
-                peer_id_from_public_key(peer): state
-                for peer, state in self.engine.view.blocked.items()
-            },
-        }
+        """The full status document (see status_document.py)."""
+        return status_document.assemble(self)
 
     def remote_status_document(self, requester: bytes) -> dict[str, Any]:
         """What an admitted peer may learn by asking (see status.remote_view)."""
         return remote_view(self.status_document(), peer_id_from_public_key(requester))
 
-    def _neighbour_status(self, n: Neighbour, now: float) -> dict[str, Any]:
-        counters = self.host.counters
-        table = self.table
-        offset = n.clock_offset_ms
-        live = table.is_live(n, now)
-        return {
-            "peer_id": n.peer_id,
-            "addrs": n.addrs,
-            "live": live,
-            "invitable": live and not table.clock_skewed(n) and not table.schema_differs(n),
-            "rtt_ms": None if n.rtt_ms is None else round(n.rtt_ms, 3),
-            "last_seen_s": None if n.last_seen is None else round(now - n.last_seen, 3),
-            "source": n.source,
-            "failures": n.failures,
-            "clock_offset_ms": None if offset is None else round(offset, 1),
-            "clock_ok": None if offset is None else not table.clock_skewed(n),
-            "same_model": None
-            if n.schema_hash is None or self.learning.schema_hash is None
-            else n.schema_hash == self.learning.schema_hash,
-            "bytes_in": counters.bytes_in.get(n.key, 0),
-            "bytes_out": counters.bytes_out.get(n.key, 0),
-        }
-
-    def _current_round(self) -> dict[str, Any] | None:
-        current = self.engine.view.current_round
-        if current is None:
-            return None
-        group, started_ms, deadline_ms = current
-        now_ms = time.time() * 1000
-        return {
-            "group": group.hex(),
-            "age_s": round((now_ms - started_ms) / 1000, 3),
-            "deadline_in_s": round((deadline_ms - now_ms) / 1000, 3),
-        }
-
     def _render_metrics(self) -> bytes:
-        counters = self.host.counters
-        self.metrics.refused_connections.set(
-            counters.refused_connections + counters.refused_streams
-        )
-        now = time.monotonic()
-        self.metrics.neighbours_live.set(len(self.table.live(now)))
-        self.metrics.rate_limited_connections.set(counters.rate_limited_connections)
-        skewed = 0
-        self.metrics.neighbour_clock_offset.clear()
-        for n in self.table.all():
-            if n.clock_offset_ms is not None:
-                self.metrics.neighbour_clock_offset.labels(short_id(n.peer_id)).set(
-                    n.clock_offset_ms / 1000
-                )
-            skewed += self.table.is_live(n, now) and self.table.clock_skewed(n)
-        self.metrics.neighbours_clock_skewed.set(skewed)
-        self.metrics.uptime.set(time.time() - self.started)
-        self.metrics.trio_tasks.set(trio_task_count() or 0)
-        blocked = self.engine.view.blocked.values()
-        refused = sum(1 for state in blocked if state["refused"])
-        self.metrics.blocked_peers.labels("refused").set(refused)
-        self.metrics.blocked_peers.labels("backoff").set(len(blocked) - refused)
-        return self.metrics.render()
+        return status_document.render_metrics(self)
