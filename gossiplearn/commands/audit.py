@@ -33,7 +33,7 @@ def render(report: Any) -> Any:
     from rich.table import Table
     from rich.text import Text
 
-    from gossiplearn.privacy.audit import FPR_1PCT, LOW_FPR, resolved
+    from gossiplearn.privacy.exposure import FPR_1PCT, LOW_FPR, resolved
 
     table = Table(
         title=f"membership inference on {report.members} training and {report.non_members} "
@@ -114,13 +114,8 @@ def audit(
     from gossiplearn.peer.learning.data import DataLoaderError
     from gossiplearn.peer.learning.split_model import SplitModelError
     from gossiplearn.peer.learning.trainer import DeviceUnavailable
-    from gossiplearn.privacy.audit import (
-        AuditError,
-        AuditSettings,
-        parts_from_directory,
-        plot_roc,
-        run_audit,
-    )
+    from gossiplearn.privacy.audit import AuditSettings, parts_from_directory, plot_roc, run_audit
+    from gossiplearn.privacy.exposure import AuditError
 
     try:
         settings = AuditSettings(
