@@ -48,7 +48,7 @@ from typing import Any
 
 from gossiplearn.peer.config import CHECKPOINT_DIR, load_config, save_config
 from gossiplearn.peer.learning.checkpoint import read_checkpoint_meta
-from gossiplearn.sim.launcher import (
+from gossiplearn.sim.daemons import (
     SimConfig,
     _fetch_status,
     _stop_all,

@@ -106,7 +106,7 @@ from gossiplearn.protocol import (
 )
 from gossiplearn.protocol.messages import MAX_GROUP, MAX_REASON
 from gossiplearn.protocol.node import Node
-from gossiplearn.sim.launcher import SimConfig, prepare_peers
+from gossiplearn.sim.daemons import SimConfig, prepare_peers
 
 log = logging.getLogger("fuzz_bench")
 

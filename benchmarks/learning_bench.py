@@ -38,8 +38,7 @@ from typing import Any
 import numpy as np
 
 from gossiplearn.sim.baselines import run_fedavg, run_fedper, run_local_only
-from gossiplearn.sim.datasets import load_all_shards
-from gossiplearn.sim.launcher import (
+from gossiplearn.sim.daemons import (
     SimConfig,
     model_factory,
     run_inproc,
@@ -47,6 +46,7 @@ from gossiplearn.sim.launcher import (
     run_process,
     train_config,
 )
+from gossiplearn.sim.datasets import load_all_shards
 from gossiplearn.sim.results import MethodResult
 from gossiplearn.testing.insider import ZeroContribution, lever
 

@@ -14,7 +14,7 @@ import json
 import resource
 import time
 
-from gossiplearn.sim.launcher import SimConfig, load_data, run_memory
+from gossiplearn.sim.daemons import SimConfig, load_data, run_memory
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from gossiplearn.sim.launcher import (
+from gossiplearn.sim.daemons import (
     SimConfig,
     check_parts,
     load_data,

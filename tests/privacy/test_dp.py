@@ -229,8 +229,8 @@ async def test_without_enforcement_the_same_check_fails(
 def test_sim_memory_mode_trains_every_method_with_dp(tmp_path: Path) -> None:
     from rich.console import Console
 
+    from gossiplearn.sim.daemons import SimConfig
     from gossiplearn.sim.experiment import run_experiment
-    from gossiplearn.sim.launcher import SimConfig
 
     config = SimConfig(peers=4, rounds=3, mode="memory", dp_epsilon=8.0).validate()
     run_experiment(config, tmp_path, console=Console(quiet=True))
@@ -254,7 +254,7 @@ def test_sim_memory_mode_trains_every_method_with_dp(tmp_path: Path) -> None:
 
 
 def test_sim_rejects_bad_dp_settings() -> None:
-    from gossiplearn.sim.launcher import SimConfig
+    from gossiplearn.sim.daemons import SimConfig
 
     with pytest.raises(ValueError, match="--dp-delta must be in"):
         SimConfig(mode="memory", dp_epsilon=8.0, dp_delta=2.0).validate()

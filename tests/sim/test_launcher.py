@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from gossiplearn.cli import app
+from gossiplearn.sim.daemons import SimConfig, groups_of, run_memory
 from gossiplearn.sim.datasets import load_all_shards
-from gossiplearn.sim.launcher import SimConfig, groups_of, run_memory
 from gossiplearn.sim.report import validate_results
 
 runner = CliRunner()
@@ -94,7 +94,7 @@ def test_sim_command_process_mode_runs_real_daemons(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_inproc_mode_runs_daemons_in_one_process(tmp_path):
-    from gossiplearn.sim.launcher import run_inproc
+    from gossiplearn.sim.daemons import run_inproc
 
     config = SimConfig(peers=3, rounds=1, group_size=3, mode="inproc", hidden=(16,)).validate()
     result = run_inproc(config, tmp_path)
