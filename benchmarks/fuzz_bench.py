@@ -106,7 +106,8 @@ from gossiplearn.protocol import (
 )
 from gossiplearn.protocol.messages import MAX_GROUP, MAX_REASON
 from gossiplearn.protocol.node import Node
-from gossiplearn.sim.daemons import SimConfig, prepare_peers
+from gossiplearn.sim.config import SimConfig
+from gossiplearn.sim.daemons import prepare_peers
 
 log = logging.getLogger("fuzz_bench")
 

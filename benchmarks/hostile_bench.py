@@ -101,7 +101,8 @@ from gossiplearn.protocol import Invite, Part, split_shards
 from gossiplearn.protocol.events import Action, MessageRefused
 from gossiplearn.protocol.node import Node
 from gossiplearn.protocol.replay import DEFAULT_FRESHNESS_MS
-from gossiplearn.sim.daemons import SimConfig, prepare_peers
+from gossiplearn.sim.config import SimConfig
+from gossiplearn.sim.daemons import prepare_peers
 from gossiplearn.testing.cluster import paused
 from gossiplearn.testing.insider import GarbageParts, Insider
 

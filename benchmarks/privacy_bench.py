@@ -32,7 +32,7 @@ from typing import Any
 
 from rich.console import Console
 
-from gossiplearn.sim.daemons import SimConfig
+from gossiplearn.sim.config import SimConfig
 from gossiplearn.sim.experiment import run_experiment
 from gossiplearn.sim.results import MethodResult
 

@@ -90,7 +90,7 @@ def sim(
     overwrite: bool = typer.Option(False, help="Replace the results of an earlier run in --out."),
 ) -> None:
     """Run a local multi-peer simulation and compare gossiplearn with the baselines."""
-    from gossiplearn.sim.daemons import SimConfig
+    from gossiplearn.sim.config import SimConfig
 
     try:
         config = SimConfig(

@@ -22,7 +22,7 @@ from gossiplearn.peer.learning.split_model import SplitModel
 from gossiplearn.peer.learning.trainer import TrainConfig, make_trainer
 from gossiplearn.privacy.audit import AuditParts, AuditSettings, run_audit
 from gossiplearn.privacy.exposure import AuditError
-from gossiplearn.sim.daemons import SimConfig, model_factory, train_config
+from gossiplearn.sim.config import SimConfig, model_factory, train_config
 
 #: One peer's final model, as a state_dict (tensors copied out of the working module).
 ModelState = Mapping[str, torch.Tensor]

@@ -229,7 +229,7 @@ async def test_without_enforcement_the_same_check_fails(
 def test_sim_memory_mode_trains_every_method_with_dp(tmp_path: Path) -> None:
     from rich.console import Console
 
-    from gossiplearn.sim.daemons import SimConfig
+    from gossiplearn.sim.config import SimConfig
     from gossiplearn.sim.experiment import run_experiment
 
     config = SimConfig(peers=4, rounds=3, mode="memory", dp_epsilon=8.0).validate()
@@ -254,7 +254,7 @@ def test_sim_memory_mode_trains_every_method_with_dp(tmp_path: Path) -> None:
 
 
 def test_sim_rejects_bad_dp_settings() -> None:
-    from gossiplearn.sim.daemons import SimConfig
+    from gossiplearn.sim.config import SimConfig
 
     with pytest.raises(ValueError, match="--dp-delta must be in"):
         SimConfig(mode="memory", dp_epsilon=8.0, dp_delta=2.0).validate()

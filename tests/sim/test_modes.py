@@ -1,5 +1,6 @@
-"""The simulation launcher and the `gossiplearn sim` command: memory mode with 3 peers,
-group formation, results.json, and one run of real daemons (process mode)."""
+"""The simulation modes (sim/memory.py, sim/daemons.py) and the `gossiplearn sim` command:
+memory mode with 3 peers, group formation, results.json, and one run of real daemons
+(process mode)."""
 
 import json
 import random
@@ -8,8 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from gossiplearn.cli import app
-from gossiplearn.sim.daemons import SimConfig, groups_of, run_memory
+from gossiplearn.sim.config import SimConfig
 from gossiplearn.sim.datasets import load_all_shards
+from gossiplearn.sim.memory import groups_of, run_memory
 from gossiplearn.sim.report import validate_results
 
 runner = CliRunner()
