@@ -44,6 +44,7 @@ from gossiplearn.crypto.identity import (
 )
 from gossiplearn.peer.config import CONFIG_FILE, IDENTITY_FILE, PeerConfig, load_config
 from gossiplearn.peer.dirlock import DirectoryLock
+from gossiplearn.peer.evidence_store import EVIDENCE_DIR, ProofStore
 from gossiplearn.peer.net import status_document
 from gossiplearn.peer.net.discovery import Discovery
 from gossiplearn.peer.net.engine import RoundEngine
@@ -64,7 +65,6 @@ from gossiplearn.peer.net.waiting import (
     Waiting,
     WaitingWatch,
 )
-from gossiplearn.peer.proofs import EVIDENCE_DIR, ProofStore
 from gossiplearn.peer.status import Metrics, open_status_listeners, remote_view, serve_status
 from gossiplearn.protocol import (
     ReplayGuard,

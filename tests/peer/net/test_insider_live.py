@@ -18,7 +18,7 @@ import trio
 
 from gossiplearn.crypto.identity import peer_id_from_public_key
 from gossiplearn.peer.daemon import Daemon
-from gossiplearn.peer.proofs import EVIDENCE_DIR, ProofStore
+from gossiplearn.peer.evidence_store import EVIDENCE_DIR, ProofStore
 from gossiplearn.protocol.evidence import verify_proof
 from gossiplearn.testing.cluster import key_of, prepare, running
 from gossiplearn.testing.insider import (
