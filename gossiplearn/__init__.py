@@ -13,8 +13,11 @@ What a user needs, from here (imported on first use, so ``import gossiplearn`` s
 - :class:`PrivacyConfig`: the DP-SGD settings (``[privacy]``, ``TrainConfig.privacy``);
   ``gossiplearn.privacy.make_private`` makes a user trainer private.
 
-Layers, dependencies pointing one way: ``crypto`` <- ``protocol`` <- ``peer`` <- ``sim``,
-``commands``. ``crypto`` and ``protocol`` are pure (no trio, libp2p or torch).
+Layers, dependencies pointing one way (tests/test_layering.py holds the table): ``crypto`` <-
+``protocol`` <- ``peer`` (``peer.net`` and ``peer.learning``, joined by ``peer.daemon``) <-
+``privacy.audit`` <- ``sim`` <- ``commands`` <- ``cli``; ``privacy.dp`` <- ``peer``; ``peer``
+<- ``api`` <- this package's names. ``crypto`` and ``protocol`` are pure (no trio, libp2p or
+torch).
 """
 
 from __future__ import annotations
