@@ -48,7 +48,8 @@ from pathlib import Path
 import torch
 
 from gossiplearn.fileio import TEMP_SUFFIX, temp_prefix
-from gossiplearn.peer.checkpoint import (
+from gossiplearn.peer.learning.architectures import mlp
+from gossiplearn.peer.learning.checkpoint import (
     MODEL_FILE,
     SIDECAR_FILE,
     CheckpointError,
@@ -56,8 +57,7 @@ from gossiplearn.peer.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from gossiplearn.peer.model import SplitModel
-from gossiplearn.peer.models import mlp
+from gossiplearn.peer.learning.split_model import SplitModel
 
 IN_WRITE_EVERY = 3
 EARLY_EVERY = 5

@@ -1,7 +1,7 @@
 """Churn: real peer daemons on 127.0.0.1; every K seconds one is killed with SIGKILL and
 restarted after a delay. Compared with a fault-free run of the same network and seed.
 
-Each run prepares N peer directories with the simulation launcher (the digits dataset split
+Each run prepares N peer directories with sim/daemons.py's prepare_peers (the digits dataset split
 Dirichlet(0.3), the same seed in both runs), starts N ``gossiplearn run`` processes, waits
 until every peer has finished a round (warm-up), and then runs for ``--duration-s`` seconds,
 polling every peer's ``/status`` every ``POLL_S``. In the churn run, every ``--kill-every-s``
@@ -46,15 +46,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gossiplearn.peer.checkpoint import read_checkpoint_meta
 from gossiplearn.peer.config import CHECKPOINT_DIR, load_config, save_config
-from gossiplearn.sim.launcher import (
-    SimConfig,
-    _fetch_status,
-    _stop_all,
-    prepare_peers,
-    start_peer,
-)
+from gossiplearn.peer.learning.checkpoint import read_checkpoint_meta
+from gossiplearn.sim.config import SimConfig
+from gossiplearn.sim.daemons import _fetch_status, _stop_all, prepare_peers, start_peer
 
 POLL_S = 0.5
 #: A round's deadline fires a tick in the engine, which aborts it in a worker thread. With

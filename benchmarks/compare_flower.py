@@ -46,7 +46,7 @@ from flwr.server import ServerApp, ServerAppComponents, ServerConfig
 from flwr.server.strategy import FedAvg
 from flwr.simulation import run_simulation
 
-from gossiplearn.peer.models import mlp
+from gossiplearn.peer.learning.architectures import mlp
 from gossiplearn.sim.datasets import digits
 
 PEERS, ROUNDS, EPOCHS = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])

@@ -2,7 +2,7 @@
 
 One trio process runs the victim, a real :class:`~gossiplearn.peer.daemon.Daemon` from a
 directory made by ``prepare_peers`` (its round interval set so that it never invites), and a
-fuzzer, a :class:`~gossiplearn.peer.host.Host` with another peer's identity, which the victim
+fuzzer, a :class:`~gossiplearn.peer.net.host.Host` with another peer's identity, which the victim
 admits. A third prepared peer, the accomplice, is admitted too but never runs: the fuzzer
 signs with its key to impersonate it. The fuzzer opens real libp2p streams to the victim and
 sends ``--messages`` messages in three phases, one per protocol, so that each refusal is
@@ -71,8 +71,8 @@ import trio
 from gossiplearn.crypto.identity import Identity, load_key_file, peer_id_from_public_key
 from gossiplearn.peer.config import IDENTITY_FILE, load_config, save_config
 from gossiplearn.peer.daemon import Daemon
-from gossiplearn.peer.framing import FramingError
-from gossiplearn.peer.host import (
+from gossiplearn.peer.net.framing import FramingError
+from gossiplearn.peer.net.host import (
     PEERS_PROTOCOL,
     PING_PROTOCOL,
     ROUND_PROTOCOL,
@@ -106,11 +106,12 @@ from gossiplearn.protocol import (
 )
 from gossiplearn.protocol.messages import MAX_GROUP, MAX_REASON
 from gossiplearn.protocol.node import Node
-from gossiplearn.sim.launcher import SimConfig, prepare_peers
+from gossiplearn.sim.config import SimConfig
+from gossiplearn.sim.daemons import prepare_peers
 
 log = logging.getLogger("fuzz_bench")
 
-#: The frame size limit each handler reads with (engine.py, discovery.py, daemon.py).
+#: The frame size limit each handler reads with (peer/net/: engine.py, discovery.py, runtime.py).
 FRAME_LIMITS = {
     ROUND_PROTOCOL: DEFAULT_LIMITS.max_frame_bytes,
     PEERS_PROTOCOL: 1 << 20,

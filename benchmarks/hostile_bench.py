@@ -86,7 +86,7 @@ import trio
 from gossiplearn.crypto.identity import Identity, load_key_file, public_key_from_peer_id
 from gossiplearn.peer.config import IDENTITY_FILE, load_config, save_config
 from gossiplearn.peer.daemon import Daemon
-from gossiplearn.peer.host import (
+from gossiplearn.peer.net.host import (
     FAILED_ADMISSIONS_PER_MINUTE,
     MAX_STREAMS_PER_PEER,
     PEERS_PROTOCOL,
@@ -101,7 +101,8 @@ from gossiplearn.protocol import Invite, Part, split_shards
 from gossiplearn.protocol.events import Action, MessageRefused
 from gossiplearn.protocol.node import Node
 from gossiplearn.protocol.replay import DEFAULT_FRESHNESS_MS
-from gossiplearn.sim.launcher import SimConfig, prepare_peers
+from gossiplearn.sim.config import SimConfig
+from gossiplearn.sim.daemons import prepare_peers
 from gossiplearn.testing.cluster import paused
 from gossiplearn.testing.insider import GarbageParts, Insider
 

@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 
 from gossiplearn.peer.config import load_config
-from gossiplearn.sim.launcher import SimConfig, _fetch_status, _stop_all, prepare_peers, start_peer
+from gossiplearn.sim.config import SimConfig
+from gossiplearn.sim.daemons import _fetch_status, _stop_all, prepare_peers, start_peer
 
 MB = 1 << 20
 NEVER_S = 1e6

@@ -38,15 +38,10 @@ from typing import Any
 import numpy as np
 
 from gossiplearn.sim.baselines import run_fedavg, run_fedper, run_local_only
+from gossiplearn.sim.config import SimConfig, model_factory, train_config
+from gossiplearn.sim.daemons import run_inproc, run_process
 from gossiplearn.sim.datasets import load_all_shards
-from gossiplearn.sim.launcher import (
-    SimConfig,
-    model_factory,
-    run_inproc,
-    run_memory,
-    run_process,
-    train_config,
-)
+from gossiplearn.sim.memory import run_memory
 from gossiplearn.sim.results import MethodResult
 from gossiplearn.testing.insider import ZeroContribution, lever
 

@@ -32,8 +32,8 @@ from typing import Any
 
 from rich.console import Console
 
+from gossiplearn.sim.config import SimConfig
 from gossiplearn.sim.experiment import run_experiment
-from gossiplearn.sim.launcher import SimConfig
 from gossiplearn.sim.results import MethodResult
 
 NO_DP = "none"

@@ -40,8 +40,8 @@ from dataclasses import dataclass
 import numpy as np
 import trio
 
-from gossiplearn.commands.common import free_port
 from gossiplearn.crypto import Identity
+from gossiplearn.peer.net.ports import free_port
 from gossiplearn.protocol.events import RoundAborted, RoundCancelled, RoundFinished, Send
 from gossiplearn.protocol.node import Node, RoundConfig
 from gossiplearn.protocol.plaintext import PlaintextNode
@@ -183,8 +183,8 @@ def run_libp2p(n: int, rounds: int, transport: str = "bulk") -> None:
 
 async def libp2p_child(args: argparse.Namespace) -> None:
     """One peer process: a host, the round engine, a synthetic backbone. Peer 0 measures."""
-    from gossiplearn.peer.engine import RoundEngine
-    from gossiplearn.peer.host import ROUND_PROTOCOL, Admission, Host
+    from gossiplearn.peer.net.engine import RoundEngine
+    from gossiplearn.peer.net.host import ROUND_PROTOCOL, Admission, Host
 
     identities = [Identity(bytes.fromhex(s)) for s in args.seeds.split(",")]
     ports = args.ports.split(",")

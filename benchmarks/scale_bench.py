@@ -14,7 +14,8 @@ import json
 import resource
 import time
 
-from gossiplearn.sim.launcher import SimConfig, load_data, run_memory
+from gossiplearn.sim.config import SimConfig, load_data
+from gossiplearn.sim.memory import run_memory
 
 
 def main() -> None:

@@ -74,7 +74,8 @@ from pathlib import Path
 from typing import Any
 
 from gossiplearn.peer.config import load_config
-from gossiplearn.sim.launcher import SimConfig, _fetch_status, _stop_all, prepare_peers, start_peer
+from gossiplearn.sim.config import SimConfig
+from gossiplearn.sim.daemons import _fetch_status, _stop_all, prepare_peers, start_peer
 
 MB = 1024 * 1024
 PROGRESS_EVERY_S = 30.0

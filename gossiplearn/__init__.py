@@ -13,8 +13,11 @@ What a user needs, from here (imported on first use, so ``import gossiplearn`` s
 - :class:`PrivacyConfig`: the DP-SGD settings (``[privacy]``, ``TrainConfig.privacy``);
   ``gossiplearn.privacy.make_private`` makes a user trainer private.
 
-Layers, dependencies pointing one way: ``crypto`` <- ``protocol`` <- ``peer`` <- ``sim``,
-``commands``. ``crypto`` and ``protocol`` are pure (no trio, libp2p or torch).
+Layers, dependencies pointing one way (tests/test_layering.py holds the table): ``crypto`` <-
+``protocol`` <- ``peer`` (``peer.net`` and ``peer.learning``, joined by ``peer.daemon``) <-
+``privacy.audit`` <- ``sim`` <- ``commands`` <- ``cli``; ``privacy.dp`` <- ``peer``; ``peer``
+<- ``api`` <- this package's names. ``crypto`` and ``protocol`` are pure (no trio, libp2p or
+torch).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from gossiplearn.version import __version__
 
 #: Public name -> the module it lives in.
 _EXPORTS = {
@@ -30,14 +33,14 @@ _EXPORTS = {
     "AsyncPeer": "gossiplearn.api",
     "open_peer": "gossiplearn.api",
     "SyncResult": "gossiplearn.api",
-    "SplitModel": "gossiplearn.peer.model",
-    "TrainerProtocol": "gossiplearn.peer.trainer",
-    "TrainConfig": "gossiplearn.peer.trainer",
-    "Trainer": "gossiplearn.peer.trainer",
-    "PeerData": "gossiplearn.peer.data",
+    "SplitModel": "gossiplearn.peer.learning.split_model",
+    "TrainerProtocol": "gossiplearn.peer.learning.trainer",
+    "TrainConfig": "gossiplearn.peer.learning.trainer",
+    "Trainer": "gossiplearn.peer.learning.trainer",
+    "PeerData": "gossiplearn.peer.learning.data",
     "PeerConfig": "gossiplearn.peer.config",
     "load_config": "gossiplearn.peer.config",
-    "PrivacyConfig": "gossiplearn.privacy",
+    "PrivacyConfig": "gossiplearn.privacy.dp",
 }
 
 __all__ = [
@@ -59,10 +62,10 @@ __all__ = [
 if TYPE_CHECKING:
     from gossiplearn.api import AsyncPeer, Peer, SyncResult, open_peer
     from gossiplearn.peer.config import PeerConfig, load_config
-    from gossiplearn.peer.data import PeerData
-    from gossiplearn.peer.model import SplitModel
-    from gossiplearn.peer.trainer import TrainConfig, Trainer, TrainerProtocol
-    from gossiplearn.privacy import PrivacyConfig
+    from gossiplearn.peer.learning.data import PeerData
+    from gossiplearn.peer.learning.split_model import SplitModel
+    from gossiplearn.peer.learning.trainer import TrainConfig, Trainer, TrainerProtocol
+    from gossiplearn.privacy.dp import PrivacyConfig
 
 
 def __getattr__(name: str) -> Any:

@@ -49,7 +49,7 @@ import numpy as np
 import trio
 
 from gossiplearn.peer.config import PeerConfig, load_config
-from gossiplearn.peer.runtime import PeerRuntime
+from gossiplearn.peer.net.runtime import PeerRuntime
 from gossiplearn.protocol.events import RoundFinished
 
 log = logging.getLogger("gossiplearn.api")
@@ -133,7 +133,7 @@ class _Syncer:
         self._module_id: int | None = None
 
     def split_of(self, model: Any) -> Any:
-        from gossiplearn.peer.model import SplitModel
+        from gossiplearn.peer.learning.split_model import SplitModel
 
         module = getattr(model, "module", model)  # a SplitModel, or the torch module itself
         if self._split is None or self._module_id != id(module):
@@ -157,7 +157,7 @@ class _Syncer:
 
     def take_in(self, split: Any) -> tuple[int, int]:
         """Apply every finished round's change; returns (applied, refused)."""
-        from gossiplearn.peer.learner import landed  # torch: only once there is a model
+        from gossiplearn.peer.learning.learner import landed  # torch: only once there is a model
 
         applied = refused = 0
         while True:

@@ -7,7 +7,6 @@ import sys
 
 import typer
 
-from gossiplearn import __version__
 from gossiplearn.commands.allow import allow
 from gossiplearn.commands.audit import audit
 from gossiplearn.commands.evidence import evidence
@@ -16,6 +15,7 @@ from gossiplearn.commands.keys import keys_app
 from gossiplearn.commands.run import run
 from gossiplearn.commands.sim import sim
 from gossiplearn.commands.status import status
+from gossiplearn.version import __version__
 
 app = typer.Typer(
     name="gossiplearn",

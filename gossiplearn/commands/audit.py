@@ -1,5 +1,5 @@
 """``gossiplearn audit DIR``: how much a peer's model reveals about its training records
-(membership inference: loss threshold and offline LiRA; see gossiplearn/peer/audit.py).
+(membership inference: loss threshold and offline LiRA; see gossiplearn/privacy/audit.py).
 
 Read-only and local: the daemon may be running (the checkpoint is replaced atomically and
 no directory lock is taken); nothing is sent anywhere. Exit codes: 2 for an invalid
@@ -33,7 +33,7 @@ def render(report: Any) -> Any:
     from rich.table import Table
     from rich.text import Text
 
-    from gossiplearn.peer.audit import FPR_1PCT, LOW_FPR, resolved
+    from gossiplearn.privacy.exposure import FPR_1PCT, LOW_FPR, resolved
 
     table = Table(
         title=f"membership inference on {report.members} training and {report.non_members} "
@@ -100,7 +100,7 @@ def audit(
         config = load_config(directory)
     except ConfigError as exc:
         fail(str(exc), 2)
-    from gossiplearn.peer.checkpoint import MODEL_FILE
+    from gossiplearn.peer.learning.checkpoint import MODEL_FILE
 
     if not (directory / CHECKPOINT_DIR / MODEL_FILE).exists():
         fail(
@@ -110,17 +110,12 @@ def audit(
         )
     import torch
 
-    from gossiplearn.peer.audit import (
-        AuditError,
-        AuditSettings,
-        parts_from_directory,
-        plot_roc,
-        run_audit,
-    )
-    from gossiplearn.peer.checkpoint import CheckpointError
-    from gossiplearn.peer.data import DataLoaderError
-    from gossiplearn.peer.model import SplitModelError
-    from gossiplearn.peer.trainer import DeviceUnavailable
+    from gossiplearn.peer.learning.checkpoint import CheckpointError
+    from gossiplearn.peer.learning.data import DataLoaderError
+    from gossiplearn.peer.learning.split_model import SplitModelError
+    from gossiplearn.peer.learning.trainer import DeviceUnavailable
+    from gossiplearn.privacy.audit import AuditSettings, parts_from_directory, plot_roc, run_audit
+    from gossiplearn.privacy.exposure import AuditError
 
     try:
         settings = AuditSettings(

@@ -1,8 +1,7 @@
-"""Helpers shared by the commands: errors as one line, peer arguments, free ports."""
+"""Helpers shared by the commands: errors as one line, peer arguments."""
 
 from __future__ import annotations
 
-import socket
 import sys
 from typing import NoReturn
 
@@ -21,7 +20,7 @@ def parse_peer(text: str) -> tuple[str, str | None]:
     """(peer id, bootstrap multiaddr or None) from a peer id or a full multiaddr /.../p2p/ID;
     anything else ends the command with one line and exit code 2."""
     from gossiplearn.peer.config import dial_address_problem
-    from gossiplearn.peer.host import split_p2p_multiaddr
+    from gossiplearn.peer.net.host import split_p2p_multiaddr
 
     if text.startswith("/"):
         problem = dial_address_problem(text)
@@ -45,10 +44,3 @@ def dialable(listen: str, peer_id: str) -> str:
     if "/ip4/0.0.0.0/" in listen or "/ip6/::/" in listen:
         return f"{address}  (replace the any-address with this machine's IP or name)"
     return address
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free right now on ``host`` (bind to 0 and let the kernel choose)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])

@@ -19,7 +19,7 @@ from gossiplearn.crypto.identity import (
     peer_id_from_public_key,
     public_key_from_peer_id,
 )
-from gossiplearn.peer.proofs import EVIDENCE_DIR, ProofStore
+from gossiplearn.peer.evidence_store import EVIDENCE_DIR, ProofStore
 from gossiplearn.protocol.evidence import describe_proof
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from gossiplearn.commands.common import dialable, fail, free_port, parse_peer
+from gossiplearn.commands.common import dialable, fail, parse_peer
 from gossiplearn.crypto.identity import Identity, write_key_file
 from gossiplearn.peer.config import (
     CONFIG_FILE,
@@ -17,6 +17,7 @@ from gossiplearn.peer.config import (
     PeerConfig,
     save_config,
 )
+from gossiplearn.peer.net.ports import free_port
 
 BUILT_IN_DATASETS = ("digits", "fashion-mnist", "synthetic")  # gossiplearn.sim.datasets.DATASETS
 _TCP_PORT = re.compile(r"^/ip4/(?P<ip>[0-9.]+)/tcp/(?P<port>\d+)$")
@@ -175,10 +176,10 @@ def _options(flag: str, pairs: list[str]) -> dict[str, object]:
 def _check_learning(config: PeerConfig) -> None:
     """Build the model, data and trainer as `gossiplearn run` will, and evaluate once; a
     mistake is one line naming the config key (nothing is written then)."""
-    from gossiplearn.peer.daemon import load_learning
-    from gossiplearn.peer.data import DataLoaderError
-    from gossiplearn.peer.model import SplitModelError
-    from gossiplearn.peer.trainer import DeviceUnavailable
+    from gossiplearn.peer.learning.builtin import load_learning
+    from gossiplearn.peer.learning.data import DataLoaderError
+    from gossiplearn.peer.learning.split_model import SplitModelError
+    from gossiplearn.peer.learning.trainer import DeviceUnavailable
 
     try:
         model, data, _, first = load_learning(config)

@@ -63,13 +63,13 @@ def configure_logging(directory: Path, config: PeerConfig) -> Path:
 def _known_error(error: BaseException) -> BaseException | None:
     """The error an operator can act on, inside ``error`` (unwrapping exception groups)."""
     from gossiplearn.crypto.identity import IdentityError
-    from gossiplearn.peer.checkpoint import CheckpointError
     from gossiplearn.peer.daemon import StartError
-    from gossiplearn.peer.data import DataLoaderError
     from gossiplearn.peer.dirlock import DirectoryLocked
-    from gossiplearn.peer.model import SplitModelError
-    from gossiplearn.peer.trainer import DeviceUnavailable
-    from gossiplearn.privacy import PrivacyError
+    from gossiplearn.peer.learning.checkpoint import CheckpointError
+    from gossiplearn.peer.learning.data import DataLoaderError
+    from gossiplearn.peer.learning.split_model import SplitModelError
+    from gossiplearn.peer.learning.trainer import DeviceUnavailable
+    from gossiplearn.privacy.dp import PrivacyError
 
     known = (
         ConfigError,

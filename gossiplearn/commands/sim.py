@@ -90,7 +90,7 @@ def sim(
     overwrite: bool = typer.Option(False, help="Replace the results of an earlier run in --out."),
 ) -> None:
     """Run a local multi-peer simulation and compare gossiplearn with the baselines."""
-    from gossiplearn.sim.launcher import SimConfig
+    from gossiplearn.sim.config import SimConfig
 
     try:
         config = SimConfig(
@@ -123,7 +123,7 @@ def sim(
     # in process mode they run in sessions of their own, which the signal does not reach.
     signal.signal(signal.SIGTERM, _sigterm_as_sigint)
 
-    from gossiplearn.peer.lean import avoid_dynamo_import
+    from gossiplearn.peer.learning.lean import avoid_dynamo_import
     from gossiplearn.sim.experiment import run_experiment
 
     avoid_dynamo_import()  # memory mode and the baselines train here: no torch._dynamo import

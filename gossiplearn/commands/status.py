@@ -44,8 +44,8 @@ def fetch_remote(address: str, identity_dir: Path) -> dict[str, Any]:
 
     from gossiplearn.crypto.identity import IdentityError, load_key_file
     from gossiplearn.peer.config import IDENTITY_FILE, dial_address_problem
-    from gossiplearn.peer.framing import read_frame, write_frame
-    from gossiplearn.peer.host import STATUS_PROTOCOL, Admission, Host
+    from gossiplearn.peer.net.framing import read_frame, write_frame
+    from gossiplearn.peer.net.host import STATUS_PROTOCOL, Admission, Host
     from gossiplearn.protocol import (
         ReplayGuard,
         Status,
@@ -64,7 +64,7 @@ def fetch_remote(address: str, identity_dir: Path) -> dict[str, Any]:
 
     async def ask() -> dict[str, Any]:
         from gossiplearn.crypto.identity import public_key_from_peer_id
-        from gossiplearn.peer.host import split_p2p_multiaddr
+        from gossiplearn.peer.net.host import split_p2p_multiaddr
 
         target = public_key_from_peer_id(split_p2p_multiaddr(address)[1])
         host = Host(identity, ["/ip4/127.0.0.1/tcp/0"], Admission([target]))
@@ -180,7 +180,7 @@ def _privacy(privacy: dict[str, Any] | None) -> str:
 def _blocked(blocked: dict[str, dict[str, Any]] | None) -> str:
     if not blocked:
         return "-"
-    from gossiplearn.peer.neighbours import short_id
+    from gossiplearn.peer.net.neighbours import short_id
 
     return ", ".join(
         f"{short_id(peer)} "
@@ -197,7 +197,7 @@ def render(document: dict[str, Any]) -> Any:
     from rich.console import Group
     from rich.table import Table
 
-    from gossiplearn.peer.neighbours import short_id
+    from gossiplearn.peer.net.neighbours import short_id
     from gossiplearn.sim.report import human_bytes
 
     rounds = document.get("rounds", {})

@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 from gossiplearn.crypto.identity import IdentityError, public_key_from_peer_id
 from gossiplearn.fileio import write_atomically
-from gossiplearn.privacy import privacy_problem
+from gossiplearn.privacy.dp import privacy_problem
 from gossiplearn.protocol.messages import MAX_WEIGHT
 from gossiplearn.protocol.node import RoundConfig
 
 if TYPE_CHECKING:
-    from gossiplearn.peer.learner import AcceptanceConfig
-    from gossiplearn.peer.trainer import TrainConfig
-    from gossiplearn.privacy import PrivacyConfig
+    from gossiplearn.peer.learning.learner import AcceptanceConfig
+    from gossiplearn.peer.learning.trainer import TrainConfig
+    from gossiplearn.privacy.dp import PrivacyConfig
 
 CONFIG_FILE = "config.toml"
 IDENTITY_FILE = "identity.key"
@@ -84,7 +84,7 @@ class RoundSection:
 
 @dataclass
 class ModelSection:
-    factory: str = "gossiplearn.peer.models:mlp"
+    factory: str = "gossiplearn.peer.learning.architectures:mlp"
     head_prefixes: list[str] = field(default_factory=list)
     share_batchnorm_stats: bool = False
     options: dict[str, Any] = field(default_factory=dict)
@@ -116,7 +116,7 @@ class TrainingSection:
     options: dict[str, Any] = field(default_factory=dict)
 
     def to_train_config(self) -> TrainConfig:
-        from gossiplearn.peer.trainer import TrainConfig  # torch: only where training runs
+        from gossiplearn.peer.learning.trainer import TrainConfig  # torch: only where training runs
 
         return TrainConfig(
             epochs=self.epochs,
@@ -130,7 +130,7 @@ class TrainingSection:
         )
 
     def to_acceptance_config(self) -> AcceptanceConfig:
-        from gossiplearn.peer.learner import AcceptanceConfig
+        from gossiplearn.peer.learning.learner import AcceptanceConfig
 
         return AcceptanceConfig(self.acceptance, self.acceptance_tolerance, self.acceptance_metric)
 
@@ -146,7 +146,7 @@ class PrivacySection:
 
     def to_privacy_config(self) -> PrivacyConfig | None:
         """The trainer's DP-SGD settings; None when privacy is off."""
-        from gossiplearn.privacy import PrivacyConfig
+        from gossiplearn.privacy.dp import PrivacyConfig
 
         if not self.enabled:
             return None

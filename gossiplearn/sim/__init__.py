@@ -1,1 +1,3 @@
-"""Local multi-peer simulation: datasets, partitions, baselines, launcher and reports."""
+"""Local multi-peer simulation: datasets and partitions, the settings every method shares
+(config.py), gossiplearn in memory mode (memory.py) or as real daemons (daemons.py), the
+baselines, and reports."""

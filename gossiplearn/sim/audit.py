@@ -1,5 +1,5 @@
 """``gossiplearn sim --audit``: the membership-inference audit of every peer's final model,
-per method, with the same code as ``gossiplearn audit`` (:mod:`gossiplearn.peer.audit`).
+per method, with the same code as ``gossiplearn audit`` (:mod:`gossiplearn.privacy.audit`).
 
 Each peer's model is audited on that peer's own data: members are its training set,
 non-members its held-out records (half of them train the reference models of offline LiRA).
@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from gossiplearn.peer.audit import AuditError, AuditParts, AuditSettings, run_audit
-from gossiplearn.peer.data import PeerData, TrainerError
-from gossiplearn.peer.model import SplitModel
-from gossiplearn.peer.trainer import TrainConfig, make_trainer
-from gossiplearn.sim.launcher import SimConfig, model_factory, train_config
+from gossiplearn.peer.learning.data import PeerData, TrainerError
+from gossiplearn.peer.learning.split_model import SplitModel
+from gossiplearn.peer.learning.trainer import TrainConfig, make_trainer
+from gossiplearn.privacy.audit import AuditParts, AuditSettings, run_audit
+from gossiplearn.privacy.exposure import AuditError
+from gossiplearn.sim.config import SimConfig, model_factory, train_config
 
 #: One peer's final model, as a state_dict (tensors copied out of the working module).
 ModelState = Mapping[str, torch.Tensor]

@@ -1,6 +1,6 @@
 """Reference methods that gossiplearn is compared against, on the same shards and budget.
 
-Each baseline takes the peers' data (:class:`~gossiplearn.peer.data.PeerData`), a model
+Each baseline takes the peers' data (:class:`~gossiplearn.peer.learning.data.PeerData`), a model
 factory and the same :class:`TrainConfig` gossiplearn peers use (one round's local budget
 included), runs ``rounds`` rounds and returns a :class:`MethodResult` (peer p's accuracy on its
 own test data after every round). They train on the same training part gossiplearn peers do;
@@ -54,9 +54,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from gossiplearn.peer.data import PeerData
-from gossiplearn.peer.model import SplitModel
-from gossiplearn.peer.trainer import TrainConfig, Trainer
+from gossiplearn.peer.learning.data import PeerData
+from gossiplearn.peer.learning.split_model import SplitModel
+from gossiplearn.peer.learning.trainer import TrainConfig, Trainer
 from gossiplearn.sim.results import MethodResult, accuracy_of, epsilon_spent
 
 #: Returns a fresh module with ``backbone`` and ``head`` submodules (same init given torch seed).

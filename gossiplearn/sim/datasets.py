@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from gossiplearn.peer.data import DEFAULT_VALIDATION, PeerData
+from gossiplearn.peer.learning.data import DEFAULT_VALIDATION, PeerData
 
 __all__ = ["DATASETS", "DEFAULT_VALIDATION", "PeerData", "digits", "fashion_mnist", "synthetic"]
 
@@ -561,7 +561,7 @@ def load_shard(
     Synthetic(1, 1).
     """
     # Imported here: the daemon's loader resolution, shared so names resolve identically.
-    from gossiplearn.peer.data import peer_data, resolve
+    from gossiplearn.peer.learning.data import peer_data, resolve
 
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")

@@ -19,17 +19,16 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from gossiplearn.sim.launcher import (
+from gossiplearn.sim.config import (
     SimConfig,
     check_parts,
     load_data,
     model_factory,
-    run_inproc,
-    run_memory,
-    run_process,
     train_config,
     trainer_factory,
 )
+from gossiplearn.sim.daemons import run_inproc, run_process
+from gossiplearn.sim.memory import run_memory
 from gossiplearn.sim.report import human_bytes, plot_results, summary_table, write_results
 from gossiplearn.sim.results import MethodResult
 

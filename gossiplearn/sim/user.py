@@ -7,7 +7,7 @@
   returns that peer's ``(train, test)`` or ``(train, validation, test)`` map-style datasets.
   With two, ``--validation`` of the training part (seeded) becomes the validation set that
   gossiplearn peers decide on; every method trains on the same training part.
-- ``--trainer module:Class``: a :class:`~gossiplearn.peer.trainer.TrainerProtocol`, built as
+- ``--trainer module:Class``: a :class:`~gossiplearn.peer.learning.trainer.TrainerProtocol`, built as
   ``Class(model, data, config)``; gossiplearn and every baseline train through it. Its
   ``evaluate()`` must return ``"accuracy"`` (higher is better): the table and plots report it.
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from gossiplearn.peer.data import DataLoaderError, ModelFactoryError, PeerData, resolve
+from gossiplearn.peer.learning.data import DataLoaderError, ModelFactoryError, PeerData, resolve
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset

@@ -19,7 +19,8 @@ import trio
 from gossiplearn.peer.config import load_config, save_config
 from gossiplearn.peer.daemon import Daemon
 from gossiplearn.protocol.node import Node
-from gossiplearn.sim.launcher import SimConfig, prepare_peers
+from gossiplearn.sim.config import SimConfig
+from gossiplearn.sim.daemons import prepare_peers
 
 #: A round interval no test waits for: the daemon trains once and never invites by itself.
 NEVER_S = 1e6

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from gossiplearn.peer.checkpoint import CheckpointMeta, save_checkpoint
 from gossiplearn.peer.config import CHECKPOINT_DIR, load_config
-from gossiplearn.peer.daemon import load_learning
+from gossiplearn.peer.learning.builtin import load_learning
+from gossiplearn.peer.learning.checkpoint import CheckpointMeta, save_checkpoint
 from tests.commands.test_mistakes import cli, edit, new_peer, one_line
 
 pytestmark = pytest.mark.timeout(60)

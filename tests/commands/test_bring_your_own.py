@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gossiplearn.peer.trainer import DeviceUnavailable, resolve_device
+from gossiplearn.peer.learning.trainer import DeviceUnavailable, resolve_device
 from tests.commands.test_mistakes import edit, new_peer, one_line
 
 pytestmark = pytest.mark.timeout(120)

@@ -1,4 +1,4 @@
-"""``gossiplearn evidence``: the proofs a peer keeps (peer/proofs.py), listed and cleared."""
+"""``gossiplearn evidence``: the proofs a peer keeps (peer/evidence_store.py), listed and cleared."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from gossiplearn.cli import app
 from gossiplearn.crypto.identity import Identity
-from gossiplearn.peer.proofs import EVIDENCE_DIR, ProofStore
+from gossiplearn.peer.evidence_store import EVIDENCE_DIR, ProofStore
 from gossiplearn.protocol.envelope import encode_envelope, verify_envelope
 from gossiplearn.protocol.evidence import EquivocationProof
 from gossiplearn.protocol.messages import WeightShare

@@ -201,22 +201,22 @@ def test_an_invalid_config_value_names_the_file_and_the_key(
 
 def test_a_broken_model_factory_is_named_as_such(tmp_path: Path):
     directory = new_peer(tmp_path)
-    edit(directory, "model", "factory", '"gossiplearn.peer.models:no_such_model"')
+    edit(directory, "model", "factory", '"gossiplearn.peer.learning.architectures:no_such_model"')
     line = one_line(
         cli("run", directory),
         1,
-        "model.factory 'gossiplearn.peer.models:no_such_model'",
+        "model.factory 'gossiplearn.peer.learning.architectures:no_such_model'",
         "not found",
     )
     assert "data loader" not in line and "data.loader" not in line
     config = load_config(directory)
-    config.model.factory = "gossiplearn.peer.models:mlp"
+    config.model.factory = "gossiplearn.peer.learning.architectures:mlp"
     config.model.options = {"colour": "red"}
     save_config(directory, config)
     one_line(
         cli("run", directory),
         1,
-        "model.factory 'gossiplearn.peer.models:mlp' failed with model.options",
+        "model.factory 'gossiplearn.peer.learning.architectures:mlp' failed with model.options",
         "TypeError",
     )
 

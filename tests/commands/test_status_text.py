@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 
 from gossiplearn.commands.status import render
-from gossiplearn.peer.neighbours import short_id
+from gossiplearn.peer.net.neighbours import short_id
 
 CHEAT = "12D3KooWQYhTNQdmr3ArTeUHRYzFg94BKyTkoWBDXoUyTuLbDy3U"
 SLOW = "12D3KooWDpJ7As7BWAwRMfu1VU2WC5jrC3rFa7UpqHKAF5HsvUss"

@@ -24,7 +24,7 @@ import trio
 
 from gossiplearn.crypto.identity import load_key_file, public_key_from_peer_id
 from gossiplearn.peer.config import load_config, save_config
-from gossiplearn.peer.host import ROUND_PROTOCOL, Admission, Host, split_p2p_multiaddr
+from gossiplearn.peer.net.host import ROUND_PROTOCOL, Admission, Host, split_p2p_multiaddr
 from gossiplearn.peer.status import REMOTE_KEYS
 from gossiplearn.protocol import Invite, encode_envelope
 

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from gossiplearn.peer.data import peer_data
-from gossiplearn.peer.model import SplitModel
-from gossiplearn.peer.models import mlp
-from gossiplearn.peer.trainer import TrainConfig, Trainer
+from gossiplearn.peer.learning.architectures import mlp
+from gossiplearn.peer.learning.data import peer_data
+from gossiplearn.peer.learning.split_model import SplitModel
+from gossiplearn.peer.learning.trainer import TrainConfig, Trainer
 from gossiplearn.sim.baselines import run_fedavg, run_fedper, run_local_only
 from gossiplearn.sim.datasets import digits
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gossiplearn.peer.data import PeerData
+from gossiplearn.peer.learning.data import PeerData
 from gossiplearn.sim.datasets import (
     DATASETS,
     FASHION_MNIST_ROOT,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from gossiplearn.peer.trainer import TrainConfig
+from gossiplearn.peer.learning.trainer import TrainConfig
 from gossiplearn.sim.report import (
     RESULTS_SCHEMA_VERSION,
     human_bytes,
@@ -203,7 +203,7 @@ def test_the_per_peer_plot_keeps_each_peer_in_one_place():
 
 
 def test_the_progress_bar_and_the_table_read_the_same_figure():
-    from gossiplearn.sim.launcher import _accuracies_after, _result_from_documents
+    from gossiplearn.sim.daemons import _accuracies_after, _result_from_documents
 
     def document(accuracies: list[float], current: float) -> dict[str, object]:
         history = [{"accuracy": a} for a in accuracies]

@@ -1,0 +1,285 @@
+"""Real daemons on 127.0.0.1, each with its own directory, admitting each other, in one of two
+modes:
+
+- ``process``: N ``gossiplearn run`` subprocesses: exactly what an organization runs.
+- ``inproc``: N daemons (libp2p hosts and all) in one trio process.
+
+Each returns a :class:`MethodResult` for "gossiplearn" with each peer's accuracy on its own
+held-out data after each of its rounds, read from the peers' status documents. (The third
+mode, ``memory``, is memory.py; the settings every mode shares, config.py.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gossiplearn.crypto.identity import Identity, write_key_file
+from gossiplearn.peer.config import IDENTITY_FILE, PeerConfig, save_config
+from gossiplearn.sim.config import Progress, SimConfig, model_options
+from gossiplearn.sim.results import MethodResult
+
+
+def prepare_peers(out_dir: Path, config: SimConfig) -> list[Path]:
+    """Create one peer directory per peer (identity, documented config), admitting each other."""
+    from gossiplearn.peer.net.ports import free_port
+    from gossiplearn.sim.datasets import DATASETS
+
+    peers_dir = out_dir / "peers"
+    peers_dir.mkdir(parents=True, exist_ok=True)
+    identities = [Identity.generate() for _ in range(config.peers)]
+    ports = [free_port() for _ in identities]
+    addresses = [
+        f"/ip4/127.0.0.1/tcp/{port}/p2p/{identity.peer_id}"
+        for port, identity in zip(ports, identities, strict=True)
+    ]
+    dirs = []
+    for i, identity in enumerate(identities):
+        directory = peers_dir / f"peer-{i}"
+        directory.mkdir(exist_ok=True)
+        write_key_file(directory / IDENTITY_FILE, identity)
+        peer_config = PeerConfig()
+        peer_config.peer.listen = [f"/ip4/127.0.0.1/tcp/{ports[i]}"]
+        peer_config.peer.allow = [other.peer_id for other in identities if other is not identity]
+        # A few bootstrap peers each; peer exchange finds the rest.
+        neighbours = [(i + step) % config.peers for step in (1, 2, 3) if step < config.peers]
+        peer_config.peer.bootstrap = [addresses[j] for j in dict.fromkeys(neighbours) if j != i]
+        peer_config.discovery.ping_interval_s = 1.0
+        peer_config.discovery.max_neighbours = max(16, config.group_size * 2)
+        peer_config.round.group_size = config.group_size
+        peer_config.round.max_weight = config.max_weight
+        peer_config.round.interval_s = config.interval_s
+        if config.model:
+            peer_config.model.factory = config.model
+        peer_config.model.options = model_options(config)
+        if config.data:
+            peer_config.data.loader = "gossiplearn.sim.user:load_shard"
+            peer_config.data.options = {
+                "function": config.data,
+                "peer": i,
+                "peers": config.peers,
+                "validation": config.validation,
+                "seed": config.seed,
+            }
+        else:
+            peer_config.data.loader = DATASETS[config.dataset].loader
+            peer_config.data.options = {
+                "shard": f"{i}/{config.peers}",
+                "partition": config.partition,
+                "seed": config.seed,
+                "holdout": config.holdout,
+                "validation": config.validation,
+            }
+        training = peer_config.training
+        training.trainer = config.trainer
+        training.epochs = config.epochs
+        training.steps_per_round = config.steps_per_round
+        training.batch_size = config.batch_size
+        training.lr = config.lr
+        training.seed = config.seed
+        training.acceptance = config.acceptance
+        training.acceptance_tolerance = config.acceptance_tolerance
+        training.acceptance_metric = config.acceptance_metric
+        training.overlap = config.overlap
+        training.local_reference = config.local_reference
+        if config.dp_epsilon:
+            privacy = peer_config.privacy
+            privacy.enabled = True
+            privacy.epsilon = config.dp_epsilon
+            privacy.delta = config.dp_delta
+            privacy.max_grad_norm = config.dp_max_grad_norm
+            privacy.rounds = config.rounds
+        peer_config.status.port = free_port()
+        save_config(directory, peer_config)
+        dirs.append(directory)
+    return dirs
+
+
+def _fetch_status(port: int) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=2) as response:
+            return dict(json.load(response))
+    except (OSError, ValueError):
+        return None
+
+
+def _budget_s(config: SimConfig, timeout_s: float | None) -> float:
+    """How long real daemons get to finish their rounds: start-up plus 30 s a round."""
+    return timeout_s if timeout_s is not None else 120 + 30 * config.rounds
+
+
+def _rounds_done(documents: Sequence[dict[str, Any] | None]) -> list[int]:
+    """Rounds each peer has completed and taken in (a round counts as completed before its
+    average is taken in and its history entry written: stopping on ``completed`` alone once
+    left peers "short" of a round whose entry was a moment away)."""
+    return [
+        d["rounds"]["completed"] - d["rounds"].get("taking_in", 0) if d else 0 for d in documents
+    ]
+
+
+def _bytes_sent(document: dict[str, Any] | None) -> int:
+    return sum(n["bytes_out"] for n in document["neighbours"]) if document else 0
+
+
+def _accuracies_after(documents: Sequence[dict[str, Any] | None], round_: int) -> list[float]:
+    """Each peer's accuracy after its ``round_``-th round (1-based), from its status history;
+    a peer short of rounds gives its latest accuracy. The progress bar and the results table
+    both read this, so they show the same figure."""
+    row = []
+    for document in documents:
+        history = (document or {}).get("rounds", {}).get("history", [])
+        if round_ >= 1 and round_ <= len(history):
+            row.append(float(history[round_ - 1]["accuracy"]))
+        elif history:
+            row.append(float(history[-1]["accuracy"]))
+        else:
+            row.append(float((document or {}).get("accuracy") or 0.0))
+    return row
+
+
+def _report(
+    documents: Sequence[dict[str, Any] | None], rounds: int, progress: Progress | None
+) -> None:
+    if progress is None:
+        return
+    done = min(min(_rounds_done(documents)), rounds)
+    progress(
+        done,
+        float(np.mean(_accuracies_after(documents, done))),
+        float(np.mean([_bytes_sent(d) for d in documents])),
+    )
+
+
+def _result_from_documents(
+    documents: Sequence[dict[str, Any] | None], rounds: int, wall_s: float
+) -> MethodResult:
+    """Each peer's accuracy after each of its first ``rounds`` rounds (see
+    _accuracies_after; a peer short of rounds is counted in ``extra``)."""
+    histories = [(d or {}).get("rounds", {}).get("history", []) for d in documents]
+    return MethodResult(
+        "gossiplearn",
+        [_accuracies_after(documents, r) for r in range(1, rounds + 1)],
+        bytes_per_peer=float(np.mean([_bytes_sent(d) for d in documents])),
+        wall_s=wall_s,
+        extra={
+            "peers_short_of_rounds": sum(len(h) < rounds for h in histories),
+            **_epsilon_from_documents(documents),
+        },
+    )
+
+
+def _epsilon_from_documents(documents: Sequence[dict[str, Any] | None]) -> dict[str, float]:
+    spent = [((d or {}).get("privacy") or {}).get("epsilon_spent") for d in documents]
+    known = [float(e) for e in spent if e is not None]
+    if not known:
+        return {}
+    return {"epsilon_spent_mean": float(np.mean(known)), "epsilon_spent_max": max(known)}
+
+
+def start_peer(directory: Path) -> subprocess.Popen[bytes]:
+    """``gossiplearn run DIRECTORY`` as a subprocess, its output appended to
+    DIRECTORY/stdout.log, in a session of its own: Ctrl-C reaches only the caller, which
+    then stops its peers in order (:func:`_stop_all`)."""
+    with open(directory / "stdout.log", "ab") as log:  # the child keeps its own copy
+        return subprocess.Popen(
+            [sys.executable, "-m", "gossiplearn.cli", "run", str(directory)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            start_new_session=True,
+        )
+
+
+def run_process(
+    config: SimConfig,
+    out_dir: Path,
+    progress: Progress | None = None,
+    timeout_s: float | None = None,
+) -> MethodResult:
+    """N `gossiplearn run` subprocesses; stops them all (SIGTERM) when every peer has done
+    ``config.rounds`` rounds, on timeout, or on Ctrl-C."""
+    from gossiplearn.peer.config import load_config
+
+    started = time.perf_counter()
+    dirs = prepare_peers(out_dir, config)
+    ports = [load_config(d).status.port for d in dirs]
+    processes = [start_peer(directory) for directory in dirs]
+    deadline = time.monotonic() + _budget_s(config, timeout_s)
+    documents: list[dict[str, Any] | None] = [None] * len(dirs)
+    try:
+        while time.monotonic() < deadline:
+            for i, port in enumerate(ports):
+                documents[i] = _fetch_status(port) or documents[i]
+                if processes[i].poll() is not None:
+                    raise RuntimeError(
+                        f"peer {i} exited early (code {processes[i].returncode}); "
+                        f"see {dirs[i] / 'stdout.log'}"
+                    )
+            if min(_rounds_done(documents)) >= config.rounds:
+                break
+            _report(documents, config.rounds, progress)
+            time.sleep(1.0)
+    finally:
+        _stop_all(processes)
+    return _result_from_documents(documents, config.rounds, time.perf_counter() - started)
+
+
+def _stop_all(processes: Sequence[subprocess.Popen[bytes]], grace_s: float = 10.0) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def run_inproc(
+    config: SimConfig,
+    out_dir: Path,
+    progress: Progress | None = None,
+    timeout_s: float | None = None,
+) -> MethodResult:
+    """N daemons (each its own libp2p host) in one trio process; stopped when every peer has
+    done ``config.rounds`` rounds or on timeout."""
+    import trio
+
+    from gossiplearn.peer.daemon import Daemon
+
+    started = time.perf_counter()
+    dirs = prepare_peers(out_dir, config)
+    budget = _budget_s(config, timeout_s)
+    documents: list[dict[str, Any] | None] = [None] * len(dirs)
+
+    async def main() -> None:
+        peers = [Daemon(d) for d in dirs]
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            for peer in peers:
+                nursery.start_soon(peer.run, stop)
+            with trio.move_on_after(budget):
+                while True:
+                    await trio.sleep(1.0)
+                    for i, peer in enumerate(peers):
+                        if peer.ready:
+                            documents[i] = peer.status_document()
+                    _report(documents, config.rounds, progress)
+                    if min(_rounds_done(documents)) >= config.rounds:
+                        break
+            stop.set()
+
+    trio.run(main)
+    return _result_from_documents(documents, config.rounds, time.perf_counter() - started)
