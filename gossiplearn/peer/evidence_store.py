@@ -41,7 +41,8 @@ class ProofStore:
 
     def save(self, proof: bytes) -> StoredProof:
         """Verify and keep ``proof`` (idempotent per peer and group)."""
-        peer, group = verify_proof(proof)
+        proven = verify_proof(proof)
+        peer, group = proven.peer, proven.group
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = self.directory / f"{peer_id_from_public_key(peer)}-{group.hex()}{_SUFFIX}"
         write_atomically(path, lambda temp: temp.write_bytes(proof), 0o600)
@@ -55,11 +56,11 @@ class ProofStore:
         for path in sorted(self.directory.glob(f"*{_SUFFIX}")):
             try:
                 proof = path.read_bytes()
-                peer, group = verify_proof(proof)
+                proven = verify_proof(proof)
             except (OSError, InvalidProof) as exc:
                 log.warning("ignoring %s: not a valid equivocation proof (%s)", path, exc)
                 continue
-            stored.append(StoredProof(path, peer, group, proof))
+            stored.append(StoredProof(path, proven.peer, proven.group, proof))
         return stored
 
     def peers(self) -> set[bytes]:

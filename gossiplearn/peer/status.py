@@ -101,6 +101,13 @@ class Metrics:
             "Peers caught signing two conflicting messages (each proof kept in evidence/).",
             registry=r,
         )
+        self.suspected = Counter(
+            "gossiplearn_suspected",
+            "Group testing over rounds that failed for reasons nobody can prove: a peer struck "
+            "(in every such failure), or a pair kept apart (always there together).",
+            ["action"],
+            registry=r,
+        )
         self.blocked_peers = Gauge(
             "gossiplearn_blocked_peers",
             "Peers neither invited nor answered now: backed off, or refused (equivocated).",

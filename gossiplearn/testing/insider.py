@@ -279,9 +279,9 @@ class Framer(Attack):
                 envelope = verify_envelope(send.frame)
                 confirm = envelope.body
                 assert isinstance(confirm, Confirm)
-                evidence = [
-                    s for s in self.old.get(envelope.group, []) if len(s) <= 1024
-                ] or list(confirm.evidence)
+                evidence = [s for s in self.old.get(envelope.group, []) if len(s) <= 1024] or list(
+                    confirm.evidence
+                )
                 send = _resent(node, envelope, replace(confirm, evidence=tuple(evidence[:15])))
                 out.append(send)
                 statements = self.old.get(envelope.group, [])
@@ -441,7 +441,9 @@ class ReducerEquivocation(Attack):
             shard = body.shard
             data = part[shard.offset : shard.offset + shard.length].tobytes()
             altered = replace(shard, digest=shard_digest(data), data=data)
-            replaced[id(send)] = _resent(node, envelope, Reduced(body.transcript, body.part, digest, altered))
+            replaced[id(send)] = _resent(
+                node, envelope, Reduced(body.transcript, body.part, digest, altered)
+            )
         self.altered.append(envelopes[0].group)
         return [replaced.get(id(send), send) for send in sends]
 

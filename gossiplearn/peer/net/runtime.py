@@ -77,6 +77,7 @@ from gossiplearn.protocol.events import (
     Action,
     EquivocationDetected,
     MessageRefused,
+    PeerSuspected,
     RoundAborted,
     RoundCancelled,
     RoundFinished,
@@ -410,9 +411,29 @@ class PeerRuntime:
             self.metrics.rounds.labels("aborted").inc()
             self.metrics.round_aborts.labels(action.reason).inc()
             blamed = ",".join(peer_id_from_public_key(b)[-6:] for b in action.blamed)
-            self._log_round(
-                action.stats, f"aborted ({action.reason}{'; blamed ' + blamed if blamed else ''})"
-            )
+            suspects = ",".join(peer_id_from_public_key(b)[-6:] for b in action.suspects)
+            detail = f"; blamed {blamed}" if blamed else ""
+            detail += f"; unexplained, suspects {suspects}" if suspects else ""
+            self._log_round(action.stats, f"aborted ({action.reason}{detail})")
+        elif isinstance(action, PeerSuspected):
+            names = " and ".join(peer_id_from_public_key(p) for p in action.peers)
+            self.metrics.suspected.labels(
+                "struck" if len(action.peers) == 1 else "kept_apart"
+            ).inc()
+            if len(action.peers) == 1:
+                log.warning(
+                    "peer %s was in each of the last %d rounds that failed for reasons nobody "
+                    "can prove (and nobody else was): backed off",
+                    names,
+                    action.failures,
+                )
+            else:
+                log.warning(
+                    "peers %s were together in each of the last %d rounds that failed for "
+                    "reasons nobody can prove: this peer joins no group holding both for a while",
+                    names,
+                    action.failures,
+                )
         elif isinstance(action, RoundCancelled):
             self._round_over.set()
             self.rounds.cancelled += 1
