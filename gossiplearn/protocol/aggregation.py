@@ -439,7 +439,7 @@ class Aggregation:
         # min and max are NaN if any element is).
         bound = self._max_abs_average
         if average.size and not (-bound <= average.min() and average.max() <= bound):
-            raise RoundFault("implausible_average", self._other_members())
+            raise RoundFault("implausible_average")
         self.result = Result(average, self._total_weight, self.clipped)
         self._digest = self._round_digest(digests)
         if not self._safeguards.confirm:
@@ -500,6 +500,3 @@ class Aggregation:
 
     def _others(self) -> list[int]:
         return [j for j in range(len(self.members)) if j != self.index]
-
-    def _other_members(self) -> tuple[bytes, ...]:
-        return tuple(self.members[j] for j in self._others())

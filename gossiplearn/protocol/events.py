@@ -131,6 +131,8 @@ REFUSAL_REASONS: dict[str, str] = {
     "only the members of a round can be convicted through it)",
     "stray_abort": "an ABORT for a round this peer finished, carrying nothing that proves an "
     "equivocation",
+    "closing": "a round message after this member stopped the round (it only collects the "
+    "others' reports then): in flight, nobody's fault",
 }
 
 

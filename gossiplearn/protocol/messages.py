@@ -292,7 +292,8 @@ class Abort(Message):
 
     ``transcript``: the round's, or empty if the sender never verified a roster. ``proof``: an
     encoded equivocation proof about a member of this round (or empty): a receiver that
-    verifies it refuses the equivocator too. ``evidence``: a statement the sender holds (the
+    verifies it refuses the equivocator too. ``accused``: the sender's report, a claim
+    nobody can verify, which group testing follows from member to member (suspicion.py). ``evidence``: a statement the sender holds (the
     CONFIRM or REDUCED of a member that disagreed with it, or empty): a receiver that holds a
     conflicting statement of the same member and slot builds the proof itself, even after it
     finished the round.
@@ -306,12 +307,16 @@ class Abort(Message):
             ("reason", text(MAX_REASON)),
             ("proof", binary(max_size=MAX_PROOF)),
             ("evidence", binary(max_size=MAX_STATEMENT)),
+            ("accused", array(_member, MAX_GROUP)),
         ),
     )
     transcript: bytes
     reason: str
     proof: bytes = b""
     evidence: bytes = b""
+    #: Whom the sender holds responsible: the members it blamed, or, once the round passed
+    #: its deadline, those whose messages it still waited for (its report for group testing).
+    accused: tuple[bytes, ...] = ()
 
 
 _PEER_RECORD_DOMAIN = "gossiplearn/peer-record/1"

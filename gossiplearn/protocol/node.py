@@ -151,6 +151,11 @@ class RoundConfig:
     #: exceeds 64 almost surely, while real model weights are far smaller. Must be below that
     #: range, or the check could never fire.
     max_abs_average: float = 64.0
+    #: How long a member whose round failed for a reason nobody can prove (a deadline passed,
+    #: an ABORT) collects the others' reports before it ends the round: every member enters
+    #: this within one latency of the first ABORT and reports at once, so 1 s covers round
+    #: trips up to ~300 ms with room to spare.
+    closing_grace_ms: int = 1_000
     #: A member's first backoff lasts this long, doubling with each further strike.
     backoff_base_ms: int = 5_000
     backoff_max_ms: int = 3_600_000
@@ -183,6 +188,9 @@ class Phase(enum.Enum):
     INVITING = "inviting"  # initiator: waiting for ACCEPT/BUSY
     AWAIT_ROSTER = "await_roster"  # member: accepted, waiting for ROSTER/CANCEL
     RUNNING = "running"  # roster known: the aggregation runs
+    #: the round failed for a reason nobody can prove (a deadline, an ABORT): the member sent
+    #: its report and collects the others' for closing_grace_ms (group testing follows them)
+    CLOSING = "closing"
 
 
 _ROUND_TYPES = frozenset({Ready.TYPE, Part.TYPE, Reduced.TYPE, Confirm.TYPE})
@@ -194,6 +202,8 @@ ALLOWED: dict[tuple[str, Phase], frozenset[str]] = {
     ("member", Phase.AWAIT_ROSTER): _ROUND_TYPES | {Roster.TYPE, Cancel.TYPE, Abort.TYPE},
     ("initiator", Phase.RUNNING): _ROUND_TYPES | {Abort.TYPE},
     ("member", Phase.RUNNING): _ROUND_TYPES | {Abort.TYPE},
+    ("initiator", Phase.CLOSING): frozenset({Abort.TYPE}),
+    ("member", Phase.CLOSING): frozenset({Abort.TYPE}),
 }
 
 
@@ -218,6 +228,14 @@ class _Group:
     members: tuple[bytes, ...] = ()
     aggregation: Aggregation | None = None
     spent: bool = False
+    #: the deadline this member would have given the round itself (a member: the initiator's
+    #: may be earlier, and then the initiator chose when the round fails)
+    own_deadline_ms: int = 0
+    #: CLOSING: why, until when, where group testing starts, and the reports (accused sets)
+    closing_reason: str = ""
+    closing_until_ms: int = 0
+    closing_from: frozenset[bytes] = frozenset()
+    reports: dict[bytes, tuple[bytes, ...]] = field(default_factory=dict)
 
     def participants(self) -> tuple[bytes, ...]:
         """Everyone this member would tell about an abort."""
@@ -225,7 +243,9 @@ class _Group:
             return self.members
         if self.invitation is not None:
             return self.invitation.invitees
-        return (self.initiator,)
+        # Before the roster: every invitee (the ones that declined ignore it), so that a
+        # member leaving tells the others why instead of going silent.
+        return self.invite.members
 
 
 def contribution_digest(vector: np.ndarray) -> bytes:
@@ -453,6 +473,27 @@ class Node:
         if group is None:
             return []
         actions: list[Action] = []
+        if group.phase is Phase.CLOSING:
+            if now_ms >= group.closing_until_ms:
+                actions.extend(self._end_closing(group, now_ms))
+            return actions
+        if (
+            now_ms >= group.deadline_ms
+            and group.phase is Phase.RUNNING
+            and self._safeguards.group_testing
+        ):
+            # Stuck: report whom this member still waits for, and collect the others' reports.
+            assert group.aggregation is not None
+            missing = group.aggregation.missing()
+            if group.deadline_ms < group.own_deadline_ms:
+                # The initiator chose this deadline, shorter than this member would have: it
+                # is where the round failed, whoever it waits for (an insider could set one so
+                # short that honest members are still sending).
+                missing = (group.initiator, *(p for p in missing if p != group.initiator))
+            self._start_closing(
+                group, "timeout_running", frozenset(missing), missing, now_ms, actions
+            )
+            return actions
         try:
             if now_ms >= group.deadline_ms:
                 raise RoundFault(f"timeout_{group.phase.value}", self._missing(group))
@@ -534,7 +575,8 @@ class Node:
         ephemeral = EphemeralKey.generate(self._rng.randbytes(32))
         accept = Accept(ephemeral.public_key, invite.schema_hash, contribution.weight)
         accept_frame = self._encode(sender, accept, envelope.group, now_ms)
-        deadline_ms = min(invite.deadline_ms, now_ms + self.round_budget_ms(invite.length))
+        own_deadline_ms = now_ms + self.round_budget_ms(invite.length)
+        deadline_ms = min(invite.deadline_ms, own_deadline_ms)
         group = _Group(
             id=envelope.group,
             role="member",
@@ -547,6 +589,7 @@ class Node:
             phase=Phase.AWAIT_ROSTER,
             my_accept_frame=accept_frame,
             invite_deadline_ms=min(now_ms + self._roster_wait_ms(), deadline_ms),
+            own_deadline_ms=own_deadline_ms,
         )
         self._group = group
         return [
@@ -689,6 +732,10 @@ class Node:
                 # Someone outside the group cannot disturb it: refused, never an abort.
                 actions.append(MessageRefused("not_in_group", sender, kind))
             return
+        if group.phase is Phase.CLOSING and kind != Abort.TYPE:
+            # The rest of a round this member stopped: still in flight, nobody's fault.
+            actions.append(MessageRefused("closing", sender, kind))
+            return
         if kind not in ALLOWED[(group.role, group.phase)]:
             if group.phase is Phase.INVITING and group.invitation is not None:
                 # An invitee breaking the rules before the roster is struck and left out; the
@@ -791,7 +838,36 @@ class Node:
                 self._end(group, RoundAborted, "peer_aborted", now_ms, (envelope.sender,))
             )
             return
-        actions.extend(self._end_unexplained(group, "peer_aborted", now_ms))
+        members = set(group.members or group.invite.members)
+        group.reports[envelope.sender] = tuple(p for p in body.accused if p in members)
+        if group.phase is Phase.CLOSING:
+            return
+        if group.aggregation is None:
+            # Before the roster: no reports to wait for. The aborter and whom it accuses are
+            # the suspects, and the other invitees learn it from this member's own ABORT.
+            suspects = tuple(
+                p
+                for p in group.invite.members
+                if p != self.public_key and (p == envelope.sender or p in body.accused)
+            )
+            abort = Abort(b"", "peer_aborted", accused=suspects)
+            for peer in group.participants():
+                if peer not in (self.public_key, envelope.sender):
+                    actions.append(self._send(group, peer, abort, now_ms))
+            actions.extend(self._end_unexplained(group, "peer_aborted", now_ms, suspects))
+            return
+        # The round is dead. If its deadline passed for the aborter, it is stuck here too:
+        # this member reports whom it waits for, so that the reports can be followed to
+        # whoever everyone waits for. Either way the aborter is where group testing starts.
+        missing: tuple[bytes, ...] = ()
+        if body.reason.startswith("timeout"):
+            missing = group.aggregation.missing()
+        start = frozenset({envelope.sender, *missing})
+        # The report carries the chain so far (the aborter and whom it accuses), so that a
+        # member that hears only this one ABORT can still follow it.
+        named = start | set(group.reports[envelope.sender])
+        report = tuple(p for p in group.members if p in named and p != self.public_key)
+        self._start_closing(group, "peer_aborted", start, report, now_ms, actions)
 
     def _abort_evidence(
         self,
@@ -822,7 +898,8 @@ class Node:
                     proven.peer in members
                     and proven.group == group_id
                     and (
-                        not transcript
+                        not bind
+                        or not transcript
                         or proven.transcript == transcript
                         or proven.slot[0] == "ROSTER"
                     )
@@ -870,6 +947,45 @@ class Node:
             actions.append(MessageRefused("stray_abort", envelope.sender, envelope.type))
         return actions
 
+    def _start_closing(
+        self,
+        group: _Group,
+        reason: str,
+        start: frozenset[bytes],
+        report: tuple[bytes, ...],
+        now_ms: int,
+        actions: list[Action],
+    ) -> None:
+        """The round failed for a reason nobody can prove: tell every member, with this
+        member's report, and collect theirs for closing_grace_ms (see _end_closing)."""
+        transcript = group.aggregation.transcript if group.aggregation is not None else b""
+        abort = Abort(transcript, reason, accused=report)
+        for peer in group.participants():
+            if peer != self.public_key:
+                actions.append(self._send(group, peer, abort, now_ms))
+        group.phase = Phase.CLOSING
+        group.closing_reason = reason
+        group.closing_from = start
+        group.closing_until_ms = now_ms + self.config.closing_grace_ms
+        actions.append(Wake(group.closing_until_ms))
+
+    def _end_closing(self, group: _Group, now_ms: int) -> list[Action]:
+        """End a CLOSING round. Its suspects: where it started (the members this member waited
+        for, or the aborter) and, transitively, every member those reported waiting for. An
+        honest member's report is true, so the chain of whom-waits-for-whom from any honest
+        start reaches whoever broke the round; an insider's own report can only add names."""
+        suspects: set[bytes] = set()
+        stack = list(group.closing_from)
+        while stack:
+            peer = stack.pop()
+            if peer in suspects:
+                continue
+            suspects.add(peer)
+            stack.extend(group.reports.get(peer, ()))
+        suspects.discard(self.public_key)
+        ordered = tuple(p for p in group.members if p in suspects)
+        return self._end_unexplained(group, group.closing_reason, now_ms, ordered)
+
     def _early_budget(self, group: _Group) -> int:
         # Everything a member can legitimately send us in a round, plus framing slack.
         return 2 * group.invite.length * _RING_BYTES + len(group.invite.members) * (1 << 20)
@@ -904,7 +1020,16 @@ class Node:
 
     def _abort(self, group: _Group, fault: RoundFault, now_ms: int) -> list[Action]:
         transcript = group.aggregation.transcript if group.aggregation is not None else b""
-        abort = Abort(transcript, fault.reason, fault.proof, fault.evidence)
+        evidence = fault.evidence if self._safeguards.relay_evidence else b""
+        # The report: whom this member holds responsible (for a failure nobody can be blamed
+        # for, everyone else), so that the others' group testing starts there too.
+        everyone = group.members or group.invite.members
+        accused = fault.blamed or (
+            tuple(p for p in everyone if p != self.public_key)
+            if fault.reason in UNEXPLAINED_REASONS
+            else ()
+        )
+        abort = Abort(transcript, fault.reason, fault.proof, evidence, accused)
         actions: list[Action] = [
             self._send(group, peer, abort, now_ms)
             for peer in group.participants()
@@ -942,13 +1067,19 @@ class Node:
         self._strike(blamed, now_ms)
         return RoundAborted(group.id, reason, group.stats, blamed)
 
-    def _end_unexplained(self, group: _Group, reason: str, now_ms: int) -> list[Action]:
+    def _end_unexplained(
+        self,
+        group: _Group,
+        reason: str,
+        now_ms: int,
+        suspects: tuple[bytes, ...] | None = None,
+    ) -> list[Action]:
         """End the round for a reason nobody can be blamed for: strike nobody, record the
         suspects for group testing, and act on what it singles out."""
-        if reason == "timeout_await_roster":
-            suspects: tuple[bytes, ...] = (group.initiator,)
-        else:
-            # Before the roster, whoever the INVITE named may have caused it.
+        if suspects is None and reason == "timeout_await_roster":
+            suspects = (group.initiator,)
+        elif suspects is None:
+            # Everyone the round had (before the roster, whoever the INVITE named).
             everyone = group.members or group.invite.members
             suspects = tuple(p for p in everyone if p != self.public_key)
         group.stats.ended_ms = now_ms

@@ -36,3 +36,7 @@ class Safeguards:
     #: An ABORT's proof convicts only a member of that same round (else any valid proof about
     #: anyone is taken from anyone).
     proof_scope: bool = True
+    #: A member that aborts on a disagreeing CONFIRM relays it in its ABORT, so that members
+    #: that already finished prove the split (else the insider that split the group after
+    #: agreement goes unproven).
+    relay_evidence: bool = True

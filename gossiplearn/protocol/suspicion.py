@@ -9,9 +9,9 @@ strikes nobody: each member records the set of the other members (the *suspects*
 the last :data:`WINDOW` such sets.
 
 - One peer in every recorded failure (at least two of them), and nobody else in all of them:
-  it is struck (backed off, as a blamed peer is) and the record starts again. A single
-  insider is in every failure it causes, and its victims change from group to group, so it is
-  singled out after a few failures.
+  it is struck (backed off, as a blamed peer is). A single insider is in every failure it
+  causes, and its victims change from group to group, so it is singled out after a few
+  failures; the record is kept, so each further failure with it strikes it again.
 - Two peers always there together over a full window: they are kept apart (this member joins
   no group holding both) and the record starts again. An insider that spoils only the rounds
   of one chosen victim looks, from outside, exactly like that victim spoiling the insider's
@@ -63,8 +63,11 @@ class Suspicion:
             self._failures.popleft()
             common = self._common()
         if len(self._failures) >= 2 and len(common) == 1:
+            # Kept (not cleared): every recorded failure holds this peer, so its next one
+            # singles it out again at once, while a failure without it slides them out.
             self.singled_after = len(self._failures)
-            self._failures.clear()
+            while len(self._failures) > self.window:
+                self._failures.popleft()
             return tuple(common)
         if len(self._failures) >= self.window:
             if len(common) == 2:

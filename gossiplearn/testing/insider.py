@@ -164,7 +164,7 @@ class GarbageParts(Attack):
                 assert isinstance(body, Part)
                 data = os.urandom(4 * body.shard.length)
                 shard = replace(body.shard, digest=shard_digest(data), data=data)
-                send = _resent(node, envelope, Part(body.part, shard))
+                send = _resent(node, envelope, Part(body.transcript, body.part, shard))
             out.append(send)
         return out
 
@@ -296,13 +296,26 @@ class Framer(Attack):
 
 class FramerNode(Insider):
     """An insider that, as initiator, reuses the group id of the last round it shared with
-    its attack's victim (honest peers forget ended group ids after 1,024 rounds)."""
+    its attack's victim (honest peers forget ended group ids after 1,024 rounds), with the
+    members in the same order as then (so the victim reduces the same part)."""
 
     def _new_group_id(self) -> bytes:
         attack = self.attack
         if isinstance(attack, Framer) and attack.old:
             return next(reversed(attack.old))
         return super()._new_group_id()
+
+    def _choose(self, pool: list[bytes], now_ms: int) -> tuple[bytes, ...]:
+        order = next(
+            (e.body.members for e in reversed(self.produced_envelopes()) if e.type == Roster.TYPE),
+            None,
+        )
+        if order is not None and set(order[1:]) <= set(pool):
+            return tuple(order[1:])
+        return super()._choose(pool, now_ms)
+
+    def produced_envelopes(self) -> list[Envelope]:
+        return [verify_envelope(send.frame) for send in self.produced]
 
 
 # ---- 2: withholding, and what it learns -----------------------------------------------------------
@@ -338,7 +351,7 @@ def learned_sums(insider: Insider, frac_bits: int) -> dict[bytes, LearnedSum]:
         body = envelope.body
         if isinstance(body, Roster):
             rosters[envelope.group] = body.members
-        if isinstance(body, Reduced) and envelope.group in rosters:
+        if isinstance(body, Reduced):
             shards = pieces.setdefault(envelope.group, {}).setdefault(body.part, {})
             shards[body.shard.index] = body.shard
     sums = {}

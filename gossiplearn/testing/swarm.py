@@ -29,7 +29,8 @@ from gossiplearn.crypto.identity import Identity
 from gossiplearn.protocol.envelope import Envelope, encode_envelope, verify_envelope
 from gossiplearn.protocol.events import RoundAborted, RoundCancelled, RoundFinished, Send
 from gossiplearn.protocol.messages import Message
-from gossiplearn.protocol.node import Node, RoundConfig, Safeguards
+from gossiplearn.protocol.node import Node, RoundConfig
+from gossiplearn.protocol.safeguards import Safeguards
 from gossiplearn.protocol.shards import MAX_SHARD_BYTES
 from gossiplearn.sim.memnet import MemoryNetwork, Outcome
 from gossiplearn.testing.insider import Insider, resign
@@ -139,6 +140,8 @@ def build_swarm(
     max_weight: int = 99,
     safeguards: Safeguards | None = None,
     insiders: Iterable[int] = (),
+    insider_class: type[Insider] = Insider,
+    remembered_groups: int = RoundConfig.remembered_groups,
     latency_ms: float = 3,
     jitter_ms: float = 5,
     **network: Any,  # loss, duplicate, record, ...: see MemoryNetwork
@@ -152,13 +155,14 @@ def build_swarm(
         shard_bytes=shard_bytes,
         max_abs_average=max_abs_average,
         max_weight=max_weight,  # weighting by sample count, opted in, so weights matter
+        remembered_groups=remembered_groups,
         safeguards=safeguards or Safeguards(),
     )
     peers = {}
     insiders = set(insiders)
     for i in range(size):
         identity = Identity(bytes([i + 1]) * 32)
-        node_class = Insider if i in insiders else Node
+        node_class = insider_class if i in insiders else Node
         node = node_class(
             identity, config, rng=random.Random(seed * 1000 + i), now_ms=int(net.now_ms)
         )
@@ -213,11 +217,9 @@ def check_finished_agree(swarm: Swarm, finished: dict[bytes, RoundFinished]) -> 
         w * swarm.peers[m].vector.astype(np.float64) for m, w in zip(members, weights, strict=True)
     )
     expected = weighted / sum(weights)
-    # m roundings of 2^-(f+1) in the encoding of (w_i / S) x_i, scaled back by S / W.
+    # m roundings of 2^-(f+1) in the encoding of (w_i / W) x_i.
     m = len(members)
-    tolerance = (
-        m * 2.0 ** -(swarm.config.frac_bits + 1) * m * swarm.config.max_weight / sum(weights)
-    )
+    tolerance = m * 2.0 ** -(swarm.config.frac_bits + 1)
     np.testing.assert_allclose(first.average, expected, rtol=1e-6, atol=tolerance)
 
 

@@ -769,11 +769,6 @@ def test_peer_suspected_counts_the_failures_that_singled_the_peer_out() -> None:
         swarm.net.run()
     (suspected,) = swarm.net.suspected[first]
     assert suspected.peers == (cheat,)
-    if suspected.failures != 2:
-        pytest.xfail(
-            "v3 bug: node.py _end_unexplained reports PeerSuspected(singled, "
-            "self.suspicion.window) = 4 failures for a peer singled out after 2"
-        )
     assert suspected.failures == 2
 
 
@@ -793,14 +788,6 @@ def test_aborts_before_the_roster_never_single_out_an_honest_initiator() -> None
             )
             (aborted,) = [x for x in actions if isinstance(x, RoundAborted)]
             assert aborted.reason == "peer_aborted" and aborted.blamed == ()
-            if insider not in aborted.suspects:
-                pytest.xfail(
-                    "v3 bug: node.py _end_unexplained takes the suspects of a peer_aborted "
-                    "before the roster from _Group.participants(), which is (initiator,) "
-                    "for a member awaiting the roster: an insider's ABORT makes its "
-                    f"victims suspect only the honest initiator (got {len(aborted.suspects)} "
-                    "suspect(s), the initiator); two such rounds single the initiator out"
-                )
             assert set(aborted.suspects) == {initiator, insider, a, b} - {victim}
         swarm.net.run()
         check_round_invariant(swarm, rnd, malicious=[insider])
