@@ -31,18 +31,15 @@ whom to invite and whom to answer:
 
 from __future__ import annotations
 
-import enum
 import random
 from collections import OrderedDict
 from collections.abc import Container, Iterable
-from dataclasses import dataclass, field
 
 import numpy as np
 from blake3 import blake3
 
 from gossiplearn.crypto.agreement import EphemeralKey
 from gossiplearn.crypto.identity import Identity
-from gossiplearn.crypto.ring import DEFAULT_FRAC_BITS, RING32
 from gossiplearn.protocol.aggregation import (
     PAIRWISE_MASKS,
     Aggregation,
@@ -51,6 +48,8 @@ from gossiplearn.protocol.aggregation import (
     Step,
 )
 from gossiplearn.protocol.backoff import Backoff
+from gossiplearn.protocol.config import RoundConfig
+from gossiplearn.protocol.endings import Endings
 from gossiplearn.protocol.envelope import (
     DEFAULT_LIMITS,
     GROUP_ID_BYTES,
@@ -58,16 +57,11 @@ from gossiplearn.protocol.envelope import (
     Limits,
     decode_envelope,
     encode_envelope,
-    verify_statement,
 )
 from gossiplearn.protocol.errors import ProtocolError, UnsupportedVersion
 from gossiplearn.protocol.events import (
-    UNEXPLAINED_REASONS,
     Action,
-    EquivocationDetected,
     MessageRefused,
-    PeerSuspected,
-    RoundAborted,
     RoundCancelled,
     RoundFault,
     RoundFinished,
@@ -77,9 +71,6 @@ from gossiplearn.protocol.events import (
     Wake,
 )
 from gossiplearn.protocol.evidence import (
-    EquivocationProof,
-    InvalidProof,
-    claim_of,
     verify_proof,
 )
 from gossiplearn.protocol.matchmaking import (
@@ -92,160 +83,25 @@ from gossiplearn.protocol.matchmaking import (
     verify_roster,
 )
 from gossiplearn.protocol.messages import (
-    MAX_GROUP,
-    MAX_WEIGHT,
     MIN_GROUP,
     Abort,
     Accept,
     Busy,
     Cancel,
-    Confirm,
     Invite,
     Message,
-    Part,
-    Ready,
-    Reduced,
     Roster,
 )
 from gossiplearn.protocol.replay import ReplayGuard, SequenceCounter, sequence_start
-from gossiplearn.protocol.safeguards import Safeguards
-from gossiplearn.protocol.shards import MAX_SHARD_BYTES
+from gossiplearn.protocol.states import ALLOWED, Group, Phase
 from gossiplearn.protocol.suspicion import Suspicion
 
 _RING_BYTES = 4  # uint32 ring elements
-#: Ended rounds whose statements are kept, for an ABORT that arrives after this member
-#: finished (a member that disagreed relays the CONFIRM it got: with ours, a proof).
-_REMEMBERED_ROUNDS = 16
 _ROSTER_GRACE_MS = 3_000  # a member's wait for ROSTER beyond the invite timeout
 _SPENT_REMEMBERED = 64  # digests of spent contributions kept
 #: A deadline allows this many times the expected transfer time at the measured throughput.
 _DEADLINE_SAFETY = 4
 _THROUGHPUT_FLOOR = 1_000_000  # bytes/s: a slow measurement never stretches deadlines further
-
-
-@dataclass(frozen=True)
-class RoundConfig:
-    """Round parameters every member of a network must share (frac_bits, max_weight) or may
-    choose for itself."""
-
-    #: k: the initiator invites up to k-1 neighbours. Groups are 3..k; 2 is impossible.
-    max_group_size: int = 4
-    frac_bits: int = DEFAULT_FRAC_BITS
-    #: Network-wide cap on a member's weight. 1: equal weights. Above 1, weighting by sample
-    #: count is opted in, each weight capped here (a member's influence is at most its cap
-    #: over the total).
-    max_weight: int = 1
-    #: How long an initiator waits for ACCEPT/BUSY before closing the roster.
-    invite_timeout_ms: int = 2_000
-    #: The longest a round may take, from INVITE to the average; a round's own deadline is
-    #: scaled to the backbone (invite timeout + round_slack_ms + 4x the transfer time at the
-    #: measured throughput) and only capped here.
-    round_timeout_ms: int = 60_000
-    round_slack_ms: int = 3_000
-    #: Throughput assumed before this node has finished a round.
-    assumed_bytes_per_s: int = 10_000_000
-    shard_bytes: int = MAX_SHARD_BYTES
-    #: A decoded average with any element beyond +-this (or not finite) aborts the round as
-    #: "implausible_average". Garbage sent by a member decodes roughly uniformly over the
-    #: ring's range (+-2^(31 - frac_bits), +-2048 at f=20), so a part of even a few elements
-    #: exceeds 64 almost surely, while real model weights are far smaller. Must be below that
-    #: range, or the check could never fire.
-    max_abs_average: float = 64.0
-    #: How long a member whose round failed for a reason nobody can prove (a deadline passed,
-    #: an ABORT) collects the others' reports before it ends the round: every member enters
-    #: this within one latency of the first ABORT and reports at once, so 1 s covers round
-    #: trips up to ~300 ms with room to spare.
-    closing_grace_ms: int = 1_000
-    #: A member's first backoff lasts this long, doubling with each further strike.
-    backoff_base_ms: int = 5_000
-    backoff_max_ms: int = 3_600_000
-    #: Ended group ids remembered; an INVITE that reuses one is refused ("ended_group"). Past
-    #: this, an id can come back: harmless, since every statement names its round's
-    #: transcript, not just the group id (tests make it small to let an insider reuse ids).
-    remembered_groups: int = 1024
-    safeguards: Safeguards = field(default_factory=Safeguards)
-
-    def __post_init__(self) -> None:
-        if not MIN_GROUP <= self.max_group_size <= MAX_GROUP:
-            raise ValueError(f"max_group_size must be in [{MIN_GROUP}, {MAX_GROUP}]")
-        if not 1 <= self.max_weight <= MAX_WEIGHT:
-            raise ValueError(f"max_weight must be in [1, {MAX_WEIGHT}]")
-        if not 0 < self.invite_timeout_ms < self.round_timeout_ms:
-            raise ValueError("need 0 < invite_timeout_ms < round_timeout_ms")
-        if self.round_slack_ms < 0 or self.assumed_bytes_per_s <= 0:
-            raise ValueError("need round_slack_ms >= 0 and assumed_bytes_per_s > 0")
-        if not 0 < self.shard_bytes <= MAX_SHARD_BYTES:
-            raise ValueError(f"shard_bytes must be in (0, {MAX_SHARD_BYTES}]")
-        ring_range = (RING32.max_int + 1) / 2.0**self.frac_bits
-        if not 0 < self.max_abs_average < ring_range:
-            raise ValueError(
-                f"max_abs_average must be in (0, {ring_range:g}), the ring's range at "
-                f"frac_bits={self.frac_bits}"
-            )
-
-
-class Phase(enum.Enum):
-    INVITING = "inviting"  # initiator: waiting for ACCEPT/BUSY
-    AWAIT_ROSTER = "await_roster"  # member: accepted, waiting for ROSTER/CANCEL
-    RUNNING = "running"  # roster known: the aggregation runs
-    #: the round failed for a reason nobody can prove (a deadline, an ABORT): the member sent
-    #: its report and collects the others' for closing_grace_ms (group testing follows them)
-    CLOSING = "closing"
-
-
-_ROUND_TYPES = frozenset({Ready.TYPE, Part.TYPE, Reduced.TYPE, Confirm.TYPE})
-#: Which message types a member of the group may send us, by (our role, our phase). Anything
-#: else from a member aborts the round ("unexpected_<type>"); anything from a non-member is
-#: refused without effect. In AWAIT_ROSTER the round's types are buffered until the roster.
-ALLOWED: dict[tuple[str, Phase], frozenset[str]] = {
-    ("initiator", Phase.INVITING): frozenset({Accept.TYPE, Busy.TYPE, Abort.TYPE}),
-    ("member", Phase.AWAIT_ROSTER): _ROUND_TYPES | {Roster.TYPE, Cancel.TYPE, Abort.TYPE},
-    ("initiator", Phase.RUNNING): _ROUND_TYPES | {Abort.TYPE},
-    ("member", Phase.RUNNING): _ROUND_TYPES | {Abort.TYPE},
-    ("initiator", Phase.CLOSING): frozenset({Abort.TYPE}),
-    ("member", Phase.CLOSING): frozenset({Abort.TYPE}),
-}
-
-
-@dataclass
-class _Group:
-    id: bytes
-    role: str
-    initiator: bytes
-    invite: Invite
-    deadline_ms: int
-    ephemeral: EphemeralKey
-    contribution: Contribution
-    stats: RoundStats
-    phase: Phase
-    my_accept_frame: bytes
-    #: initiator, while inviting; member, until the roster: the matchmaking deadline
-    invite_deadline_ms: int = 0
-    invitation: Invitation | None = None  # initiator
-    #: member, before the roster: verified envelopes of this group, replayed after it
-    early: list[tuple[Envelope, int]] = field(default_factory=list)
-    early_bytes: int = 0
-    members: tuple[bytes, ...] = ()
-    aggregation: Aggregation | None = None
-    spent: bool = False
-    #: the deadline this member would have given the round itself (a member: the initiator's
-    #: may be earlier, and then the initiator chose when the round fails)
-    own_deadline_ms: int = 0
-    #: CLOSING: why, until when, where group testing starts, and the reports (accused sets)
-    closing_reason: str = ""
-    closing_until_ms: int = 0
-    closing_from: frozenset[bytes] = frozenset()
-    reports: dict[bytes, tuple[bytes, ...]] = field(default_factory=dict)
-
-    def participants(self) -> tuple[bytes, ...]:
-        """Everyone this member would tell about an abort."""
-        if self.members:
-            return self.members
-        if self.invitation is not None:
-            return self.invitation.invitees
-        # Before the roster: every invitee (the ones that declined ignore it), so that a
-        # member leaving tells the others why instead of going silent.
-        return self.invite.members
 
 
 def contribution_digest(vector: np.ndarray) -> bytes:
@@ -255,7 +111,7 @@ def contribution_digest(vector: np.ndarray) -> bytes:
     ).digest(16)
 
 
-class Node:
+class Node(Endings):
     """One peer's matchmaking and round state machine. At most one group at a time."""
 
     def __init__(
@@ -283,7 +139,7 @@ class Node:
         self._seq = SequenceCounter(sequence_start(now_ms))
         self._contribution: Contribution | None = None
         self._spent: OrderedDict[bytes, None] = OrderedDict()
-        self._group: _Group | None = None
+        self._group: Group | None = None
         self._ended: OrderedDict[bytes, str] = OrderedDict()  # recent group ids -> outcome
         #: the last rounds' aggregations (statements received), by group id
         self._recent: OrderedDict[bytes, Aggregation] = OrderedDict()
@@ -394,7 +250,7 @@ class Node:
         )
         ephemeral = EphemeralKey.generate(self._rng.randbytes(32))
         accept = Accept(ephemeral.public_key, contribution.schema_hash, contribution.weight)
-        group = _Group(
+        group = Group(
             id=group_id,
             role="initiator",
             initiator=self.public_key,
@@ -577,7 +433,7 @@ class Node:
         accept_frame = self._encode(sender, accept, envelope.group, now_ms)
         own_deadline_ms = now_ms + self.round_budget_ms(invite.length)
         deadline_ms = min(invite.deadline_ms, own_deadline_ms)
-        group = _Group(
+        group = Group(
             id=envelope.group,
             role="member",
             initiator=sender,
@@ -628,7 +484,7 @@ class Node:
             self.config.max_weight,
         )
 
-    def _close_invitations(self, group: _Group, now_ms: int, actions: list[Action]) -> None:
+    def _close_invitations(self, group: Group, now_ms: int, actions: list[Action]) -> None:
         invitation = group.invitation
         assert invitation is not None
         too_few = invitation.too_few()
@@ -653,7 +509,7 @@ class Node:
         self._begin_round(group, verified, now_ms, actions)
 
     def _on_roster(
-        self, group: _Group, envelope: Envelope, now_ms: int, actions: list[Action]
+        self, group: Group, envelope: Envelope, now_ms: int, actions: list[Action]
     ) -> None:
         roster = envelope.body
         assert isinstance(roster, Roster)
@@ -684,7 +540,7 @@ class Node:
     # ---- the round ----
 
     def _begin_round(
-        self, group: _Group, verified: VerifiedGroup, now_ms: int, actions: list[Action]
+        self, group: Group, verified: VerifiedGroup, now_ms: int, actions: list[Action]
     ) -> None:
         group.phase = Phase.RUNNING
         group.members = verified.members
@@ -706,7 +562,7 @@ class Node:
 
     def _dispatch(
         self,
-        group: _Group,
+        group: Group,
         envelope: Envelope,
         frame: bytes | None,
         now_ms: int,
@@ -784,7 +640,7 @@ class Node:
 
     def _emit(
         self,
-        group: _Group,
+        group: Group,
         outgoing: list[tuple[int, Message]],
         now_ms: int,
         actions: list[Action],
@@ -822,175 +678,11 @@ class Node:
             )
         )
 
-    def _on_abort(
-        self, group: _Group, envelope: Envelope, now_ms: int, actions: list[Action]
-    ) -> None:
-        body = envelope.body
-        assert isinstance(body, Abort)
-        convicted = self._abort_evidence(group.aggregation, group.id, group, envelope, actions)
-        if convicted is not None:
-            # A proven equivocator is to blame, not the member that caught it.
-            outcome = self._end(group, RoundAborted, "equivocation", now_ms, (convicted,))
-            actions.append(outcome)
-            return
-        if not self._safeguards.group_testing:  # round v2: the aborter is blamed
-            actions.append(
-                self._end(group, RoundAborted, "peer_aborted", now_ms, (envelope.sender,))
-            )
-            return
-        members = set(group.members or group.invite.members)
-        group.reports[envelope.sender] = tuple(p for p in body.accused if p in members)
-        if group.phase is Phase.CLOSING:
-            return
-        if group.aggregation is None:
-            # Before the roster: no reports to wait for. The aborter and whom it accuses are
-            # the suspects, and the other invitees learn it from this member's own ABORT.
-            suspects = tuple(
-                p
-                for p in group.invite.members
-                if p != self.public_key and (p == envelope.sender or p in body.accused)
-            )
-            abort = Abort(b"", "peer_aborted", accused=suspects)
-            for peer in group.participants():
-                if peer not in (self.public_key, envelope.sender):
-                    actions.append(self._send(group, peer, abort, now_ms))
-            actions.extend(self._end_unexplained(group, "peer_aborted", now_ms, suspects))
-            return
-        # The round is dead. If its deadline passed for the aborter, it is stuck here too:
-        # this member reports whom it waits for, so that the reports can be followed to
-        # whoever everyone waits for. Either way the aborter is where group testing starts.
-        missing: tuple[bytes, ...] = ()
-        if body.reason.startswith("timeout"):
-            missing = group.aggregation.missing()
-        start = frozenset({envelope.sender, *missing})
-        # The report carries the chain so far (the aborter and whom it accuses), so that a
-        # member that hears only this one ABORT can still follow it.
-        named = start | set(group.reports[envelope.sender])
-        report = tuple(p for p in group.members if p in named and p != self.public_key)
-        self._start_closing(group, "peer_aborted", start, report, now_ms, actions)
-
-    def _abort_evidence(
-        self,
-        aggregation: Aggregation | None,
-        group_id: bytes,
-        group: _Group | None,
-        envelope: Envelope,
-        actions: list[Action],
-    ) -> bytes | None:
-        """The member an ABORT's proof (or relayed statement, with ours) convicts, if any.
-
-        A proof counts only about a member of this same round instance: an ABORT is no
-        channel for spreading proofs about anyone else."""
-        body = envelope.body
-        assert isinstance(body, Abort)
-        members = aggregation.members if aggregation is not None else ()
-        if not members and group is not None:
-            members = group.members or group.invite.members
-        transcript = aggregation.transcript if aggregation is not None else b""
-        bind = self._safeguards.transcript_binding
-        if body.proof:
-            try:
-                proven = verify_proof(body.proof, self._limits, bind_transcript=bind)
-            except InvalidProof as exc:
-                actions.append(MessageRefused(exc.reason, envelope.sender, exc.detail))
-            else:
-                in_scope = (
-                    proven.peer in members
-                    and proven.group == group_id
-                    and (
-                        not bind
-                        or not transcript
-                        or proven.transcript == transcript
-                        or proven.slot[0] == "ROSTER"
-                    )
-                )
-                if in_scope or not self._safeguards.proof_scope:
-                    actions.extend(self._convict(proven.peer, body.proof, group_id))
-                    return proven.peer
-                actions.append(MessageRefused("foreign_proof", envelope.sender, "ABORT"))
-        if body.evidence and aggregation is not None:
-            proof = self._proof_from(aggregation, body.evidence)
-            if proof is not None:
-                peer, encoded = proof
-                actions.extend(self._convict(peer, encoded, group_id))
-                return peer
-        return None
-
-    def _proof_from(self, aggregation: Aggregation, statement: bytes) -> tuple[bytes, bytes] | None:
-        """A relayed statement that conflicts with the one we hold from the same member and
-        slot of this round: (that member, the proof)."""
-        try:
-            relayed = verify_statement(statement, limits=self._limits)
-        except ProtocolError:
-            return None
-        claim = claim_of(relayed)
-        if claim is None or relayed.group != aggregation.group.id:
-            return None
-        mine = aggregation.statement_of(relayed.sender, claim[0])
-        if mine is None:
-            return None
-        proof = EquivocationProof(mine, statement)
-        try:
-            proof.verify(self._limits)
-        except InvalidProof:
-            return None
-        return relayed.sender, proof.encode()
-
-    def _late_abort(self, aggregation: Aggregation, envelope: Envelope) -> list[Action]:
-        """An ABORT of a round this member already finished: only a proof (or a statement
-        that makes one with ours) about one of its members changes anything."""
-        actions: list[Action] = []
-        if envelope.sender not in aggregation.members:
-            return [MessageRefused("not_in_group", envelope.sender, envelope.type)]
-        convicted = self._abort_evidence(aggregation, aggregation.group.id, None, envelope, actions)
-        if convicted is None:
-            actions.append(MessageRefused("stray_abort", envelope.sender, envelope.type))
-        return actions
-
-    def _start_closing(
-        self,
-        group: _Group,
-        reason: str,
-        start: frozenset[bytes],
-        report: tuple[bytes, ...],
-        now_ms: int,
-        actions: list[Action],
-    ) -> None:
-        """The round failed for a reason nobody can prove: tell every member, with this
-        member's report, and collect theirs for closing_grace_ms (see _end_closing)."""
-        transcript = group.aggregation.transcript if group.aggregation is not None else b""
-        abort = Abort(transcript, reason, accused=report)
-        for peer in group.participants():
-            if peer != self.public_key:
-                actions.append(self._send(group, peer, abort, now_ms))
-        group.phase = Phase.CLOSING
-        group.closing_reason = reason
-        group.closing_from = start
-        group.closing_until_ms = now_ms + self.config.closing_grace_ms
-        actions.append(Wake(group.closing_until_ms))
-
-    def _end_closing(self, group: _Group, now_ms: int) -> list[Action]:
-        """End a CLOSING round. Its suspects: where it started (the members this member waited
-        for, or the aborter) and, transitively, every member those reported waiting for. An
-        honest member's report is true, so the chain of whom-waits-for-whom from any honest
-        start reaches whoever broke the round; an insider's own report can only add names."""
-        suspects: set[bytes] = set()
-        stack = list(group.closing_from)
-        while stack:
-            peer = stack.pop()
-            if peer in suspects:
-                continue
-            suspects.add(peer)
-            stack.extend(group.reports.get(peer, ()))
-        suspects.discard(self.public_key)
-        ordered = tuple(p for p in group.members if p in suspects)
-        return self._end_unexplained(group, group.closing_reason, now_ms, ordered)
-
-    def _early_budget(self, group: _Group) -> int:
+    def _early_budget(self, group: Group) -> int:
         # Everything a member can legitimately send us in a round, plus framing slack.
         return 2 * group.invite.length * _RING_BYTES + len(group.invite.members) * (1 << 20)
 
-    def _missing(self, group: _Group) -> tuple[bytes, ...]:
+    def _missing(self, group: Group) -> tuple[bytes, ...]:
         """Whom a deadline leaves this member waiting for: the initiator if its roster never
         came, else the members the aggregation still waits for (nobody while inviting:
         silence is a decline). Only round v2 blamed them (Safeguards.group_testing off)."""
@@ -1016,103 +708,13 @@ class Node:
         while len(self._spent) > _SPENT_REMEMBERED:
             self._spent.popitem(last=False)
 
-    # ---- endings ----
+    # ---- what Endings asks of the node ----
 
-    def _abort(self, group: _Group, fault: RoundFault, now_ms: int) -> list[Action]:
-        transcript = group.aggregation.transcript if group.aggregation is not None else b""
-        evidence = fault.evidence if self._safeguards.relay_evidence else b""
-        # The report: whom this member holds responsible (for a failure nobody can be blamed
-        # for, everyone else), so that the others' group testing starts there too.
-        everyone = group.members or group.invite.members
-        accused = fault.blamed or (
-            tuple(p for p in everyone if p != self.public_key)
-            if fault.reason in UNEXPLAINED_REASONS
-            else ()
-        )
-        abort = Abort(transcript, fault.reason, fault.proof, evidence, accused)
-        actions: list[Action] = [
-            self._send(group, peer, abort, now_ms)
-            for peer in group.participants()
-            if peer != self.public_key
-        ]
-        if fault.proof:
-            for peer in fault.blamed:
-                actions.extend(self._convict(peer, fault.proof, group.id))
-        if fault.reason in UNEXPLAINED_REASONS and self._safeguards.group_testing:
-            actions.extend(self._end_unexplained(group, fault.reason, now_ms))
-        else:
-            actions.append(self._end(group, RoundAborted, fault.reason, now_ms, fault.blamed))
-        return actions
+    def _remembered_groups(self) -> int:
+        return self.config.remembered_groups
 
-    def _convict(self, peer: bytes, proof: bytes, group_id: bytes) -> list[Action]:
-        if peer == self.public_key or self.backoff.blocked(peer, 0) == "refused":
-            return []  # one proof is enough: the same one relayed again is not news
-        self.backoff.refuse(peer)
-        return [EquivocationDetected(peer, proof, group_id)]
-
-    def _end(
-        self,
-        group: _Group,
-        outcome: type[RoundAborted] | type[RoundCancelled],
-        reason: str,
-        now_ms: int,
-        blamed: tuple[bytes, ...] = (),
-    ) -> RoundAborted | RoundCancelled:
-        """End the round; a certain fault strikes ``blamed``."""
-        group.stats.ended_ms = now_ms
-        self._forget(group, reason)
-        if outcome is RoundCancelled:
-            return RoundCancelled(group.id, reason, group.stats)
-        blamed = tuple(peer for peer in blamed if peer != self.public_key)
-        self._strike(blamed, now_ms)
-        return RoundAborted(group.id, reason, group.stats, blamed)
-
-    def _end_unexplained(
-        self,
-        group: _Group,
-        reason: str,
-        now_ms: int,
-        suspects: tuple[bytes, ...] | None = None,
-    ) -> list[Action]:
-        """End the round for a reason nobody can be blamed for: strike nobody, record the
-        suspects for group testing, and act on what it singles out."""
-        if suspects is None and reason == "timeout_await_roster":
-            suspects = (group.initiator,)
-        elif suspects is None:
-            # Everyone the round had (before the roster, whoever the INVITE named).
-            everyone = group.members or group.invite.members
-            suspects = tuple(p for p in everyone if p != self.public_key)
-        group.stats.ended_ms = now_ms
-        self._forget(group, reason)
-        actions: list[Action] = [RoundAborted(group.id, reason, group.stats, (), suspects)]
-        singled = self.suspicion.failed(suspects)
-        if len(singled) == 1:
-            self._strike(singled, now_ms)
-        elif len(singled) == 2:
-            self.backoff.keep_apart(singled[0], singled[1], now_ms)
-        if singled:
-            actions.append(PeerSuspected(singled, self.suspicion.singled_after))
-        return actions
-
-    def _strike(self, peers: Iterable[bytes], now_ms: int) -> None:
-        if self._safeguards.backoff:
-            for peer in peers:
-                if peer != self.public_key:
-                    self.backoff.strike(peer, now_ms)
-
-    def _forget(self, group: _Group, outcome: str) -> None:
-        if self._group is group:
-            self._group = None
-        self._ended[group.id] = outcome
-        while len(self._ended) > self.config.remembered_groups:
-            self._ended.popitem(last=False)
-        if group.aggregation is not None and outcome != "finished":
-            self._remember(group.aggregation)
-
-    def _remember(self, aggregation: Aggregation) -> None:
-        self._recent[aggregation.group.id] = aggregation
-        while len(self._recent) > _REMEMBERED_ROUNDS:
-            self._recent.popitem(last=False)
+    def _closing_grace_ms(self) -> int:
+        return self.config.closing_grace_ms
 
     # ---- sending ----
 
@@ -1128,13 +730,13 @@ class Node:
             self.identity, self.public_key, to, body, group=group_id, seq=self._seq(), ts=now_ms
         )
 
-    def _send(self, group: _Group, to: bytes, body: Message, now_ms: int) -> Send:
+    def _send(self, group: Group, to: bytes, body: Message, now_ms: int) -> Send:
         return self._record_send(
             group, Send(to, self._encode(to, body, group.id, now_ms), body.TYPE)
         )
 
     @staticmethod
-    def _record_send(group: _Group, send: Send) -> Send:
+    def _record_send(group: Group, send: Send) -> Send:
         group.stats.bytes_sent += len(send.frame)
         group.stats.frames_sent += 1
         return send

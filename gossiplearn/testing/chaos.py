@@ -164,7 +164,8 @@ class ChaosAttack(Attack):
     def statements(self, node: Insider) -> list[Envelope]:
         """The statements it holds: received frames and its own (the latest ones: enough to
         replay from earlier rounds, bounded so that a long search stays linear)."""
-        return node.received[-HISTORY:] + node.sent_envelopes[-HISTORY:]
+        own: list[Envelope] = getattr(node, "sent_envelopes", [])
+        return node.received[-HISTORY:] + own[-HISTORY:]
 
     def group_ids(self, node: Insider) -> list[bytes]:
         """Group ids of the rounds whose statements it still holds, oldest first."""
@@ -172,7 +173,7 @@ class ChaosAttack(Attack):
 
     # -- rewriting --
 
-    def rewrite(self, node: Insider, sends: list[Send]) -> list[Send]:  # type: ignore[override]
+    def rewrite(self, node: Insider, sends: list[Send]) -> list[Send]:
         self._batch += 1
         out = [send for due, send in self._held if due <= self._batch]
         self._held = [(due, send) for due, send in self._held if due > self._batch]
@@ -267,7 +268,7 @@ class ChaosAttack(Attack):
             data = values.astype("<u4").tobytes()
             shard = replace(body.shard, data=data, digest=shard_digest(data))
             new_body = replace(body, shard=shard)
-            if isinstance(body, Reduced) and rng.random() < 0.5:
+            if isinstance(new_body, Reduced) and rng.random() < 0.5:
                 new_body = replace(new_body, part_digest=_digest_of_part(node, envelope, values))
         if new_body is None or new_body == body:
             return [send]
@@ -327,15 +328,15 @@ class ChaosAttack(Attack):
             if rosters:
                 return replace(body, roster=rng.choice(rosters))
         if isinstance(body, Confirm):
-            reduced = [
+            found = [
                 e
                 for e in self.statements(node)
                 if e.type == Reduced.TYPE and len(e.statement) <= 1024
             ]
-            same_group = [e for e in reduced if e.group == self._current]
+            same_group = [e for e in found if e.group == self._current]
             if same_group and rng.random() < 0.7:
-                reduced = same_group
-            reduced = [e.statement for e in reduced]
+                found = same_group
+            reduced = [e.statement for e in found]
             if reduced:
                 count = min(len(body.evidence) or 1, len(reduced))
                 return replace(body, evidence=tuple(rng.sample(reduced, count)))
@@ -798,8 +799,8 @@ def _check_average(
     weights = [world.weights[m] for m in members]
     if sum(weights) != first.total_weight:
         return  # the insider declared another weight (within the cap): agreed, not checkable
-    expected = sum(w * vectors[m].astype(np.float64) for m, w in zip(members, weights, strict=True))
-    expected = expected / sum(weights)
+    weighted = [w * vectors[m].astype(np.float64) for m, w in zip(members, weights, strict=True)]
+    expected = np.sum(weighted, axis=0) / sum(weights)
     tolerance = len(members) * 2.0 ** -(world.config.frac_bits + 1) + 1e-6
     error = float(np.max(np.abs(first.average - expected)))
     if error > tolerance:

@@ -306,10 +306,8 @@ class FramerNode(Insider):
         return super()._new_group_id()
 
     def _choose(self, pool: list[bytes], now_ms: int) -> tuple[bytes, ...]:
-        order = next(
-            (e.body.members for e in reversed(self.produced_envelopes()) if e.type == Roster.TYPE),
-            None,
-        )
+        rosters = [e.body for e in self.produced_envelopes() if isinstance(e.body, Roster)]
+        order = rosters[-1].members if rosters else None
         if order is not None and set(order[1:]) <= set(pool):
             return tuple(order[1:])
         return super()._choose(pool, now_ms)
