@@ -185,6 +185,9 @@ class RosterReorder(Attack):
     def rewrite(self, node: Insider, sends: list[Send]) -> list[Send]:
         out = []
         for send in sends:
+            if send.kind == Abort.TYPE:
+                continue  # its own machine sees the conflicting READYs too: it stays quiet
+
             if send.kind == Roster.TYPE and send.to == self.target:
                 envelope = verify_envelope(send.frame)
                 roster = envelope.body
