@@ -8,6 +8,9 @@ message was missing) let one insider make honest members strike each other. So s
 strikes nobody: each member records the set of the other members (the *suspects*) and keeps
 the last :data:`WINDOW` such sets.
 
+- A failure whose suspects are one peer alone (every report led to it, and it named nobody
+  it waited for): it is struck at once. An honest peer never ends up alone: stuck because of
+  someone, it reports whom it waits for within the closing grace.
 - One peer in every recorded failure (at least two of them), and nobody else in all of them:
   it is struck (backed off, as a blamed peer is). A single insider is in every failure it
   causes, and its victims change from group to group, so it is singled out after a few
@@ -58,6 +61,13 @@ class Suspicion:
         if not current:
             return ()
         self._failures.append(current)
+        if len(current) == 1:
+            # Every report led to this one peer and it named nobody (see Node's CLOSING): an
+            # honest peer stuck because of someone always names whom it waits for.
+            self.singled_after = 1
+            while len(self._failures) > self.window:
+                self._failures.popleft()
+            return tuple(current)
         common = self._common()
         while not common:  # this failure shares no suspect with the older ones: drop them
             self._failures.popleft()

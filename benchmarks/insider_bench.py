@@ -1,0 +1,57 @@
+"""One insider against 4 honest daemons, per attack class: honest rounds per minute under
+attack / control, alternated in one run.
+
+Classes (``gossiplearn.testing.insider_scenario.ATTACKS``): framing (old statements relayed
+under a reused group id), roster_order (a reordered roster), spoiling (garbage parts nobody
+can be blamed for), holder (round v2's: invite, roster, silence). The bulk channel's
+starvation is measured in tests/peer/net/test_bulk.py. Each run is ``--seconds`` of real
+daemons on 127.0.0.1; the control (the insider runs honest code) is run before each class
+and the ratio taken against the mean of the controls. Target: >= 0.6 for every class, and
+0 proofs against honest peers.
+
+Prints one JSON line: {"seconds", "control_rounds_per_min", "<class>": {"rounds_per_min",
+"ratio", "proofs_against_honest", "insider_blocked_by", "honest_aborts"}}.
+
+Usage: python benchmarks/insider_bench.py [--seconds 60] [--classes framing,roster_order,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from gossiplearn.testing.insider_scenario import ATTACKS, run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--classes", default=",".join(a for a in ATTACKS if a != "none"))
+    args = parser.parse_args()
+    classes = [c for c in args.classes.split(",") if c]
+    controls = []
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="insider-bench-") as tmp:
+        for i, attack in enumerate(classes):
+            controls.append(run(Path(tmp) / f"control-{i}", "none", seconds=args.seconds))
+            results[attack] = run(Path(tmp) / attack, attack, seconds=args.seconds)
+    control = sum(c.honest_rounds_per_minute for c in controls) / len(controls)
+    line: dict[str, object] = {
+        "seconds": args.seconds,
+        "control_rounds_per_min": round(control, 1),
+    }
+    for attack, result in results.items():
+        line[attack] = {
+            "rounds_per_min": round(result.honest_rounds_per_minute, 1),
+            "ratio": round(result.honest_rounds_per_minute / control, 2) if control else None,
+            "proofs_against_honest": result.proofs_against_honest,
+            "insider_blocked_by": result.insider_blocked_by,
+            "honest_aborts": result.honest_aborts,
+        }
+    print(json.dumps(line))
+
+
+if __name__ == "__main__":
+    main()
