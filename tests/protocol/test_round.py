@@ -12,8 +12,11 @@ from hypothesis import strategies as st
 
 from gossiplearn.crypto.identity import Identity
 from gossiplearn.protocol.aggregation import part_bounds
+from gossiplearn.protocol.config import RoundConfig
+from gossiplearn.protocol.envelope import verify_envelope
 from gossiplearn.protocol.events import (
     MessageRefused,
+    PeerSuspected,
     RoundAborted,
     RoundCancelled,
     RoundFinished,
@@ -21,7 +24,8 @@ from gossiplearn.protocol.events import (
     Send,
     Wake,
 )
-from gossiplearn.protocol.node import Node, RoundConfig
+from gossiplearn.protocol.messages import Abort
+from gossiplearn.protocol.node import Node
 
 SCHEMA = b"s" * 32
 START_MS = 1_700_000_000_000
@@ -149,6 +153,42 @@ def test_each_member_sends_in_the_order_of_round_v3():
             assert kinds.count(kind) == k - 1
 
 
+def report_of(send: Send) -> Abort:
+    """The ABORT a CLOSING member sent: its reason and report (``accused``)."""
+    body = verify_envelope(send.frame).body
+    assert isinstance(body, Abort), body
+    return body
+
+
+def time_out_together(nodes: list[Node], deadline: int) -> dict[bytes, tuple[Abort, RoundAborted]]:
+    """Every node's deadline passes at ``deadline``: each enters CLOSING (no outcome yet) and
+    sends every other member the same ABORT carrying its report; the reports are delivered,
+    and each node ends exactly closing_grace_ms later. Returns {node: (its ABORT, outcome)}."""
+    grace = nodes[0].config.closing_grace_ms
+    keys = [n.public_key for n in nodes]
+    sent: dict[bytes, list[Send]] = {}
+    for node in nodes:
+        actions = node.tick(deadline)
+        assert actions[-1] == Wake(deadline + grace)  # CLOSING: nothing ends at the deadline
+        sent[node.public_key] = [a for a in actions[:-1] if isinstance(a, Send)]
+        assert len(sent[node.public_key]) == len(actions) - 1
+        assert sorted(s.to for s in sent[node.public_key]) == sorted(set(keys) - {node.public_key})
+        assert len({report_of(s) for s in sent[node.public_key]}) == 1  # one report, to all
+        assert node.busy
+    for node in nodes:  # a CLOSING member takes the others' reports and answers nothing
+        assert route(nodes, sent[node.public_key], deadline, node.public_key) == dict.fromkeys(
+            keys, []
+        )
+    ended: dict[bytes, tuple[Abort, RoundAborted]] = {}
+    for node in nodes:
+        assert node.tick(deadline + grace - 1) == []
+        (aborted,) = node.tick(deadline + grace)
+        assert isinstance(aborted, RoundAborted) and aborted.stats.ended_ms == deadline + grace
+        assert not node.busy
+        ended[node.public_key] = (report_of(sent[node.public_key][0]), aborted)
+    return ended
+
+
 def test_a_contribution_is_spent_when_its_parts_go_out_not_at_the_roster():
     config = RoundConfig(max_group_size=3)
     nodes = make_nodes(3, config, seed=3)
@@ -165,13 +205,24 @@ def test_a_contribution_is_spent_when_its_parts_go_out_not_at_the_roster():
     )
     assert {origin for origin, send in sent if send.kind == "PART"} == {keys[2]}
     deadline = nodes[0].current_round[2]  # type: ignore[index]
+    ended = time_out_together(nodes, deadline)
+    # Each one reports whom it waits for: the initiator and member 1 for member 2's READY,
+    # member 2 for the others' PARTs. Followed from report to report, each suspects both
+    # others; nobody is struck.
+    reports = {key: (abort.reason, abort.accused) for key, (abort, _) in ended.items()}
+    assert reports == {
+        keys[0]: ("timeout_running", (keys[2],)),
+        keys[1]: ("timeout_running", (keys[2],)),
+        keys[2]: ("timeout_running", (keys[0], keys[1])),
+    }
     for node in nodes:
-        (aborted,) = node.tick(deadline)[-1:]
-        assert isinstance(aborted, RoundAborted) and aborted.reason == "timeout_running"
-        assert aborted.blamed == () and set(aborted.suspects) == set(keys) - {node.public_key}
+        _, aborted = ended[node.public_key]
+        assert aborted.reason == "timeout_running" and aborted.blamed == ()
+        assert set(aborted.suspects) == set(keys) - {node.public_key}
+        assert node.backoff.snapshot(0) == {}  # two suspects each: nobody singled out
     # Only member 2's contribution is spent; the others may bring theirs to another round.
     assert [node.contribution_fresh for node in nodes] == [True, True, False]
-    now = deadline + 1
+    now = deadline + config.closing_grace_ms + 1
     nodes[2].set_contribution(np.ones(10, np.float32), 1, SCHEMA)
     sent.clear()
     # Every PART goes out, but a REDUCED is lost: the round aborts, and the contributions
@@ -180,11 +231,113 @@ def test_a_contribution_is_spent_when_its_parts_go_out_not_at_the_roster():
     route(nodes, actions, now, sent=sent, drop=lambda origin, send: send.kind == "REDUCED")
     assert {origin for origin, send in sent if send.kind == "PART"} == set(keys)
     deadline = nodes[0].current_round[2]  # type: ignore[index]
-    for node in nodes:
-        assert isinstance(node.tick(deadline)[-1], RoundAborted)
+    ended = time_out_together(nodes, deadline)
+    for node in nodes:  # each waits for both others' REDUCED parts
+        abort, aborted = ended[node.public_key]
+        others = tuple(k for k in keys if k != node.public_key)
+        assert abort.accused == others and aborted.suspects == others
     assert not any(node.contribution_fresh for node in nodes)
     with pytest.raises(RoundUsageError, match="contribution_spent"):
-        nodes[0].start_round(keys[1:], deadline + 1)
+        nodes[0].start_round(keys[1:], deadline + config.closing_grace_ms + 1)
+
+
+def test_closing_refuses_round_messages_and_ends_closing_grace_ms_after_it_began():
+    config = RoundConfig(max_group_size=3)
+    grace = config.closing_grace_ms
+    nodes = make_nodes(3, config, seed=3)
+    contribute(nodes, 10, 4)
+    keys = [n.public_key for n in nodes]
+    sent: list[tuple[bytes, Send]] = []
+    route(
+        nodes,
+        nodes[0].start_round(keys[1:], START_MS),
+        sent=sent,
+        drop=lambda origin, send: origin == keys[2] and send.kind == "READY",
+    )
+    withheld = {send.to: send for origin, send in sent if send.kind == "READY"}
+    group, _, deadline = nodes[0].current_round  # type: ignore[misc]
+    # The initiator's deadline passes: it reports (it waits for member 2's READY) and enters
+    # CLOSING, still in the group, until deadline + grace.
+    initiator = nodes[0].tick(deadline)
+    reports = [(a.to, report_of(a)) for a in initiator if isinstance(a, Send)]
+    transcript = reports[0][1].transcript
+    assert reports == [
+        (keys[1], Abort(transcript, "timeout_running", accused=(keys[2],))),
+        (keys[2], Abort(transcript, "timeout_running", accused=(keys[2],))),
+    ]
+    assert initiator[-1] == Wake(deadline + grace) and len(initiator) == 3
+    assert nodes[0].current_round == (group, START_MS, deadline)
+    # Member 2's READY, in flight all along, arrives now: refused, nobody's fault, and it
+    # changes nothing (no answer, no strike, no outcome).
+    late = withheld[keys[0]]
+    refused = nodes[0].receive(late.frame, deadline + 3, from_peer=keys[2])
+    assert refused == [MessageRefused("closing", keys[2], "READY")]
+    assert nodes[0].current_round == (group, START_MS, deadline)
+    assert nodes[0].backoff.snapshot(deadline + 3) == {}
+    # Member 1, still running, hears the initiator's ABORT 10 ms later: it enters CLOSING
+    # itself ("peer_aborted": the aborter, whom it waits for, and whom the aborter accused)
+    # and ends closing_grace_ms after that, not after its deadline.
+    member = nodes[1].receive(initiator[0].frame, deadline + 10, from_peer=keys[0])
+    reports = [(a.to, report_of(a)) for a in member if isinstance(a, Send)]
+    assert reports == [
+        (keys[0], Abort(transcript, "peer_aborted", accused=(keys[0], keys[2]))),
+        (keys[2], Abort(transcript, "peer_aborted", accused=(keys[0], keys[2]))),
+    ]
+    assert member[-1] == Wake(deadline + 10 + grace) and len(member) == 3
+    # Its report reaches the initiator: taken, no answer. Member 2's READY reaches member 1
+    # now: refused as well.
+    assert nodes[0].receive(member[0].frame, deadline + 20, from_peer=keys[1]) == []
+    refused = nodes[1].receive(withheld[keys[1]].frame, deadline + 20, from_peer=keys[2])
+    assert refused == [MessageRefused("closing", keys[2], "READY")]
+    # Each ends exactly grace after it entered CLOSING, not a millisecond earlier.
+    assert nodes[0].tick(deadline + grace - 1) == []
+    ended, singled = nodes[0].tick(deadline + grace)
+    assert isinstance(ended, RoundAborted) and ended.stats.ended_ms == deadline + grace
+    # The initiator's suspects start at member 2, whose report never came: member 2 alone,
+    # which group testing singles out (and strikes) at once.
+    assert (ended.reason, ended.blamed, ended.suspects) == ("timeout_running", (), (keys[2],))
+    assert singled == PeerSuspected((keys[2],), 1)
+    assert list(nodes[0].backoff.snapshot(deadline + grace)) == [keys[2]]
+    assert not nodes[0].busy
+    assert nodes[1].tick(deadline + 10 + grace - 1) == []
+    (ended,) = nodes[1].tick(deadline + 10 + grace)
+    assert isinstance(ended, RoundAborted) and ended.stats.ended_ms == deadline + 10 + grace
+    # Member 1's start: the aborter and member 2 (the aborter's reason was a timeout); the
+    # initiator's report (member 2) adds nobody.
+    assert (ended.reason, ended.blamed, ended.suspects) == ("peer_aborted", (), (keys[0], keys[2]))
+    assert not nodes[1].busy
+
+
+def test_next_deadline_in_closing_is_when_closing_ends():
+    # The daemon's engine (peer/net/engine.py) ignores Wake: it sleeps until next_deadline()
+    # and then ticks. In CLOSING that must be when CLOSING ends, or the engine spins on
+    # tick() (a deadline in the past) or ends the round late (a later one).
+    config = RoundConfig(max_group_size=3)
+    grace = config.closing_grace_ms
+    nodes = make_nodes(3, config, seed=3)
+    contribute(nodes, 10, 4)
+    keys = [n.public_key for n in nodes]
+    route(
+        nodes,
+        nodes[0].start_round(keys[1:], START_MS),
+        drop=lambda origin, send: origin == keys[2] and send.kind == "READY",
+    )
+    deadline = nodes[0].current_round[2]  # type: ignore[index]
+    assert [n.next_deadline() for n in nodes] == [deadline] * 3  # RUNNING: the deadline
+    # Member 2 stops (its driver aborts the round) 2 s before the deadline: the two others
+    # hear its ABORT at once and enter CLOSING until 1 s later.
+    heard = deadline - 2_000
+    stopping = [a for a in nodes[2].abort("peer_stopping", heard) if isinstance(a, Send)]
+    for node in nodes[:2]:
+        (abort,) = [a for a in stopping if a.to == node.public_key]
+        assert node.receive(abort.frame, heard, from_peer=keys[2])[-1] == Wake(heard + grace)
+    found = {"initiator": nodes[0].next_deadline(), "member": nodes[1].next_deadline()}
+    expected = {"initiator": heard + grace, "member": heard + grace}
+    assert found == expected, (
+        "protocol bug (Node.next_deadline ignores Phase.CLOSING: it returns "
+        "min(invite_deadline_ms, deadline_ms)): a CLOSING member's next deadline is "
+        f"{ {k: v - expected[k] for k, v in found.items()} } ms off closing_until_ms"
+    )
 
 
 def test_a_group_of_two_is_impossible():

@@ -1,8 +1,11 @@
 """Group testing (protocol/suspicion.py) and the backoff table's pairs and forgiveness.
 
 Suspicion.failed records the suspects of one unexplained failure and says whom the record now
-singles out: one peer common to at least two failures (struck), or a pair common to a full
-window (kept apart); a failure sharing nobody with the older ones pushes them out.
+singles out: a failure whose suspects are one peer alone (every report led to it: struck at
+once, since 711b7bd), one peer common to at least two failures (struck), or a pair common to a
+full window (kept apart); a failure sharing nobody with the older ones pushes them out.
+Singling out one peer keeps the record (trimmed to the window): every further failure holding
+that peer singles it out again at once. Keeping a pair apart starts the record again.
 """
 
 from __future__ import annotations
@@ -45,7 +48,15 @@ def test_a_single_insider_is_singled_out_after_two_failures_whatever_the_victims
     assert suspicion.failed({INSIDER, *first}) == ()
     assert suspicion.recorded == 1
     assert suspicion.failed({INSIDER, *second}) == (INSIDER,)
-    assert suspicion.recorded == 0  # the record starts again
+    assert suspicion.singled_after == 2
+    # The record is kept: the insider's next failure, whoever its victims, singles it out
+    # again at once (round v3 before 1c0ab83 cleared it and waited for two more).
+    assert suspicion.recorded == 2
+    assert suspicion.failed({INSIDER, E}) == (INSIDER,)
+    assert suspicion.recorded == 3 and suspicion.singled_after == 3
+    # A failure without it shares nobody with the record: the record slides out.
+    assert suspicion.failed({F, G}) == ()
+    assert suspicion.recorded == 1
 
 
 def test_victims_shared_by_two_failures_delay_the_verdict_until_one_does_not() -> None:
@@ -54,14 +65,45 @@ def test_victims_shared_by_two_failures_delay_the_verdict_until_one_does_not() -
     assert suspicion.failed({INSIDER, A, C}) == ()  # INSIDER and A: two in common
     assert suspicion.recorded == 2
     assert suspicion.failed({INSIDER, D}) == (INSIDER,)
-    assert suspicion.recorded == 0
+    assert suspicion.singled_after == 3 and suspicion.recorded == 3  # kept, not cleared
 
 
-def test_one_failure_alone_singles_out_nobody_even_with_one_suspect() -> None:
+def test_a_singled_out_peer_is_singled_out_again_by_each_failure_within_the_window() -> None:
+    # PeerSuspected.failures is singled_after: how many recorded failures held the peer. The
+    # record is trimmed to the window after each verdict.
     suspicion = Suspicion()
-    assert suspicion.failed({A}) == ()  # e.g. a roster that never came: the initiator
+    verdicts = []
+    for victim in (A, B, C, D):
+        verdicts.append((suspicion.failed({INSIDER, victim}), suspicion.singled_after))
+        assert suspicion.recorded <= WINDOW
+    assert verdicts == [((), 0), ((INSIDER,), 2), ((INSIDER,), 3), ((INSIDER,), 4)]
+    assert suspicion.failed({INSIDER, E}) == (INSIDER,)  # the fifth: the first is trimmed
+    assert suspicion.recorded == WINDOW
+    # A failure without the insider shares nobody with the whole record: it pushes every
+    # failure the insider was in out, and the next verdict is on the new failures alone.
+    assert suspicion.failed({A, B}) == ()
     assert suspicion.recorded == 1
+    assert suspicion.failed({A, C}) == (A,)
+    assert suspicion.recorded == 2
+
+
+def test_a_failure_with_one_suspect_alone_singles_it_out_at_once() -> None:
+    # Every report led to one peer, and it named nobody it waited for (or a roster never
+    # came: the initiator). An honest peer stuck because of someone names whom it waits for,
+    # so in the model (the insider is the only cause of failure) that peer is the insider.
+    suspicion = Suspicion()
     assert suspicion.failed({A}) == (A,)
+    assert suspicion.singled_after == 1 and suspicion.recorded == 1
+    # The record is kept like any other verdict's: a further failure holding A (with others)
+    # singles it out again, counted over both.
+    assert suspicion.failed({A, B}) == (A,)
+    assert suspicion.singled_after == 2
+    # Another peer alone: singled out at once too, whatever the record held (it stays, for
+    # the failures to come).
+    assert suspicion.failed({C}) == (C,)
+    assert suspicion.singled_after == 1 and suspicion.recorded == 3
+    assert suspicion.failed({C, D}) == (C,)  # {A}, {A, B} share nobody with it: pushed out
+    assert suspicion.recorded == 2
 
 
 def test_a_failure_with_no_suspect_records_nothing() -> None:
@@ -80,7 +122,8 @@ def test_no_honest_peer_is_ever_singled_out_when_every_failure_holds_the_insider
     # A seeded random search: many records, each fed random groups that all contain the
     # insider (any size a group can have, victims drawn from a small population so that
     # they repeat a lot). Whatever the record returns holds the insider: alone when struck,
-    # with one other peer when a pair is kept apart.
+    # with one other peer when a pair is kept apart. The record never holds more than a
+    # window (a verdict on one peer keeps it, trimmed to the window).
     rng = random.Random(seed)
     singled_alone = 0
     for _ in range(500):
@@ -94,7 +137,7 @@ def test_no_honest_peer_is_ever_singled_out_when_every_failure_holds_the_insider
                 assert INSIDER in singled, (singled, victims)
             if len(singled) == 1:
                 singled_alone += 1
-            assert suspicion.recorded < suspicion.window
+            assert suspicion.recorded <= suspicion.window
     assert singled_alone > 100  # the search did reach verdicts
 
 
@@ -177,7 +220,9 @@ def test_sliding_drops_the_oldest_failures_only_until_someone_is_common_again() 
     # Shares D with the second failure, nobody with the first: only the first goes, and D
     # is now in both recorded failures.
     assert suspicion.failed({D, E}) == (D,)
-    assert suspicion.recorded == 0
+    assert suspicion.recorded == 2 and suspicion.singled_after == 2
+    assert suspicion.failed({D, F}) == (D,)  # kept: D's next failure singles it out at once
+    assert suspicion.singled_after == 3
 
 
 # ---- the backoff table: pairs kept apart, forgiveness ----------------------------------------

@@ -8,15 +8,19 @@ frame, a forged roster, a replay) and then checks the round invariant with
 * every honest member that finished holds the bit-identical average, equal (within
   k * 2^-frac_bits) to the weighted average of the finishing group's contributions;
 * every other honest member ended with RoundAborted/RoundCancelled no later than the round's
-  deadline (the INVITE's start + round_timeout_ms);
+  deadline (the INVITE's start + round_timeout_ms) plus ``closing_grace_ms``;
 * once the network has drained, no honest node holds group state.
 
 Each scenario also checks whom the honest members hold responsible (round v3): a fault in a
 message its sender signed, or a peer the transport cannot reach, strikes that sender
-(``RoundAborted.blamed``); a failure nobody can prove (a timeout, an ABORT without proof, an
-implausible average) strikes nobody (``blamed == ()``) and records the other members as
-``suspects`` for group testing, which singles out a peer only once it is the one common to
-several such failures.
+(``RoundAborted.blamed``); a failure nobody can prove is blamed on nobody (``blamed == ()``)
+and records ``suspects`` for group testing, which strikes a peer that is a failure's only
+suspect at once (since 711b7bd), or one that is the only peer common to several failures. An
+implausible average suspects every other member. A deadline passed while running, or an ABORT
+without a proof, enters CLOSING (since 1c0ab83): the member sends every other one its report
+(``Abort.accused``: whom it still waits for, or the aborter and whom it accused), collects
+theirs for ``closing_grace_ms``, and suspects whom the reports lead to, from its own start
+(whom it waits for, or the aborter) from member to member.
 
 A last pair of tests re-derives every member's pairwise masks from the recorded ephemeral keys
 and shows that what went on the wire was masked, in a finished and in an aborted round.
@@ -66,6 +70,7 @@ from gossiplearn.protocol.events import (
     UNEXPLAINED_REASONS,
     Action,
     MessageRefused,
+    PeerSuspected,
     RoundAborted,
     RoundCancelled,
     RoundFinished,
@@ -76,7 +81,9 @@ from gossiplearn.protocol.matchmaking import transcript_of
 from gossiplearn.protocol.messages import MAX_WEIGHT
 from gossiplearn.protocol.safeguards import Safeguards
 from gossiplearn.protocol.shards import shard_digest
+from gossiplearn.protocol.states import Group
 from gossiplearn.sim.memnet import Outcome
+from gossiplearn.testing.insider import Attack, Insider
 from gossiplearn.testing.swarm import (
     SCHEMA_HASH,
     VECTOR_LENGTH,
@@ -126,6 +133,123 @@ def transcript_in(swarm: Swarm, group: bytes) -> bytes:
     return transcript_of(group, roster)
 
 
+def names_of(swarm: Swarm) -> dict[bytes, str]:
+    return {key: f"peer{i}" for i, key in enumerate(swarm.keys)}
+
+
+#: A protocol bug the expectations below run into (Node.tick, since 1c0ab83): a member names
+#: the initiator first in its report when group.deadline_ms < group.own_deadline_ms, and counts
+#: own_deadline_ms from when a frame reached it (the INVITE, at 08f37b1), while the initiator
+#: counts the same budget from when it sent it. So in every honest round the initiator's
+#: deadline is the shorter by one latency: every member that times out names the honest
+#: initiator and suspects it, though it waits for nothing from it. An honest initiator whose
+#: rounds time out because of two different members is then singled out and struck (see
+#: test_two_timeouts_caused_by_others_never_single_out_an_honest_initiator), and an insider
+#: in an honest initiator's rounds is never its victims' only suspect.
+HONEST_INITIATOR_NAMED = (
+    "protocol bug (Node.tick: group.deadline_ms < group.own_deadline_ms holds in every honest "
+    "round, own_deadline_ms counting from the frame's arrival, the initiator's deadline from "
+    "its sending): a timed-out member names and suspects the honest initiator, which it does "
+    "not wait for"
+)
+
+
+def check_suspects(
+    swarm: Swarm,
+    outcomes: dict[bytes, Outcome],
+    expected: dict[bytes, set[bytes]],
+    initiator: bytes | None = None,
+) -> None:
+    """Each member in ``expected`` ended for an unexplained reason, blamed nobody and
+    suspects exactly the members given. ``initiator``: an honest initiator, whom a member that waits
+    for nothing from it must not suspect (see HONEST_INITIATOR_NAMED)."""
+    names = names_of(swarm)
+    for key, want in expected.items():
+        outcome = outcomes[key]
+        assert isinstance(outcome, RoundAborted) and outcome.reason in UNEXPLAINED_REASONS
+        assert outcome.blamed == (), (names[key], outcome.blamed)
+        got = set(outcome.suspects)
+        detail = f"{names[key]} suspects {sorted(names[p] for p in got)}, "
+        detail += f"expected {sorted(names[p] for p in want)}"
+        if initiator is not None and initiator not in want and got == want | {initiator}:
+            raise AssertionError(f"{HONEST_INITIATOR_NAMED}: {detail}")
+        assert got == want, detail
+
+
+def reports_in(swarm: Swarm, group: bytes) -> dict[bytes, set[tuple[str, tuple[bytes, ...]]]]:
+    """Every (reason, accused) each member sent in an ABORT of ``group`` (record=True)."""
+    reports: dict[bytes, set[tuple[str, tuple[bytes, ...]]]] = {}
+    for envelope, _ in swarm.deliveries_in(group):
+        if isinstance(envelope.body, Abort):
+            body = envelope.body
+            reports.setdefault(envelope.sender, set()).add((body.reason, body.accused))
+    return reports
+
+
+def check_reports(
+    swarm: Swarm,
+    group: bytes,
+    expected: dict[bytes, tuple[bytes, ...]],
+    initiator: bytes | None = None,
+) -> None:
+    """Each member in ``expected`` sent one ABORT ("timeout_running") to every other member
+    of the roster, carrying the report given (``accused``, in roster order). ``initiator``: as
+    for :func:`check_suspects`."""
+    names = names_of(swarm)
+    (roster,) = {env.body for env, _ in swarm.deliveries_in(group) if env.type == "ROSTER"}
+    assert isinstance(roster, Roster)
+    reports = reports_in(swarm, group)
+    for key, accused in expected.items():
+        recipients = [
+            env.recipient
+            for env, _ in swarm.deliveries_in(group)
+            if env.sender == key and env.type == "ABORT"
+        ]
+        assert sorted(recipients) == sorted(m for m in roster.members if m != key), names[key]
+        (got,) = reports[key]
+        detail = f"{names[key]} reported {got[0]} {[names[p] for p in got[1]]}, "
+        detail += f"expected {[names[p] for p in accused]}"
+        if initiator is not None and got[1] == (initiator, *accused):
+            raise AssertionError(f"{HONEST_INITIATOR_NAMED}: {detail}")
+        assert got == ("timeout_running", accused), detail
+
+
+def verdicts_of(
+    swarm: Swarm, keys: Sequence[bytes]
+) -> dict[bytes, list[tuple[tuple[bytes, ...], int]]]:
+    """What group testing singled out at each of ``keys``: [(peers, failures), ...]."""
+    return {key: [(s.peers, s.failures) for s in swarm.net.suspected[key]] for key in keys}
+
+
+def strikes_of(swarm: Swarm, keys: Sequence[bytes]) -> dict[bytes, dict[bytes, object]]:
+    """{key: {peer: its strikes}} for every peer each of ``keys`` holds a strike against."""
+    return {
+        key: {
+            peer: state["strikes"]
+            for peer, state in swarm.peers[key].node.backoff.snapshot(0).items()
+        }
+        for key in keys
+    }
+
+
+def abort_in(send: Send) -> Abort:
+    body = verify_envelope(send.frame).body
+    assert isinstance(body, Abort), body
+    return body
+
+
+def closing_ends(swarm: Swarm, group: bytes) -> int:
+    """When members that time out together end: the round's deadline (the one in its
+    ROSTER, which every member keeps to) plus closing_grace_ms."""
+    (roster,) = {env.body for env, _ in swarm.deliveries_in(group) if env.type == "ROSTER"}
+    assert isinstance(roster, Roster)
+    return roster.deadline_ms + swarm.config.closing_grace_ms
+
+
+def ended_at(outcomes: dict[bytes, Outcome], at_ms: float) -> bool:
+    return all(o.stats.ended_ms == at_ms for o in outcomes.values())
+
+
 # ---- 1-4: members that fall silent ----------------------------------------------------------
 
 
@@ -172,13 +296,21 @@ def test_member_silent_after_accept(kind: str, sent: bool) -> None:
     outcomes = check_round_invariant(swarm, rnd)
     assert len(outcomes) == 3
     assert reasons(outcomes) == dict.fromkeys(outcomes, "timeout_running")
-    # A missing READY proves nothing about who withheld it: nobody is struck, and each
-    # member suspects every other one (the victim among them).
-    check_unexplained(outcomes, swarm.keys)
-    assert struck_nobody(swarm, list(outcomes))
+    # Every member hit the same deadline, reported and collected the others' reports for
+    # closing_grace_ms: all end exactly then.
+    assert ended_at(outcomes, closing_ends(swarm, rnd.group))
     # Nobody sent masked data before every READY agreed, so no contribution was spent.
     assert not [d for d in swarm.net.deliveries if d.kind in ("PART", "REDUCED", "CONFIRM")]
     assert all(swarm.peers[key].node.contribution_fresh for key in outcomes)
+    # A missing READY proves nothing about who withheld it: nobody is blamed. Each member
+    # waits for the victim's READY alone and reports it; the victim reports nothing: every
+    # member suspects the victim and nobody else, and group testing singles it out (strikes
+    # it) at once.
+    initiator = swarm.keys[0]
+    check_reports(swarm, rnd.group, dict.fromkeys(outcomes, (victim,)), initiator=initiator)
+    check_suspects(swarm, outcomes, dict.fromkeys(outcomes, {victim}), initiator)
+    assert verdicts_of(swarm, list(outcomes)) == dict.fromkeys(outcomes, [((victim,), 1)])
+    assert strikes_of(swarm, list(outcomes)) == dict.fromkeys(outcomes, {victim: 1})
 
 
 VICTIM_ROLES = ["initiator", "member"]
@@ -186,7 +318,7 @@ VICTIM_ROLES = ["initiator", "member"]
 
 @pytest.mark.parametrize("role", VICTIM_ROLES)
 def test_member_dies_midway_through_its_parts(role: str) -> None:
-    swarm = build_swarm(n=5000, shard_bytes=1024)  # 1250-element parts: 5 shards each
+    swarm = build_swarm(n=5000, shard_bytes=1024, record=True)  # 1250-element parts: 5 shards
     victim = swarm.keys[0 if role == "initiator" else 1]
     die_at_first(swarm, victim, "PART", sent=True)
     rnd = swarm.start(swarm.keys[0])
@@ -194,16 +326,24 @@ def test_member_dies_midway_through_its_parts(role: str) -> None:
 
     outcomes = check_round_invariant(swarm, rnd)
     assert len(outcomes) == 3
-    assert set(reasons(outcomes).values()) <= {"timeout_running", "peer_aborted"}
-    assert "timeout_running" in reasons(outcomes).values()
-    check_unexplained(outcomes, swarm.keys)
+    # All hit the same deadline before any report arrives: each ends as timeout_running (a
+    # report would make it peer_aborted), closing_grace_ms after it.
+    assert reasons(outcomes) == dict.fromkeys(outcomes, "timeout_running")
+    assert ended_at(outcomes, closing_ends(swarm, rnd.group))
     # Every honest member's PARTs went out: its contribution is spent, aborted or not.
     assert not any(swarm.peers[key].node.contribution_fresh for key in outcomes)
+    # Each one still lacks shards of the victim's PART, and only those: the victim is the
+    # only suspect, singled out and struck at once (nobody blamed).
+    initiator = swarm.keys[0] if role == "member" else None
+    check_reports(swarm, rnd.group, dict.fromkeys(outcomes, (victim,)), initiator=initiator)
+    check_suspects(swarm, outcomes, dict.fromkeys(outcomes, {victim}), initiator)
+    assert verdicts_of(swarm, list(outcomes)) == dict.fromkeys(outcomes, [((victim,), 1)])
+    assert strikes_of(swarm, list(outcomes)) == dict.fromkeys(outcomes, {victim: 1})
 
 
 @pytest.mark.parametrize("role", VICTIM_ROLES)
 def test_reducer_dies_before_sending_reduced(role: str) -> None:
-    swarm = build_swarm()
+    swarm = build_swarm(record=True)
     victim = swarm.keys[0 if role == "initiator" else 3]
     die_at_first(swarm, victim, "REDUCED", sent=False)
     rnd = swarm.start(swarm.keys[0])
@@ -211,10 +351,15 @@ def test_reducer_dies_before_sending_reduced(role: str) -> None:
 
     outcomes = check_round_invariant(swarm, rnd)
     assert len(outcomes) == 3
-    assert set(reasons(outcomes).values()) <= {"timeout_running", "peer_aborted"}
-    assert "timeout_running" in reasons(outcomes).values()
-    check_unexplained(outcomes, swarm.keys)
-    assert struck_nobody(swarm, list(outcomes))
+    assert reasons(outcomes) == dict.fromkeys(outcomes, "timeout_running")
+    assert ended_at(outcomes, closing_ends(swarm, rnd.group))
+    # Every PART arrived; each one waits for the victim's reduced part alone: the victim
+    # alone is suspected, singled out and struck at once.
+    initiator = swarm.keys[0] if role == "member" else None
+    check_reports(swarm, rnd.group, dict.fromkeys(outcomes, (victim,)), initiator=initiator)
+    check_suspects(swarm, outcomes, dict.fromkeys(outcomes, {victim}), initiator)
+    assert verdicts_of(swarm, list(outcomes)) == dict.fromkeys(outcomes, [((victim,), 1)])
+    assert strikes_of(swarm, list(outcomes)) == dict.fromkeys(outcomes, {victim: 1})
 
 
 # ---- 4b: dead peers that the transport reports (refused dials), and the roster wait -------
@@ -289,38 +434,42 @@ def test_members_stop_waiting_for_a_roster_from_a_dead_initiator() -> None:
     for outcome in outcomes.values():
         assert outcome.stats.ended_ms - started_ms <= wait_ms + 100
         assert outcome.stats.ended_ms < rnd.deadline_ms - 10_000
-    # The roster may be lost on the way: the initiator is suspected, not struck.
+    # The roster never came: the initiator alone is suspected (not blamed), and a failure
+    # whose only suspect it is singles it out at once (since 711b7bd): each member strikes
+    # it. (A dead initiator and one withholding its roster look alike; a roster lost in the
+    # network would strike an honest one: docs/protocol.md, P2's limits.)
     check_unexplained(outcomes, [initiator], suspects_initiator=True)
-    assert struck_nobody(swarm, list(outcomes))
+    assert verdicts_of(swarm, list(outcomes)) == dict.fromkeys(outcomes, [((initiator,), 1)])
+    assert strikes_of(swarm, list(outcomes)) == dict.fromkeys(outcomes, {initiator: 1})
 
 
 def test_an_initiator_that_keeps_withholding_its_roster_is_singled_out() -> None:
-    # The initiator is alive but its ROSTERs never arrive. One such round proves nothing
-    # (a roster can be lost); the second one with it as the only suspect singles it out:
-    # each member strikes it, and declines its next invitation.
+    # The initiator is alive but its ROSTERs never arrive. Each member's only suspect is the
+    # initiator: group testing singles it out at once (since 711b7bd; before, a second such
+    # round was needed), each member strikes it, and declines its next invitation. The
+    # initiator itself, waiting for the members' READYs, hears nothing it can follow.
     swarm = build_swarm()
     initiator, members = swarm.keys[0], swarm.keys[1:]
     drop_frames(swarm, sender=initiator, kind="ROSTER")
-    for attempt in (1, 2):
-        rnd = swarm.start(initiator)
-        swarm.net.run()
-        outcomes = check_round_invariant(swarm, rnd)
-        assert reasons(outcomes) == {
-            initiator: "timeout_running",
-            **dict.fromkeys(members, "timeout_await_roster"),
-        }
-        check_unexplained({k: outcomes[k] for k in members}, [initiator], suspects_initiator=True)
-        check_unexplained({initiator: outcomes[initiator]}, swarm.keys)
-        # Nothing masked moved: nobody's contribution is spent.
-        assert all(swarm.peers[key].node.contribution_fresh for key in swarm.keys)
-        singled = {key: [s.peers for s in swarm.net.suspected[key]] for key in swarm.keys}
-        if attempt == 1:
-            assert singled == dict.fromkeys(swarm.keys, [])
-        else:
-            assert singled == {initiator: [], **dict.fromkeys(members, [(initiator,)])}
-            for key in members:  # struck; nobody else is
-                blocked = swarm.peers[key].node.backoff.snapshot(outcomes[key].stats.ended_ms)
-                assert list(blocked) == [initiator] and blocked[initiator]["strikes"] == 1
+    rnd = swarm.start(initiator)
+    swarm.net.run()
+    outcomes = check_round_invariant(swarm, rnd)
+    assert reasons(outcomes) == {
+        initiator: "timeout_running",
+        **dict.fromkeys(members, "timeout_await_roster"),
+    }
+    check_unexplained({k: outcomes[k] for k in members}, [initiator], suspects_initiator=True)
+    check_unexplained({initiator: outcomes[initiator]}, swarm.keys)
+    # Nothing masked moved: nobody's contribution is spent.
+    assert all(swarm.peers[key].node.contribution_fresh for key in swarm.keys)
+    assert verdicts_of(swarm, swarm.keys) == {
+        initiator: [],
+        **dict.fromkeys(members, [((initiator,), 1)]),
+    }
+    assert strikes_of(swarm, swarm.keys) == {
+        initiator: {},
+        **dict.fromkeys(members, {initiator: 1}),
+    }
     # Its next invitation, within the backoff, is declined by everyone: too few, cancelled.
     swarm.net.intercept = None
     assert all(backed_off(swarm, key, initiator, swarm.net.now_ms) for key in members)
@@ -391,18 +540,49 @@ def test_a_member_that_misses_one_reduced_part_holds_everyone_back() -> None:
     # reduced part, never confirms, so the others wait for its CONFIRM and all time out.
     # Round v2 struck whom each one waited for (the initiator the reducer, the others the
     # initiator): an insider withholding one frame made honest members strike each other.
-    # Now nobody is struck; each one suspects the three others.
-    swarm = build_swarm()
-    initiator, reducer = swarm.keys[0], swarm.keys[1]
+    # Now nobody is blamed. Each one reports whom it waits for (the initiator the reducer,
+    # everyone else the initiator), and the reports, followed member to member, lead every
+    # one to the pair between which the frame went missing, and to nobody else: c and d
+    # suspect both and single out nobody; the initiator's only suspect is the reducer, and
+    # the reducer's the initiator, each singled out (struck) at once. Had the reducer (an
+    # insider) withheld the frame, the one honest member striking anyone strikes it; lost in
+    # the network, it makes the two strike each other (docs/protocol.md, P2's limits).
+    swarm = build_swarm(record=True)
+    initiator, reducer, c, d = swarm.keys
     drop_frames(swarm, sender=reducer, kind="REDUCED", to=initiator)
     rnd = swarm.start(initiator)
     swarm.net.run()
 
     outcomes = check_round_invariant(swarm, rnd)
     assert reasons(outcomes) == dict.fromkeys(swarm.keys, "timeout_running")
-    check_unexplained(outcomes, swarm.keys)
-    assert struck_nobody(swarm, list(outcomes))
-    assert all(swarm.net.suspected[key] == [] for key in outcomes)  # one failure: nothing yet
+    assert ended_at(outcomes, closing_ends(swarm, rnd.group))
+    check_reports(
+        swarm,
+        rnd.group,
+        {initiator: (reducer,), reducer: (initiator,), c: (initiator,), d: (initiator,)},
+    )
+    check_suspects(
+        swarm,
+        outcomes,
+        {
+            initiator: {reducer},
+            reducer: {initiator},
+            c: {initiator, reducer},
+            d: {initiator, reducer},
+        },
+    )
+    assert verdicts_of(swarm, swarm.keys) == {
+        initiator: [((reducer,), 1)],
+        reducer: [((initiator,), 1)],
+        c: [],
+        d: [],
+    }
+    assert strikes_of(swarm, swarm.keys) == {
+        initiator: {reducer: 1},
+        reducer: {initiator: 1},
+        c: {},
+        d: {},
+    }
 
 
 def test_with_group_testing_off_a_timeout_strikes_whom_it_waits_for() -> None:
@@ -419,6 +599,180 @@ def test_with_group_testing_off_a_timeout_strikes_whom_it_waits_for() -> None:
     blamed = {key: o.blamed for key, o in outcomes.items() if isinstance(o, RoundAborted)}
     assert blamed == {initiator: (reducer,), **{key: (initiator,) for key in swarm.keys[1:]}}
     assert all(o.suspects == () for o in outcomes.values() if isinstance(o, RoundAborted))
+
+
+# ---- 5b: CLOSING: reports followed from member to member ------------------------------------
+
+
+class WithholdReady(Attack):
+    """Everything as an honest member, but its READY never goes to ``victim``: the victim
+    never reaches the masked steps, and everyone else waits for the victim's PART."""
+
+    def __init__(self, victim: bytes) -> None:
+        self.victim = victim
+
+    def rewrite(self, node: Insider, sends: list[Send]) -> list[Send]:
+        return [s for s in sends if not (s.kind == "READY" and s.to == self.victim)]
+
+
+@pytest.mark.parametrize("second_initiator", ["same_initiator", "another_initiator"])
+def test_an_insider_withholding_its_ready_from_one_victim_is_singled_out(
+    second_initiator: str,
+) -> None:
+    # Only the victim waits for the insider; everyone else waits for the victim. Round v3
+    # before 1c0ab83 had every member suspect all the others, the insider hidden among them.
+    # Now the victim reports the insider, so every honest member's reports lead to it. The
+    # victim's only suspect is the insider: singled out at once. The others suspect the
+    # victim too; two such rounds with different victims single out the insider at the
+    # honest members that were in both, and nobody is ever singled out but the insider.
+    swarm = build_swarm(5, k=4, insiders=[1], record=True, jitter_ms=0)
+    p0, insider, p2, p3, p4 = swarm.keys
+    node = swarm.peers[insider].node
+    assert isinstance(node, Insider)
+    second = (
+        (p0, [insider, p3, p4]) if second_initiator == "same_initiator" else (p3, [insider, p4, p0])
+    )
+    rounds = [(p0, [insider, p2, p3], p2), (*second, p4)]
+    ended: list[tuple[bytes, bytes, dict[bytes, Outcome], bytes]] = []
+    for attempt, (initiator, candidates, victim) in enumerate(rounds):
+        swarm.new_contributions(seed=30 + attempt)
+        node.attack = WithholdReady(victim)
+        rnd = swarm.start(initiator, candidates)
+        swarm.net.run()
+        outcomes = check_round_invariant(swarm, rnd, malicious=[insider])
+        honest = {initiator, *candidates} - {insider}
+        assert set(outcomes) == honest
+        assert reasons(outcomes) == dict.fromkeys(honest, "timeout_running")
+        assert ended_at(outcomes, closing_ends(swarm, rnd.group))
+        # The victim's report leads every honest member to the insider.
+        for key, outcome in outcomes.items():
+            assert insider in outcome.suspects, names_of(swarm)[key]  # type: ignore[union-attr]
+        ended.append((rnd.group, initiator, outcomes, victim))
+    # Each victim singled the insider out at once (one failure, the insider its only
+    # suspect); p0 and p3, in both rounds (the one initiator, or each the other's), on the
+    # second failure. Each struck the insider once, and nobody else. (What the insider's own
+    # machine concludes is its business.)
+    verdicts = verdicts_of(swarm, (p0, p2, p3, p4))
+    expected = {
+        p0: [((insider,), 2)],
+        p2: [((insider,), 1)],
+        p3: [((insider,), 2)],
+        p4: [((insider,), 1)],
+    }
+    # Whether a member named its round's (honest) initiator first: HONEST_INITIATOR_NAMED.
+    named = any(
+        accused[:1] == (initiator,)
+        for group, initiator, outcomes, _ in ended
+        for key, sent in reports_in(swarm, group).items()
+        if key in outcomes and key != initiator
+        for _, accused in sent
+    )
+    names = names_of(swarm)
+    readable = {names[k]: [([names[p] for p in ps], n) for ps, n in v] for k, v in verdicts.items()}
+    hint = f" ({HONEST_INITIATOR_NAMED})" if named else ""
+    assert verdicts == expected, f"singled out: {readable}{hint}"
+    assert strikes_of(swarm, (p0, p2, p3, p4)) == dict.fromkeys((p0, p2, p3, p4), {insider: 1})
+    # What each one reported and suspected, exactly: the victim waits for the insider's
+    # READY; everyone else for the victim's PART (the insider's machine reports honestly).
+    for group, initiator, outcomes, victim in ended:
+        others = set(outcomes) - {victim}
+        check_reports(
+            swarm,
+            group,
+            {victim: (insider,), **dict.fromkeys(others, (victim,))},
+            initiator=initiator,
+        )
+        check_suspects(
+            swarm,
+            outcomes,
+            {victim: {insider}, **dict.fromkeys(others, {victim, insider})},
+            initiator,
+        )
+
+
+class ShortDeadlineInitiator(Insider):
+    """As initiator, writes a deadline SHORT_MS after it into its ROSTER (its INVITE carried
+    an ordinary one); its own machine keeps to the short one too."""
+
+    SHORT_MS = 7
+
+    def _close_invitations(self, group: Group, now_ms: int, actions: list[Action]) -> None:
+        group.deadline_ms = now_ms + self.SHORT_MS
+        super()._close_invitations(group, now_ms, actions)
+
+
+def test_a_deadline_the_initiator_cut_short_is_reported_against_the_initiator() -> None:
+    # INVITE at 0, ACCEPTs at 5, ROSTER (deadline 17) at 10, arriving at 15; the members'
+    # READYs go out at 15 and would arrive at 20. At 17 every member still waits for the
+    # other members' READYs (never for the initiator, whose ROSTER is its statement): had
+    # they reported only whom they wait for, the initiator that cut the deadline would go
+    # unnamed. A member's report names the initiator first when the initiator's deadline is
+    # shorter than its own.
+    swarm = build_swarm(
+        4,
+        insiders=[0],
+        insider_class=ShortDeadlineInitiator,
+        latency_ms=5,
+        jitter_ms=0,
+        record=True,
+    )
+    initiator, *members = swarm.keys
+    rnd = swarm.start(initiator)
+    started_ms = swarm.net.now_ms
+    swarm.net.run()
+
+    outcomes = check_round_invariant(swarm, rnd, malicious=[initiator])
+    (roster,) = {env.body for env, _ in swarm.deliveries_in(rnd.group) if env.type == "ROSTER"}
+    assert isinstance(roster, Roster)
+    assert roster.deadline_ms == started_ms + 10 + ShortDeadlineInitiator.SHORT_MS
+    assert roster.deadline_ms < rnd.deadline_ms - 1_000  # far shorter than the INVITE's
+    assert set(outcomes) == set(members)
+    assert reasons(outcomes) == dict.fromkeys(members, "timeout_running")
+    assert ended_at(outcomes, roster.deadline_ms + swarm.config.closing_grace_ms)
+    # Each report: the initiator first, then the two other members whose READYs it awaits.
+    order = roster.members
+    check_reports(
+        swarm,
+        rnd.group,
+        {m: (initiator, *(o for o in order if o not in (initiator, m))) for m in members},
+    )
+    # The READYs arrive 3 ms into CLOSING: refused, nobody's fault.
+    assert all(swarm.net.refused[m]["closing"] == 2 for m in members)
+    check_suspects(swarm, outcomes, {m: set(swarm.keys) - {m} for m in members})
+    assert struck_nobody(swarm, members)
+
+
+def test_two_timeouts_caused_by_others_never_single_out_an_honest_initiator() -> None:
+    # An honest initiator runs two rounds of three; in each, another member crashes before
+    # its READY. The surviving member waits only for the crashed one each time: its only
+    # suspect is that member, singled out (struck) at once; the initiator never.
+    swarm = build_swarm(4, k=3, record=True)
+    initiator, member, first, second = swarm.keys
+    names = names_of(swarm)
+    ended = []
+    for crashed in (first, second):
+        die_at_first(swarm, crashed, "READY", sent=False)
+        rnd = swarm.start(initiator, [member, crashed])
+        swarm.net.run()
+        outcomes = check_round_invariant(swarm, rnd)
+        assert reasons(outcomes) == dict.fromkeys((initiator, member), "timeout_running")
+        assert ended_at(outcomes, closing_ends(swarm, rnd.group))
+        ended.append((outcomes, crashed))
+    verdicts = [[names[p] for p in s.peers] for s in swarm.net.suspected[member]]
+    strikes = [names[p] for p in swarm.peers[member].node.backoff.snapshot(0)]
+    suspects = [[names[p] for p in o[member].suspects] for o, _ in ended]  # type: ignore[union-attr]
+    assert initiator not in swarm.peers[member].node.backoff.snapshot(0), (
+        f"{HONEST_INITIATOR_NAMED}: {names[member]} suspected {suspects} after "
+        f"{names[first]} then {names[second]} crashed, singled out {verdicts} and struck "
+        f"{strikes}"
+    )
+    assert verdicts == [[names[first]], [names[second]]]
+    assert strikes_of(swarm, [initiator, member]) == {
+        initiator: {first: 1, second: 1},
+        member: {first: 1, second: 1},
+    }
+    for outcomes, crashed in ended:
+        check_suspects(swarm, outcomes, {initiator: {crashed}, member: {crashed}}, initiator)
 
 
 # ---- 6-7: a malicious initiator forges the roster -------------------------------------------
@@ -598,7 +952,7 @@ BAD_PARTS: dict[str, tuple[Callable[[Shard], Shard], str]] = {
 
 @pytest.mark.parametrize("bad_part", BAD_PARTS)
 def test_malformed_part_aborts_the_reducer_and_then_everyone(bad_part: str) -> None:
-    swarm = build_swarm()
+    swarm = build_swarm(record=True)
     cheat = swarm.keys[1]
     reshape, expected_reason = BAD_PARTS[bad_part]
     victims: list[bytes] = []
@@ -625,9 +979,16 @@ def test_malformed_part_aborts_the_reducer_and_then_everyone(bad_part: str) -> N
     assert backed_off(swarm, reducer, cheat, outcomes[reducer].stats.ended_ms)
     others = set(outcomes) - {reducer}
     assert len(others) == 2
-    assert {reasons(outcomes)[key] for key in others} <= {"peer_aborted", "timeout_running"}
-    # The others only learn that the round failed: nobody struck, every other member suspect.
-    check_unexplained({key: outcomes[key] for key in others}, swarm.keys)
+    # The reducer's ABORT names the cheat (its report: whom it blamed). The others cannot
+    # check it: each enters CLOSING ("peer_aborted") when it arrives (one latency, 3-8 ms,
+    # later) and ends closing_grace_ms after that, nobody struck, suspecting the aborter and
+    # whom it accused.
+    assert reports_in(swarm, rnd.group)[reducer] == {(expected_reason, (cheat,))}
+    assert {reasons(outcomes)[key] for key in others} == {"peer_aborted"}
+    for key in others:
+        late = outcomes[key].stats.ended_ms - outcomes[reducer].stats.ended_ms
+        assert 3 + swarm.config.closing_grace_ms <= late <= 8 + swarm.config.closing_grace_ms
+    check_suspects(swarm, outcomes, dict.fromkeys(others, {reducer, cheat}))
     assert struck_nobody(swarm, list(others))
 
 
@@ -713,8 +1074,12 @@ def test_garbage_values_from_one_member_abort_every_honest_member(
     else:  # the masks hide who sent garbage: nobody struck, every other member suspect
         check_unexplained(outcomes, swarm.keys)
         assert struck_nobody(swarm, honest)
-    # Each one told the whole group, through the ordinary abort path, naming the round.
+    # Each one told the whole group, through the ordinary abort path, naming the round, with
+    # its report: the cheat it blamed, or (an implausible average, which blames nobody) every
+    # other member, in roster order.
     transcript = transcript_in(swarm, rnd.group)
+    (roster,) = {env.body for env, _ in swarm.deliveries_in(rnd.group) if env.type == "ROSTER"}
+    assert isinstance(roster, Roster)
     for key in honest:
         aborts = [
             (env.recipient, env.body)
@@ -722,7 +1087,11 @@ def test_garbage_values_from_one_member_abort_every_honest_member(
             if env.sender == key and env.type == "ABORT"
         ]
         assert sorted(to for to, _ in aborts) == sorted(m for m in swarm.keys if m != key)
-        assert {body for _, body in aborts} == {Abort(transcript, GARBAGE[kind])}
+        if kind == "READY":
+            accused: tuple[bytes, ...] = (cheat,)
+        else:
+            accused = tuple(m for m in roster.members if m != key)
+        assert {body for _, body in aborts} == {Abort(transcript, GARBAGE[kind], accused=accused)}
 
 
 def test_group_testing_singles_out_a_member_that_sends_garbage_after_two_failures() -> None:
@@ -774,26 +1143,38 @@ def test_peer_suspected_counts_the_failures_that_singled_the_peer_out() -> None:
 
 def test_aborts_before_the_roster_never_single_out_an_honest_initiator() -> None:
     # An insider invited by an honest initiator sends ABORT (proving nothing) to the other
-    # invitees before the roster, in two rounds of that initiator. Group testing must not
-    # make the victims strike the initiator: the insider is in every such failure.
+    # invitees before the roster. Group testing must not make the victims strike the
+    # initiator. Before the roster there are no reports to wait for: a victim ends at once,
+    # suspecting the aborter and whom it accused (nobody here), and tells every other invitee
+    # but the aborter why, with its own ABORT naming the same suspects. The insider, alone,
+    # is singled out (struck) at once.
     swarm = build_swarm(4, jitter_ms=0)
     initiator, insider, a, b = swarm.keys
-    for _ in range(2):
-        rnd = swarm.start(initiator)
-        swarm.net.run(until_ms=swarm.net.now_ms + 4)  # INVITEs arrived, ACCEPTs in flight
-        for victim in (a, b):
-            frame = swarm.forge(insider, victim, Abort(b"", "forged"), rnd.group)
-            actions = swarm.peers[victim].node.receive(
-                frame, int(swarm.net.now_ms), from_peer=insider
-            )
-            (aborted,) = [x for x in actions if isinstance(x, RoundAborted)]
-            assert aborted.reason == "peer_aborted" and aborted.blamed == ()
-            assert set(aborted.suspects) == {initiator, insider, a, b} - {victim}
-        swarm.net.run()
-        check_round_invariant(swarm, rnd, malicious=[insider])
-    for victim in (a, b):
-        assert all(s.peers == (insider,) for s in swarm.net.suspected[victim])
-        assert swarm.peers[victim].node.backoff.blocked(initiator, 0) is None
+    rnd = swarm.start(initiator)
+    swarm.net.run(until_ms=swarm.net.now_ms + 4)  # INVITEs arrived, ACCEPTs in flight
+    for victim, other in ((a, b), (b, a)):
+        frame = swarm.forge(insider, victim, Abort(b"", "forged"), rnd.group)
+        actions = swarm.inject(insider, victim, frame)
+        (aborted,) = [x for x in actions if isinstance(x, RoundAborted)]
+        assert aborted.reason == "peer_aborted" and aborted.blamed == ()
+        assert aborted.suspects == (insider,)
+        assert aborted.stats.ended_ms == swarm.net.now_ms  # at once: no CLOSING
+        told = [(x.to, abort_in(x)) for x in actions if isinstance(x, Send)]
+        report = Abort(b"", "peer_aborted", accused=(insider,))
+        assert told == [(initiator, report), (other, report)]
+        assert [x for x in actions if isinstance(x, PeerSuspected)] == [
+            PeerSuspected((insider,), 1)
+        ]
+    swarm.net.run()
+    check_round_invariant(swarm, rnd, malicious=[insider])
+    assert strikes_of(swarm, [a, b]) == {a: {insider: 1}, b: {insider: 1}}
+    # The initiator is struck by nobody: its next round with the victims finishes.
+    swarm.new_contributions(seed=7)
+    rnd = swarm.start(initiator, [a, b])
+    swarm.net.run()
+    outcomes = check_round_invariant(swarm, rnd, malicious=[insider])
+    assert set(outcomes) == {initiator, a, b}
+    assert all(isinstance(o, RoundFinished) for o in outcomes.values())
 
 
 #: Over the cap, by one and by as much as an ACCEPT can declare.
@@ -1055,7 +1436,8 @@ def test_an_abort_with_a_proof_about_anyone_but_this_rounds_members_convicts_nob
 ) -> None:
     # An ABORT is no channel for spreading proofs: one about a non-member, or about a member
     # but in another group or round instance, is refused ("foreign_proof"); the round still
-    # ends (an ABORT proves nothing about who caused it), striking nobody.
+    # ends (an ABORT proves nothing about who caused it), blaming nobody: the victim enters
+    # CLOSING, tells every member, and ends closing_grace_ms later.
     swarm = build_swarm(5, record=True, latency_ms=5, jitter_ms=0)
     members, outsider = swarm.keys[:4], swarm.keys[4]
     rnd = swarm.start(members[0], members[1:])
@@ -1068,14 +1450,41 @@ def test_an_abort_with_a_proof_about_anyone_but_this_rounds_members_convicts_nob
     proof = conflicting_confirms(swarm, convicted, group, b"\x01" * 32)
     aborter, victim = members[1], members[3]
     frame = swarm.forge(aborter, victim, Abort(FORGED_TRANSCRIPT, "forged", proof), rnd.group)
-    actions = swarm.peers[victim].node.receive(frame, int(swarm.net.now_ms), from_peer=aborter)
+    heard_ms = swarm.net.now_ms
+    actions = swarm.inject(aborter, victim, frame)
     refused = [a.reason for a in actions if isinstance(a, MessageRefused)]
     assert refused == ["foreign_proof"]
-    (aborted,) = [a for a in actions if isinstance(a, RoundAborted)]
-    assert aborted.reason == "peer_aborted" and aborted.blamed == ()
-    assert sorted(aborted.suspects) == sorted(m for m in members if m != victim)
+    assert not [a for a in actions if isinstance(a, RoundAborted)]  # CLOSING: not yet
+    # Its report: the aborter (who accused nobody), to every other member.
+    told = {(a.to, abort_in(a).accused) for a in actions if isinstance(a, Send)}
+    assert told == {(m, (aborter,)) for m in members if m != victim}
     swarm.net.run()
-    check_round_invariant(swarm, rnd)
+    outcomes = check_round_invariant(swarm, rnd)
+    assert reasons(outcomes) == dict.fromkeys(members, "peer_aborted")
+    grace = swarm.config.closing_grace_ms
+    assert outcomes[victim].stats.ended_ms == heard_ms + grace
+    # The others hear the victim's ABORT one latency (5 ms) later, and end grace after that.
+    assert ended_at({k: o for k, o in outcomes.items() if k != victim}, heard_ms + 5 + grace)
+    # The victim follows the aborter, whose own report names only the victim; the others
+    # start at the victim, whose report leads to the aborter. Nobody is blamed, nobody is
+    # convicted; the victim singles out the aborter, its only suspect, and the two others
+    # single out nobody. (The forger holds the aborter's key here: the aborter is the
+    # insider, and what its own machine concludes is its business.)
+    check_suspects(
+        swarm,
+        outcomes,
+        {victim: {aborter}, members[0]: {victim, aborter}, members[2]: {victim, aborter}},
+    )
+    assert verdicts_of(swarm, [members[0], members[2], victim]) == {
+        members[0]: [],
+        members[2]: [],
+        victim: [((aborter,), 1)],
+    }
+    assert strikes_of(swarm, [members[0], members[2], victim]) == {
+        members[0]: {},
+        members[2]: {},
+        victim: {aborter: 1},
+    }
     assert not any(swarm.net.proofs.values())
     for key in members:
         assert swarm.peers[key].node.backoff.blocked(convicted, int(swarm.net.now_ms)) is None
