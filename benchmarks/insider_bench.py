@@ -12,7 +12,11 @@ and the ratio taken against the mean of the controls. Target: >= 0.6 for every c
 Prints one JSON line: {"seconds", "control_rounds_per_min", "<class>": {"rounds_per_min",
 "ratio", "proofs_against_honest", "insider_blocked_by", "honest_aborts"}}.
 
-Usage: python benchmarks/insider_bench.py [--seconds 60] [--classes framing,roster_order,...]
+Daemons run the default config (round.interval_s 10 s) unless ``--interval`` says otherwise;
+a short interval (0.5 s: hundreds of rounds a minute) makes every held second cost more.
+
+Usage: python benchmarks/insider_bench.py [--seconds 60] [--interval 10]
+       [--classes framing,roster_order,spoiling,holder]
 """
 
 from __future__ import annotations
@@ -29,17 +33,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--classes", default=",".join(a for a in ATTACKS if a != "none"))
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=10.0,
+        help="round.interval_s of every daemon (default: the config's default, 10 s)",
+    )
     args = parser.parse_args()
     classes = [c for c in args.classes.split(",") if c]
     controls = []
     results = {}
     with tempfile.TemporaryDirectory(prefix="insider-bench-") as tmp:
         for i, attack in enumerate(classes):
-            controls.append(run(Path(tmp) / f"control-{i}", "none", seconds=args.seconds))
-            results[attack] = run(Path(tmp) / attack, attack, seconds=args.seconds)
+            options = {"seconds": args.seconds, "interval_s": args.interval}
+            controls.append(run(Path(tmp) / f"control-{i}", "none", **options))
+            results[attack] = run(Path(tmp) / attack, attack, **options)
     control = sum(c.honest_rounds_per_minute for c in controls) / len(controls)
     line: dict[str, object] = {
         "seconds": args.seconds,
+        "interval_s": args.interval,
         "control_rounds_per_min": round(control, 1),
     }
     for attack, result in results.items():

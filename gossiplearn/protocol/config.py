@@ -50,7 +50,7 @@ class RoundConfig:
     #: trips up to ~300 ms with room to spare.
     closing_grace_ms: int = 1_000
     #: A member's first backoff lasts this long, doubling with each further strike.
-    backoff_base_ms: int = 5_000
+    backoff_base_ms: int = 15_000
     backoff_max_ms: int = 3_600_000
     #: Ended group ids remembered; an INVITE that reuses one is refused ("ended_group"). Past
     #: this, an id can come back: harmless, since every statement names its round's

@@ -94,14 +94,15 @@ class Endings:
         if group.aggregation is None:
             # Before the roster: no reports to wait for. The aborter and whom it accuses are
             # the suspects, and the other invitees learn it from this member's own ABORT.
-            suspects = tuple(
-                p
-                for p in group.invite.members
-                if p != self.public_key and (p == envelope.sender or p in body.accused)
-            )
+            named = {envelope.sender, *body.accused}
+            if envelope.sender != group.initiator and (body.transcript or group.early):
+                # Another member already runs the round: a roster exists that this member was
+                # never sent. Its initiator is where that started.
+                named.add(group.initiator)
+            suspects = tuple(p for p in group.invite.members if p != self.public_key and p in named)
             abort = Abort(b"", "peer_aborted", accused=suspects)
-            for peer in group.participants():
-                if peer not in (self.public_key, envelope.sender):
+            for peer in group.participants():  # the aborter too: it may be collecting reports
+                if peer != self.public_key:
                     actions.append(self._send(group, peer, abort, now_ms))
             actions.extend(self._end_unexplained(group, "peer_aborted", now_ms, suspects))
             return
@@ -114,8 +115,8 @@ class Endings:
         start = frozenset({envelope.sender, *missing})
         # The report carries the chain so far (the aborter and whom it accuses), so that a
         # member that hears only this one ABORT can still follow it.
-        named = start | set(group.reports[envelope.sender])
-        report = tuple(p for p in group.members if p in named and p != self.public_key)
+        chain = start | set(group.reports[envelope.sender])
+        report = tuple(p for p in group.members if p in chain and p != self.public_key)
         self._start_closing(group, "peer_aborted", start, report, now_ms, actions)
 
     def _abort_evidence(
@@ -302,7 +303,7 @@ class Endings:
         group.stats.ended_ms = now_ms
         self._forget(group, reason)
         actions: list[Action] = [RoundAborted(group.id, reason, group.stats, (), suspects)]
-        singled = self.suspicion.failed(suspects)
+        singled = self.suspicion.failed(suspects, alone_is_enough=reason == "timeout_running")
         if len(singled) == 1:
             self._strike(singled, now_ms)
         elif len(singled) == 2:

@@ -99,6 +99,8 @@ from gossiplearn.protocol.suspicion import Suspicion
 _RING_BYTES = 4  # uint32 ring elements
 _ROSTER_GRACE_MS = 3_000  # a member's wait for ROSTER beyond the invite timeout
 _SPENT_REMEMBERED = 64  # digests of spent contributions kept
+#: Groups whose ABORT reports arrived before their INVITE (a few rounds' worth).
+_EARLY_REPORT_GROUPS = 16
 #: A deadline allows this many times the expected transfer time at the measured throughput.
 _DEADLINE_SAFETY = 4
 _THROUGHPUT_FLOOR = 1_000_000  # bytes/s: a slow measurement never stretches deadlines further
@@ -144,6 +146,8 @@ class Node(Endings):
         #: the last rounds' aggregations (statements received), by group id
         self._recent: OrderedDict[bytes, Aggregation] = OrderedDict()
         self.suspicion = Suspicion()
+        #: ABORT reports for groups this peer did not know yet (see receive)
+        self._early_reports: OrderedDict[bytes, dict[bytes, tuple[bytes, ...]]] = OrderedDict()
         self._throughput = float(self.config.assumed_bytes_per_s)  # bytes/s, measured
 
     # ---- inputs from the driver ----
@@ -199,9 +203,12 @@ class Node(Endings):
         return dict(group.aggregation.channel_keys)
 
     def next_deadline(self) -> int | None:
+        """When :meth:`tick` must be called next (None: no round)."""
         group = self._group
         if group is None:
             return None
+        if group.phase is Phase.CLOSING:
+            return group.closing_until_ms
         if group.phase is not Phase.RUNNING:
             return min(group.invite_deadline_ms, group.deadline_ms)
         return group.deadline_ms
@@ -211,9 +218,19 @@ class Node(Endings):
         config = self.config
         if not self._safeguards.scaled_deadlines:
             return config.round_timeout_ms
-        transfer_ms = _DEADLINE_SAFETY * 2 * _RING_BYTES * length * 1000 / self._throughput
-        budget = config.invite_timeout_ms + config.round_slack_ms + transfer_ms
+        budget = config.invite_timeout_ms + self.after_roster_budget_ms(length)
         return int(min(config.round_timeout_ms, budget))
+
+    def after_roster_budget_ms(self, length: int) -> int:
+        """What a round still needs once its roster is out: the slack for the remaining
+        message steps and 4x the transfer time at the measured throughput. A member caps the
+        round's deadline at this from the roster's arrival, whatever the initiator set: an
+        initiator that sends the roster and falls silent holds nobody longer."""
+        config = self.config
+        if not self._safeguards.scaled_deadlines:
+            return config.round_timeout_ms
+        transfer_ms = _DEADLINE_SAFETY * 2 * _RING_BYTES * length * 1000 / self._throughput
+        return int(min(config.round_timeout_ms, config.round_slack_ms + transfer_ms))
 
     def start_round(self, candidates: Iterable[bytes], now_ms: int) -> list[Action]:
         """Invite up to k-1 of ``candidates`` (live neighbours), chosen at random among those
@@ -312,6 +329,15 @@ class Node(Endings):
         if group is None or envelope.group != group.id:
             if envelope.type == Abort.TYPE and envelope.group in self._recent:
                 return self._late_abort(self._recent[envelope.group], envelope)
+            if envelope.type == Abort.TYPE and envelope.group not in self._ended:
+                # An invitee that left before this peer even got its INVITE (an initiator can
+                # delay one): keep its report, for the round this peer may still be put in.
+                body = envelope.body
+                assert isinstance(body, Abort)
+                reports = self._early_reports.setdefault(envelope.group, {})
+                reports[envelope.sender] = body.accused
+                while len(self._early_reports) > _EARLY_REPORT_GROUPS:
+                    self._early_reports.popitem(last=False)
             reason = "ended_group" if envelope.group in self._ended else "unknown_group"
             return [MessageRefused(reason, envelope.sender, envelope.type)]
         group.stats.bytes_received += len(frame)
@@ -341,7 +367,10 @@ class Node(Endings):
             # Stuck: report whom this member still waits for, and collect the others' reports.
             assert group.aggregation is not None
             missing = group.aggregation.missing()
-            if group.deadline_ms < group.own_deadline_ms:
+            # Tolerance: the initiator counts from when it sent, this member from when it
+            # received (a latency later). A deadline cut by half the slack still leaves an
+            # honest round its time; one cut by more was the initiator's choice.
+            if group.deadline_ms < group.own_deadline_ms - self.config.round_slack_ms // 2:
                 # The initiator chose this deadline, shorter than this member would have: it
                 # is where the round failed, whoever it waits for (an insider could set one so
                 # short that honest members are still sending).
@@ -384,6 +413,8 @@ class Node(Endings):
             elif group.phase is Phase.AWAIT_ROSTER:
                 if peer == group.initiator:
                     raise RoundFault("initiator_unreachable", (peer,))
+            elif group.phase is Phase.CLOSING:
+                pass  # the round is over; the reports decide (a crashed member sends none)
             elif peer in group.members:
                 raise RoundFault("member_unreachable", (peer,))
         except RoundFault as fault:
@@ -447,6 +478,8 @@ class Node(Endings):
             invite_deadline_ms=min(now_ms + self._roster_wait_ms(), deadline_ms),
             own_deadline_ms=own_deadline_ms,
         )
+        early = self._early_reports.pop(envelope.group, {})
+        group.reports.update({p: r for p, r in early.items() if p in invite.members})
         self._group = group
         return [
             self._record_send(group, Send(sender, accept_frame, Accept.TYPE)),
@@ -494,6 +527,10 @@ class Node(Endings):
         if too_few:
             actions.append(self._end(group, RoundCancelled, reason, now_ms))
             return
+        # The invitations took what they took: the rest of the round gets its own budget.
+        group.deadline_ms = min(
+            group.deadline_ms, now_ms + self.after_roster_budget_ms(group.invite.length)
+        )
         roster = invitation.roster(
             self.public_key, group.my_accept_frame, RoundParams.of(group.invite), group.deadline_ms
         )
@@ -529,7 +566,10 @@ class Node(Endings):
             admitted=self._admitted,
             check_weights=self._safeguards.weight_bounds,
         )
-        group.deadline_ms = min(group.deadline_ms, roster.deadline_ms)
+        # What this member would allow from here, whatever the initiator set (a longer one only
+        # holds it); a shorter one is the initiator's choice (see the CLOSING report).
+        group.own_deadline_ms = now_ms + self.after_roster_budget_ms(group.invite.length)
+        group.deadline_ms = min(group.deadline_ms, roster.deadline_ms, group.own_deadline_ms)
         self._begin_round(group, verified, now_ms, actions)
         early, group.early = group.early, []
         for buffered, size in early:

@@ -8,7 +8,7 @@ message was missing) let one insider make honest members strike each other. So s
 strikes nobody: each member records the set of the other members (the *suspects*) and keeps
 the last :data:`WINDOW` such sets.
 
-- A failure whose suspects are one peer alone (every report led to it, and it named nobody
+- A deadline whose suspects are one peer alone (every report led to it, and it named nobody
   it waited for): it is struck at once. An honest peer never ends up alone: stuck because of
   someone, it reports whom it waits for within the closing grace.
 - One peer in every recorded failure (at least two of them), and nobody else in all of them:
@@ -54,14 +54,18 @@ class Suspicion:
     def recorded(self) -> int:
         return len(self._failures)
 
-    def failed(self, suspects: Iterable[bytes]) -> tuple[bytes, ...]:
+    def failed(
+        self, suspects: Iterable[bytes], *, alone_is_enough: bool = False
+    ) -> tuple[bytes, ...]:
         """Record one unexplained failure. Returns the peers it now singles out: one (strike
-        it), two (keep them apart), or none."""
+        it), two (keep them apart), or none. ``alone_is_enough``: the suspects came from
+        following every member's report of whom it waited for (a deadline), so a single one
+        is singled out at once."""
         current = frozenset(suspects)
         if not current:
             return ()
         self._failures.append(current)
-        if len(current) == 1:
+        if len(current) == 1 and alone_is_enough:
             # Every report led to this one peer and it named nobody (see Node's CLOSING): an
             # honest peer stuck because of someone always names whom it waits for.
             self.singled_after = 1
@@ -75,7 +79,7 @@ class Suspicion:
         if len(self._failures) >= 2 and len(common) == 1:
             # Kept (not cleared): every recorded failure holds this peer, so its next one
             # singles it out again at once, while a failure without it slides them out.
-            self.singled_after = len(self._failures)
+            self.singled_after = min(len(self._failures), self.window)
             while len(self._failures) > self.window:
                 self._failures.popleft()
             return tuple(common)

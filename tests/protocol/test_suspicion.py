@@ -87,23 +87,30 @@ def test_a_singled_out_peer_is_singled_out_again_by_each_failure_within_the_wind
     assert suspicion.recorded == 2
 
 
-def test_a_failure_with_one_suspect_alone_singles_it_out_at_once() -> None:
-    # Every report led to one peer, and it named nobody it waited for (or a roster never
-    # came: the initiator). An honest peer stuck because of someone names whom it waits for,
-    # so in the model (the insider is the only cause of failure) that peer is the insider.
+def test_a_deadline_with_one_suspect_alone_singles_it_out_at_once() -> None:
+    # Every report of a deadline led to one peer, and it named nobody it waited for. An
+    # honest peer stuck because of someone names whom it waits for, so in the model (the
+    # insider is the only cause of failure) that peer is the insider.
     suspicion = Suspicion()
-    assert suspicion.failed({A}) == (A,)
+    assert suspicion.failed({A}, alone_is_enough=True) == (A,)
     assert suspicion.singled_after == 1 and suspicion.recorded == 1
     # The record is kept like any other verdict's: a further failure holding A (with others)
     # singles it out again, counted over both.
     assert suspicion.failed({A, B}) == (A,)
     assert suspicion.singled_after == 2
-    # Another peer alone: singled out at once too, whatever the record held (it stays, for
-    # the failures to come).
-    assert suspicion.failed({C}) == (C,)
+    # Another peer alone at a deadline: singled out at once too (the record stays, for the
+    # failures to come).
+    assert suspicion.failed({C}, alone_is_enough=True) == (C,)
     assert suspicion.singled_after == 1 and suspicion.recorded == 3
-    assert suspicion.failed({C, D}) == (C,)  # {A}, {A, B} share nobody with it: pushed out
-    assert suspicion.recorded == 2
+
+
+def test_one_suspect_alone_of_another_failure_needs_a_second_failure() -> None:
+    # An ABORT that accuses nobody (a peer stopping), or a roster that never came (one lost
+    # frame): one suspect, but no chain of reports behind it. It takes a second such failure.
+    suspicion = Suspicion()
+    assert suspicion.failed({A}) == ()
+    assert suspicion.failed({A}) == (A,)
+    assert suspicion.singled_after == 2
 
 
 def test_a_failure_with_no_suspect_records_nothing() -> None:

@@ -89,6 +89,8 @@ log = logging.getLogger("gossiplearn.peer")
 
 STOP_BUDGET_S = 4.0  # the whole stop (abort, checkpoint, close) fits in the 5 s promise
 EVIDENCE_POLL_S = 2.0  # how soon an operator's `gossiplearn evidence --clear` takes effect
+#: After a round of its own failed, a peer invites again after this share of round.interval_s.
+RETRY_FRACTION = 0.1
 HISTORY = 256  # finished rounds kept for the status document
 
 
@@ -173,6 +175,7 @@ class PeerRuntime:
         self.waiting: list[Waiting] = []
         self._waiting_watch = WaitingWatch(self.directory / CONFIG_FILE)
         self._round_over = trio.Event()  # set when a round ends (and its result is applied)
+        self._round_failed = trio.Event()  # set when a round ends without an average
         self._applying = 0  # finished rounds whose average is being applied
         self._stopping = False
         self._rng = random.Random(os.urandom(8))
@@ -353,10 +356,16 @@ class PeerRuntime:
 
     async def _inviting_loop(self) -> None:
         """Now and then (every round.interval_s, randomized), invite invitable neighbours,
-        when this peer has a contribution no round has taken yet and is in no group."""
+        when this peer has a contribution no round has taken yet and is in no group. After a
+        round of its own that failed (aborted or cancelled), it tries again after a tenth of
+        the interval: the interval paces the rounds that work, not the retries of one an
+        insider or a busy neighbour spoiled."""
         interval = self.config.round.interval_s
         while not self._stopping:
-            await trio.sleep(interval * self._rng.uniform(0.5, 1.5))
+            with trio.move_on_after(interval * self._rng.uniform(0.5, 1.5)):
+                await self._round_failed.wait()
+                await trio.sleep(interval * RETRY_FRACTION * self._rng.uniform(0.5, 1.5))
+            self._round_failed = trio.Event()
             view = self.engine.view
             if not view.contribution_fresh or view.busy:
                 continue
@@ -406,6 +415,7 @@ class PeerRuntime:
             self._nursery.start_soon(self._round_finished, action)
         elif isinstance(action, RoundAborted):
             self._round_over.set()
+            self._round_failed.set()
             self.rounds.aborted += 1
             self.rounds.abort_reasons[action.reason] += 1
             self.metrics.rounds.labels("aborted").inc()
@@ -436,6 +446,7 @@ class PeerRuntime:
                 )
         elif isinstance(action, RoundCancelled):
             self._round_over.set()
+            self._round_failed.set()
             self.rounds.cancelled += 1
             self.metrics.rounds.labels("cancelled").inc()
             log.debug("round %s cancelled: %s", action.group.hex()[:8], action.reason)
