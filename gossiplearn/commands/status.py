@@ -193,6 +193,46 @@ def _blocked(blocked: dict[str, dict[str, Any]] | None) -> str:
     )
 
 
+#: Rounds of a remote document's ``with_you`` shown (the newest).
+REMOTE_ROUNDS_SHOWN = 10
+
+
+def render_remote(document: dict[str, Any]) -> Any:
+    """A remote peer's document (``--addr``): who it is, and the rounds we were in with it,
+    as we saw them (it tells nothing it measured or decided itself)."""
+    from rich.console import Group
+    from rich.table import Table
+
+    from gossiplearn.peer.net.neighbours import short_id
+
+    with_you = (document.get("rounds") or {}).get("with_you") or []
+    summary = Table.grid(padding=(0, 2))
+    summary.add_column(style="bold")
+    summary.add_column()
+    for name, value in (
+        ("peer id", document.get("peer_id", "?")),
+        ("version", document.get("version", "?")),
+        ("addresses", "\n".join(document.get("addrs", [])) or "-"),
+        ("uptime", f"{document.get('uptime_s', 0):.0f} s"),
+        ("rounds with you", f"{len(with_you)} finished"),
+    ):
+        summary.add_row(name, str(value))
+    rounds = Table(title=f"rounds with you (newest {REMOTE_ROUNDS_SHOWN})", expand=False)
+    for column in ("group", "ended", "seconds", "members", "its role", "outcome"):
+        rounds.add_column(column)
+    for entry in list(reversed(with_you))[:REMOTE_ROUNDS_SHOWN]:
+        started, ended = entry.get("started_at"), entry.get("ended_at")
+        rounds.add_row(
+            str(entry.get("group", ""))[:8],
+            "-" if ended is None else _age(max(0.0, time.time() - float(ended))),
+            "-" if started is None or ended is None else f"{float(ended) - float(started):.0f}",
+            ", ".join(short_id(m) for m in entry.get("members", [])),
+            str(entry.get("role", "-")),
+            str(entry.get("outcome", "-")),
+        )
+    return Group(summary, rounds)
+
+
 def render(document: dict[str, Any]) -> Any:
     from rich.console import Group
     from rich.table import Table
@@ -200,6 +240,8 @@ def render(document: dict[str, Any]) -> Any:
     from gossiplearn.peer.net.neighbours import short_id
     from gossiplearn.sim.report import human_bytes
 
+    if document.get("remote"):
+        return render_remote(document)
     rounds = document.get("rounds", {})
     summary = Table.grid(padding=(0, 2))
     summary.add_column(style="bold")

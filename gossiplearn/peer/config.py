@@ -351,8 +351,9 @@ _DOCS: dict[str, str] = {
     "peer.allow": "Peer ids (12D3KooW...) admitted. Add with `gossiplearn allow DIR PEER`.",
     "peer.bootstrap": "Full multiaddrs (.../p2p/PEER_ID) dialed at start to find the network.",
     "peer.failed_admissions_per_minute": "Failed admissions (a failed handshake, or a peer not\n"
-    "admitted) each remote IP may cause per minute, in bursts of as many; past that its\n"
-    "connections are closed before the handshake. 0: no limit.",
+    "admitted) each remote IP may cause per minute, in bursts of as many: every connection\n"
+    "takes one on arrival, given back once its peer is admitted; past that its connections\n"
+    "are closed before the handshake. 0: no limit.",
     "peer.bulk_port": "TCP port of the bulk channel, on the first listen address's IP: a round's\n"
     "model parts travel there, sealed (AES-256-GCM) with keys from the round's own key\n"
     "agreement, much faster than over libp2p. Peers learn it over libp2p. 0: any free port;\n"

@@ -5,6 +5,13 @@ Requests whose ``Host:`` header is not 127.0.0.1, localhost or [::1] (with any p
 refused (403): a web page the operator visits could otherwise point a name it controls at
 127.0.0.1 (DNS rebinding) and read the status from the browser.
 
+Any local user can connect, so the server bounds what connections cost: at most
+MAX_CONNECTIONS are served at once (one more is closed as soon as it is accepted, without a
+task), and each must deliver its request head within HEAD_TIMEOUT_S and be answered within
+REQUEST_TIMEOUT_S. 2,000 slow connections (slowloris) used to hold 1,231 file descriptors;
+now they hold at most MAX_CONNECTIONS = 16 (refusals counted in
+gossiplearn_status_refused_total{reason}).
+
 The JSON document's schema is stable and documented in README.md ("Status document"); new keys
 may be added, existing ones keep their meaning. ``STATUS_SCHEMA_VERSION`` changes only if a key
 changes meaning.
@@ -12,6 +19,7 @@ changes meaning.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -33,7 +41,19 @@ log = logging.getLogger("gossiplearn.status")
 
 STATUS_SCHEMA_VERSION = 1
 MAX_REQUEST_BYTES = 8192
+#: From accepting a connection to its whole request head read. The clients are local
+#: (``gossiplearn status``, curl, a Prometheus scraper on this machine) and write their head,
+#: a few hundred bytes, in one go right after connecting: 2 s is ~1,000x what that takes.
+HEAD_TIMEOUT_S = 2.0
+#: From accepting a connection to the end of its answer (a /status document of a few
+#: hundred KiB at most, into a local socket).
 REQUEST_TIMEOUT_S = 5.0
+#: Connections served at once. A scraper and an operator's `status --watch` are a handful; 16
+#: is plenty, and bounds a local user's slow connections to 16 file descriptors and tasks
+#: (each held at most HEAD_TIMEOUT_S unless it sends a request at once).
+MAX_CONNECTIONS = 16
+#: Why connections were closed unanswered (gossiplearn_status_refused_total{reason}).
+STATUS_REFUSAL_REASONS = ("busy", "head_timeout")
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 
@@ -137,6 +157,27 @@ class Metrics:
             ["cause"],
             registry=r,
         )
+        self.status_refused = Counter(
+            "gossiplearn_status_refused",
+            "Connections to the local status endpoint closed unanswered: over its connection "
+            "cap (busy), or no request head in time (head_timeout).",
+            ["reason"],
+            registry=r,
+        )
+        self.inbound_refused = Gauge(
+            "gossiplearn_inbound_refused",
+            "Inbound connections closed before admission, by reason (no_ip, rate_limited, "
+            "evicted, handshake_timeout).",
+            ["reason"],
+            registry=r,
+        )
+        self.bulk_refused = Gauge(
+            "gossiplearn_bulk_refused",
+            "Bulk channel connections closed without (all) their frames, by reason (busy, "
+            "timeout, header, no_round, auth, replayed, sender_cap, record, no_frame).",
+            ["reason"],
+            registry=r,
+        )
         self.checkpoint_failures = Counter(
             "gossiplearn_checkpoint_failures",
             "Checkpoints that could not be written (the last good one stays on disk).",
@@ -153,25 +194,38 @@ class Metrics:
 
 
 #: The keys of the status document an admitted peer gets over libp2p (see remote_view).
-REMOTE_KEYS = (
-    "schema",
-    "remote",
-    "version",
-    "peer_id",
-    "addrs",
-    "uptime_s",
-    "rounds",
-    "model_digest",
-)
+REMOTE_KEYS = ("schema", "remote", "version", "peer_id", "addrs", "uptime_s", "rounds")
+#: The keys of each round in the remote document's ``rounds.with_you``.
+REMOTE_ROUND_KEYS = ("group", "members", "role", "started_at", "ended_at", "outcome")
 
 
 def remote_view(document: dict[str, Any], requester: str) -> dict[str, Any]:
-    """The status document an admitted peer ``requester`` (a peer id) gets by asking: less
-    than the local one, so an insider learns little it could use. No sample counts (a
-    member's weight is its sample count when weighting is on), no neighbours or their
-    addresses, no backoff or clock figures, no accuracy; of the round history only the rounds
-    the requester was itself a member of (it knows those members anyway)."""
-    rounds = document["rounds"]
+    """The status document an admitted peer ``requester`` (a peer id) gets by asking: who
+    this peer is, and of its rounds only what the requester saw itself as a member of each:
+    the group id, its members, this peer's role (the initiator is named in the INVITE every
+    member got), when the round started and ended, to the second, and its outcome (every
+    member confirmed it). Nothing this peer measured or decided on its own: no model or
+    backbone digest (after a refused average that is the hash of this peer's exact
+    contribution: a guess checker for it), no accuracy or validation loss, no acceptance or
+    refusal of the average (a poisoner's feedback), no sample counts (a member's weight when
+    weighting is on), no neighbours, backoff or clock figures, no counts of rounds with
+    others."""
+    with_you = []
+    for entry in document["rounds"]["history"]:
+        if requester not in entry.get("members", ()):
+            continue
+        ended = entry.get("ended_at")
+        started = entry.get("started_at")
+        with_you.append(
+            {
+                "group": entry["group"],
+                "members": list(entry["members"]),
+                "role": entry.get("role"),
+                "started_at": None if started is None else int(started),
+                "ended_at": None if ended is None else int(ended),
+                "outcome": "finished",  # only finished rounds are kept in the history
+            }
+        )
     return {
         "schema": document["schema"],
         "remote": True,
@@ -179,14 +233,7 @@ def remote_view(document: dict[str, Any], requester: str) -> dict[str, Any]:
         "peer_id": document["peer_id"],
         "addrs": document["addrs"],
         "uptime_s": document["uptime_s"],
-        "rounds": {
-            "completed": rounds["completed"],
-            "aborted": rounds["aborted"],
-            "cancelled": rounds["cancelled"],
-            "in_progress": rounds["in_progress"],
-            "with_you": [e for e in rounds["history"] if requester in e.get("members", ())],
-        },
-        "model_digest": document.get("model_digest"),
+        "rounds": {"with_you": with_you},
     }
 
 
@@ -243,18 +290,30 @@ async def serve_status(
     metrics: Callable[[], bytes],
     *,
     listeners: list[trio.SocketListener] | None = None,
+    refused: Any = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,  # type: ignore[name-defined]
 ) -> None:
     """Serve the endpoint on 127.0.0.1:``port`` (or on ``listeners`` already opened) until
-    cancelled; reports the bound port."""
+    cancelled; reports the bound port. ``refused``: a labelled prometheus Counter of the
+    connections closed unanswered (Metrics.status_refused), or None."""
     if listeners is None:
         listeners = await open_status_listeners(port)
     task_status.started(listeners[0].socket.getsockname()[1])
+    serving = 0
+
+    def count(reason: str) -> None:
+        if refused is not None:
+            refused.labels(reason).inc()
 
     async def handle(stream: trio.SocketStream) -> None:
+        nonlocal serving
         try:
             with trio.move_on_after(REQUEST_TIMEOUT_S):
-                request = await _read_request(stream)
+                with trio.move_on_after(HEAD_TIMEOUT_S) as head:
+                    request = await _read_request(stream)
+                if head.cancelled_caught:
+                    count("head_timeout")
+                    return
                 path = None if request is None else request[0]
                 if request is None:
                     await _respond(stream, 400, "text/plain", b"bad request\n")
@@ -270,9 +329,36 @@ async def serve_status(
         except Exception as exc:  # a broken client must never take the endpoint down
             log.debug("status request failed: %r", exc)
         finally:
-            await stream.aclose()
+            serving -= 1
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
 
-    await trio.serve_listeners(handle, listeners)
+    async def accept(listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        nonlocal serving
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                # Out of file descriptors (as trio.serve_listeners does): wait, do not spin.
+                log.warning("status endpoint: cannot accept (%s); retrying", exc.strerror or exc)
+                await trio.sleep(0.1)
+                continue
+            if serving >= MAX_CONNECTIONS:
+                # Closed here, before any task or read: its descriptor lives microseconds.
+                count("busy")
+                stream.socket.close()
+                continue
+            serving += 1
+            nursery.start_soon(handle, stream)
+
+    async with trio.open_nursery() as nursery:
+        for listener in listeners:
+            nursery.start_soon(accept, listener, nursery)
+
+
+_ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 
 async def _read_request(stream: trio.SocketStream) -> tuple[str, str | None] | None:

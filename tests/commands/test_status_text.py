@@ -59,3 +59,34 @@ def test_nothing_to_show_is_a_dash() -> None:
         for line in text.splitlines()
     )
     assert any(line.split() == ["blocked", "-"] for line in text.splitlines())
+
+
+def test_a_remote_document_shows_the_rounds_with_you_and_nothing_of_the_peers_own() -> None:
+    document = {
+        "schema": 1,
+        "remote": True,
+        "version": "9.9",
+        "peer_id": "them",
+        "addrs": ["/ip4/10.0.0.2/tcp/4001/p2p/them"],
+        "uptime_s": 120.0,
+        "rounds": {
+            "with_you": [
+                {
+                    "group": "abcdef0123456789",
+                    "members": [CHEAT, SLOW],
+                    "role": "initiator",
+                    "started_at": 1_700_000_000,
+                    "ended_at": 1_700_000_002,
+                    "outcome": "finished",
+                }
+            ]
+        },
+    }
+    lines = text_of(document).splitlines()
+    assert any(line.split() == ["rounds", "with", "you", "1", "finished"] for line in lines)
+    row = next(line for line in lines if "abcdef01" in line)
+    assert [cell.strip() for cell in row.split("│")][-3:-1] == ["initiator", "finished"]
+    assert short_id(CHEAT) in row and short_id(SLOW) in row
+    # None of the local document's rows, not even as a dash.
+    for local_only in ("accuracy", "samples", "averages", "model digest", "blocked", "privacy"):
+        assert not any(line.startswith(local_only) for line in lines), local_only

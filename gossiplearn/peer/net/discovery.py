@@ -258,9 +258,11 @@ class Discovery:
         self.inbound(key, stream)
 
     async def handle_peers(self, key: bytes, stream: object) -> None:
+        """Answer with our signed records only once the asker's PEERS frame verified (its
+        signature, sender, recipient, freshness, replay): a frame we refused gets nothing,
+        so nobody gets a signed answer for an unsigned question (nor makes us sign at will)."""
         frame = await self.host.receive_frame(key, stream, 1 << 20)
-        if frame is not None:
-            self._ingest(key, frame)
+        if frame is not None and self._ingest(key, frame):
             await self.host.send_frame(key, stream, self._peers_frame(key))
         await stream.close()  # type: ignore[attr-defined]
         self.inbound(key, stream)
@@ -309,13 +311,14 @@ class Discovery:
             self.on_rejected(exc.reason)
             return None
 
-    def _ingest(self, sender: bytes, frame: bytes) -> None:
+    def _ingest(self, sender: bytes, frame: bytes) -> bool:
+        """Take in the records of a PEERS frame; False (counted) if the frame was refused."""
         envelope = self.open_envelope(sender, frame)
         if envelope is None:
-            return
+            return False
         if not isinstance(envelope.body, Peers):
             self.on_rejected("unexpected_type")
-            return
+            return False
         now = int(self.clock() * 1000)
         for record in envelope.body.records:
             if record.key == self.identity.public_key or record.key not in self.admission:
@@ -331,3 +334,4 @@ class Discovery:
                 self.records[record.key] = record
                 if self.table.add(record.key, [], "exchange"):
                     self.table.replace_addrs(record.key, list(record.addrs))
+        return True

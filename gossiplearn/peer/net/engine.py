@@ -356,7 +356,8 @@ class RoundEngine:
             pair_key = keys.get(key)
             bulky = [s.frame for s in sends if s.kind in BULK_KINDS]
             if (
-                sum(len(frame) for frame in bulky) >= BULK_MIN_BYTES
+                bulky
+                and sum(len(frame) for frame in bulky) >= BULK_MIN_BYTES
                 and self.bulk is not None
                 and group is not None
                 and pair_key is not None
@@ -467,7 +468,7 @@ class RoundEngine:
         finally:
             await stream.close()  # type: ignore[attr-defined]
         if answer is None or len(answer) != 2 or not remote:
-            raise BulkError("the peer serves no bulk channel")
+            raise BulkError("no_port", "the peer serves no bulk channel")
         address = (str(remote[0]), int.from_bytes(answer, "big"))
         self._bulk_addresses[key] = address
         return address

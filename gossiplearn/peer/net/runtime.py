@@ -278,6 +278,7 @@ class PeerRuntime:
                         self.status_document,
                         self._render_metrics,
                         listeners=status_listeners,
+                        refused=self.metrics.status_refused,
                     )
                 )
                 log.info(
@@ -501,6 +502,8 @@ class PeerRuntime:
                 "members": [peer_id_from_public_key(m) for m in result.members],
                 "role": stats.role,
                 "seconds": stats.seconds,
+                "started_at": stats.started_ms / 1000,
+                "ended_at": stats.ended_ms / 1000,
                 "bytes_sent": stats.bytes_sent,
                 "bytes_received": stats.bytes_received,
                 "finished_at": time.time(),

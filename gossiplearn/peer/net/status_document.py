@@ -26,6 +26,7 @@ def assemble(runtime: PeerRuntime) -> dict[str, Any]:
     now = time.monotonic()
     counters = runtime.host.counters
     neighbours = [_neighbour_status(runtime, n, now) for n in runtime.table.all()]
+    bulk = runtime.engine.bulk
     return {
         "schema": STATUS_SCHEMA_VERSION,
         "version": __version__,
@@ -52,6 +53,8 @@ def assemble(runtime: PeerRuntime) -> dict[str, Any]:
         "clock_tolerance_ms": CLOCK_TOLERANCE_MS,
         "refused_connections": counters.refused_connections + counters.refused_streams,
         "rate_limited_connections": counters.rate_limited_connections,
+        "inbound_refused": dict(counters.inbound_refused),
+        "bulk_refused": {} if bulk is None else dict(bulk.refusals),
         "rejected_messages": dict(runtime.rejected),
         **runtime.learning.status(),
         "process": process_figures(),
@@ -107,6 +110,11 @@ def render_metrics(runtime: PeerRuntime) -> bytes:
     now = time.monotonic()
     runtime.metrics.neighbours_live.set(len(runtime.table.live(now)))
     runtime.metrics.rate_limited_connections.set(counters.rate_limited_connections)
+    for reason, count in counters.inbound_refused.items():
+        runtime.metrics.inbound_refused.labels(reason).set(count)
+    if runtime.engine.bulk is not None:
+        for reason, count in runtime.engine.bulk.refusals.items():
+            runtime.metrics.bulk_refused.labels(reason).set(count)
     skewed = 0
     runtime.metrics.neighbour_clock_offset.clear()
     for n in runtime.table.all():

@@ -117,3 +117,72 @@ def test_a_peer_record_with_a_far_expiry_is_refused_and_only_two_of_its_addresse
     )
     assert rejected == ["peer_record_expiry"]
     assert table.get(friend.public_key).dial_plan() == list(addrs[:2])
+
+
+class OneFrameHost:
+    """Enough of a Host for a discovery handler: the stream holds one frame; what we send is
+    recorded."""
+
+    def __init__(self, frame: bytes) -> None:
+        self.frame = frame
+        self.sent: list[bytes] = []
+
+    async def receive_frame(self, key: bytes, stream: object, max_bytes: int) -> bytes:
+        return self.frame
+
+    async def send_frame(self, key: bytes, stream: object, frame: bytes) -> None:
+        self.sent.append(frame)
+
+    def addrs(self) -> list[str]:
+        return []
+
+
+class ClosableStream:
+    async def close(self) -> None:
+        return None
+
+    def get_remote_address(self) -> tuple[str, int]:
+        return ("127.0.0.1", 4001)
+
+
+async def answer_to(frame: bytes, me: Identity, asker: Identity, rejected: list[str]) -> list:
+    """What our PEERS handler sends ``asker`` for a PEERS request ``frame``."""
+    host = OneFrameHost(frame)
+    discovery = Discovery(
+        host,  # type: ignore[arg-type]
+        NeighbourTable(me.public_key, max_neighbours=8, timeout_s=5),
+        Admission([asker.public_key]),
+        me,
+        bootstrap=[],
+        ping_interval_s=1.0,
+        peer_exchange=True,
+        replay=ReplayGuard(),
+        sequence=SequenceCounter(1),
+        on_rejected=rejected.append,
+    )
+    await discovery.handle_peers(asker.public_key, ClosableStream())
+    return host.sent
+
+
+async def test_a_peers_request_that_does_not_verify_gets_no_signed_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gossiplearn.protocol import Peers, encode_envelope
+
+    me, asker, forger = (Identity.generate() for _ in range(3))
+    now = int(time.time() * 1000)
+    # In the asker's name (the connection's authenticated peer), signed by someone else.
+    forged = bytearray(
+        encode_envelope(forger, asker.public_key, me.public_key, Peers(()), seq=1, ts=now)
+    )
+    genuine = encode_envelope(asker, asker.public_key, me.public_key, Peers(()), seq=2, ts=now)
+    rejected: list[str] = []
+    assert await answer_to(bytes(forged), me, asker, rejected) == []
+    assert rejected == ["signature"]
+    assert await answer_to(b"\x00garbage", me, asker, rejected) == []
+    assert len(rejected) == 2
+    assert len(await answer_to(genuine, me, asker, rejected)) == 1  # verified: answered
+    # Without the check (the handler answered whatever it had read), the forged request is
+    # answered with a frame we signed.
+    monkeypatch.setattr(Discovery, "_ingest", lambda self, sender, frame: True)
+    assert len(await answer_to(bytes(forged), me, asker, [])) == 1
