@@ -48,13 +48,22 @@ from blake3 import blake3
 
 from gossiplearn.crypto.agreement import KeyAgreementError, derive_pair_seed, shared_secret
 from gossiplearn.crypto.masks import apply_pairwise_masks
+from gossiplearn.crypto.narrow import NarrowRing
 from gossiplearn.crypto.ring import RING32, decode, encode
 from gossiplearn.protocol.envelope import Envelope, Limits, verify_statement
 from gossiplearn.protocol.errors import ProtocolError
 from gossiplearn.protocol.events import RoundFault
 from gossiplearn.protocol.evidence import EquivocationProof, Slot, claim_of
 from gossiplearn.protocol.matchmaking import VerifiedGroup, transcript_of
-from gossiplearn.protocol.messages import Confirm, Message, Part, Ready, Reduced, Roster
+from gossiplearn.protocol.messages import (
+    CLIP_EXPONENT_OFFSET,
+    Confirm,
+    Message,
+    Part,
+    Ready,
+    Reduced,
+    Roster,
+)
 from gossiplearn.protocol.safeguards import Safeguards
 from gossiplearn.protocol.shards import Shard, ordered_shards, split_shards
 
@@ -79,9 +88,14 @@ def part_bounds(length: int, parts: int) -> list[tuple[int, int]]:
     return list(zip(cuts[:-1], cuts[1:], strict=True))
 
 
+#: The wire dtype of each ring's elements.
+RING_DTYPES = {32: "u4", 16: "u2", 8: "u1"}
+
+
 def part_digest(reduced: np.ndarray) -> bytes:
-    """The digest a reducer signs in every REDUCED shard of its part."""
-    data = np.ascontiguousarray(reduced, dtype="<u4")
+    """The digest a reducer signs in every REDUCED shard of its part (ring elements of any
+    width, little-endian)."""
+    data = np.ascontiguousarray(reduced, dtype=reduced.dtype.newbyteorder("<"))
     return blake3(data.view(np.uint8).data, derive_key_context=_PART_CONTEXT).digest(32)
 
 
@@ -117,12 +131,13 @@ class _ShardSet:
     """Shards of one vector piece from one sender, bounded by the piece's expected size."""
 
     expected_length: int
+    dtype: str = "u4"
     shards: dict[int, Shard] = field(default_factory=dict)
     total: int | None = None
     received_elements: int = 0
 
     def add(self, shard: Shard, what: str, blamed: tuple[bytes, ...]) -> None:
-        if shard.dtype != "u4":
+        if shard.dtype != self.dtype:
             raise RoundFault(f"bad_{what}_dtype", blamed)
         if self.total is not None and shard.total != self.total:
             raise RoundFault(f"inconsistent_{what}_shards", blamed)
@@ -144,7 +159,7 @@ class _ShardSet:
             # Every shard here came in a verified envelope: its data matched its digest.
             return ordered_shards(
                 self.shards.values(),
-                dtype="u4",
+                dtype=self.dtype,
                 length=self.expected_length,
                 digests_checked=True,
             )
@@ -181,6 +196,26 @@ class Aggregation:
         self._masking = masking
         self._shard_bytes = shard_bytes
         self._max_abs_average = max_abs_average
+        params = group.params
+        self._narrow: NarrowRing | None = None
+        if params.ring_bits != 32:
+            self._narrow = NarrowRing(
+                params.ring_bits, len(group.members), params.clip_exponent - CLIP_EXPONENT_OFFSET
+            )
+            # Garbage spreads over +-clip in a narrow ring (no wider range to fall into): an
+            # average beyond 0.9 clip is taken for it (a garbage part of n elements passes
+            # with probability 0.9^n), so the clip must sit above the model's weights.
+            self._max_abs_average = min(max_abs_average, 0.9 * self._narrow.clip)
+        self._dtype = RING_DTYPES[params.ring_bits]
+        # Stochastic rounding's coins: this member's own, from its secret of this round only.
+        self._rounding = np.random.default_rng(
+            int.from_bytes(
+                hashlib.blake2b(
+                    ephemeral_private_key, digest_size=16, person=b"gossiplearn.rnd3"
+                ).digest(),
+                "big",
+            )
+        )
         self._limits = limits
         self._safeguards = safeguards or Safeguards()
         bind = self._safeguards.transcript_binding
@@ -216,9 +251,11 @@ class Aggregation:
                 secret, binding, me, member, _CHANNEL_LABEL
             )
         start, end = self._bounds[index]
-        self._parts = {j: _ShardSet(end - start) for j in range(m) if j != index}
+        self._parts = {j: _ShardSet(end - start, self._dtype) for j in range(m) if j != index}
         self._reduced = {
-            j: _ShardSet(stop - begin) for j, (begin, stop) in enumerate(self._bounds) if j != index
+            j: _ShardSet(stop - begin, self._dtype)
+            for j, (begin, stop) in enumerate(self._bounds)
+            if j != index
         }
         self._ready: set[int] = set()
         self._own_part: np.ndarray | None = None
@@ -282,11 +319,15 @@ class Aggregation:
     def _share(self) -> list[Outgoing]:
         """This member's PARTs: the moment its contribution is spent."""
         out: list[Outgoing] = []
-        encoded, self.clipped = encode(
-            self.contribution.vector,
-            self.group.params.frac_bits,
-            scale=self.group.weights[self.index] / self._total_weight,
-        )
+        share = self.group.weights[self.index] / self._total_weight
+        if self._narrow is not None:
+            encoded, self.clipped = self._narrow.encode(
+                self.contribution.vector, share, self._rounding
+            )
+        else:
+            encoded, self.clipped = encode(
+                self.contribution.vector, self.group.params.frac_bits, scale=share
+            )
         self._masking(encoded, self._rank[self.index], self._mask_seeds)
         self.shared = True
         for j, (start, end) in enumerate(self._bounds):
@@ -426,14 +467,12 @@ class Aggregation:
                 pieces = [(shard.offset, shard.array()) for shard in shards]
             for offset, piece in pieces:
                 at = start + offset
+                target = average[at : at + piece.size]
                 with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # see below
-                    decode(
-                        piece,
-                        params.frac_bits,
-                        RING32,
-                        np.float32,
-                        out=average[at : at + piece.size],
-                    )
+                    if self._narrow is not None:
+                        self._narrow.decode(piece, out=target)
+                    else:
+                        decode(piece, params.frac_bits, RING32, np.float32, out=target)
         # Garbage from a member decodes to values spread over the ring's range; every honest
         # member holds this same average, so all reach the same verdict (NaN fails it too:
         # min and max are NaN if any element is).

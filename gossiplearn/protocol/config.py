@@ -8,10 +8,17 @@ reason for each default; the daemon and memory mode both build one from a peer's
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from gossiplearn.crypto.ring import DEFAULT_FRAC_BITS, RING32
-from gossiplearn.protocol.messages import MAX_GROUP, MAX_WEIGHT, MIN_GROUP
+from gossiplearn.protocol.messages import (
+    CLIP_EXPONENT_OFFSET,
+    MAX_GROUP,
+    MAX_WEIGHT,
+    MIN_GROUP,
+    RING_BITS,
+)
 from gossiplearn.protocol.safeguards import Safeguards
 from gossiplearn.protocol.shards import MAX_SHARD_BYTES
 
@@ -24,6 +31,13 @@ class RoundConfig:
     #: k: the initiator invites up to k-1 neighbours. Groups are 3..k; 2 is impossible.
     max_group_size: int = 4
     frac_bits: int = DEFAULT_FRAC_BITS
+    #: The ring of the secure sum: 32 bits (4 bytes an element, round(x 2^frac_bits)), or 16 or
+    #: 8 (2 or 1 bytes: stochastic rounding at a scale that makes the group's sum impossible
+    #: to wrap, values clipped to +-``clip``; see crypto/narrow.py). Network-wide.
+    ring_bits: int = 32
+    #: A narrow ring's clip, a power of two: every value beyond +-clip is clipped (counted).
+    #: Network-wide. Unused by the 32-bit ring, whose range is +-2^(31 - frac_bits).
+    clip: float = 8.0
     #: Network-wide cap on a member's weight. 1: equal weights. Above 1, weighting by sample
     #: count is opted in, each weight capped here (a member's influence is at most its cap
     #: over the total).
@@ -69,9 +83,24 @@ class RoundConfig:
             raise ValueError("need round_slack_ms >= 0 and assumed_bytes_per_s > 0")
         if not 0 < self.shard_bytes <= MAX_SHARD_BYTES:
             raise ValueError(f"shard_bytes must be in (0, {MAX_SHARD_BYTES}]")
+        if self.ring_bits not in RING_BITS:
+            raise ValueError(f"ring_bits must be one of {', '.join(map(str, RING_BITS))}")
+        exponent = math.log2(self.clip) if self.clip > 0 else math.nan
+        if not (exponent.is_integer() and -CLIP_EXPONENT_OFFSET <= exponent <= 16):
+            raise ValueError("clip must be a power of two in [2^-16, 2^16]")
         ring_range = (RING32.max_int + 1) / 2.0**self.frac_bits
         if not 0 < self.max_abs_average < ring_range:
             raise ValueError(
                 f"max_abs_average must be in (0, {ring_range:g}), the ring's range at "
                 f"frac_bits={self.frac_bits}"
             )
+
+    @property
+    def clip_exponent(self) -> int:
+        """The clip as carried in INVITE and ROSTER: log2(clip) + 16."""
+        return int(math.log2(self.clip)) + CLIP_EXPONENT_OFFSET
+
+    @property
+    def ring_bytes(self) -> int:
+        """Bytes of one element of the secure sum on the wire."""
+        return self.ring_bits // 8

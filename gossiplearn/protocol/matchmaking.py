@@ -49,10 +49,26 @@ class RoundParams:
     length: int
     frac_bits: int
     max_weight: int
+    #: The ring of the secure sum (32, 16 or 8 bits) and, for a narrow one, its clip as
+    #: 2^(clip_exponent - 16) (see crypto/narrow.py).
+    ring_bits: int = 32
+    clip_exponent: int = 19
 
     @classmethod
     def of(cls, invite: Invite | Roster) -> RoundParams:
-        return cls(invite.schema_hash, invite.length, invite.frac_bits, invite.max_weight)
+        return cls(
+            invite.schema_hash,
+            invite.length,
+            invite.frac_bits,
+            invite.max_weight,
+            invite.ring_bits,
+            invite.clip_exponent,
+        )
+
+    @property
+    def shared(self) -> tuple[int, int, int, int]:
+        """The settings every member of a network must share (the rest is the model's)."""
+        return (self.frac_bits, self.max_weight, self.ring_bits, self.clip_exponent)
 
 
 @dataclass(frozen=True)
@@ -103,6 +119,8 @@ def propose(
         schema_hash=params.schema_hash,
         length=params.length,
         frac_bits=params.frac_bits,
+        ring_bits=params.ring_bits,
+        clip_exponent=params.clip_exponent,
         max_weight=params.max_weight,
         deadline_ms=deadline_ms,
     )
@@ -135,7 +153,7 @@ def busy_reason(invite: Invite, mine: RoundParams | None, max_group_size: int) -
         return "not_ready"
     if invite.schema_hash != mine.schema_hash or invite.length != mine.length:
         return "schema_mismatch"
-    if invite.frac_bits != mine.frac_bits or invite.max_weight != mine.max_weight:
+    if RoundParams.of(invite).shared != mine.shared:
         return "params_mismatch"
     if len(invite.members) > max_group_size:
         return "group_too_large"
@@ -207,6 +225,8 @@ class Invitation:
             schema_hash=params.schema_hash,
             length=params.length,
             frac_bits=params.frac_bits,
+            ring_bits=params.ring_bits,
+            clip_exponent=params.clip_exponent,
             max_weight=params.max_weight,
             deadline_ms=deadline_ms,
         )

@@ -27,6 +27,11 @@ HASH_BYTES = 32
 MIN_GROUP = 3
 MAX_GROUP = 16
 MAX_FRAC_BITS = 30
+#: Ring widths a group may agree on (see crypto/narrow.py for 8 and 16).
+RING_BITS = (8, 16, 32)
+#: clip = 2^(clip_exponent - CLIP_EXPONENT_OFFSET): a power of two in [2^-16, 2^16].
+CLIP_EXPONENT_OFFSET = 16
+MAX_CLIP_EXPONENT = 32
 MAX_VECTOR_LENGTH = 1 << 34
 #: A signed ACCEPT envelope is ~250 bytes; the bound leaves room without inviting abuse.
 MAX_ACCEPT_FRAME = 1024
@@ -54,6 +59,13 @@ MAX_PROOF = 2 * MAX_STATEMENT + 256
 _member = binary(KEY_BYTES)
 _members = array(_member, MAX_GROUP, MIN_GROUP)
 _transcript = binary(TRANSCRIPT_BYTES)
+
+
+def _ring_bits(value: Any, where: str) -> int:
+    bits = uint(32)(value, where)
+    if bits not in RING_BITS:
+        raise SchemaViolation(f"{where}: {bits} is not one of {RING_BITS}")
+    return bits
 
 
 class Message:
@@ -102,6 +114,8 @@ class Invite(Message):
             ("frac_bits", uint(MAX_FRAC_BITS)),
             ("max_weight", uint(MAX_WEIGHT, minimum=1)),
             ("deadline_ms", uint()),
+            ("ring_bits", _ring_bits),
+            ("clip_exponent", uint(MAX_CLIP_EXPONENT)),
         ),
     )
     members: tuple[bytes, ...]
@@ -111,6 +125,10 @@ class Invite(Message):
     #: The network-wide weight cap; an invitee with another one answers BUSY.
     max_weight: int
     deadline_ms: int
+    #: The ring of the secure sum: 32 (round(x 2^frac_bits)), or 16 or 8 (a scale fixed by
+    #: the clip, see crypto/narrow.py): clip = 2^(clip_exponent - 16), in [2^-16, 2^16].
+    ring_bits: int = 32
+    clip_exponent: int = 19
 
     def __post_init__(self) -> None:
         _require_distinct(self.members, "INVITE")
@@ -165,6 +183,8 @@ class Roster(Message):
             ("frac_bits", uint(MAX_FRAC_BITS)),
             ("max_weight", uint(MAX_WEIGHT, minimum=1)),
             ("deadline_ms", uint()),
+            ("ring_bits", _ring_bits),
+            ("clip_exponent", uint(MAX_CLIP_EXPONENT)),
         ),
     )
     members: tuple[bytes, ...]
@@ -174,6 +194,8 @@ class Roster(Message):
     frac_bits: int
     max_weight: int
     deadline_ms: int
+    ring_bits: int = 32
+    clip_exponent: int = 19
 
     def __post_init__(self) -> None:
         _require_distinct(self.members, "ROSTER")

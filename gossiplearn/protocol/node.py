@@ -96,7 +96,6 @@ from gossiplearn.protocol.replay import ReplayGuard, SequenceCounter, sequence_s
 from gossiplearn.protocol.states import ALLOWED, Group, Phase
 from gossiplearn.protocol.suspicion import Suspicion
 
-_RING_BYTES = 4  # uint32 ring elements
 _ROSTER_GRACE_MS = 3_000  # a member's wait for ROSTER beyond the invite timeout
 _SPENT_REMEMBERED = 64  # digests of spent contributions kept
 #: Groups whose ABORT reports arrived before their INVITE (a few rounds' worth).
@@ -229,7 +228,8 @@ class Node(Endings):
         config = self.config
         if not self._safeguards.scaled_deadlines:
             return config.round_timeout_ms
-        transfer_ms = _DEADLINE_SAFETY * 2 * _RING_BYTES * length * 1000 / self._throughput
+        ring_bytes = self.config.ring_bytes
+        transfer_ms = _DEADLINE_SAFETY * 2 * ring_bytes * length * 1000 / self._throughput
         return int(min(config.round_timeout_ms, config.round_slack_ms + transfer_ms))
 
     def start_round(self, candidates: Iterable[bytes], now_ms: int) -> list[Action]:
@@ -510,11 +510,14 @@ class Node(Endings):
     def _params(self, contribution: Contribution | None) -> RoundParams | None:
         if contribution is None:
             return None
+        config = self.config
         return RoundParams(
             contribution.schema_hash,
             contribution.vector.size,
-            self.config.frac_bits,
-            self.config.max_weight,
+            config.frac_bits,
+            config.max_weight,
+            config.ring_bits,
+            config.clip_exponent,
         )
 
     def _close_invitations(self, group: Group, now_ms: int, actions: list[Action]) -> None:
@@ -720,7 +723,8 @@ class Node(Endings):
 
     def _early_budget(self, group: Group) -> int:
         # Everything a member can legitimately send us in a round, plus framing slack.
-        return 2 * group.invite.length * _RING_BYTES + len(group.invite.members) * (1 << 20)
+        ring_bytes = group.invite.ring_bits // 8
+        return 2 * group.invite.length * ring_bytes + len(group.invite.members) * (1 << 20)
 
     def _missing(self, group: Group) -> tuple[bytes, ...]:
         """Whom a deadline leaves this member waiting for: the initiator if its roster never

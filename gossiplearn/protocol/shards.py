@@ -24,6 +24,8 @@ DIGEST_BYTES = 32
 
 #: Wire dtype names: ring elements (u4 vectors, u8 scalars) and plain floats (benchmark only).
 DTYPES: dict[str, np.dtype] = {
+    "u1": np.dtype("<u1"),
+    "u2": np.dtype("<u2"),
     "u4": np.dtype("<u4"),
     "u8": np.dtype("<u8"),
     "f4": np.dtype("<f4"),

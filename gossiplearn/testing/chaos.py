@@ -37,6 +37,7 @@ search find a counterexample.
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -47,6 +48,7 @@ import numpy as np
 
 from gossiplearn.crypto.identity import Identity
 from gossiplearn.crypto.masks import prg
+from gossiplearn.crypto.narrow import NarrowRing
 from gossiplearn.protocol.aggregation import Aggregation, part_bounds, part_digest
 from gossiplearn.protocol.backoff import Backoff
 from gossiplearn.protocol.envelope import Envelope, encode_envelope, verify_envelope
@@ -84,6 +86,7 @@ __all__ = [
     "ChaosReport",
     "InvariantViolated",
     "PROPERTIES",
+    "REPLAY_OPERATIONS",
     "run_chaos",
 ]
 
@@ -118,6 +121,18 @@ OPERATIONS: dict[str, float] = {
 #: Reasons it puts in the ABORTs it forges: every registered one, and some that are not.
 ABORT_REASON_SAMPLES = [*ABORT_REASONS, "", "x" * 256, "timeout"]
 
+
+#: A profile of the search that mostly plays along and replays: statements of earlier rounds
+#: and instances relayed as evidence and "proofs" in rounds that otherwise go well (the
+#: framing class; the full profile spoils most rounds before their CONFIRM).
+REPLAY_OPERATIONS: dict[str, float] = {
+    "keep": 20.0,
+    "relay": 3.0,
+    "replay_instance": 3.0,
+    "inject_abort": 1.0,
+    "drop": 0.5,
+    "delay": 0.5,
+}
 
 #: Statements of each direction the insider keeps at hand to relay (about 60 rounds' worth).
 HISTORY = 2000
@@ -264,8 +279,10 @@ class ChaosAttack(Attack):
         elif operation == "perturb_data" and isinstance(body, Part | Reduced):
             # A small change, plausible after decoding: poisoning, or (for one member only)
             # equivocation that no plausibility check can see.
-            values = body.shard.array() + np.uint32(rng.randint(1, 1 << 18))
-            data = values.astype("<u4").tobytes()
+            array = body.shard.array()
+            bits = 8 * array.dtype.itemsize
+            values = array + array.dtype.type(rng.randint(1, 1 << min(18, bits - 2)))
+            data = values.astype(array.dtype).tobytes()
             shard = replace(body.shard, data=data, digest=shard_digest(data))
             new_body = replace(body, shard=shard)
             if isinstance(new_body, Reduced) and rng.random() < 0.5:
@@ -601,7 +618,8 @@ def run_chaos(
     safeguards: Safeguards | None = None,
     attack: ChaosAttack | None = None,
     clear_insider: float = 0.5,
-    remembered_groups: int = 16,
+    remembered_groups: int = 4,
+    ring_bits: int = 32,
     properties: frozenset[str] = PROPERTIES,
     on_round: Callable[[int, ChaosReport], None] | None = None,
 ) -> ChaosReport:
@@ -610,12 +628,14 @@ def run_chaos(
     ``clear_insider``: the chance, per round, that each honest peer forgets its backoff or
     refusal of the insider (as an operator would clear it), so the search goes on.
     ``remembered_groups``: ended group ids an honest peer remembers (small, so the insider can
-    reuse ids). ``properties``: which of :data:`PROPERTIES` to check."""
+    reuse ids). ``ring_bits``: the ring of the secure sum (32, or the narrow 16 or 8).
+    ``properties``: which of :data:`PROPERTIES` to check."""
     safeguards = safeguards or Safeguards()
     config = RoundConfig(
         max_group_size=k,
         max_weight=max_weight,
         remembered_groups=remembered_groups,
+        ring_bits=ring_bits,
         safeguards=safeguards,
     )
     net = MemoryNetwork(seed=seed, latency_ms=3, jitter_ms=5)
@@ -801,7 +821,12 @@ def _check_average(
         return  # the insider declared another weight (within the cap): agreed, not checkable
     weighted = [w * vectors[m].astype(np.float64) for m, w in zip(members, weights, strict=True)]
     expected = np.sum(weighted, axis=0) / sum(weights)
-    tolerance = len(members) * 2.0 ** -(world.config.frac_bits + 1) + 1e-6
+    config = world.config
+    if config.ring_bits == 32:
+        tolerance = len(members) * 2.0 ** -(config.frac_bits + 1) + 1e-6
+    else:
+        ring = NarrowRing(config.ring_bits, len(members), int(math.log2(config.clip)))
+        tolerance = len(members) * ring.unit * (1 + 1e-6) + 1e-6
     error = float(np.max(np.abs(first.average - expected)))
     if error > tolerance:
         raise InvariantViolated(f"{where}: the agreed average is off the true one by {error:.3g}")
@@ -822,7 +847,7 @@ def _check_privacy(
     aggregation = insider.aggregations.get(group)
     if aggregation is None:
         return
-    frac_bits = world.config.frac_bits
+    decoding = _Decoding.of(world.config, len(aggregation.members))
     length = aggregation.group.params.length
     m = len(aggregation.members)
     bounds = part_bounds(length, m)
@@ -852,16 +877,40 @@ def _check_privacy(
         rows = [data for _, data in senders]
         rows += [masks[s][start:end] for s, _ in senders if s in masks]
         combos = _sign_combinations(len(rows), first=len(senders))
-        values = (combos @ np.stack(rows).astype(np.int64)) % (1 << 32)
+        values = (combos @ np.stack(rows).astype(np.int64)) % decoding.modulus
         _compare(
-            values, targets, start, end, frac_bits, f"combination of PARTs for part {part}", where
+            values, targets, start, end, decoding, f"combination of PARTs for part {part}", where
         )
     for (_sender, kind, part), data in received.items():
         mine = own.get((insider.public_key, Part.TYPE, part))
         if kind == Reduced.TYPE and mine is not None:
             start, end = bounds[part]
-            values = ((data.astype(np.int64) - mine) % (1 << 32))[None, :]
-            _compare(values, targets, start, end, frac_bits, f"REDUCED part {part}", where)
+            values = ((data.astype(np.int64) - mine) % decoding.modulus)[None, :]
+            _compare(values, targets, start, end, decoding, f"REDUCED part {part}", where)
+
+
+@dataclass(frozen=True)
+class _Decoding:
+    """How the ring's elements read as values (only their correlation matters here)."""
+
+    bits: int
+    unit: float
+
+    @classmethod
+    def of(cls, config: RoundConfig, members: int) -> _Decoding:
+        if config.ring_bits == 32:
+            return cls(32, 2.0**-config.frac_bits)
+        ring = NarrowRing(config.ring_bits, members, int(math.log2(config.clip)))
+        return cls(config.ring_bits, ring.unit)
+
+    @property
+    def modulus(self) -> int:
+        return 1 << self.bits
+
+    def decode(self, values: np.ndarray) -> np.ndarray:
+        signed = {32: np.int32, 16: np.int16, 8: np.int8}[self.bits]
+        unsigned = {32: np.uint32, 16: np.uint16, 8: np.uint8}[self.bits]
+        return values.astype(unsigned).view(signed).astype(np.float64) * self.unit
 
 
 def _pieces(
@@ -910,13 +959,13 @@ def _compare(
     targets: list[tuple[str, np.ndarray]],
     start: int,
     end: int,
-    frac_bits: int,
+    decoding: _Decoding,
     label: str,
     where: str,
 ) -> None:
     if end - start < 8:
         return
-    decoded = values.astype(np.uint32).view(np.int32).astype(np.float64) / 2.0**frac_bits
+    decoded = decoding.decode(values)
     decoded -= decoded.mean(axis=1, keepdims=True)
     norms = np.linalg.norm(decoded, axis=1)
     for target_label, target in targets:

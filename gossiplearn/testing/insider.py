@@ -162,7 +162,7 @@ class GarbageParts(Attack):
                 envelope = verify_envelope(send.frame)
                 body = envelope.body
                 assert isinstance(body, Part)
-                data = os.urandom(4 * body.shard.length)
+                data = os.urandom(body.shard.array().itemsize * body.shard.length)
                 shard = replace(body.shard, digest=shard_digest(data), data=data)
                 send = _resent(node, envelope, Part(body.transcript, body.part, shard))
             out.append(send)

@@ -3,7 +3,8 @@ benchmarks: build it, inject faults, and check the round invariant.
 
 :func:`build_swarm` makes ``size`` :class:`~gossiplearn.protocol.node.Node` machines with
 random contributions on one :class:`~gossiplearn.sim.memnet.MemoryNetwork`;
-:func:`die_at_first`, :func:`drop_frames` and :func:`resign` inject faults;
+:func:`die_at_first`, :func:`drop_frames` and :func:`resign` inject faults, :meth:`Swarm.leave`
+makes a peer leave its round, :func:`record_unreachable` records the transport's reports;
 :func:`check_round_invariant` checks, once the network drained:
 
 * every honest member that finished holds the bit-identical average, equal (within the
@@ -19,14 +20,16 @@ Seeds are fixed and time is virtual, so a scenario replays exactly.
 from __future__ import annotations
 
 import itertools
+import math
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from gossiplearn.crypto.identity import Identity
+from gossiplearn.crypto.narrow import NarrowRing
 from gossiplearn.protocol.envelope import Envelope, encode_envelope, verify_envelope
 from gossiplearn.protocol.events import (
     Action,
@@ -49,6 +52,7 @@ __all__ = [
     "Round",
     "RoundDeadlineMissed",
     "Swarm",
+    "Unreachable",
     "build_swarm",
     "check_finished_agree",
     "check_round_invariant",
@@ -56,6 +60,7 @@ __all__ = [
     "drop_frames",
     "outcomes_of",
     "reasons",
+    "record_unreachable",
     "resign",
 ]
 
@@ -143,6 +148,13 @@ class Swarm:
         self.net._apply(recipient, actions)  # the same path as a frame the network delivered
         return actions
 
+    def leave(self, key: bytes, reason: str = "peer_stopping") -> list[Action]:
+        """``key`` leaves its round now (its driver aborts it, e.g. the daemon is stopping):
+        its ABORT goes out through the network like any frame; returns the node's answer."""
+        actions = self.peers[key].node.abort(reason, int(self.net.now_ms))
+        self.net._apply(key, actions)
+        return actions
+
     def deliveries_in(self, group: bytes, since: int = 0) -> list[tuple[Envelope, bytes]]:
         """Recorded (envelope, frame) pairs of ``group``, from delivery index ``since`` on."""
         pairs = [(verify_envelope(d.frame), d.frame) for d in self.net.deliveries[since:]]
@@ -162,6 +174,8 @@ def build_swarm(
     insiders: Iterable[int] = (),
     insider_class: type[Insider] = Insider,
     remembered_groups: int = RoundConfig.remembered_groups,
+    ring_bits: int = RoundConfig.ring_bits,
+    clip: float = RoundConfig.clip,
     latency_ms: float = 3,
     jitter_ms: float = 5,
     **network: Any,  # loss, duplicate, record, ...: see MemoryNetwork
@@ -176,6 +190,8 @@ def build_swarm(
         max_abs_average=max_abs_average,
         max_weight=max_weight,  # weighting by sample count, opted in, so weights matter
         remembered_groups=remembered_groups,
+        ring_bits=ring_bits,
+        clip=clip,
         safeguards=safeguards or Safeguards(),
     )
     peers = {}
@@ -220,6 +236,45 @@ def drop_frames(swarm: Swarm, *, sender: bytes, kind: str, to: bytes | None = No
     swarm.net.intercept = intercept
 
 
+@dataclass(frozen=True)
+class Unreachable:
+    """One transport report a node got (``Node.peer_unreachable``), and what it did."""
+
+    node: bytes
+    peer: bytes  # the peer it could not reach
+    group: bytes
+    at_ms: int
+    phase: str | None  # its round's phase then (None: not that round's member any more)
+    answer: list[Action]
+
+
+def record_unreachable(swarm: Swarm) -> list[Unreachable]:
+    """Record every transport report the swarm's nodes get from now on (the network reports
+    a frame for a dead peer with ``report_unreachable=True``), in order."""
+    reports: list[Unreachable] = []
+    for key, member in swarm.peers.items():
+        node = member.node
+        original = node.peer_unreachable
+
+        def recording(
+            peer: bytes,
+            group: bytes,
+            now_ms: int,
+            *,
+            key: bytes = key,
+            node: Node = node,
+            original: Callable[[bytes, bytes, int], list[Action]] = original,
+        ) -> list[Action]:
+            current = node._group  # the phase it hears it in
+            phase = current.phase.value if current is not None and current.id == group else None
+            answer = original(peer, group, now_ms)
+            reports.append(Unreachable(key, peer, group, now_ms, phase, answer))
+            return answer
+
+        node.peer_unreachable = recording  # type: ignore[method-assign,assignment]
+    return reports
+
+
 # ---- the invariant --------------------------------------------------------------------------
 
 
@@ -237,9 +292,14 @@ def check_finished_agree(swarm: Swarm, finished: dict[bytes, RoundFinished]) -> 
         w * swarm.peers[m].vector.astype(np.float64) for m, w in zip(members, weights, strict=True)
     )
     expected = weighted / sum(weights)
-    # m roundings of 2^-(f+1) in the encoding of (w_i / W) x_i.
+    # m roundings of 2^-(f+1) in the encoding of (w_i / W) x_i; in a narrow ring, m
+    # stochastic roundings of less than one unit each (crypto/narrow.py).
     m = len(members)
-    tolerance = m * 2.0 ** -(swarm.config.frac_bits + 1)
+    config = swarm.config
+    if config.ring_bits == 32:
+        tolerance = m * 2.0 ** -(config.frac_bits + 1)
+    else:
+        tolerance = m * NarrowRing(config.ring_bits, m, int(math.log2(config.clip))).unit
     np.testing.assert_allclose(first.average, expected, rtol=1e-6, atol=tolerance)
 
 

@@ -23,7 +23,14 @@ from typing import Any
 import pytest
 
 from gossiplearn.protocol.safeguards import Safeguards
-from gossiplearn.testing.chaos import OPERATIONS, PROPERTIES, InvariantViolated, run_chaos
+from gossiplearn.testing.chaos import (
+    OPERATIONS,
+    PROPERTIES,
+    REPLAY_OPERATIONS,
+    ChaosAttack,
+    InvariantViolated,
+    run_chaos,
+)
 
 #: Seeds and rounds of the defended search: 2,000 rounds, ~15 s on a quiet 2-core machine.
 SEEDS = range(4)
@@ -43,22 +50,34 @@ def test_the_chaos_insider_breaks_no_property(seed: int) -> None:
     assert report.aborts["equivocation"] > 0
 
 
-def without(names: tuple[str, ...], properties: str, seeds: range = range(10)) -> Any:
+@pytest.mark.parametrize("seed", [0, 1])
+def test_an_insider_that_plays_along_and_replays_breaks_no_property(seed: int) -> None:
+    # The framing profile: rounds mostly go well, with statements of earlier rounds and
+    # instances relayed as evidence and proofs (it finds the framing attack without the
+    # transcript binding within a few hundred rounds).
+    report = run_chaos(seed, ROUNDS, attack=ChaosAttack(seed, operations=REPLAY_OPERATIONS))
+    assert report.with_insider_finished >= ROUNDS // 10
+    assert report.operations["replay_instance"] > 0 and report.operations["relay"] > 0
+
+
+def without(
+    names: tuple[str, ...], properties: str, profile: dict[str, float] | None = None
+) -> Any:
     return pytest.param(
         replace(Safeguards(), **dict.fromkeys(names, False)),
         frozenset({properties}),
-        seeds,
+        profile,
         id=f"{properties}-without_{'_and_'.join(names)}",
         marks=pytest.mark.xfail(raises=InvariantViolated, strict=True),
     )
 
 
 @pytest.mark.parametrize(
-    ("safeguards", "properties", "seeds"),
+    ("safeguards", "properties", "profile"),
     [
         # An honest member framed with its statement from an earlier round of a reused group
         # id: the proof is valid once a slot names only the group id.
-        without(("transcript_binding",), "no_honest_blamed"),
+        without(("transcript_binding",), "no_honest_blamed", REPLAY_OPERATIONS),
         # The ABORT's sender, and the member a timeout waits for, struck as in round v2.
         without(("group_testing",), "no_honest_blamed"),
         # Reducer equivocation unseen: honest members apply different averages.
@@ -70,10 +89,11 @@ def without(names: tuple[str, ...], properties: str, seeds: range = range(10)) -
     ],
 )
 def test_without_its_defence_the_search_breaks_the_property(
-    safeguards: Safeguards, properties: frozenset[str], seeds: range
+    safeguards: Safeguards, properties: frozenset[str], profile: dict[str, float] | None
 ) -> None:
-    for seed in seeds:
-        run_chaos(seed, ROUNDS, safeguards=safeguards, properties=properties)
+    for seed in range(10):
+        attack = ChaosAttack(seed, operations=profile) if profile else None
+        run_chaos(seed, ROUNDS, safeguards=safeguards, properties=properties, attack=attack)
 
 
 def test_the_properties_tested_are_all_the_properties() -> None:

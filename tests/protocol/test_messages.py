@@ -80,10 +80,23 @@ def test_a_roster_carries_the_round_parameters_of_its_invite():
         "frac_bits",
         "max_weight",
         "deadline_ms",
+        "ring_bits",
+        "clip_exponent",
     ]
-    for field, bad in (("max_weight", 0), ("max_weight", MAX_WEIGHT + 1), ("frac_bits", 31)):
+    assert (wire["ring_bits"], wire["clip_exponent"]) == (32, 19)  # the 32-bit ring; clip 8
+    bad_values = (
+        ("max_weight", 0),
+        ("max_weight", MAX_WEIGHT + 1),
+        ("frac_bits", 31),
+        ("ring_bits", 24),
+        ("ring_bits", 64),
+        ("clip_exponent", 33),
+    )
+    for field, bad in bad_values:
         with pytest.raises(SchemaViolation):
             Roster.from_wire({**wire, field: bad})
+    for bits in (8, 16, 32):
+        assert Roster.from_wire({**wire, "ring_bits": bits}).ring_bits == bits
 
 
 @pytest.mark.parametrize("weight", [0, MAX_WEIGHT + 1, -1])

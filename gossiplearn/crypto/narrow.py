@@ -1,0 +1,115 @@
+"""Narrow rings for the secure sum: Z/2^16 and Z/2^8, with stochastic rounding and a scale
+fixed so that the group's sum can never wrap.
+
+The 32-bit ring encodes round(x 2^f) with f = 20 fractional bits: 4 bytes an element. Model
+averaging needs far less resolution than that, so a group may agree on a narrower ring (half
+or a quarter of the bytes on the wire). Then, for a group of m members, ring bits b and a
+clip C (a power of two, agreed in the round's parameters like b):
+
+    L = 2^(b-1) - 1 - m         (the largest magnitude one full share may take)
+    s = C / L                    (the value of one ring unit)
+    v_i = SR(a_i * clip(x_i, -C, C) / s)
+
+where a_i = w_i / W is member i's share of the weight (the shares sum to 1) and SR rounds
+stochastically: up with probability equal to the fraction, so E[v_i] is exact and the
+rounding error of the average is zero-mean (at most one unit per member). Overflow is
+impossible by construction: |a_i x_i / s| <= a_i L, rounding adds less than 1, so
+|sum v_i| <= L + m - 1 < 2^(b-1): the masked sum always decodes to sum a_i clip(x_i), up to
+the rounding, never wrapped. Masks are uniform in Z/2^b and cancel exactly as in any ring.
+
+Every member derives L and s from the same integers (b, m, log2 C), so all compute the same
+scale bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Ring widths a group may agree on, and their wire dtypes.
+NARROW_BITS = (8, 16)
+_UNSIGNED: dict[int, type[np.unsignedinteger]] = {8: np.uint8, 16: np.uint16, 32: np.uint32}
+_SIGNED: dict[int, type[np.signedinteger]] = {8: np.int8, 16: np.int16, 32: np.int32}
+#: Elements rounded per block (no full-size float64 temporaries, as in ring.encode).
+_BLOCK = 1 << 16
+
+
+@dataclass(frozen=True)
+class NarrowRing:
+    """Z/2^bits for a group of ``members`` with clip 2^``clip_log2``."""
+
+    bits: int
+    members: int
+    clip_log2: int
+
+    def __post_init__(self) -> None:
+        if self.bits not in NARROW_BITS:
+            raise ValueError(f"a narrow ring has {' or '.join(map(str, NARROW_BITS))} bits")
+        if not 1 <= self.members < 2 ** (self.bits - 2):
+            raise ValueError("too many members for this ring: no room left for a share")
+        if not -16 <= self.clip_log2 <= 16:
+            raise ValueError("clip_log2 must be in [-16, 16]")
+
+    @property
+    def unsigned(self) -> type[np.unsignedinteger]:
+        return _UNSIGNED[self.bits]
+
+    @property
+    def signed(self) -> type[np.signedinteger]:
+        return _SIGNED[self.bits]
+
+    @property
+    def clip(self) -> float:
+        return 2.0**self.clip_log2
+
+    @property
+    def full_share(self) -> int:
+        """L: the largest magnitude of a member whose share is all of the weight."""
+        return (1 << (self.bits - 1)) - 1 - self.members
+
+    @property
+    def unit(self) -> float:
+        """s: the value of one ring unit."""
+        return self.clip / self.full_share
+
+    def encode(
+        self, x: np.ndarray, share: float, rounding: np.random.Generator
+    ) -> tuple[np.ndarray, int]:
+        """``share * clip(x)`` in ring units, stochastically rounded; returns (ring elements,
+        how many values were clipped or not finite)."""
+        if not 0.0 < share <= 1.0:
+            raise ValueError("a share of the weight is in (0, 1]")
+        flat = np.asarray(x).reshape(-1)
+        out = np.empty(flat.size, dtype=self.signed)
+        factor = share / self.unit
+        clip = self.clip
+        clipped = 0
+        scratch = np.empty(min(_BLOCK, flat.size), dtype=np.float64)
+        for start in range(0, flat.size, _BLOCK):
+            chunk = flat[start : start + _BLOCK]
+            values = scratch[: chunk.size]
+            np.copyto(values, chunk, casting="unsafe")
+            bad = ~np.isfinite(values)
+            if bad.any():
+                values[bad] = 0.0
+            over = np.abs(values) > clip
+            clipped += int(np.count_nonzero(over | bad))
+            np.clip(values, -clip, clip, out=values)
+            values *= factor
+            floor = np.floor(values)
+            # Up with probability equal to the fraction: unbiased, at most one unit off.
+            values = floor + (rounding.random(values.size) < (values - floor))
+            np.copyto(out[start : start + chunk.size], values, casting="unsafe")
+        return out.view(self.unsigned), clipped
+
+    def decode(self, v: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Ring elements (a sum of shares) back to values, into ``out`` (float32)."""
+        signed = np.asarray(v, dtype=self.unsigned).view(self.signed)
+        np.multiply(signed, self.unit, out=out, dtype=np.float64, casting="unsafe")
+        return out
+
+
+def ring_dtype(bits: int) -> type[np.unsignedinteger]:
+    """The unsigned dtype of a ring of ``bits`` (8, 16 or 32)."""
+    return _UNSIGNED[bits]
