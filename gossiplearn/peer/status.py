@@ -5,7 +5,7 @@ Requests whose ``Host:`` header is not 127.0.0.1, localhost or [::1] (with any p
 refused (403): a web page the operator visits could otherwise point a name it controls at
 127.0.0.1 (DNS rebinding) and read the status from the browser.
 
-The JSON document's schema is stable and documented in README.md ("Status document"); new keys
+The JSON document's schema is stable and documented in docs/operating.md ("The status document"); new keys
 may be added, existing ones keep their meaning. ``STATUS_SCHEMA_VERSION`` changes only if a key
 changes meaning.
 """

@@ -1,7 +1,7 @@
 """A simulation run's results: the ``results.json`` document, a summary table and plots.
 
-``results.json`` (schema version 1) is one JSON object; this table (Markdown, as in README.md)
-is its reference:
+``results.json`` (schema version 1) is one JSON object; this table (Markdown, as in
+docs/simulation.md) is its reference:
 
 | key | meaning |
 |---|---|
