@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 from gossiplearn.crypto.identity import IdentityError, public_key_from_peer_id
 from gossiplearn.fileio import write_atomically
 from gossiplearn.privacy.dp import privacy_problem
+from gossiplearn.protocol.config import RoundConfig
 from gossiplearn.protocol.messages import MAX_WEIGHT
-from gossiplearn.protocol.node import RoundConfig
 
 if TYPE_CHECKING:
     from gossiplearn.peer.learning.learner import AcceptanceConfig
@@ -71,7 +71,11 @@ class RoundSection:
     max_abs_average: float = 64.0
 
     def to_round_config(self) -> RoundConfig:
-        """The round machine's parameters from this section (the one place they are mapped)."""
+        """The round machine's parameters from this section: the one place ``[round]`` keys
+        become a :class:`RoundConfig`, for the daemon and for ``gossiplearn sim``'s memory mode
+        (:func:`gossiplearn.sim.config.round_section`). ``group_size`` is
+        ``RoundConfig.max_group_size`` (the same k), seconds become milliseconds; ``interval_s``
+        and ``mix`` are the daemon's, not the round machine's."""
         return RoundConfig(
             max_group_size=self.group_size,
             frac_bits=self.frac_bits,
@@ -115,24 +119,26 @@ class TrainingSection:
     trainer: str = ""
     options: dict[str, Any] = field(default_factory=dict)
 
-    def to_train_config(self) -> TrainConfig:
+    def to_train_config(self, privacy: PrivacyConfig | None = None) -> TrainConfig:
+        """The trainer's settings: every :class:`TrainConfig` field but ``privacy`` is the
+        ``[training]`` key of the same name (one list of fields, TrainConfig's; a test checks
+        that each is a key here with the same default), ``privacy`` the ``[privacy]`` section's
+        (:meth:`PrivacySection.to_privacy_config`)."""
         from gossiplearn.peer.learning.trainer import TrainConfig  # torch: only where training runs
 
-        return TrainConfig(
-            epochs=self.epochs,
-            steps_per_round=self.steps_per_round,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            momentum=self.momentum,
-            head_epochs=self.head_epochs,
-            seed=self.seed,
-            device=self.device,
-        )
+        shared = {f.name: getattr(self, f.name) for f in train_config_fields(TrainConfig)}
+        return TrainConfig(**shared, privacy=privacy)
 
     def to_acceptance_config(self) -> AcceptanceConfig:
         from gossiplearn.peer.learning.learner import AcceptanceConfig
 
         return AcceptanceConfig(self.acceptance, self.acceptance_tolerance, self.acceptance_metric)
+
+
+def train_config_fields(train_config: type) -> list[dataclasses.Field[Any]]:
+    """The fields of ``TrainConfig`` (passed in: it lives with torch) that ``[training]`` holds
+    under the same names: all but ``privacy``, which ``[privacy]`` holds."""
+    return [f for f in dataclasses.fields(train_config) if f.name != "privacy"]
 
 
 @dataclass
@@ -180,9 +186,7 @@ class PeerConfig:
 
     def train_config(self) -> TrainConfig:
         """``[training]`` and ``[privacy]`` as the trainer takes them."""
-        return dataclasses.replace(
-            self.training.to_train_config(), privacy=self.privacy.to_privacy_config()
-        )
+        return self.training.to_train_config(self.privacy.to_privacy_config())
 
     def validate(self) -> PeerConfig:
         """Check every value; a ConfigError names the key, what is wrong and what is allowed."""
@@ -370,8 +374,8 @@ _DOCS: dict[str, str] = {
     "round.frac_bits": "Fixed-point fractional bits (every peer of a network must agree).",
     "round.max_weight": "Cap on a member's averaging weight (every peer of a network must agree).\n"
     "1: equal weights, each member counts the same. Above 1: each member weighs its training\n"
-    "sample count, capped here, so no member outweighs the cap; keep the cap near the members'\n"
-    "sample counts (precision degrades by cap x members / total weight).",
+    "sample count, capped here, so no member outweighs the cap; the members of a group then\n"
+    "see each other's weights (they are in the signed roster).",
     "round.interval_s": "Mean seconds between this peer's invitations (randomized +-50%).",
     "round.invite_timeout_s": "How long an initiator waits for answers to its INVITE.",
     "round.round_timeout_s": "The longest any round may take. Each round's own deadline is scaled\n"
@@ -540,3 +544,120 @@ def save_config(directory: Path, config: PeerConfig) -> Path:
     text = render_config(config)
     write_atomically(path, lambda temp: temp.write_text(text, encoding="utf-8"), 0o644)
     return path
+
+
+# ---- the reference page (docs/config.md), from the same dataclasses and _DOCS ---------------
+
+REFERENCE_COMMAND = "python -m gossiplearn.peer.config --reference > docs/config.md"
+
+_REFERENCE_INTRO = """\
+`gossiplearn init DIR` writes `DIR/config.toml` with every key below, each documented above it
+in the file itself (the same text as here); `gossiplearn run DIR` and `gossiplearn.Peer(DIR)`
+read it at start (restart after editing). A key the schema does not know, a value of the wrong
+type or out of range stops the start with one line naming the file and the key (exit code 2).
+Keys left out take the defaults below. `gossiplearn allow DIR PEER` rewrites the file with the
+peer added to `peer.allow` (and its address to `peer.bootstrap`).
+
+Every peer of a network must agree on `round.frac_bits` and `round.max_weight`, and run the
+same backbone (`model.*`: neighbours with another backbone schema are not invited); every other
+key is each peer's own choice.
+"""
+
+_REFERENCE_MAPPING = """\
+## Where the keys go
+
+Each section becomes the settings object of the code that uses it, in one place each:
+
+| section | becomes | by |
+|---|---|---|
+| `[round]` | `gossiplearn.protocol.config.RoundConfig`, the round machine's parameters | `RoundSection.to_round_config()`: `group_size` is `RoundConfig.max_group_size` (the same k: the largest group this peer forms or joins), `*_s` keys become `*_ms` fields; `interval_s` and `mix` stay with the daemon. `gossiplearn sim`'s memory mode builds its `RoundConfig` through the same function (`gossiplearn.sim.config.round_section`) |
+| `[training]` | `gossiplearn.TrainConfig`, what a trainer is built with ({train_fields}), and the personal acceptance settings (`acceptance`, `acceptance_tolerance`, `acceptance_metric`) | `TrainingSection.to_train_config()`: each `TrainConfig` field is the key of the same name (tests/peer/test_config_reference.py checks that every field has its key, with the same default); `gossiplearn sim` builds its trainers' settings through it too (`gossiplearn.sim.config.training_section`) |
+| `[privacy]` | `gossiplearn.PrivacyConfig` (`TrainConfig.privacy`; `None` when `enabled` is false) | `PrivacySection.to_privacy_config()` |
+"""
+
+
+def _markdown_cell(text: str) -> str:
+    """One line of ``_DOCS`` text as a table cell: joined lines, Markdown's specials escaped."""
+    return " ".join(text.split()).replace("|", "\\|").replace("*", "\\*")
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "list of strings"
+    return "table"
+
+
+def _inline_value(value: Any) -> str:
+    """A default as TOML on one line (tables inline)."""
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        return "{ " + ", ".join(f"{k} = {_inline_value(v)}" for k, v in value.items()) + " }"
+    return _toml_value(value)
+
+
+def config_reference() -> str:
+    """docs/config.md: every key of ``config.toml`` with its type, default and documentation,
+    rendered from :class:`PeerConfig` and the same per-key text :func:`render_config` writes
+    into the file (``_DOCS``). Regenerate with :data:`REFERENCE_COMMAND`."""
+    from gossiplearn.peer.learning.trainer import TrainConfig  # the field list of [training]
+
+    defaults = PeerConfig()
+    out = [
+        "# Configuration reference (`DIR/config.toml`)\n\n",
+        f"<!-- Generated from gossiplearn/peer/config.py by `{REFERENCE_COMMAND}`;\n"
+        "     tests/peer/test_config_reference.py checks it is current. Do not edit by hand. -->\n\n",
+        _REFERENCE_INTRO,
+        "\nSections: "
+        + ", ".join(f"[`[{s.name}]`](#{s.name})" for s in dataclasses.fields(defaults))
+        + ".\n",
+    ]
+    for section in dataclasses.fields(defaults):
+        values = getattr(defaults, section.name)
+        out.append(f"\n## [{section.name}]\n\n{' '.join(_DOCS[section.name].split())}\n\n")
+        out.append("| key | type | default | meaning |\n|---|---|---|---|\n")
+        for item in dataclasses.fields(values):
+            value = getattr(values, item.name)
+            key = f"{section.name}.{item.name}"
+            out.append(
+                f"| `{key}` | {_type_name(value)} | `{_inline_value(value)}` "
+                f"| {_markdown_cell(_DOCS[key])} |\n"
+            )
+    fields = ", ".join(f"`{f.name}`" for f in train_config_fields(TrainConfig))
+    out.append("\n" + _REFERENCE_MAPPING.format(train_fields=fields))
+    return "".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m gossiplearn.peer.config --reference``: print docs/config.md."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="python -m gossiplearn.peer.config", description="The config file's reference."
+    )
+    parser.add_argument(
+        "--reference", action="store_true", help="print docs/config.md (Markdown) to stdout"
+    )
+    parser.add_argument(
+        "--template", action="store_true", help="print the documented config.toml of the defaults"
+    )
+    args = parser.parse_args(argv)
+    if not (args.reference or args.template):
+        parser.error("give --reference or --template")
+    sys.stdout.write(config_reference() if args.reference else render_config(PeerConfig()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

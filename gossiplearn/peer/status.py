@@ -12,7 +12,7 @@ REQUEST_TIMEOUT_S. 2,000 slow connections (slowloris) used to hold 1,231 file de
 now they hold at most MAX_CONNECTIONS = 16 (refusals counted in
 gossiplearn_status_refused_total{reason}).
 
-The JSON document's schema is stable and documented in README.md ("Status document"); new keys
+The JSON document's schema is stable and documented in docs/operating.md ("The status document"); new keys
 may be added, existing ones keep their meaning. ``STATUS_SCHEMA_VERSION`` changes only if a key
 changes meaning.
 """

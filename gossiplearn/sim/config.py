@@ -143,25 +143,46 @@ def privacy_config(config: SimConfig) -> Any:
     )
 
 
-def train_config(config: SimConfig) -> Any:
-    from gossiplearn.peer.learning.trainer import TrainConfig
+def round_section(config: SimConfig) -> Any:
+    """The ``[round]`` section a simulated peer runs with: its options mapped to the keys a
+    daemon reads (``--group-size`` is ``round.group_size``). Memory mode turns it into the
+    round machine's :class:`~gossiplearn.protocol.config.RoundConfig` with the daemon's own
+    :meth:`~gossiplearn.peer.config.RoundSection.to_round_config`."""
+    from gossiplearn.peer.config import RoundSection
 
-    return TrainConfig(
+    return RoundSection(
+        group_size=config.group_size, max_weight=config.max_weight, interval_s=config.interval_s
+    )
+
+
+def training_section(config: SimConfig) -> Any:
+    """The ``[training]`` section every method of a run trains with: the simulation's options
+    mapped to the keys a daemon reads (the rest keep their defaults). The trainer's
+    :class:`~gossiplearn.peer.learning.trainer.TrainConfig` and personal acceptance come from
+    it as a daemon's do (:func:`train_config`, :func:`acceptance_config`)."""
+    from gossiplearn.peer.config import TrainingSection
+
+    return TrainingSection(
         epochs=config.epochs,
         steps_per_round=config.steps_per_round,
         batch_size=config.batch_size,
         lr=config.lr,
         seed=config.seed,
-        privacy=privacy_config(config),
+        acceptance=config.acceptance,
+        acceptance_tolerance=config.acceptance_tolerance,
+        acceptance_metric=config.acceptance_metric,
+        local_reference=config.local_reference,
+        overlap=config.overlap,
+        trainer=config.trainer,
     )
+
+
+def train_config(config: SimConfig) -> Any:
+    return training_section(config).to_train_config(privacy_config(config))
 
 
 def acceptance_config(config: SimConfig) -> Any:
-    from gossiplearn.peer.learning.learner import AcceptanceConfig
-
-    return AcceptanceConfig(
-        config.acceptance, config.acceptance_tolerance, config.acceptance_metric
-    )
+    return training_section(config).to_acceptance_config()
 
 
 def model_factory(config: SimConfig) -> Callable[[], Any]:

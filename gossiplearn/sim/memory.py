@@ -11,6 +11,7 @@ import itertools
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from gossiplearn.sim.config import (
     SimConfig,
     acceptance_config,
     model_factory,
+    round_section,
     trainer_factory,
 )
 from gossiplearn.sim.results import MethodResult, accuracy_of, epsilon_spent
@@ -47,7 +49,7 @@ def run_memory(
     from gossiplearn.peer.learning.learner import Learner
     from gossiplearn.peer.learning.split_model import SplitModel
     from gossiplearn.protocol.events import RoundFinished, RoundUsageError
-    from gossiplearn.protocol.node import Node, RoundConfig
+    from gossiplearn.protocol.node import Node
     from gossiplearn.sim.memnet import MemoryNetwork
 
     started = time.perf_counter()
@@ -65,9 +67,8 @@ def run_memory(
             Learner(model, make(model, data), acceptance_config(config), reference=reference)
         )
     net = MemoryNetwork(seed=config.seed, latency_ms=2.0, jitter_ms=2.0)
-    round_config = RoundConfig(
-        max_group_size=config.group_size, max_weight=config.max_weight, round_timeout_ms=600_000
-    )
+    # The daemon's own mapping of [round] (virtual time: a round may take 10 minutes of it).
+    round_config = replace(round_section(config), round_timeout_s=600.0).to_round_config()
     factories = node_factories or {}
     nodes = [
         net.add(

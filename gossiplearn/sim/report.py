@@ -1,7 +1,7 @@
 """A simulation run's results: the ``results.json`` document, a summary table and plots.
 
-``results.json`` (schema version 1) is one JSON object; this table (Markdown, as in README.md)
-is its reference:
+``results.json`` (schema version 1) is one JSON object; this table (Markdown, as in
+docs/simulation.md) is its reference:
 
 | key | meaning |
 |---|---|
@@ -14,7 +14,7 @@ is its reference:
 | `methods.NAME.summary` | `{mean, p10, min}` of `final` |
 | `methods.NAME.bytes_per_peer` | mean bytes each peer sent over the whole run (0 for `local`) |
 | `methods.NAME.wall_s` | wall-clock seconds the method took |
-| `methods.NAME.extra` | method-specific figures, `{name: number}` (e.g. `train_loss`) |
+| `methods.NAME.extra` | method-specific figures, `{name: number}` (e.g. `train_loss`; with `--dp-epsilon`, `epsilon_spent_mean` and `epsilon_spent_max` over the peers) |
 | `methods.NAME.audit` | only with `--audit`: the membership-inference audit of each peer's final model on its own data (members: its training set; non-members: its held-out data), `{auc_loss, auc_lira, tpr_at_1pct_lira, mean_auc_loss, mean_auc_lira, max_auc_lira}`: the first three `[peer]` (null: too few records to audit), the rest over the peers; AUCs and TPRs in [0, 1]; a lower bound on leakage |
 
 Every number is a finite JSON number: a NaN or infinite value is written as ``null`` (e.g. an

@@ -249,7 +249,7 @@ class BuiltinLearning:
         By default the peer does not train while its round runs: the average then lands
         exactly on the model it was computed from. With ``training.overlap`` it trains its
         next budget meanwhile, and the round's change (average - contribution) is applied on
-        top (nothing is lost either way; see the README for what each costs).
+        top (nothing is lost either way; docs/config.md, training.overlap).
 
         A contribution no round took within WAIT_INTERVALS x round.interval_s is replaced by
         a freshly trained one: a peer without partners still learns alone.

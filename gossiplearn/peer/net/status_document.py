@@ -2,7 +2,7 @@
 host's counters, the neighbour table, the round engine's view, the round log, the waiting
 causes, and the keys its learning side adds.
 
-The document's schema is stable and documented in README.md ("Status document"); serving it
+The document's schema is stable and documented in docs/operating.md ("The status document"); serving it
 (local HTTP, and the smaller view admitted peers get) is peer/status.py's.
 """
 
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 
 def assemble(runtime: PeerRuntime) -> dict[str, Any]:
-    """The full document of ``GET /status`` (README.md, "Status document")."""
+    """The full document of ``GET /status`` (docs/operating.md, "The status document")."""
     now = time.monotonic()
     counters = runtime.host.counters
     neighbours = [_neighbour_status(runtime, n, now) for n in runtime.table.all()]
