@@ -52,6 +52,12 @@ def sim(
     acceptance: bool = typer.Option(
         True, help="gossiplearn peers refuse an average that hurts their validation loss."
     ),
+    ring: int = typer.Option(
+        32,
+        help="Ring of the secure sum: 32, or 16 or 8 bits (half or a quarter of the bytes; "
+        "values clipped to +-clip).",
+    ),
+    clip: float = typer.Option(8.0, help="With --ring 16 or 8: a power of two above the weights."),
     hidden: str = typer.Option("64,64", help="Hidden layer sizes of the MLP backbone."),
     lr: float = typer.Option(0.05, help="SGD learning rate."),
     model: str = typer.Option(
@@ -106,6 +112,8 @@ def sim(
             hidden=_parse_hidden(hidden),
             lr=lr,
             max_weight=max_weight,
+            ring_bits=ring,
+            clip=clip,
             acceptance=acceptance,
             model=model,
             data=data,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from gossiplearn.crypto.identity import IdentityError, public_key_from_peer_id
 from gossiplearn.fileio import write_atomically
 from gossiplearn.privacy.dp import privacy_problem
 from gossiplearn.protocol.config import RoundConfig
-from gossiplearn.protocol.messages import MAX_WEIGHT
+from gossiplearn.protocol.messages import MAX_WEIGHT, RING_BITS
 
 if TYPE_CHECKING:
     from gossiplearn.peer.learning.learner import AcceptanceConfig
@@ -63,6 +64,8 @@ class DiscoverySection:
 class RoundSection:
     group_size: int = 4
     frac_bits: int = 20
+    ring_bits: int = 32
+    clip: float = 8.0
     max_weight: int = 1
     interval_s: float = 10.0
     invite_timeout_s: float = 2.0
@@ -79,6 +82,8 @@ class RoundSection:
         return RoundConfig(
             max_group_size=self.group_size,
             frac_bits=self.frac_bits,
+            ring_bits=self.ring_bits,
+            clip=self.clip,
             max_weight=self.max_weight,
             invite_timeout_ms=int(self.invite_timeout_s * 1000),
             round_timeout_ms=int(self.round_timeout_s * 1000),
@@ -217,6 +222,16 @@ class PeerConfig:
             raise ConfigError("round.group_size must be in 3..16 (groups of 2 would leak)")
         if not 1 <= rnd.max_weight <= MAX_WEIGHT:
             raise ConfigError(f"round.max_weight must be in [1, {MAX_WEIGHT}] (1: equal weights)")
+        if rnd.ring_bits not in RING_BITS:
+            raise ConfigError(
+                f"round.ring_bits must be 32, 16 or 8, got {rnd.ring_bits} (every peer of a "
+                "network must agree)"
+            )
+        exponent = math.log2(rnd.clip) if rnd.clip > 0 else math.nan
+        if not (exponent.is_integer() and -16 <= exponent <= 16):
+            raise ConfigError(
+                f"round.clip must be a power of two in [2^-16, 2^16], got {rnd.clip} (e.g. 8.0)"
+            )
         if not 0 < rnd.mix <= 1:
             raise ConfigError("round.mix must be in (0, 1]")
         if not rnd.interval_s > 0:
@@ -371,7 +386,15 @@ _DOCS: dict[str, str] = {
     "discovery.neighbour_timeout_s": "A neighbour not heard from for this long is not live.",
     "round": "Secure averaging rounds.",
     "round.group_size": "k: invite up to k-1 live neighbours; groups are 3..k members.",
-    "round.frac_bits": "Fixed-point fractional bits (every peer of a network must agree).",
+    "round.frac_bits": "Fixed-point fractional bits of the 32-bit ring (every peer of a network\n"
+    "must agree).",
+    "round.ring_bits": "The ring of the secure sum: 32 (4 bytes an element), or 16 or 8 (2 or 1:\n"
+    "half or a quarter of a round's bytes; stochastic rounding at a scale that makes the\n"
+    "group's sum impossible to wrap, values clipped to +-round.clip). Every peer of a network\n"
+    "must agree.",
+    "round.clip": "With a 16- or 8-bit ring: a power of two above the backbone's largest\n"
+    "weights; values beyond +-clip are clipped (counted), and an average beyond 0.9 clip is\n"
+    "taken for garbage. Every peer of a network must agree.",
     "round.max_weight": "Cap on a member's averaging weight (every peer of a network must agree).\n"
     "1: equal weights, each member counts the same. Above 1: each member weighs its training\n"
     "sample count, capped here, so no member outweighs the cap; the members of a group then\n"
@@ -558,7 +581,8 @@ type or out of range stops the start with one line naming the file and the key (
 Keys left out take the defaults below. `gossiplearn allow DIR PEER` rewrites the file with the
 peer added to `peer.allow` (and its address to `peer.bootstrap`).
 
-Every peer of a network must agree on `round.frac_bits` and `round.max_weight`, and run the
+Every peer of a network must agree on `round.frac_bits`, `round.ring_bits`, `round.clip` and
+`round.max_weight`, and run the
 same backbone (`model.*`: neighbours with another backbone schema are not invited); every other
 key is each peer's own choice.
 """

@@ -52,6 +52,10 @@ class SimConfig:
     #: the network-wide weight cap (round.max_weight): 1, equal weights; above, each peer
     #: weighs its training samples, capped there
     max_weight: int = 1
+    #: the ring of the secure sum (round.ring_bits: 32, or 16 or 8) and a narrow ring's clip
+    #: (round.clip)
+    ring_bits: int = 32
+    clip: float = 8.0
     #: yours instead of the built-ins ("module:function"; see gossiplearn/sim/user.py): the
     #: model (an MLP of ``hidden`` if empty), each peer's data (``dataset`` if empty) and the
     #: trainer (the built-in one if empty); every method uses the same ones
@@ -82,6 +86,8 @@ class SimConfig:
             raise ValueError("steps per round must be >= 0 (0: whole epochs)")
         if self.max_weight < 1:
             raise ValueError("max weight must be >= 1 (1: equal weights)")
+        if self.ring_bits not in (8, 16, 32):
+            raise ValueError("--ring must be 32, 16 or 8")
         if self.audit and self.mode != "memory":
             raise ValueError(
                 f"--audit audits the final models the simulation holds, which --mode "
@@ -151,7 +157,11 @@ def round_section(config: SimConfig) -> Any:
     from gossiplearn.peer.config import RoundSection
 
     return RoundSection(
-        group_size=config.group_size, max_weight=config.max_weight, interval_s=config.interval_s
+        group_size=config.group_size,
+        max_weight=config.max_weight,
+        interval_s=config.interval_s,
+        ring_bits=config.ring_bits,
+        clip=config.clip,
     )
 
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from gossiplearn.crypto.identity import Identity, write_key_file
 from gossiplearn.peer.config import IDENTITY_FILE, PeerConfig, save_config
-from gossiplearn.sim.config import Progress, SimConfig, model_options
+from gossiplearn.sim.config import Progress, SimConfig, model_options, round_section
 from gossiplearn.sim.results import MethodResult
 
 
@@ -56,9 +56,7 @@ def prepare_peers(out_dir: Path, config: SimConfig) -> list[Path]:
         peer_config.peer.bootstrap = [addresses[j] for j in dict.fromkeys(neighbours) if j != i]
         peer_config.discovery.ping_interval_s = 1.0
         peer_config.discovery.max_neighbours = max(16, config.group_size * 2)
-        peer_config.round.group_size = config.group_size
-        peer_config.round.max_weight = config.max_weight
-        peer_config.round.interval_s = config.interval_s
+        peer_config.round = round_section(config)
         if config.model:
             peer_config.model.factory = config.model
         peer_config.model.options = model_options(config)
