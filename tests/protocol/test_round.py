@@ -333,11 +333,17 @@ def test_next_deadline_in_closing_is_when_closing_ends():
         assert node.receive(abort.frame, heard, from_peer=keys[2])[-1] == Wake(heard + grace)
     found = {"initiator": nodes[0].next_deadline(), "member": nodes[1].next_deadline()}
     expected = {"initiator": heard + grace, "member": heard + grace}
+    # (Found at a00148b, fixed in 54d4087: next_deadline returned min(invite_deadline_ms,
+    # deadline_ms) whatever the phase.)
     assert found == expected, (
-        "protocol bug (Node.next_deadline ignores Phase.CLOSING: it returns "
-        "min(invite_deadline_ms, deadline_ms)): a CLOSING member's next deadline is "
+        "regression of the fix in 54d4087 (Node.next_deadline in Phase.CLOSING must be "
+        "closing_until_ms): a CLOSING member's next deadline is "
         f"{ {k: v - expected[k] for k, v in found.items()} } ms off closing_until_ms"
     )
+    # Once CLOSING ends, no round: nothing to wake for.
+    for node in nodes[:2]:
+        node.tick(heard + grace)
+        assert node.next_deadline() is None
 
 
 def test_a_group_of_two_is_impossible():

@@ -1,9 +1,10 @@
 """Group testing (protocol/suspicion.py) and the backoff table's pairs and forgiveness.
 
 Suspicion.failed records the suspects of one unexplained failure and says whom the record now
-singles out: a failure whose suspects are one peer alone (every report led to it: struck at
-once, since 711b7bd), one peer common to at least two failures (struck), or a pair common to a
-full window (kept apart); a failure sharing nobody with the older ones pushes them out.
+singles out: a deadline whose suspects are one peer alone (every report led to it: struck at
+once, since 711b7bd; only a deadline's since 54d4087, ``alone_is_enough``), one peer common to
+at least two failures (struck), or a pair common to a full window (kept apart); a failure
+sharing nobody with the older ones pushes them out.
 Singling out one peer keeps the record (trimmed to the window): every further failure holding
 that peer singles it out again at once. Keeping a pair apart starts the record again.
 """
@@ -79,6 +80,9 @@ def test_a_singled_out_peer_is_singled_out_again_by_each_failure_within_the_wind
     assert verdicts == [((), 0), ((INSIDER,), 2), ((INSIDER,), 3), ((INSIDER,), 4)]
     assert suspicion.failed({INSIDER, E}) == (INSIDER,)  # the fifth: the first is trimmed
     assert suspicion.recorded == WINDOW
+    # It was in five failures, but only the window's are on record: the count says so
+    # (since 54d4087; before, 5 of a record of 4).
+    assert suspicion.singled_after == WINDOW
     # A failure without the insider shares nobody with the whole record: it pushes every
     # failure the insider was in out, and the next verdict is on the new failures alone.
     assert suspicion.failed({A, B}) == ()
