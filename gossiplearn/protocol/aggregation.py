@@ -493,14 +493,17 @@ class Aggregation:
         return hashlib.blake2b(content, digest_size=32, person=_DIGEST_PERSON).digest()
 
     def _check_confirms(self) -> None:
-        """Every CONFIRM is in: search all their evidence for a proof first (a member that
-        disagrees because a reducer equivocated to it is not to blame), then compare digests."""
-        for j in sorted(self._confirms):
-            confirm, _ = self._confirms[j]
-            self._search_evidence(j, confirm)
+        """Every CONFIRM is in: search the evidence of every member that disagrees for a proof
+        first (it may disagree because a reducer equivocated to it: then it is not to blame),
+        then blame the disagreement. A member whose digest equals this member's holds the same
+        part digests (the digest covers them all), so its evidence can show no conflict an
+        honest member would have seen: in a round that goes well, no statement is verified."""
         disagreeing = [
             j for j in sorted(self._confirms) if self._confirms[j][0].digest != self._digest
         ]
+        for j in disagreeing:
+            confirm, _ = self._confirms[j]
+            self._search_evidence(j, confirm)
         if disagreeing:
             raise RoundFault(
                 "disagreement",
