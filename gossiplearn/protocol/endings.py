@@ -95,7 +95,17 @@ class Endings:
             # Before the roster: no reports to wait for. The aborter and whom it accuses are
             # the suspects, and the other invitees learn it from this member's own ABORT.
             named = {envelope.sender, *body.accused}
-            if envelope.sender != group.initiator and (body.transcript or group.early):
+            if (
+                envelope.sender == group.initiator
+                and body.transcript
+                and body.reason.startswith("timeout")
+            ):
+                # The initiator's round ran to its deadline (seconds after its roster went
+                # out) without this member ever getting the roster: whomever it says it
+                # waited for, that is its own doing. (An ABORT for another reason may just
+                # have overtaken a roster still in flight: then its accusations stand.)
+                named = {group.initiator}
+            elif envelope.sender != group.initiator and (body.transcript or group.early):
                 # Another member already runs the round: a roster exists that this member was
                 # never sent. Its initiator is where that started.
                 named.add(group.initiator)

@@ -478,8 +478,12 @@ class Node(Endings):
             invite_deadline_ms=min(now_ms + self._roster_wait_ms(), deadline_ms),
             own_deadline_ms=own_deadline_ms,
         )
+        # An invitee that left before this peer's INVITE came: if the roster still names it,
+        # the initiator put it there, so its report leads to the initiator too.
         early = self._early_reports.pop(envelope.group, {})
-        group.reports.update({p: r for p, r in early.items() if p in invite.members})
+        group.reports.update(
+            {p: (*r, sender) for p, r in early.items() if p in invite.members and p != sender}
+        )
         self._group = group
         return [
             self._record_send(group, Send(sender, accept_frame, Accept.TYPE)),
