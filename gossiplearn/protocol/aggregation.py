@@ -258,6 +258,7 @@ class Aggregation:
             if j != index
         }
         self._ready: set[int] = set()
+        self._masked: np.ndarray | None = None
         self._own_part: np.ndarray | None = None
         self._own_reduced: np.ndarray | None = None
         self._own_digest: bytes | None = None
@@ -316,9 +317,17 @@ class Aggregation:
 
     # ---- step 2: share ----
 
-    def _share(self) -> list[Outgoing]:
-        """This member's PARTs: the moment its contribution is spent."""
-        out: list[Outgoing] = []
+    @property
+    def pending_work(self) -> bool:
+        """Whether :meth:`prepare` has work to do: encoding and masking this member's vector
+        while it waits for the READYs (nothing it needs depends on them; nothing goes out)."""
+        return self.step is Step.AGREE and self._masked is None
+
+    def prepare(self) -> None:
+        """Encode and mask this member's vector ahead of the READYs (the driver calls it once
+        the READYs are sent: the masks are generated while the others' READYs travel)."""
+        if self._masked is not None:
+            return
         share = self.group.weights[self.index] / self._total_weight
         if self._narrow is not None:
             encoded, self.clipped = self._narrow.encode(
@@ -329,6 +338,14 @@ class Aggregation:
                 self.contribution.vector, self.group.params.frac_bits, scale=share
             )
         self._masking(encoded, self._rank[self.index], self._mask_seeds)
+        self._masked = encoded
+
+    def _share(self) -> list[Outgoing]:
+        """This member's PARTs: the moment its contribution is spent."""
+        out: list[Outgoing] = []
+        self.prepare()
+        encoded = self._masked
+        assert encoded is not None
         self.shared = True
         for j, (start, end) in enumerate(self._bounds):
             if j == self.index:

@@ -208,6 +208,8 @@ class Node(Endings):
             return None
         if group.phase is Phase.CLOSING:
             return group.closing_until_ms
+        if group.aggregation is not None and group.aggregation.pending_work:
+            return group.stats.started_ms  # now: masks to generate while the READYs travel
         if group.phase is not Phase.RUNNING:
             return min(group.invite_deadline_ms, group.deadline_ms)
         return group.deadline_ms
@@ -359,6 +361,8 @@ class Node(Endings):
             if now_ms >= group.closing_until_ms:
                 actions.extend(self._end_closing(group, now_ms))
             return actions
+        if group.aggregation is not None and group.aggregation.pending_work:
+            group.aggregation.prepare()
         if (
             now_ms >= group.deadline_ms
             and group.phase is Phase.RUNNING
@@ -606,6 +610,8 @@ class Node(Endings):
             safeguards=self._safeguards,
         )
         self._emit(group, group.aggregation.start(), now_ms, actions)
+        if group.aggregation is not None and group.aggregation.pending_work:
+            actions.append(Wake(now_ms))  # encode and mask once the READYs are out
 
     def _dispatch(
         self,

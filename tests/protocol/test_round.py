@@ -323,6 +323,11 @@ def test_next_deadline_in_closing_is_when_closing_ends():
         drop=lambda origin, send: origin == keys[2] and send.kind == "READY",
     )
     deadline = nodes[0].current_round[2]  # type: ignore[index]
+    # A member still waiting for READYs asks to be ticked at once, to encode and mask its
+    # vector meanwhile; once it has, its next deadline is the round's.
+    assert nodes[0].next_deadline() <= START_MS
+    for node in nodes:
+        assert [a for a in node.tick(START_MS) if not isinstance(a, Wake)] == []
     assert [n.next_deadline() for n in nodes] == [deadline] * 3  # RUNNING: the deadline
     # Member 2 stops (its driver aborts the round) 2 s before the deadline: the two others
     # hear its ABORT at once and enter CLOSING until 1 s later.
