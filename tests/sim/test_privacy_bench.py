@@ -16,10 +16,12 @@ METHODS = {"gossiplearn", "local", "fedavg", "fedper"}
 
 
 @pytest.mark.slow  # two simulations with audits, one under DP-SGD: 20-40 s
-def test_privacy_figures_per_method_and_epsilon() -> None:
+def test_privacy_bench_prints_one_json_line() -> None:
     tables = io.StringIO()
     options = PrivacyOptions(peers=3, rounds=2, epsilons=("8", "none"))
-    document = json.loads(json.dumps(privacy_figures(options, Console(file=tables))))
+    line = json.dumps(privacy_figures(options, Console(file=tables)))
+    assert "\n" not in line
+    document = json.loads(line)
     assert "epsilon 8" in tables.getvalue()  # the simulations' tables went there
     assert document["bench"] == "privacy"
     assert (document["peers"], document["rounds"], document["dataset"]) == (3, 2, "digits")
