@@ -17,7 +17,7 @@ from gossiplearn.protocol import (
     decode_envelope,
     verify_statement,
 )
-from gossiplearn.protocol.messages import Abort, Ready, Roster
+from gossiplearn.protocol.messages import RING_BITS, Abort, Ready, Roster
 from gossiplearn.testing.scenarios.fuzz import Forge
 from gossiplearn.testing.scenarios.live import now_ms
 
@@ -64,6 +64,8 @@ def test_valid_envelopes_cover_every_in_round_type_of_v3_and_decode(forge: Forge
     assert any(refusal(r.roster) != "accepted" for r in readies)  # ... or noise
     roster = verify_statement(next(r.roster for r in readies if refusal(r.roster) == "accepted"))
     assert isinstance(roster.body, Roster) and roster.sender == FUZZER.public_key
+    # ROSTERs carry the round's parameters, its ring among them (32, 16 or 8 bits).
+    assert {forge.roster_body().ring_bits for _ in range(60)} == set(RING_BITS)
 
 
 def test_schema_breaking_bodies_are_refused_as_schema(forge: Forge) -> None:

@@ -11,7 +11,7 @@ the protocol that caused it:
 - round (94%): ``batch`` frames per stream, each from a weighted mix of generators: random
   bytes and random msgpack, truncated frames, bit flips and field mutations of valid signed
   envelopes, valid envelopes of every in-round type of protocol v3 (READY, PART, REDUCED,
-  CONFIRM, ABORT with a proof, evidence and accused members, ROSTER with its parameters,
+  CONFIRM, ABORT with a proof, evidence and accused members, ROSTER with its parameters and ring,
   ACCEPT with its weight...) for unknown random groups, malformed INVITEs (groups of 2, not
   naming the victim, a stranger as member, bad deadlines...), exact replays of earlier valid
   frames, envelopes signed by someone other than their sender or the connection's peer, wrong
@@ -98,6 +98,7 @@ from gossiplearn.protocol.messages import (
     MAX_REASON,
     MAX_STATEMENT,
     MAX_WEIGHT,
+    RING_BITS,
     TRANSCRIPT_BYTES,
 )
 from gossiplearn.sim.config import SimConfig
@@ -275,7 +276,11 @@ class Forge:
         """A ROSTER of protocol v3: members, their ACCEPT frames (random here) and the params."""
         members = (self.fuzzer.public_key, self.victim, self.accomplice.public_key)
         accepts = tuple(self.rng.randbytes(self.rng.randrange(1, 300)) for _ in members)
-        return Roster(members, accepts, self.key(), 100, 20, self.weight(), now_ms() + 30_000)
+        ring_bits, clip_exponent = self.rng.choice(RING_BITS), self.rng.randrange(33)
+        deadline = now_ms() + 30_000
+        return Roster(
+            members, accepts, self.key(), 100, 20, self.weight(), deadline, ring_bits, clip_exponent
+        )
 
     def statement(self) -> bytes:
         """Bytes a member relays as a statement: a ROSTER signed by the fuzzer, or noise."""
@@ -460,6 +465,7 @@ class Forge:
         abort = Abort(self.transcript(), "r", accused=(self.victim,)).to_wire()
         transcript, key = self.transcript(), self.key()
         roster = self.roster_body().to_wire()
+        invite = Invite(tuple(members), key, 100, 20, 1, now_ms() + 30_000).to_wire()
         type_, body = self.rng.choice(
             (
                 ("READY", {"transcript": transcript[:31], "roster": b"r"}),  # short transcript
@@ -475,6 +481,11 @@ class Forge:
                 ("ROSTER", {**roster, "accepts": [b"a"]}),
                 ("ROSTER", {**roster, "max_weight": 0}),
                 ("ROSTER", {k: v for k, v in roster.items() if k != "schema_hash"}),  # v2's
+                ("ROSTER", {**roster, "ring_bits": 12}),  # not a ring the protocol has
+                ("ROSTER", {**roster, "clip_exponent": 33}),
+                ("ROSTER", {k: v for k, v in roster.items() if k != "ring_bits"}),  # pre-rings
+                ("INVITE", {**invite, "ring_bits": 64}),
+                ("INVITE", {k: v for k, v in invite.items() if k != "clip_exponent"}),
                 ("ACCEPT", {"ephemeral_key": key[:31], "schema_hash": key, "weight": 1}),
                 ("ACCEPT", {"ephemeral_key": key, "schema_hash": key, "weight": 0}),
                 ("ACCEPT", {"ephemeral_key": key, "schema_hash": key, "weight": MAX_WEIGHT + 1}),
