@@ -14,8 +14,8 @@ with small counts.
 - :mod:`~gossiplearn.testing.scenarios.checkpoint_crash`: kill -9 during checkpoint saves.
 - :mod:`~gossiplearn.testing.scenarios.rounds`: the round's cost (in memory, over libp2p),
   :mod:`~gossiplearn.testing.scenarios.crypto`: the hot paths' throughput.
-- :mod:`~gossiplearn.testing.scenarios.learning`, :mod:`~gossiplearn.testing.scenarios.privacy`:
-  accuracy against the baselines, and what DP costs and buys.
+- :mod:`~gossiplearn.testing.scenarios.learning`: accuracy against the baselines, and memory
+  mode at scale; :mod:`~gossiplearn.testing.scenarios.privacy`: what DP costs and buys.
 - :mod:`~gossiplearn.testing.scenarios.compare`: hivemind's all-reduce and Flower's simulation,
   run in their own interpreters.
 
