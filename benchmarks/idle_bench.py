@@ -1,16 +1,13 @@
 """Resident memory and start-up of idle peer daemons on digits.
 
-Starts --peers real daemons (``python -m gossiplearn.cli run DIR``, as ``gossiplearn sim
---mode process`` does) on digits admitting each other, with a round interval no one reaches,
-so they train once, find their neighbours and then idle. Once every peer's /status shows its
-neighbours live, waits --idle-s more and reads each peer's memory. Prints one JSON line:
-
-- idle_rss_mb_max, idle_rss_mb_median: ``process.rss_bytes`` from each peer's /status.
-- rss_anon_mb_max, rss_file_mb_max: the same split into anonymous memory and file-backed
-  pages (shared libraries: ~60 MB of it is libtorch_cpu.so), from /proc/PID/status.
-- startup_s_median, startup_s_max: from the process's start until its /status answers
-  (imports, model and data, first training, host up).
-- ready_s: until every peer sees its neighbours live.
+The scenario is gossiplearn/testing/scenarios/idle.py: --peers real daemons on digits that
+train once, find their neighbours and idle; --idle-s after every peer sees its neighbours
+live, each peer's memory is read. Prints one JSON line: bench, dataset, peers,
+idle_rss_mb_max and idle_rss_mb_median (``process.rss_bytes`` from /status), rss_anon_mb_max
+and rss_file_mb_max (anonymous and file-backed memory, from /proc/PID/status),
+startup_s_median and startup_s_max (from the process's start until its /status answers:
+imports, model and data, first training, host up), ready_s (until every peer sees its
+neighbours live). Exits 1 if a peer exits or they are not ready within 120 s.
 
 Usage: python benchmarks/idle_bench.py [--peers 3] [--idle-s 10]
 """
@@ -19,89 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import tempfile
-import time
-from pathlib import Path
 
-from gossiplearn.peer.config import load_config
-from gossiplearn.sim.config import SimConfig
-from gossiplearn.sim.daemons import _fetch_status, _stop_all, prepare_peers, start_peer
-
-MB = 1 << 20
-NEVER_S = 1e6
-TIMEOUT_S = 120.0
-
-
-def proc_memory(pid: int) -> dict[str, int]:
-    """RssAnon and RssFile of a process, in bytes (Linux)."""
-    figures = {}
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith(("RssAnon:", "RssFile:")):
-                    name, value, _unit = line.split()
-                    figures[name.rstrip(":")] = int(value) * 1024
-    except OSError:
-        pass
-    return figures
-
-
-def run(peers: int, idle_s: float) -> dict[str, object]:
-    with tempfile.TemporaryDirectory(prefix="gossiplearn-idle-") as work:
-        config = SimConfig(peers=peers, dataset="digits", interval_s=NEVER_S, mode="process")
-        dirs = prepare_peers(Path(work), config.validate())
-        ports = [load_config(d).status.port for d in dirs]
-        began = time.monotonic()
-        processes = [start_peer(d) for d in dirs]
-        startup: list[float | None] = [None] * peers
-        try:
-            ready_s = None
-            while time.monotonic() - began < TIMEOUT_S:
-                documents = []
-                for i, port in enumerate(ports):
-                    if processes[i].poll() is not None:
-                        raise RuntimeError(f"peer {i} exited with code {processes[i].returncode}")
-                    document = _fetch_status(port)
-                    if document is not None and startup[i] is None:
-                        startup[i] = time.monotonic() - began
-                    documents.append(document)
-                live = [
-                    d is not None and sum(1 for n in d["neighbours"] if n["live"]) >= peers - 1
-                    for d in documents
-                ]
-                if all(live):
-                    ready_s = time.monotonic() - began
-                    break
-                time.sleep(0.2)
-            if ready_s is None:
-                raise RuntimeError(f"peers not ready within {TIMEOUT_S:g} s")
-            time.sleep(idle_s)
-            rss, anon, file = [], [], []
-            for process, port in zip(processes, ports, strict=True):
-                document = _fetch_status(port)
-                if document is None:
-                    raise RuntimeError("a peer stopped answering /status")
-                rss.append(document["process"]["rss_bytes"])
-                split = proc_memory(process.pid)
-                anon.append(split.get("RssAnon", 0))
-                file.append(split.get("RssFile", 0))
-        finally:
-            _stop_all(processes)
-    starts = [s for s in startup if s is not None]
-    return {
-        "bench": "idle",
-        "dataset": "digits",
-        "peers": peers,
-        "idle_rss_mb_max": round(max(rss) / MB, 1),
-        "idle_rss_mb_median": round(statistics.median(rss) / MB, 1),
-        "rss_anon_mb_max": round(max(anon) / MB, 1),
-        "rss_file_mb_max": round(max(file) / MB, 1),
-        "startup_s_median": round(statistics.median(starts), 2),
-        "startup_s_max": round(max(starts), 2),
-        "ready_s": round(ready_s, 2),
-    }
+from gossiplearn.testing.scenarios.idle import idle_figures
 
 
 def main() -> int:
@@ -110,7 +27,7 @@ def main() -> int:
     parser.add_argument("--idle-s", type=float, default=10.0)
     args = parser.parse_args()
     try:
-        print(json.dumps(run(args.peers, args.idle_s)), flush=True)
+        print(json.dumps(idle_figures(args.peers, args.idle_s)), flush=True)
     except RuntimeError as exc:
         print(f"idle_bench: {exc}", file=sys.stderr)
         return 1

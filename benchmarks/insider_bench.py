@@ -1,16 +1,16 @@
-"""One insider against 4 honest daemons, per attack class: honest rounds per minute under
-attack / control, alternated in one run.
+"""One insider against 4 honest daemons, per attack class: honest rounds/min under attack /
+control, alternated in one run.
 
-Classes (``gossiplearn.testing.insider_scenario.ATTACKS``): framing (old statements relayed
-under a reused group id), roster_order (a reordered roster), spoiling (garbage parts nobody
-can be blamed for), holder (round v2's: invite, roster, silence). The bulk channel's
-starvation is measured in tests/peer/net/test_bulk.py. Each run is ``--seconds`` of real
-daemons on 127.0.0.1; the control (the insider runs honest code) is run before each class
-and the ratio taken against the mean of the controls. Target: >= 0.6 for every class, and
-0 proofs against honest peers.
+Classes (``gossiplearn.testing.scenarios.insider.ATTACKS``, the scenario): framing (old
+statements relayed under a reused group id), roster_order (a reordered roster), spoiling
+(garbage parts nobody can be blamed for), holder (round v2's: invite, roster, silence). The
+bulk channel's starvation is measured in tests/peer/net/test_bulk.py. Each run is
+``--seconds`` of real daemons on 127.0.0.1; the control (the insider runs honest code) is run
+before each class and the ratio taken against the mean of the controls. Target: >= 0.6 for
+every class, and 0 proofs against honest peers.
 
-Prints one JSON line: {"seconds", "control_rounds_per_min", "<class>": {"rounds_per_min",
-"ratio", "proofs_against_honest", "insider_blocked_by", "honest_aborts"}}.
+Prints one JSON line: {"seconds", "interval_s", "control_rounds_per_min", "<class>":
+{"rounds_per_min", "ratio", "proofs_against_honest", "insider_blocked_by", "honest_aborts"}}.
 
 Daemons run the default config (round.interval_s 10 s) unless ``--interval`` says otherwise;
 a short interval (0.5 s: hundreds of rounds a minute) makes every held second cost more.
@@ -26,7 +26,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from gossiplearn.testing.insider_scenario import ATTACKS, run
+from gossiplearn.testing.scenarios.insider import ATTACKS, insider_figures
 
 
 def main() -> None:
@@ -41,27 +41,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     classes = [c for c in args.classes.split(",") if c]
-    controls = []
-    results = {}
     with tempfile.TemporaryDirectory(prefix="insider-bench-") as tmp:
-        for i, attack in enumerate(classes):
-            options = {"seconds": args.seconds, "interval_s": args.interval}
-            controls.append(run(Path(tmp) / f"control-{i}", "none", **options))
-            results[attack] = run(Path(tmp) / attack, attack, **options)
-    control = sum(c.honest_rounds_per_minute for c in controls) / len(controls)
-    line: dict[str, object] = {
-        "seconds": args.seconds,
-        "interval_s": args.interval,
-        "control_rounds_per_min": round(control, 1),
-    }
-    for attack, result in results.items():
-        line[attack] = {
-            "rounds_per_min": round(result.honest_rounds_per_minute, 1),
-            "ratio": round(result.honest_rounds_per_minute / control, 2) if control else None,
-            "proofs_against_honest": result.proofs_against_honest,
-            "insider_blocked_by": result.insider_blocked_by,
-            "honest_aborts": result.honest_aborts,
-        }
+        line = insider_figures(Path(tmp), classes, seconds=args.seconds, interval_s=args.interval)
     print(json.dumps(line))
 
 

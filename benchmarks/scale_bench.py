@@ -1,21 +1,20 @@
 """gossiplearn at scale in memory mode: 1000 peers, synthetic data, 20 rounds, in one process.
 
-Every round each peer trains locally, peers are shuffled into groups of k and each group runs
-the real secure round over the in-memory network. Prints one JSON line: wall time, peak RSS,
-rounds aborted, and the mean personal accuracy at the end.
+Every round each peer trains locally, peers are shuffled into groups of --group-size and each
+group runs the real secure round over the in-memory network (the scenario:
+``scale_figures`` in gossiplearn/testing/scenarios/learning.py). Prints one JSON line: bench,
+mode, peers, rounds, dataset, wall_s, peak_rss_mb, rounds_aborted, averages_refused,
+mean_accuracy (mean personal accuracy at the end), bytes_per_peer.
 
-Usage: python benchmarks/scale_bench.py [--peers 1000] [--rounds 20]
+Usage: python benchmarks/scale_bench.py [--peers 1000] [--rounds 20] [--group-size 4] [--seed 0]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
-import time
 
-from gossiplearn.sim.config import SimConfig, load_data
-from gossiplearn.sim.memory import run_memory
+from gossiplearn.testing.scenarios.learning import scale_figures
 
 
 def main() -> None:
@@ -25,42 +24,8 @@ def main() -> None:
     parser.add_argument("--group-size", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    import torch
-
-    torch.set_num_threads(1)
-    config = SimConfig(
-        peers=args.peers,
-        rounds=args.rounds,
-        dataset="synthetic",
-        partition="synthetic:1,1",
-        group_size=args.group_size,
-        mode="memory",
-        seed=args.seed,
-        hidden=(32,),
-    ).validate()
-    started = time.perf_counter()
-    shards = load_data(config)
-    result = run_memory(config, shards)
-    wall = time.perf_counter() - started
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(
-        json.dumps(
-            {
-                "bench": "scale",
-                "mode": "memory",
-                "peers": config.peers,
-                "rounds": config.rounds,
-                "dataset": config.dataset,
-                "wall_s": round(wall, 1),
-                "peak_rss_mb": round(peak_rss_mb, 1),
-                "rounds_aborted": result.extra.get("rounds_aborted", 0),
-                "averages_refused": result.extra.get("averages_refused", 0),
-                "mean_accuracy": round(result.summary()["mean"], 4),
-                "bytes_per_peer": round(result.bytes_per_peer),
-            }
-        ),
-        flush=True,
-    )
+    line = scale_figures(args.peers, args.rounds, args.group_size, args.seed)
+    print(json.dumps(line), flush=True)
 
 
 if __name__ == "__main__":

@@ -13,22 +13,24 @@ from gossiplearn.crypto.identity import Identity
 from gossiplearn.peer.evidence_store import EVIDENCE_DIR, ProofStore
 from gossiplearn.protocol.envelope import encode_envelope, verify_envelope
 from gossiplearn.protocol.evidence import EquivocationProof
-from gossiplearn.protocol.messages import WeightShare
+from gossiplearn.protocol.messages import Confirm
 
 runner = CliRunner()
 CHEAT, ALICE, BOB = (Identity(bytes([i]) * 32) for i in (9, 1, 2))
 GROUP = b"\x21" * 16
+TRANSCRIPT = b"\x5e" * 32
 
 
 def proof_against(cheat: Identity) -> bytes:
-    """Two WEIGHT_SHAREs ``cheat`` signed for one group, with different values."""
+    """Two CONFIRMs ``cheat`` signed for one round (one transcript), with different digests:
+    the result agreement, told differently to two members."""
     statements = [
         verify_envelope(
             encode_envelope(
                 cheat,
                 cheat.public_key,
                 to.public_key,
-                WeightShare(value),
+                Confirm(TRANSCRIPT, bytes([value]) * 32, ()),
                 group=GROUP,
                 seq=value,
                 ts=1,
@@ -51,7 +53,7 @@ def test_a_kept_proof_is_private_listed_and_cleared(tmp_path: Path) -> None:
     assert listed.exit_code == 0, listed.output
     assert listed.output.splitlines()[0].startswith(
         f"{CHEAT.peer_id}  equivocated in group {GROUP.hex()[:8]}: two different signed "
-        "WEIGHT_SHARE messages ("
+        "CONFIRM messages ("
     )
     as_json = json.loads(runner.invoke(app, ["evidence", str(tmp_path), "--json"]).output)
     assert [p["peer_id"] for p in as_json] == [CHEAT.peer_id]

@@ -1,9 +1,9 @@
 """Churn: 8 real peer daemons on 127.0.0.1, one killed with SIGKILL every 10 s and restarted
 3 s later, for 90 s; then the same network without faults, for comparison.
 
-The driver lives in benchmarks/churn_bench.py (16 peers, a kill every 30 s, 5 minutes); it is
-loaded by path because benchmarks/ is not a package. One churn run and one fault-free run (a
-module fixture, about 4 minutes on 2 cores) feed every test below.
+The scenario is gossiplearn/testing/scenarios/churn.py (benchmarks/churn_bench.py runs 16 peers,
+a kill every 30 s, for 5 minutes). One churn run and one fault-free run (a module fixture,
+about 4 minutes on 2 cores) feed every test below.
 """
 
 from __future__ import annotations
@@ -12,16 +12,15 @@ from typing import Any
 
 import pytest
 
-from tests.bench import load_bench
+from gossiplearn.testing.scenarios.churn import ChurnConfig, run_churn
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    bench = load_bench("churn_bench")
-    config = bench.ChurnConfig(peers=8, duration_s=90, kill_every_s=10, restart_delay_s=3)
-    return dict(bench.run_churn(tmp_path_factory.mktemp("churn"), config, fault_free=True))
+    config = ChurnConfig(peers=8, duration_s=90, kill_every_s=10, restart_delay_s=3)
+    return dict(run_churn(tmp_path_factory.mktemp("churn"), config, fault_free=True))
 
 
 def test_no_survivor_crashes(report: dict[str, Any]) -> None:

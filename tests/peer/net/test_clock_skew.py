@@ -1,6 +1,6 @@
 """A neighbour whose clock is 60 s off: the others estimate its offset from pings, flag it
-(status, waiting, metrics), and never invite it, while their own rounds go on. The driver is
-``clock_skew_scenario`` in benchmarks/hostile_bench.py."""
+(status, waiting, metrics), and never invite it, while their own rounds go on. The scenario is
+gossiplearn/testing/scenarios/skew.py (benchmarks/hostile_bench.py ``--skew``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import logging
 import pytest
 import trio
 
-from tests.bench import load_bench
+from gossiplearn.testing.scenarios.skew import clock_skew_scenario
 
 SKEW_S = 60.0
 SECONDS = 10.0
@@ -21,8 +21,7 @@ def test_a_neighbour_with_a_skewed_clock_is_flagged_and_never_invited(
     tmp_path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="gossiplearn")
-    bench = load_bench("hostile_bench")
-    result = trio.run(bench.clock_skew_scenario, tmp_path, SKEW_S, SECONDS)
+    result = trio.run(clock_skew_scenario, tmp_path, SKEW_S, SECONDS)
     assert result["crashed"] == 0 and result["stopped_cleanly"]
     # Each honest peer estimates +60 s to within a few ms (the error is at most RTT/2).
     assert all(abs(e - SKEW_S) < 0.5 for e in result["estimated_offset_s"]), result

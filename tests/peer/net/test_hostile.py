@@ -1,6 +1,6 @@
 """Hostile peers against live peer daemons on 127.0.0.1, one scenario each, each asserting a
-figure. The drivers live in benchmarks/hostile_bench.py (which runs them with bigger counts
-and prints them as one JSON line); it is loaded by path because benchmarks/ is not a package.
+figure. The scenarios are gossiplearn/testing/scenarios/hostile.py and floods.py
+(benchmarks/hostile_bench.py runs them with bigger counts and prints them as one JSON line).
 
 - A peer nobody admits, opening streams on every protocol: no byte comes back, no stream is
   served, the refusal is counted, the victim is unchanged.
@@ -10,7 +10,9 @@ and prints them as one JSON line); it is loaded by path because benchmarks/ is n
   members right after the round, and to a restarted member past the freshness window: 0
   accepted.
 - A member sending validly signed PART shards of garbage: every honest member aborts the
-  round, its backbone unchanged.
+  round (implausible_average, or the ABORT of a member that saw it first), its backbone
+  unchanged; round v3 strikes nobody for it (blamed == (), the others are suspects) and group
+  testing singles the garbage sender out at each honest peer, after its second spoiled round.
 - An admitted peer flooding 1,000 round streams with ~1 MiB garbage frames while three honest
   daemons keep doing rounds: capped at the per-peer stream limit, refusals counted, memory
   bounded, rounds go on.
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -33,12 +34,16 @@ from gossiplearn.peer.net import engine as engine_module
 from gossiplearn.peer.net.engine import PEER_FRAMES, RoundEngine
 from gossiplearn.peer.net.host import MAX_STREAMS_PER_PEER
 from gossiplearn.testing.fakes import IdleMachine
-from tests.bench import load_bench
+from gossiplearn.testing.scenarios import hostile
+from gossiplearn.testing.scenarios.floods import flood_scenario
+from gossiplearn.testing.scenarios.live import watching_handler_errors
 
 STRANGER_STREAMS = 40
 FORGED = 60
 REPLAYED = 60
-GARBAGE_ROUNDS = 1
+#: Each honest peer initiates once, with the next honest peer and the garbage sender: every
+#: honest peer is in two spoiled rounds, with a different honest peer each time.
+GARBAGE_ROUNDS = 3
 FLOOD_SECONDS = 20.0
 FLOOD_STREAMS = 1_000
 #: Measured here: ~100 MB (the whole process: 32 queued frames of ~1 MiB, their copies while
@@ -49,17 +54,14 @@ FLOOD_RSS_GROWTH_MB = 200.0
 #: Measured here: 11-13 rounds in a 15-20 s flood (every round has all three honest peers, the
 #: victim included); 2 still shows rounds go on, without flaking on a busy box.
 FLOOD_MIN_ROUNDS = 2
+#: The member that computes the average first aborts with implausible_average and tells the
+#: others, who may hear its ABORT before their own average is complete.
 ABORTED_BY_GARBAGE = {"implausible_average", "peer_aborted"}
 
 
-@pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    return load_bench("hostile_bench")
-
-
-def run_watched(bench: ModuleType, fn: Any, *args: Any) -> tuple[Any, dict[str, int]]:
+def run_watched(fn: Any, *args: Any) -> tuple[Any, dict[str, int]]:
     """``trio.run(fn, *args)``, with the host's handler exceptions classified."""
-    with bench.watching_handler_errors() as watcher:
+    with watching_handler_errors() as watcher:
         result = trio.run(fn, *args)
     return result, dict(watcher.kinds)
 
@@ -69,12 +71,10 @@ def no_unexpected_handler_errors(kinds: dict[str, int]) -> None:
 
 
 @pytest.fixture(scope="module")
-def solo(bench: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def solo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One victim (never inviting) against a stranger, a forger and a plaintext-only peer."""
-    options = bench.Options(stranger=STRANGER_STREAMS, forged=FORGED)
-    report, kinds = run_watched(
-        bench, bench.solo_scenarios, tmp_path_factory.mktemp("solo"), options
-    )
+    options = hostile.Options(stranger=STRANGER_STREAMS, forged=FORGED)
+    report, kinds = run_watched(hostile.solo_scenarios, tmp_path_factory.mktemp("solo"), options)
     no_unexpected_handler_errors(kinds)
     assert report["alive"], "the victim no longer answers a PING and a STATUS request"
     assert report["stopped_cleanly"]
@@ -82,12 +82,11 @@ def solo(bench: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> dict[st
 
 
 @pytest.fixture(scope="module")
-def rounds(bench: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Three daemons: a real round and its replay, then rounds with a garbage member."""
-    options = bench.Options(replayed=REPLAYED, stale_wait_s=None, garbage_rounds=GARBAGE_ROUNDS)
-    report, kinds = run_watched(
-        bench, bench.round_scenarios, tmp_path_factory.mktemp("rounds"), options
-    )
+def rounds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Three honest daemons and an insider: a real round of the honest three and its replay,
+    then rounds of three with the insider sending garbage."""
+    options = hostile.Options(replayed=REPLAYED, stale_wait_s=None, garbage_rounds=GARBAGE_ROUNDS)
+    report, kinds = run_watched(hostile.round_scenarios, tmp_path_factory.mktemp("rounds"), options)
     no_unexpected_handler_errors(kinds)
     assert report["crashed"] == 0
     assert report["stopped_cleanly"]
@@ -159,21 +158,45 @@ def test_replayed_round_frames_are_all_refused(rounds: dict[str, Any]) -> None:
 def test_garbage_parts_abort_the_round_for_every_honest_member(rounds: dict[str, Any]) -> None:
     garbage = rounds["garbage"]
     outcomes = garbage["honest_outcomes"]
+    assert garbage["not_invited"] == 0
     assert sum(outcomes.values()) == 2 * GARBAGE_ROUNDS
+    seen: set[str] = set()
     for outcome in outcomes:
         kind, _, reasons = outcome.partition(":")
         assert kind == "aborted", outcomes
-        assert set(reasons.split(",")) <= ABORTED_BY_GARBAGE, outcomes
+        seen |= set(reasons.split(","))
+    assert "implausible_average" in seen and seen <= ABORTED_BY_GARBAGE, outcomes
+    for members in garbage["per_round"]:  # someone in each round saw the average itself
+        assert any("implausible_average" in outcome for outcome in members), garbage
     assert garbage["honest_backbones_changed"] == 0
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
+def test_garbage_strikes_no_honest_peer_and_group_testing_singles_out_its_sender(
+    rounds: dict[str, Any],
+) -> None:
+    garbage = rounds["garbage"]
+    # Round v3: nobody can tell who sent the garbage, so nobody is struck for a round of it;
+    # every honest member records the others as suspects, the sender among them.
+    assert garbage["honest_aborts"] == 2 * GARBAGE_ROUNDS
+    assert garbage["blamed"] == 0
+    assert garbage["suspects_without_hostile"] == 0
+    # Each honest peer saw two spoiled rounds, with a different honest peer each time: the
+    # garbage sender alone was in both, and it is singled out, at every honest peer.
+    assert garbage["spoiled_until_singled_out"] == [2] * 3, garbage
+    assert garbage["singled_out_hostile"] == 3 and garbage["singled_out_other"] == 0
+    assert garbage["hostile_backed_off_by"] == 3
+    assert garbage["honest_backed_off"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_a_stream_flood_is_capped_and_rounds_go_on(
-    bench: ModuleType, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING)  # not the host's debug line for every reset stream
-    flood, kinds = run_watched(bench, bench.flood_scenario, tmp_path, FLOOD_SECONDS, FLOOD_STREAMS)
+    flood, kinds = run_watched(flood_scenario, tmp_path, FLOOD_SECONDS, FLOOD_STREAMS)
     no_unexpected_handler_errors(kinds)
     assert flood["crashed"] == 0 and flood["stopped_cleanly"]
     assert flood["warmup_rounds"] >= 1

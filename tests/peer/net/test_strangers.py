@@ -4,8 +4,8 @@ connection slots (however many addresses they have), every arrival takes a token
 handshake must finish within HANDSHAKE_TIMEOUT_S, and libp2p's identify and ping are not
 served to them.
 
-The flood's driver is in benchmarks/hostile_bench.py (``stranger_flood_scenario``), which the
-benchmark runs with its own counts.
+The flood is gossiplearn/testing/scenarios/floods.py (``stranger_flood_scenario`` and
+``handshake_flood``), which benchmarks/hostile_bench.py runs with its own counts.
 """
 
 from __future__ import annotations
@@ -18,13 +18,12 @@ import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import trio
 
-from gossiplearn.crypto.identity import Identity, public_key_from_peer_id
+from gossiplearn.crypto.identity import Identity
 from gossiplearn.peer.config import load_config, save_config
 from gossiplearn.peer.net import host as host_module
 from gossiplearn.peer.net.host import (
@@ -34,10 +33,9 @@ from gossiplearn.peer.net.host import (
     Host,
     Pending,
     PendingAdmissions,
-    split_p2p_multiaddr,
 )
 from gossiplearn.testing.cluster import prepare, running
-from tests.bench import load_bench
+from gossiplearn.testing.scenarios.floods import handshake_flood, stranger_flood_scenario
 
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
 HANDSHAKES = 1_000
@@ -51,19 +49,14 @@ class AttackSucceeded(AssertionError):
     """The attack did what its defence is there to prevent."""
 
 
-@pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    return load_bench("hostile_bench")
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_thousand_stranger_handshakes_then_a_new_peer_connects_and_a_round_completes(
-    bench: ModuleType, tmp_path, caplog: pytest.LogCaptureFixture
+    tmp_path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING)
     # No rate limit, so that every one of the handshakes really happens.
-    result = trio.run(bench.stranger_flood_scenario, tmp_path, HANDSHAKES, 0)
+    result = trio.run(stranger_flood_scenario, tmp_path, HANDSHAKES, 0)
     assert result["handshakes"] == HANDSHAKES, result
     assert result["failed_admissions"] == HANDSHAKES  # each refused, after its handshake
     # py-libp2p 0.8.1 keeps one of 250 slots per inbound connection for good: every one is
@@ -75,37 +68,6 @@ def test_a_thousand_stranger_handshakes_then_a_new_peer_connects_and_a_round_com
     assert result["crashed"] == 0 and result["stopped_cleanly"]
 
 
-async def handshake_flood(address: str, handshakes: int, strangers: int) -> Counter[str]:
-    """``strangers`` hosts nobody admits connect to ``address`` (a Noise handshake each, then
-    refused) and hang up, again and again, ``handshakes`` attempts in all; their outcomes."""
-    from libp2p.peer.id import ID
-
-    _, peer_id = split_p2p_multiaddr(address)
-    target = ID.from_base58(peer_id)
-    outcomes: Counter[str] = Counter()
-    attempts = 0
-
-    async def stranger() -> None:
-        nonlocal attempts
-        host = Host(Identity.generate(), LOOPBACK, Admission([public_key_from_peer_id(peer_id)]))
-        async with host.run():
-            while attempts < handshakes:
-                attempts += 1
-                try:
-                    with trio.fail_after(10):
-                        await host.connect(address)
-                    outcomes["handshake"] += 1
-                except Exception as exc:  # closed before the handshake (rate limit), ...
-                    outcomes[type(exc).__name__] += 1
-                with contextlib.suppress(Exception), trio.move_on_after(10):
-                    await host.libp2p.disconnect(target)
-
-    async with trio.open_nursery() as nursery:
-        for _ in range(strangers):
-            nursery.start_soon(stranger)
-    return outcomes
-
-
 @pytest.mark.timeout(60)
 async def test_failed_admissions_are_rate_limited_per_ip() -> None:
     victim_id, admitted = Identity.generate(), Identity.generate()
@@ -115,7 +77,8 @@ async def test_failed_admissions_are_rate_limited_per_ip() -> None:
     async with victim.run():
         address = victim.addrs()[0]
         began = trio.current_time()
-        outcomes = await handshake_flood(address, 100, strangers=4)
+        flood = await handshake_flood(address, 100, strangers=4)
+        outcomes = Counter(flood["outcomes"])
         with trio.fail_after(10):
             while victim.counters.failed_admissions < outcomes["handshake"]:
                 await trio.sleep(0.05)

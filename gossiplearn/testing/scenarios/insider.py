@@ -7,7 +7,8 @@ contribution no round took). The insider's round machine runs one attack class o
 :data:`ATTACKS` (or none: the control, where it is one more honest peer). It counts the
 rounds honest peers finished (each group once, with or without the insider), per minute, and
 the proofs any honest peer holds against an honest one (must be 0).
-``benchmarks/insider_bench.py`` alternates control and attacks and prints the ratios.
+:func:`insider_figures` alternates control and attacks and takes the ratios (benchmarks/
+insider_bench.py's line); tests/scenarios/test_insider.py runs it briefly.
 """
 
 from __future__ import annotations
@@ -135,4 +136,34 @@ def run(work_dir: Path, attack: str, **options: Any) -> InsiderRun:
     return trio.run(lambda: honest_rounds_per_minute(work_dir, attack, **options))
 
 
-__all__ = ["ATTACKS", "InsiderRun", "honest_rounds_per_minute", "run"]
+def insider_figures(
+    work_dir: Path, classes: list[str], *, seconds: float = 60.0, interval_s: float = 10.0
+) -> dict[str, Any]:
+    """insider_bench's line: per attack class, a control run (the insider runs honest code)
+    then the attack, ``seconds`` each; the ratios are taken against the mean of the controls."""
+    unknown = [attack for attack in classes if attack not in ATTACKS]
+    if unknown:
+        raise ValueError(f"attack must be one of {', '.join(ATTACKS)}, not {unknown}")
+    controls, results = [], {}
+    for i, attack in enumerate(classes):
+        options = {"seconds": seconds, "interval_s": interval_s}
+        controls.append(run(Path(work_dir) / f"control-{i}", "none", **options))
+        results[attack] = run(Path(work_dir) / attack, attack, **options)
+    control = sum(c.honest_rounds_per_minute for c in controls) / max(len(controls), 1)
+    line: dict[str, Any] = {
+        "seconds": seconds,
+        "interval_s": interval_s,
+        "control_rounds_per_min": round(control, 1),
+    }
+    for attack, result in results.items():
+        line[attack] = {
+            "rounds_per_min": round(result.honest_rounds_per_minute, 1),
+            "ratio": round(result.honest_rounds_per_minute / control, 2) if control else None,
+            "proofs_against_honest": result.proofs_against_honest,
+            "insider_blocked_by": result.insider_blocked_by,
+            "honest_aborts": result.honest_aborts,
+        }
+    return line
+
+
+__all__ = ["ATTACKS", "InsiderRun", "honest_rounds_per_minute", "insider_figures", "run"]
