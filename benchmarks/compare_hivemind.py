@@ -20,7 +20,8 @@ apart, e.g.:
   && /tmp/hivemind-venv/bin/pip install hivemind==1.1.12
 
 Usage: python benchmarks/compare_hivemind.py [--n 10000000] [--launches 2] [--steps 3]
-       [--rounds 3] [--hivemind-python PATH] [--no-plain]
+       [--rounds 3] [--hivemind-python PATH] [--no-plain] [--ring 32|16|8]
+(--ring: the secure round's ring, 32 bits or the narrow 16 or 8; the line says which.)
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per launch")
     parser.add_argument("--hivemind-python", help="an interpreter that can import hivemind")
     parser.add_argument("--no-plain", action="store_true", help="skip gossiplearn plaintext")
+    parser.add_argument("--ring", type=int, choices=(32, 16, 8), default=32, help="ring bits")
     args = parser.parse_args()
     python, version = find_hivemind(args.hivemind_python)
     if python is None:
@@ -46,7 +48,7 @@ def main() -> None:
         return
     for n in (int(float(x)) for x in args.n.split(",")):
         line = compare_hivemind(
-            python, version, n, args.launches, args.steps, args.rounds, not args.no_plain
+            python, version, n, args.launches, args.steps, args.rounds, not args.no_plain, args.ring
         )
         print(json.dumps(line), flush=True)
 

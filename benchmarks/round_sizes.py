@@ -10,7 +10,9 @@ skipped, if it was. With --plot PATH, draws the three curves (log-log) into a PN
 --from-json FILE, only plots the lines of an earlier run.
 
 Usage: python benchmarks/round_sizes.py [--n 1e6,3e6,1e7,3e7,1e8] [--rounds 2] [--steps 2]
-       [--hivemind-python PATH] [--plot docs/round_time_vs_size.png] [--from-json FILE]
+       [--hivemind-python PATH] [--rings 32,16] [--plot docs/round_time_vs_size.png]
+       [--from-json FILE]
+(--rings: a secure_s figure for the 32-bit ring, secure16_s for the 16-bit one, ...)
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="timed gossiplearn rounds")
     parser.add_argument("--steps", type=int, default=2, help="timed hivemind steps")
     parser.add_argument("--hivemind-python")
+    parser.add_argument("--rings", default="32", help="secure rounds' rings, e.g. 32,16")
     parser.add_argument("--plot", type=Path, help="write the PNG here")
     parser.add_argument("--from-json", type=Path, help="only plot these JSON lines")
     args = parser.parse_args()
@@ -40,7 +43,8 @@ def main() -> None:
             print(json.dumps({"bench": "round_sizes", "hivemind": f"skipped: {why}"}))
         lines = []
         for n in (int(float(x)) for x in args.n.split(",")):
-            line = round_sizes(n, args.rounds, args.steps, hivemind)
+            rings = tuple(int(r) for r in args.rings.split(","))
+            line = round_sizes(n, args.rounds, args.steps, hivemind, rings)
             print(json.dumps(line), flush=True)
             lines.append(line)
     if args.plot:

@@ -99,7 +99,7 @@ class NarrowRing:
             v = values[: chunk.size]
             u = coins[: chunk.size]
             np.copyto(v, chunk, casting="unsafe")
-            within = np.count_nonzero(np.abs(v) <= clip)  # NaN is never within
+            within = int(np.count_nonzero(np.abs(v) <= clip))  # NaN is never within
             if within != chunk.size:
                 clipped += chunk.size - within
                 v[np.isnan(v)] = 0.0

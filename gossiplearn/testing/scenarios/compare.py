@@ -153,15 +153,22 @@ def hivemind_steps(python: str, n: int, steps: int) -> list[float]:
 
 
 def compare_hivemind(
-    python: str, version: str, n: int, launches: int, steps: int, rounds: int, plain: bool = True
+    python: str,
+    version: str,
+    n: int,
+    launches: int,
+    steps: int,
+    rounds: int,
+    plain: bool = True,
+    ring: int = 32,
 ) -> dict[str, Any]:
     """compare_hivemind's line for vectors of ``n``: ``launches`` launches, each hivemind then
-    gossiplearn secure then (if ``plain``) plaintext."""
+    gossiplearn secure (in a ``ring``-bit ring) then (if ``plain``) plaintext."""
     hive, secure, plain_s, ratios, plain_ratios = [], [], [], [], []
     began = time.perf_counter()
     for _ in range(launches):
         h = statistics.median(hivemind_steps(python, n, steps))
-        s = libp2p_rounds(n, rounds, "secure")["round_s"]
+        s = libp2p_rounds(n, rounds, "secure", ring=ring)["round_s"]
         hive.append(h)
         secure.append(s)
         ratios.append(s / h)
@@ -173,6 +180,7 @@ def compare_hivemind(
         "bench": "compare_hivemind",
         "n": n,
         "peers": HIVEMIND_PEERS,
+        "ring": ring,
         "hivemind": version,
         "launches": launches,
         "hivemind_step_s": round(statistics.median(hive), 3),
@@ -193,20 +201,26 @@ def compare_hivemind(
 # ---- round time against backbone size ------------------------------------------------------
 
 
-def round_sizes(n: int, rounds: int, steps: int, hivemind: str | None) -> dict[str, Any]:
-    """round_sizes' line for n: hivemind (if an interpreter has it), secure and plain."""
+def round_sizes(
+    n: int, rounds: int, steps: int, hivemind: str | None, rings: tuple[int, ...] = (32,)
+) -> dict[str, Any]:
+    """round_sizes' line for n: hivemind (if an interpreter has it), secure (in each of
+    ``rings``: ``secure_s`` for 32 bits, ``secure16_s``... for narrow rings) and plain."""
     line: dict[str, Any] = {"bench": "round_sizes", "n": n, "model_mb": round(4 * n / 1e6, 1)}
     if hivemind is not None:
         line["hivemind_s"] = round(statistics.median(hivemind_steps(hivemind, n, steps)), 3)
-    line["secure_s"] = round(libp2p_rounds(n, rounds, "secure")["round_s"], 3)
+    for ring in rings:
+        key = "secure_s" if ring == 32 else f"secure{ring}_s"
+        line[key] = round(libp2p_rounds(n, rounds, "secure", ring=ring)["round_s"], 3)
     line["plain_s"] = round(libp2p_rounds(n, rounds, "plain")["round_s"], 3)
     if hivemind is not None:
-        line["secure_over_hivemind"] = round(line["secure_s"] / line["hivemind_s"], 3)
+        for key in [k for k in line if k.startswith("secure") and k.endswith("_s")]:
+            line[key[:-2] + "_over_hivemind"] = round(line[key] / line["hivemind_s"], 3)
     return line
 
 
 def plot_round_sizes(lines: list[dict[str, Any]], path: Path) -> None:
-    """The three curves of round_sizes' lines, log-log, into a PNG at ``path``."""
+    """The curves of round_sizes' lines (those present), log-log, into a PNG at ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -216,6 +230,7 @@ def plot_round_sizes(lines: list[dict[str, Any]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
     for key, label, style in (
         ("secure_s", "gossiplearn, secure round", "o-"),
+        ("secure16_s", "gossiplearn, secure round, 16-bit ring", "d-"),
         ("plain_s", "gossiplearn, plaintext variant", "s--"),
         ("hivemind_s", "hivemind 1.1.12, plaintext all-reduce", "^-"),
     ):

@@ -126,10 +126,13 @@ STOP_PROTOCOL = "/gossiplearn/bench-stop/1.0.0"
 STREAM_MIB = 64
 
 
-def libp2p_rounds(n: int, rounds: int, variant: str, transport: str = "bulk") -> Any:
+def libp2p_rounds(
+    n: int, rounds: int, variant: str, transport: str = "bulk", ring: int = 32
+) -> Any:
     """Start 4 fresh peer processes, run 1 + ``rounds`` rounds of ``variant`` ("secure" or
-    "plain") initiated by peer 0 and return its figures: round_s (median of the timed
-    rounds), bytes_sent, stream_mb_s, tcp_mb_s, rounds, bulk_frames_sent, bulk_fallbacks."""
+    "plain") in a ``ring``-bit ring, initiated by peer 0, and return its figures: round_s
+    (median of the timed rounds), bytes_sent, stream_mb_s, tcp_mb_s, rounds,
+    bulk_frames_sent, bulk_fallbacks."""
     seeds = [os.urandom(32).hex() for _ in range(LIBP2P_PEERS)]
     ports = [str(free_port()) for _ in seeds]
     tcp_port = str(free_port())
@@ -155,6 +158,8 @@ def libp2p_rounds(n: int, rounds: int, variant: str, transport: str = "bulk") ->
                 transport,
                 "--tcp-port",
                 tcp_port,
+                "--ring",
+                str(ring),
             ],
             stdout=subprocess.PIPE if i == 0 else subprocess.DEVNULL,
             text=True,
@@ -218,7 +223,7 @@ async def libp2p_child(args: argparse.Namespace) -> None:
     node_class = PlaintextNode if args.variant == "plain" else Node
     node = node_class(
         me,
-        RoundConfig(max_group_size=len(keys), round_timeout_ms=600_000),
+        RoundConfig(max_group_size=len(keys), round_timeout_ms=600_000, ring_bits=args.ring),
         admitted=admission,
         now_ms=int(time.time() * 1000),
     )
@@ -388,6 +393,7 @@ def _child_main() -> None:
     parser.add_argument("--rounds", type=int, required=True)
     parser.add_argument("--transport", choices=["bulk", "libp2p"], default="bulk")
     parser.add_argument("--tcp-port", required=True)
+    parser.add_argument("--ring", type=int, choices=(32, 16, 8), default=32)
     trio.run(libp2p_child, parser.parse_args())
 
 
