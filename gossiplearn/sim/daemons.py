@@ -28,7 +28,7 @@ from gossiplearn.crypto.identity import Identity, write_key_file
 from gossiplearn.peer.config import IDENTITY_FILE, PeerConfig, save_config
 from gossiplearn.sim.config import Progress, SimConfig, model_options
 from gossiplearn.sim.results import MethodResult
-from gossiplearn.sim.stopping import Terminated, sigterm_noted, trio_stop_on_sigterm
+from gossiplearn.sim.stopping import raise_noted, stop_signals_noted, trio_stop_on_signals
 
 
 def prepare_peers(out_dir: Path, config: SimConfig) -> list[Path]:
@@ -271,7 +271,7 @@ def run_inproc(
     budget = _budget_s(config, timeout_s)
     documents: list[dict[str, Any] | None] = [None] * len(dirs)
 
-    async def main(terminated: list[bool]) -> None:
+    async def main(signals: list[int]) -> None:
         peers = [Daemon(d) for d in dirs]
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
@@ -279,8 +279,8 @@ def run_inproc(
                 nursery.start_soon(peer.run, stop)
             with trio.move_on_after(budget) as waiting:
                 async with trio.open_nursery() as watch:
-                    # SIGTERM ends the waiting; the peers are then stopped as at the end.
-                    watch.start_soon(trio_stop_on_sigterm, terminated, waiting)
+                    # SIGTERM or Ctrl-C ends the waiting; the peers then stop as at the end.
+                    watch.start_soon(trio_stop_on_signals, signals, waiting)
                     while True:
                         await trio.sleep(1.0)
                         for i, peer in enumerate(peers):
@@ -292,8 +292,20 @@ def run_inproc(
                     watch.cancel_scope.cancel()
             stop.set()
 
-    with sigterm_noted() as terminated:
-        trio.run(main, terminated)
-    if terminated:
-        raise Terminated
+    from gossiplearn.peer import logfile
+
+    # The peers' logs (libp2p's "Failed to open TCP stream" when one stops first, ...) go to
+    # a file, not through the progress bar.
+    handler = logfile.attach(out_dir / "peers" / "inproc.log")
+    try:
+        with stop_signals_noted() as signals:
+            try:
+                trio.run(main, signals)
+            except BaseExceptionGroup as group:  # Ctrl-C before the watch began, wrapped
+                if group.subgroup(KeyboardInterrupt) is None:
+                    raise
+                signals.append(signal.SIGINT)
+    finally:
+        logfile.detach(handler)
+    raise_noted(signals)
     return _result_from_documents(documents, config.rounds, time.perf_counter() - started)

@@ -6,7 +6,8 @@ ignored (POSIX shells do that for background jobs without job control), so the r
 signal was dropped and the run went on to the end. SIGTERM now has a handler of its own:
 :class:`Terminated` is raised in the main thread, where KeyboardInterrupt would be, and every
 mode stops its peers on the way out (process mode: ``finally`` stops the subprocesses; inproc
-mode catches SIGTERM inside trio, see :func:`trio_stop_on_sigterm`).
+mode catches SIGTERM and SIGINT inside trio and stops its peers in order, see
+:func:`trio_stop_on_signals`).
 """
 
 from __future__ import annotations
@@ -52,17 +53,17 @@ def sigterm_raises() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def sigterm_noted() -> Iterator[list[bool]]:
-    """For code that runs trio: while inside, SIGTERM is only noted (the list holds True once
-    it came), never raised into trio's machinery; :func:`trio_stop_on_sigterm` watches it from
+def stop_signals_noted() -> Iterator[list[int]]:
+    """For code that runs trio: while inside, SIGTERM is only noted (its number appended to
+    the list), never raised into trio's machinery; :func:`trio_stop_on_signals` takes over
     inside the run. Outside the main thread, nothing is changed."""
-    noted: list[bool] = []
+    noted: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield noted
         return
 
     def note(signum: int, frame: FrameType | None) -> None:
-        noted.append(True)
+        noted.append(signum)
 
     previous = signal.signal(signal.SIGTERM, note)
     try:
@@ -71,17 +72,25 @@ def sigterm_noted() -> Iterator[list[bool]]:
         signal.signal(signal.SIGTERM, previous)
 
 
-async def trio_stop_on_sigterm(noted: list[bool], scope: object) -> None:
-    """Inside a trio run: wait for SIGTERM (or find it already noted by
-    :func:`sigterm_noted`), note it and cancel ``scope`` (a trio.CancelScope: the run's
-    waiting, after which it stops its peers)."""
+async def trio_stop_on_signals(noted: list[int], scope: object) -> None:
+    """Inside a trio run: wait for SIGTERM or SIGINT (or find one already noted by
+    :func:`stop_signals_noted`), note it and cancel ``scope`` (a trio.CancelScope: the run's
+    waiting, after which it stops its peers in order rather than cancelling them)."""
     import trio
 
     if threading.current_thread() is not threading.main_thread():
         return
-    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         if not noted:
-            async for _ in signals:
-                noted.append(True)
+            async for signum in signals:
+                noted.append(signum)
                 break
     scope.cancel()  # type: ignore[attr-defined]
+
+
+def raise_noted(noted: list[int]) -> None:
+    """After the run: Terminated for SIGTERM, KeyboardInterrupt for SIGINT, else nothing."""
+    if signal.SIGTERM in noted:
+        raise Terminated
+    if signal.SIGINT in noted:
+        raise KeyboardInterrupt
