@@ -270,3 +270,33 @@ def test_process_mode_ends_its_progress_on_the_tables_figures(tmp_path, monkeypa
         result.bytes_per_peer,
     )
     assert [r[0] for r in reported] == [1, 2, 3]
+
+
+def test_the_per_peer_plot_does_not_join_peers_and_dp_runs_say_epsilon(tmp_path, monkeypatch):
+    """Neighbouring x positions of the per-peer plot are different peers: markers, no line
+    (the per-round plot keeps its lines). A DP run's plots name epsilon in their titles."""
+    import matplotlib.figure
+
+    from gossiplearn.sim.config import SimConfig
+    from gossiplearn.sim.experiment import run_title
+
+    drawn: dict[str, set[str]] = {}
+    save = matplotlib.figure.Figure.savefig
+
+    def seen(figure, *args, **kwargs):
+        axes = figure.axes[0]
+        drawn[axes.get_title()] = {line.get_linestyle() for line in axes.get_lines()}
+        return save(figure, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", seen)
+    title = run_title(SimConfig(peers=3, rounds=2, dp_epsilon=8.0))
+    assert (
+        title
+        == "digits, dirichlet:0.3, 3 peers, 2 rounds, process mode, DP epsilon 8 (delta 1e-05)"
+    )
+    assert run_title(SimConfig(peers=3, rounds=2)).endswith("process mode")
+    plot_results(tmp_path, methods(), title)
+    assert drawn == {
+        f"Mean accuracy over peers, per round\n{title}": {"-"},
+        f"Final accuracy per peer\n{title}": {"None"},
+    }
