@@ -81,7 +81,7 @@ def _usage_error(error: Any) -> NoReturn:
 
 def main() -> None:
     try:
-        code = app(standalone_mode=False)
+        code = app(prog_name="gossiplearn", standalone_mode=False)
     except KeyboardInterrupt:
         sys.exit(130)
     except typer.Abort:  # Ctrl-C inside a command (typer's name for it)

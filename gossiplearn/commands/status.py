@@ -514,18 +514,23 @@ def _watch_live(document: dict[str, Any], fetch: Callable[[], dict[str, Any]]) -
 def _watch_appending(
     document: dict[str, Any], fetch: Callable[[], dict[str, Any]], as_json: bool
 ) -> None:
-    """Into a pipe or a file (or with --json): each refresh appended and flushed at once, so
-    a reader sees it now and a stop loses nothing."""
+    """Into a pipe or a file (or with --json): each refresh appended whole, in one write,
+    and flushed at once, so a reader sees it now and a stop never cuts one in half."""
+    import io
+
     from rich.console import Console
 
-    console = Console(file=sys.stdout)
+    width = Console(file=sys.stdout).width  # COLUMNS, or 80 off a terminal
     while True:
         if as_json:
-            sys.stdout.write(json.dumps(document, sort_keys=True) + "\n")
+            text = json.dumps(document, sort_keys=True) + "\n"
         else:
-            console.print(f"status at {time.strftime('%Y-%m-%d %H:%M:%S')}")
-            console.print(render(document))
-            console.print()
+            block = Console(file=io.StringIO(), width=width)
+            block.print(f"status at {time.strftime('%Y-%m-%d %H:%M:%S')}")
+            block.print(render(document))
+            block.print()
+            text = block.file.getvalue()  # type: ignore[attr-defined]
+        sys.stdout.write(text)
         sys.stdout.flush()
         time.sleep(WATCH_INTERVAL_S)
         try:
