@@ -160,16 +160,7 @@ def init(
     except ValueError as exc:
         fail(str(exc), 2)
     if check and (model or data or trainer):
-        _check_learning(
-            config,
-            [
-                ("model.factory", "--model", bool(model)),
-                ("model.options", "--model-option", bool(model_option)),
-                ("data.loader", "--data", bool(data)),
-                ("data.options", "--data-option", bool(data_option)),
-                ("training.trainer", "--trainer", bool(trainer)),
-            ],
-        )
+        _check_learning(config)
 
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -202,7 +193,7 @@ def _options(flag: str, pairs: list[str]) -> dict[str, object]:
     return options
 
 
-def _check_learning(config: PeerConfig, flags: list[tuple[str, str, bool]]) -> None:
+def _check_learning(config: PeerConfig) -> None:
     """Build the model, data and trainer as `gossiplearn run` will, and evaluate once; a
     mistake is one line naming the config key (nothing is written then)."""
     from gossiplearn.peer.learning.builtin import load_learning
@@ -213,11 +204,7 @@ def _check_learning(config: PeerConfig, flags: list[tuple[str, str, bool]]) -> N
     try:
         model, data, _, first = load_learning(config)
     except (DataLoaderError, SplitModelError, DeviceUnavailable) as exc:
-        message = str(exc)
-        for key, flag, given in flags:  # name what the operator typed
-            if given:
-                message = message.replace(key, flag)
-        fail(f"{message} (nothing written; fix it, or pass --no-check)")
+        fail(f"{exc} (nothing written; fix it, or pass --no-check)")
     figures = ", ".join(f"{k} {v:.3g}" for k, v in first.items() if k != "samples")
     typer.echo(
         f"checked:  backbone {model.backbone_size} values, "
