@@ -231,9 +231,9 @@ def verdict(attacks: Sequence[AttackResult], non_members: int) -> Verdict:
             )
         return Verdict(
             "low",
-            "low exposure: no attack tells your training records from others better than "
-            f"chance with confidence ({figure}: the interval holds 0.5; more records, "
-            "--samples, narrow it)",
+            "low exposure: an attacker tells your training records from others no better "
+            f"than chance, as far as this audit can tell ({figure}: the interval holds 0.5; "
+            "more records, --samples, narrow it)",
         )
     return Verdict(
         "moderate",

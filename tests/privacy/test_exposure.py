@@ -70,9 +70,9 @@ def test_an_auc_whose_interval_holds_chance_is_not_called_exposure() -> None:
     found = verdict([uncertain], 500)
     assert found.level == "low"
     assert found.text == (
-        "low exposure: no attack tells your training records from others better than chance "
-        "with confidence (AUC 0.57 [0.49, 0.64], loss: the interval holds 0.5; more records, "
-        "--samples, narrow it)"
+        "low exposure: an attacker tells your training records from others no better than "
+        "chance, as far as this audit can tell (AUC 0.57 [0.49, 0.64], loss: the interval holds "
+        "0.5; more records, --samples, narrow it)"
     )
     # The same AUC with an interval clear of 0.5 is moderate; a high one clear of it, high.
     assert verdict([dataclasses.replace(uncertain, auc_ci=(0.52, 0.62))], 500).level == "moderate"

@@ -167,7 +167,7 @@ def test_digits_is_deterministic_in_its_seed():
         ({"holdout": 1.0}, "holdout"),
         ({"shard": "5/5"}, "shard"),
         ({"shard": "0/1000", "partition": "iid"}, "cannot give"),
-        ({"partition": "shards:0"}, "classes per shard"),
+        ({"partition": "shards:0"}, "'shards:C' with C >= 1"),
         ({"partition": "shards:two"}, "shards:C"),
         ({"partition": "shards:-1"}, "partition"),
         ({"shard": "0/1000", "partition": "shards:2"}, "cannot give"),
