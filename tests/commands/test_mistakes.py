@@ -480,6 +480,15 @@ def test_commands_given_a_file_or_a_plain_directory_say_so(tmp_path: Path):
         f"gossiplearn: {plain} is not a peer directory (no config.toml, no identity.key); "
         "create one with `gossiplearn init DIR`, or give the directory `init` made",
     )
+    odd = new_peer(tmp_path, "odd")
+    (odd / "config.toml").unlink()
+    (odd / "config.toml").mkdir()  # unreadable as a file, even by root
+    exactly(
+        cli("allow", odd, Identity.generate().peer_id),
+        2,
+        f"gossiplearn: cannot read {odd / 'config.toml'} (Is a directory); give a peer "
+        "directory whose config.toml this user can read",
+    )
     exactly(
         cli("keys", "show", tmp_path / "nowhere"),
         2,
