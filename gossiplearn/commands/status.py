@@ -280,11 +280,13 @@ def _rounds(rounds: dict[str, Any]) -> str:
 
 
 def _round_entry(entry: dict[str, Any]) -> str:
-    """One round of a remote peer's ``with_you`` list, from whatever keys it has."""
+    """One round of a remote peer's ``with_you`` list, from whatever keys it has (a time
+    ``X_at`` as an age, ``started_at`` and ``ended_at`` also as a duration)."""
     parts = []
+    started, ended = entry.get("started_at"), entry.get("ended_at")
     for key, value in entry.items():
-        if key in ("finished_at", "time") and isinstance(value, int | float) and value > 1e9:
-            parts.append(_age(time.time() - float(value)))
+        if key.endswith("_at") and isinstance(value, int | float) and value > 1e9:
+            parts.append(f"{key[:-3]} {_age(max(0.0, time.time() - float(value)))}")
         elif key == "group":
             parts.append(f"group {str(value)[:8]}")
         elif key == "members" and isinstance(value, list):
@@ -295,6 +297,8 @@ def _round_entry(entry: dict[str, Any]) -> str:
             continue  # nested figures do not fit on one line
         else:
             parts.append(f"{key} {value}")
+    if isinstance(started, int | float) and isinstance(ended, int | float):
+        parts.append(f"{float(ended) - float(started):.2f} s")
     return ", ".join(parts) or "-"
 
 

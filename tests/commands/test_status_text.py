@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from rich.console import Console
 
 from gossiplearn.commands.status import render
@@ -95,6 +97,11 @@ def test_a_remote_peers_figures_it_does_not_share_read_not_shared() -> None:
     assert row(text, "peer id") == CHEAT and row(text, "uptime") == "12 s"
     assert row(text, "rounds with you") == "1"
     assert "group abababab, 3 members, role member, 0.25 s, outcome finished" in text
+    # The keys the reduced remote document has (a start and an end time) read as well.
+    now = time.time()
+    entry = {"group": "cd" * 16, "started_at": now - 12.25, "ended_at": now - 10.0}
+    later = text_of({"remote": True, "rounds": {"with_you": [entry]}})
+    assert "group cdcdcdcd, started 12 s ago, ended 10 s ago, 2.25 s" in later
     assert "┏" not in text  # no (empty) neighbours table
     # Figures the local endpoint sends as null still read as before: privacy off, a dash.
     local = text_of({"peer_id": "me", "privacy": None, "rounds": {"last": None}})
