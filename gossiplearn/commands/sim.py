@@ -5,11 +5,11 @@ table, ``DIR/results.json`` and PNG plots."""
 
 from __future__ import annotations
 
-import os
+import contextlib
 import shutil
-import signal
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 
@@ -23,9 +23,9 @@ def _parse_hidden(text: str) -> tuple[int, ...]:
     try:
         sizes = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise typer.BadParameter(f"--hidden takes sizes like 64,64, got {text!r}") from None
+        fail(f"--hidden takes layer sizes like 64,64, got {text!r}", 2)
     if not sizes or min(sizes) < 1:
-        raise typer.BadParameter("--hidden needs at least one positive size")
+        fail(f"--hidden needs at least one size, each >= 1, got {text!r}", 2)
     return sizes
 
 
@@ -78,7 +78,7 @@ def sim(
     dp_epsilon: float = typer.Option(
         0.0,
         help="Differential privacy: every method trains with DP-SGD within this epsilon per "
-        "peer over --rounds (0: off). Needs pip install 'gossiplearn[dp]'.",
+        "peer over --rounds (0: off). Needs pip install 'gossiplearn\\[dp]'.",
     ),
     dp_delta: float = typer.Option(1e-5, help="The delta of --dp-epsilon."),
     dp_max_grad_norm: float = typer.Option(
@@ -95,7 +95,10 @@ def sim(
     baselines: bool = typer.Option(True, help="Also run local-only, FedAvg and FedPer."),
     overwrite: bool = typer.Option(False, help="Replace the results of an earlier run in --out."),
 ) -> None:
-    """Run a local multi-peer simulation and compare gossiplearn with the baselines."""
+    """Run a local multi-peer simulation and compare gossiplearn with the baselines.
+
+    Ctrl-C stops every peer and exits with code 130, SIGTERM with 143; an interrupted run
+    removes the peers' directories (OUT/peers) and keeps no results."""
     from gossiplearn.sim.config import SimConfig
 
     try:
@@ -126,29 +129,49 @@ def sim(
         ).validate()
     except ValueError as exc:
         fail(str(exc), 2)
-    _prepare_out(out, overwrite)
-    # SIGTERM (a service manager, `kill`, a CI timeout) must stop the peers as Ctrl-C does:
-    # in process mode they run in sessions of their own, which the signal does not reach.
-    signal.signal(signal.SIGTERM, _sigterm_as_sigint)
+    from gossiplearn.sim.stopping import SIGINT_EXIT, SIGTERM_EXIT, Terminated, sigterm_raises
 
-    from gossiplearn.peer.learning.lean import avoid_dynamo_import
-    from gossiplearn.sim.experiment import run_experiment
-
-    avoid_dynamo_import()  # memory mode and the baselines train here: no torch._dynamo import
-
+    created = not out.exists()
     try:
-        run_experiment(config, out, with_baselines=baselines)
+        # SIGTERM (a service manager, `kill`, a CI timeout) stops the peers as Ctrl-C does,
+        # with a handler of its own: a job started in the background of a script runs with
+        # SIGINT ignored, so re-raising it as SIGINT did nothing there.
+        with sigterm_raises():
+            _prepare_out(out, overwrite)
+            from gossiplearn.peer.learning.lean import avoid_dynamo_import
+            from gossiplearn.sim.experiment import run_experiment
+
+            avoid_dynamo_import()  # memory mode and the baselines train here: no torch._dynamo
+            run_experiment(config, out, with_baselines=baselines)
     except KeyboardInterrupt:
-        typer.echo("interrupted: every peer was stopped; no results written", err=True)
-        sys.exit(130)
-    except (RuntimeError, ValueError) as exc:  # a missing dataset, a peer that died, a bad spec
+        _interrupted(out, created, "Ctrl-C", SIGINT_EXIT)
+    except Terminated:
+        _interrupted(out, created, "SIGTERM", SIGTERM_EXIT)
+    except (RuntimeError, ValueError) as exc:  # a missing dataset, a peer that died, bad data
+        _remove_if_empty(out, created)
         fail(str(exc))
 
 
-def _sigterm_as_sigint(signum: int, frame: object) -> None:
-    # Re-raised as SIGINT so that whoever handles Ctrl-C right now (trio inside a run, Python's
-    # KeyboardInterrupt otherwise) handles this too, at a safe point.
-    os.kill(os.getpid(), signal.SIGINT)
+def _interrupted(out: Path, created: bool, signal_name: str, code: int) -> NoReturn:
+    """Every peer is stopped by now. Remove what the README says an interrupted run does not
+    keep: the peers' directories (OUT/peers, scratch of process and inproc modes), and OUT
+    itself if this run made it and nothing else is in it. Results written so far stay."""
+    shutil.rmtree(out / "peers", ignore_errors=True)
+    kept = [name for name in _RUN_OUTPUTS if (out / name).exists()]
+    _remove_if_empty(out, created)
+    written = f"kept what was written: {', '.join(kept)}" if kept else "no results written"
+    typer.echo(
+        f"gossiplearn: interrupted by {signal_name}; every peer was stopped, {written}",
+        err=True,
+    )
+    sys.exit(code)
+
+
+def _remove_if_empty(out: Path, created: bool) -> None:
+    """OUT, if this run created it and left nothing in it (a run that failed early)."""
+    if created:
+        with contextlib.suppress(OSError):
+            out.rmdir()  # only if empty
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
@@ -163,4 +186,7 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
             shutil.rmtree(path)
         else:
             path.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"cannot create --out {out} ({exc.strerror or exc}); give a directory you can write")

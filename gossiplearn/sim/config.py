@@ -7,6 +7,7 @@ the baselines (given them by experiment.py) take their parts from here, so they 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -74,20 +75,42 @@ class SimConfig:
     audit_references: int = 2
 
     def validate(self) -> SimConfig:
+        """Raise ValueError naming the first bad setting by its ``gossiplearn sim`` flag."""
+        from gossiplearn.sim.specs import DATASET_NAMES, check_partition, one_of
+
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}")
+            raise ValueError(f"--mode must be {one_of(MODES)}, got {self.mode!r}")
         if self.peers < 3:
-            raise ValueError("a simulation needs at least 3 peers (a group has 3 or more)")
+            raise ValueError(f"--peers must be >= 3 (a group has 3 or more), got {self.peers}")
         if self.rounds < 1:
-            raise ValueError("rounds must be >= 1")
+            raise ValueError(f"--rounds must be >= 1, got {self.rounds}")
         if not 3 <= self.group_size <= 16:
-            raise ValueError("group size must be in 3..16")
+            raise ValueError(f"--group-size must be in 3..16, got {self.group_size}")
+        if self.epochs < 1:
+            raise ValueError(f"--epochs must be >= 1, got {self.epochs}")
         if self.steps_per_round < 0:
-            raise ValueError("steps per round must be >= 0 (0: whole epochs)")
+            raise ValueError(
+                f"--steps-per-round must be >= 0 (0: whole epochs), got {self.steps_per_round}"
+            )
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"--lr must be > 0, got {self.lr:g}")
         if self.max_weight < 1:
-            raise ValueError("max weight must be >= 1 (1: equal weights)")
+            raise ValueError(f"--max-weight must be >= 1 (1: equal weights), got {self.max_weight}")
+        if not self.data:  # --data brings its own split
+            if self.dataset not in DATASET_NAMES:
+                raise ValueError(
+                    f"--dataset {self.dataset!r} is not a built-in dataset: choose "
+                    f"{one_of(DATASET_NAMES)}, or give your own with --data"
+                )
+            try:
+                check_partition(self.partition, self.dataset)
+            except ValueError as exc:  # "partition 'X' is not ..."
+                raise ValueError(f"--{exc}") from None
         if self.ring_bits not in (8, 16, 32):
-            raise ValueError("--ring must be 32, 16 or 8")
+            raise ValueError(f"--ring must be 32, 16 or 8, got {self.ring_bits}")
+        exponent = math.log2(self.clip) if self.clip > 0 else math.nan
+        if not (exponent.is_integer() and -16 <= exponent <= 16):
+            raise ValueError(f"--clip must be a power of two in [2^-16, 2^16], got {self.clip}")
         if self.audit and self.mode != "memory":
             raise ValueError(
                 f"--audit audits the final models the simulation holds, which --mode "

@@ -28,6 +28,7 @@ from gossiplearn.crypto.identity import Identity, write_key_file
 from gossiplearn.peer.config import IDENTITY_FILE, PeerConfig, save_config
 from gossiplearn.sim.config import Progress, SimConfig, model_options, round_section
 from gossiplearn.sim.results import MethodResult
+from gossiplearn.sim.stopping import raise_noted, stop_signals_noted, trio_stop_on_signals
 
 
 def prepare_peers(out_dir: Path, config: SimConfig) -> list[Path]:
@@ -211,10 +212,14 @@ def run_process(
     started = time.perf_counter()
     dirs = prepare_peers(out_dir, config)
     ports = [load_config(d).status.port for d in dirs]
-    processes = [start_peer(directory) for directory in dirs]
-    deadline = time.monotonic() + _budget_s(config, timeout_s)
+    processes: list[subprocess.Popen[bytes]] = []
     documents: list[dict[str, Any] | None] = [None] * len(dirs)
     try:
+        # Started one by one inside the try: a stop signal between two starts must still
+        # stop the ones already running (they are in sessions of their own).
+        for directory in dirs:
+            processes.append(start_peer(directory))
+        deadline = time.monotonic() + _budget_s(config, timeout_s)
         while time.monotonic() < deadline:
             for i, port in enumerate(ports):
                 documents[i] = _fetch_status(port) or documents[i]
@@ -223,9 +228,11 @@ def run_process(
                         f"peer {i} exited early (code {processes[i].returncode}); "
                         f"see {dirs[i] / 'stdout.log'}"
                     )
+            # Reported before the check, so the bar's last figures are the table's (the same
+            # documents), not the previous poll's.
+            _report(documents, config.rounds, progress)
             if min(_rounds_done(documents)) >= config.rounds:
                 break
-            _report(documents, config.rounds, progress)
             time.sleep(1.0)
     finally:
         _stop_all(processes)
@@ -262,22 +269,41 @@ def run_inproc(
     budget = _budget_s(config, timeout_s)
     documents: list[dict[str, Any] | None] = [None] * len(dirs)
 
-    async def main() -> None:
+    async def main(signals: list[int]) -> None:
         peers = [Daemon(d) for d in dirs]
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
             for peer in peers:
                 nursery.start_soon(peer.run, stop)
-            with trio.move_on_after(budget):
-                while True:
-                    await trio.sleep(1.0)
-                    for i, peer in enumerate(peers):
-                        if peer.ready:
-                            documents[i] = peer.status_document()
-                    _report(documents, config.rounds, progress)
-                    if min(_rounds_done(documents)) >= config.rounds:
-                        break
+            with trio.move_on_after(budget) as waiting:
+                async with trio.open_nursery() as watch:
+                    # SIGTERM or Ctrl-C ends the waiting; the peers then stop as at the end.
+                    watch.start_soon(trio_stop_on_signals, signals, waiting)
+                    while True:
+                        await trio.sleep(1.0)
+                        for i, peer in enumerate(peers):
+                            if peer.ready:
+                                documents[i] = peer.status_document()
+                        _report(documents, config.rounds, progress)
+                        if min(_rounds_done(documents)) >= config.rounds:
+                            break
+                    watch.cancel_scope.cancel()
             stop.set()
 
-    trio.run(main)
+    from gossiplearn.peer import logfile
+
+    # The peers' logs (libp2p's "Failed to open TCP stream" when one stops first, ...) go to
+    # a file, not through the progress bar.
+    handler = logfile.attach(out_dir / "peers" / "inproc.log")
+    try:
+        with stop_signals_noted() as signals:
+            try:
+                trio.run(main, signals)
+            except BaseExceptionGroup as group:  # Ctrl-C before the watch began, wrapped
+                if group.subgroup(KeyboardInterrupt) is None:
+                    raise
+                signals.append(signal.SIGINT)
+    finally:
+        logfile.detach(handler)
+    raise_noted(signals)
     return _result_from_documents(documents, config.rounds, time.perf_counter() - started)

@@ -138,11 +138,19 @@ def _run(
 
     run_config = config.as_dict() | {"wall_s": round(time.perf_counter() - started, 3)}
     results = write_results(out, run_config, methods)
-    data = config.data or f"{config.dataset}, {config.partition}"
-    run_name = f"{data}, {config.peers} peers, {config.rounds} rounds, {config.mode} mode"
-    plots = plot_results(out, methods, run_name)
+    plots = plot_results(out, methods, run_title(config))
     console.print(summary_table(methods))
     console.print(f"results: {results}")
     for plot in plots:
         console.print(f"plot:    {plot}")
     return methods
+
+
+def run_title(config: SimConfig) -> str:
+    """What the plots are titled with: the data, the scale, the mode, and DP if it was on
+    (every method then trained under it, which the accuracies cannot be read without)."""
+    data = config.data or f"{config.dataset}, {config.partition}"
+    title = f"{data}, {config.peers} peers, {config.rounds} rounds, {config.mode} mode"
+    if config.dp_epsilon:
+        title += f", DP epsilon {config.dp_epsilon:g} (delta {config.dp_delta:g})"
+    return title

@@ -318,12 +318,31 @@ def plot_results(out_dir: Path, methods: Sequence[MethodResult], run_name: str =
         written.append(path)
 
     def line_plot(
-        series: Sequence[np.ndarray], xlabel: str, ylabel: str, title: str, name: str
+        series: Sequence[np.ndarray],
+        xlabel: str,
+        ylabel: str,
+        title: str,
+        name: str,
+        joined: bool = True,
     ) -> None:
-        """One line per method over 1, 2, ... (rounds, or peer ranks)."""
+        """One series per method over 1, 2, ... (rounds, or peer ranks): a line through the
+        points when neighbours on x belong together (rounds), markers alone when they do not
+        (different peers)."""
         figure, axes = plt.subplots(figsize=(7, 4.5))
-        for method, values in zip(methods, series, strict=True):
-            axes.plot(np.arange(1, len(values) + 1), values, marker=".", label=method.name)
+        markers = "os^Dv<>ph*"
+        for index, (method, values) in enumerate(zip(methods, series, strict=True)):
+            if joined:
+                axes.plot(np.arange(1, len(values) + 1), values, marker=".", label=method.name)
+            else:
+                axes.plot(
+                    np.arange(1, len(values) + 1),
+                    values,
+                    linestyle="none",
+                    marker=markers[index % len(markers)],
+                    markersize=6,
+                    alpha=0.8,
+                    label=method.name,
+                )
         axes.set(xlabel=xlabel, ylabel=ylabel, ylim=(0, 1), title=title)
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds and ranks are whole
         axes.grid(alpha=0.3)
@@ -350,5 +369,6 @@ def plot_results(out_dir: Path, methods: Sequence[MethodResult], run_name: str =
         "final accuracy",
         "Final accuracy per peer" + suffix,
         PER_PEER_PLOT_FILE,
+        joined=False,
     )
     return written

@@ -135,8 +135,10 @@ def checked_module(module: object, model_name: str) -> torch.nn.Module:
     """``module`` if a model factory (named ``model_name``) returned a torch module; else a
     one-line ModelFactoryError."""
     if not isinstance(module, torch.nn.Module):
+        kind = type(module).__name__
+        article = "an" if kind[:1].lower() in "aeiou" else "a"
         raise ModelFactoryError(
-            f"{model_name} returned a {type(module).__name__}, not a torch.nn.Module"
+            f"{model_name} returned {article} {kind}, not a torch.nn.Module: return the model"
         )
     return module
 
