@@ -105,9 +105,10 @@ def _tidy(param: Any) -> None:
         param._usage_display_name = usage_name
 
 
-class Command(TyperCommand):
-    """A command whose help shows ``DIR`` and ``--json``, not ``{directory}`` and ``--json
-    <bool>`` (see _tidy)."""
+class _Tidied:
+    """Shows ``DIR`` and ``--json``, not ``{directory}`` and ``--json <bool>`` (see _tidy)."""
+
+    params: list[Any]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -115,22 +116,15 @@ class Command(TyperCommand):
             _tidy(param)
 
     def get_help_option(self, ctx: Any) -> Any:
-        option = super().get_help_option(ctx)
+        option = super().get_help_option(ctx)  # type: ignore[misc]
         if option is not None:
             _tidy(option)
         return option
 
 
-class Group(TyperGroup):
+class Command(_Tidied, TyperCommand):
+    """A command whose help shows ``DIR`` and ``--json`` (see :class:`_Tidied`)."""
+
+
+class Group(_Tidied, TyperGroup):
     """The command groups' counterpart of :class:`Command`."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        for param in self.params:
-            _tidy(param)
-
-    def get_help_option(self, ctx: Any) -> Any:
-        option = super().get_help_option(ctx)
-        if option is not None:
-            _tidy(option)
-        return option
