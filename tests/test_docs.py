@@ -78,7 +78,10 @@ RUN_BY: dict[str, str] = {
     "python benchmarks/learning_bench.py --dataset fashion-mnist --peers 10 --rounds 30 --poison zero": SMALL,
     "python benchmarks/learning_bench.py --dataset fashion-mnist --peers 10 --rounds 30 --poison zero --local-reference": SMALL,
     # docs/performance.md
-    "python benchmarks/round_bench.py --net memory": SMALL,
+    "python benchmarks/round_bench.py --net memory --n 100000,10000000": SMALL,
+    "python benchmarks/round_bench.py --net memory --k 4 --n 10000000 --ring 16": SMALL,
+    "python benchmarks/learning_bench.py --dataset digits --peers 8 --rounds 20 --rings 32,16,8": SMALL,
+    "python benchmarks/learning_bench.py --dataset fashion-mnist --peers 10 --rounds 20 --rings 32,16": SMALL,
     "python benchmarks/round_bench.py --net libp2p": SMALL,
     "python benchmarks/round_bench.py --net libp2p --n 1000000,10000000": SMALL,
     "python benchmarks/scale_bench.py": SMALL,
@@ -99,6 +102,7 @@ RUN_BY: dict[str, str] = {
 NOT_RUN: dict[str, str] = {
     "make test": "runs the test suite itself",
     "python benchmarks/compare_hivemind.py --hivemind-python PATH --launches 2": "needs hivemind in another interpreter (PATH); without it the script only says it skipped",
+    "python benchmarks/compare_hivemind.py --hivemind-python PATH --launches 2 --ring 16": "needs hivemind in another interpreter (PATH); without it the script only says it skipped",
     "python benchmarks/compare_flower.py --flower-python PATH --launches 1": "needs Flower in another interpreter (PATH); without it the script only says it skipped",
     "python benchmarks/round_sizes.py --hivemind-python PATH --plot docs/round_time_vs_size.png": "needs hivemind, and rounds of up to 400 MB; its plot is redrawn from the figures by the --from-json command, which is run",
 }  # fmt: skip
@@ -106,11 +110,13 @@ NOT_RUN: dict[str, str] = {
 #: The benchmarks at small sizes: (the script and arguments, what its JSON line must hold).
 SMALL_RUNS = {
     "round_bench memory": (["round_bench.py", "--net", "memory", "--k", "3", "--n", "10000", "--repeats", "1"], "bytes_per_member_over_model"),
+    "round_bench memory ring 16": (["round_bench.py", "--net", "memory", "--k", "3", "--n", "10000", "--repeats", "1", "--ring", "16"], '"ring": 16'),
     "round_bench libp2p": (["round_bench.py", "--net", "libp2p", "--n", "10000", "--rounds", "1"], "secure_round_s"),
     "scale_bench": (["scale_bench.py", "--peers", "12", "--rounds", "2"], "rounds_aborted"),
     "crypto_bench": (["crypto_bench.py", "--elements", "100000", "--shards", "2", "--repeats", "1"], "mask"),
     "idle_bench": (["idle_bench.py", "--peers", "3", "--idle-s", "2"], "idle_rss_mb_max"),
     "learning_bench": (["learning_bench.py", "--dataset", "digits", "--peers", "4", "--rounds", "2"], "accuracy"),
+    "learning_bench rings": (["learning_bench.py", "--dataset", "digits", "--peers", "4", "--rounds", "2", "--rings", "32,16"], "gossiplearn_memory_ring16"),
     "learning_bench poison": (["learning_bench.py", "--dataset", "digits", "--peers", "4", "--rounds", "2", "--poison", "zero", "--local-reference"], "poison"),
     "insider_bench": (["insider_bench.py", "--seconds", "8", "--classes", "holder"], "control_rounds_per_min"),
 }  # fmt: skip
