@@ -88,6 +88,7 @@ RUN_BY: dict[str, str] = {
     "python benchmarks/crypto_bench.py": SMALL,
     "python benchmarks/idle_bench.py": SMALL,
     "python benchmarks/insider_bench.py": SMALL,
+    "python benchmarks/insider_bench.py --classes bulk_starvation": SMALL,
     "python benchmarks/round_sizes.py --from-json docs/round_time_vs_size.jsonl --plot docs/round_time_vs_size.png": f"{HERE}::test_the_size_plot_is_redrawn_from_its_figures_as_written",
     "python benchmarks/churn_bench.py": "tests/sim/test_churn.py",  # its scenario, 8 peers, 90 s
     "python benchmarks/fuzz_bench.py": "tests/peer/net/test_live_fuzz.py",  # 3,000 messages
@@ -118,7 +119,7 @@ SMALL_RUNS = {
     "learning_bench": (["learning_bench.py", "--dataset", "digits", "--peers", "4", "--rounds", "2"], "accuracy"),
     "learning_bench rings": (["learning_bench.py", "--dataset", "digits", "--peers", "4", "--rounds", "2", "--rings", "32,16"], "gossiplearn_memory_ring16"),
     "learning_bench poison": (["learning_bench.py", "--dataset", "digits", "--peers", "4", "--rounds", "2", "--poison", "zero", "--local-reference"], "poison"),
-    "insider_bench": (["insider_bench.py", "--seconds", "8", "--classes", "holder"], "control_rounds_per_min"),
+    "insider_bench": (["insider_bench.py", "--seconds", "8", "--classes", "holder,bulk_starvation"], '"bulk_starvation": {"rounds_per_min"'),
 }  # fmt: skip
 
 #: Known to fail at this commit: the benchmark, and what is wrong with it (strict: once it is
