@@ -29,6 +29,16 @@ def _parse_hidden(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def _parse_methods(text: str, baselines: bool) -> tuple[str, ...] | None:
+    """--methods as a tuple (None: not given, the default set); with --no-baselines, only
+    gossiplearn."""
+    if not text:
+        return None if baselines else ("gossiplearn",)
+    if not baselines:
+        fail("--no-baselines and --methods both choose the methods; give only --methods", 2)
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
 def sim(
     peers: int = typer.Option(4, help="Number of peers."),
     rounds: int = typer.Option(5, help="Rounds every peer completes (and baseline rounds)."),
@@ -49,6 +59,11 @@ def sim(
         help="Weight cap: 1, equal weights (gossiplearn's default); above, each peer weighs "
         "its samples up to it. The baselines weigh peers the same way.",
     ),
+    weight: str = typer.Option(
+        "equal",
+        help="equal (or samples capped at --max-weight), or samples: every method weighs each "
+        "peer by its training samples, the cap set to the largest shard.",
+    ),
     acceptance: bool = typer.Option(
         True, help="gossiplearn peers refuse an average that hurts their validation loss."
     ),
@@ -59,7 +74,21 @@ def sim(
     ),
     clip: float = typer.Option(8.0, help="With --ring 16 or 8: a power of two above the weights."),
     hidden: str = typer.Option("64,64", help="Hidden layer sizes of the MLP backbone."),
-    lr: float = typer.Option(0.05, help="SGD learning rate."),
+    lr: float = typer.Option(0.05, help="SGD learning rate (training.lr)."),
+    momentum: float = typer.Option(
+        0.9, help="SGD momentum of the built-in trainer, in [0, 1) (training.momentum)."
+    ),
+    batch_size: int = typer.Option(32, help="Mini-batch size (training.batch_size)."),
+    head_epochs: int = typer.Option(
+        1,
+        help="Head fine-tune budget after each average, in epochs (training.head_epochs; "
+        "0: none). gossiplearn, fedper and the -ft baselines spend it.",
+    ),
+    validation: float = typer.Option(
+        0.1,
+        help="Share of each peer's training data held out for personal acceptance (a --data "
+        "function that returns its own validation set keeps it).",
+    ),
     model: str = typer.Option(
         "",
         help="Your model, module:function (no arguments -> a torch module with backbone and "
@@ -74,6 +103,19 @@ def sim(
         "",
         help="Your trainer, module:Class (gossiplearn.TrainerProtocol); evaluate() must "
         "return accuracy. Default: the built-in one (SGD, cross-entropy).",
+    ),
+    model_option: list[str] = typer.Option(
+        [], help="KEY=VALUE for --model's keyword arguments (repeatable; VALUE as in TOML)."
+    ),
+    data_option: list[str] = typer.Option(
+        [],
+        help="KEY=VALUE for --data: called as function(peer, peers, KEY=VALUE, ...) "
+        "(repeatable; VALUE as in TOML, else a string).",
+    ),
+    trainer_option: list[str] = typer.Option(
+        [],
+        help="KEY=VALUE for --trainer: built as Class(model, data, config, KEY=VALUE, ...), "
+        "plus peer= and peers= if it takes them (repeatable; VALUE as in TOML).",
     ),
     dp_epsilon: float = typer.Option(
         0.0,
@@ -93,14 +135,27 @@ def sim(
         2, help="Reference models per peer for --audit's LiRA (0: the loss attack only)."
     ),
     baselines: bool = typer.Option(True, help="Also run local-only, FedAvg and FedPer."),
+    methods: str = typer.Option(
+        "",
+        help="Comma-separated methods to run, in order: gossiplearn, local, local-ft, fedavg, "
+        "fedavg-ft, fedper, fedper-plain. Default: gossiplearn,local,fedavg,fedper.",
+    ),
+    eval_every: int = typer.Option(
+        1,
+        help="Evaluate every peer's test set every N rounds, and after the last (memory mode "
+        "and the baselines; daemons evaluate after each of their rounds).",
+    ),
     overwrite: bool = typer.Option(False, help="Replace the results of an earlier run in --out."),
 ) -> None:
     """Run a local multi-peer simulation and compare gossiplearn with the baselines.
 
-    Ctrl-C stops every peer and exits with code 130, SIGTERM with 143; an interrupted run
-    removes the peers' directories (OUT/peers) and keeps no results."""
-    from gossiplearn.sim.config import SimConfig
+    OUT/results.json is written after every round of every method. Ctrl-C stops every peer
+    and exits with code 130, SIGTERM with 143; an interrupted run removes the peers'
+    directories (OUT/peers) and keeps results.json, marked incomplete, with the rounds done."""
+    from gossiplearn.commands.init import parse_options
+    from gossiplearn.sim.config import DEFAULT_METHODS, SimConfig
 
+    chosen = _parse_methods(methods, baselines) or DEFAULT_METHODS
     try:
         config = SimConfig(
             peers=peers,
@@ -114,6 +169,16 @@ def sim(
             steps_per_round=steps_per_round,
             hidden=_parse_hidden(hidden),
             lr=lr,
+            momentum=momentum,
+            batch_size=batch_size,
+            head_epochs=head_epochs,
+            validation=validation,
+            weight=weight,
+            methods=chosen,
+            eval_every=eval_every,
+            model_options=parse_options("--model-option", model_option),
+            data_options=parse_options("--data-option", data_option),
+            trainer_options=parse_options("--trainer-option", trainer_option),
             max_weight=max_weight,
             ring_bits=ring,
             clip=clip,
@@ -142,7 +207,7 @@ def sim(
             from gossiplearn.sim.experiment import run_experiment
 
             avoid_dynamo_import()  # memory mode and the baselines train here: no torch._dynamo
-            run_experiment(config, out, with_baselines=baselines)
+            run_experiment(config, out)
     except KeyboardInterrupt:
         _interrupted(out, created, "Ctrl-C", SIGINT_EXIT)
     except Terminated:
