@@ -14,6 +14,7 @@ from typing import NoReturn
 import typer
 
 from gossiplearn.commands.common import fail
+from gossiplearn.sim.stopping import GRACE_S
 
 #: What a previous run leaves in --out (removed only with --overwrite).
 _RUN_OUTPUTS = ("peers", "results.json", "accuracy_per_round.png", "per_peer_accuracy.png")
@@ -207,7 +208,9 @@ def sim(
             from gossiplearn.sim.experiment import run_experiment
 
             avoid_dynamo_import()  # memory mode and the baselines train here: no torch._dynamo
-            run_experiment(config, out)
+            run_experiment(
+                config, out, on_stuck=lambda name: _tidy(out, created, _SAID[name], late=True)
+            )
     except KeyboardInterrupt:
         _interrupted(out, created, "Ctrl-C", SIGINT_EXIT)
     except Terminated:
@@ -217,19 +220,34 @@ def sim(
         fail(str(exc))
 
 
+_SAID = {"SIGINT": "Ctrl-C", "SIGTERM": "SIGTERM"}
+
+
 def _interrupted(out: Path, created: bool, signal_name: str, code: int) -> NoReturn:
-    """Every peer is stopped by now. Remove what the README says an interrupted run does not
-    keep: the peers' directories (OUT/peers, scratch of process and inproc modes), and OUT
-    itself if this run made it and nothing else is in it. Results written so far stay."""
+    """Every peer is stopped by now: tidy up (:func:`_tidy`) and exit with ``code``."""
+    _tidy(out, created, signal_name)
+    sys.exit(code)
+
+
+def _tidy(out: Path, created: bool, signal_name: str, late: bool = False) -> None:
+    """Remove what the README says an interrupted run does not keep: the peers' directories
+    (OUT/peers, scratch of process and inproc modes), and OUT itself if this run made it and
+    nothing else is in it. Results written so far stay (results.json marked incomplete).
+    ``late``: the signal was acted on by the watcher, the main thread being inside a long
+    call (gossiplearn/sim/stopping.py honoured_within)."""
     shutil.rmtree(out / "peers", ignore_errors=True)
     kept = [name for name in _RUN_OUTPUTS if (out / name).exists()]
     _remove_if_empty(out, created)
-    written = f"kept what was written: {', '.join(kept)}" if kept else "no results written"
+    written = (
+        f"kept what was written: {', '.join(kept)} (marked incomplete)"
+        if kept
+        else "no results written"
+    )
+    how = f"the run was stopped after {GRACE_S:g} s in a long call, " if late else ""
     typer.echo(
-        f"gossiplearn: interrupted by {signal_name}; every peer was stopped, {written}",
+        f"gossiplearn: interrupted by {signal_name}; {how}every peer was stopped, {written}",
         err=True,
     )
-    sys.exit(code)
 
 
 def _remove_if_empty(out: Path, created: bool) -> None:

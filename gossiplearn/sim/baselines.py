@@ -138,7 +138,10 @@ OnResult = Callable[[MethodResult], None]
 
 def _builtin_trainer(config: TrainConfig) -> TrainerFactory:
     # Trained on the training part, measured on the test part (no acceptance here).
-    return lambda split, data, peer=0: Trainer(split, data.train, data.test, config)
+    def make(split: SplitModel, data: PeerData, peer: int = 0) -> Trainer:
+        return Trainer(split, data.train, data.test, config)
+
+    return make
 
 
 def _initial_module(factory: ModelFactory, seed: int) -> torch.nn.Module:

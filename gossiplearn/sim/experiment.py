@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,7 @@ from gossiplearn.sim.daemons import planned_steps, run_inproc, run_process
 from gossiplearn.sim.memory import run_memory
 from gossiplearn.sim.report import human_bytes, plot_results, summary_table, write_results
 from gossiplearn.sim.results import MethodResult
-from gossiplearn.sim.stopping import Terminated
+from gossiplearn.sim.stopping import Terminated, honoured_within, signal_name
 
 
 def run_experiment(
@@ -44,11 +46,21 @@ def run_experiment(
     out: Path,
     with_baselines: bool = True,
     console: Console | None = None,
+    on_stuck: Callable[[str], None] | None = None,
 ) -> list[MethodResult]:
     """Run ``config.methods`` (``with_baselines=False``: gossiplearn alone), writing
     ``out/results.json`` after every round of every method; on SIGINT or SIGTERM it is
-    written once more, marked interrupted, before the signal's exception goes on up."""
-    console = console or Console()
+    written once more, marked interrupted, before the signal's exception goes on up.
+
+    While training runs in this process (memory mode, the baselines), a signal the main
+    thread cannot take within GRACE_S (it is inside one long C call) is acted on by a
+    watcher thread (:func:`~gossiplearn.sim.stopping.honoured_within`): results.json is
+    written, marked interrupted, then ``on_stuck("SIGTERM" or "SIGINT")`` ends the process
+    (default: a line on stderr and ``os._exit`` with 143 or 130)."""
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # a log file or a pipe: no need to fit 80 columns
+            console = Console(width=160)
     if not with_baselines:
         config = replace(config, methods=("gossiplearn",))
     # Peers log through our logger; the progress bar is the console's story here.
@@ -66,8 +78,20 @@ def run_experiment(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     recorder = Recorder(out, run_config(config, shards), started)
+
+    def stuck(signum: int) -> None:
+        name = signal_name(signum)
+        recorder.write(interrupted=name, wait_s=1.0)
+        if on_stuck is not None:
+            on_stuck(name)
+        else:
+            sys.stderr.write(f"gossiplearn: interrupted by {name}; results.json kept\n")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(128 + signum)
+
     try:
-        return _run(config, out, shards, console, recorder)
+        return _run(config, out, shards, console, recorder, stuck)
     except KeyboardInterrupt:
         recorder.write(interrupted="SIGINT")
         raise
@@ -165,10 +189,15 @@ class Recorder:
         running = [self.current] if self.current is not None and self.current.rounds_done else []
         return [*self.done, *running]
 
-    def write(self, interrupted: str | None = None, complete: bool = False) -> Path | None:
+    def write(
+        self, interrupted: str | None = None, complete: bool = False, wait_s: float = -1
+    ) -> Path | None:
         """Write what there is (nothing before a method has completed a round). A stopped
-        run's running method is marked incomplete."""
-        with self._lock:
+        run's running method is marked incomplete. ``wait_s``: how long to wait for a write
+        under way in another thread (-1: as long as it takes), else write nothing."""
+        if not self._lock.acquire(timeout=wait_s):
+            return None
+        try:
             if interrupted and self.current is not None:
                 self.current.complete = False
             methods = self.methods
@@ -182,6 +211,8 @@ class Recorder:
                 complete=complete,
                 interrupted=interrupted,
             )
+        finally:
+            self._lock.release()
 
 
 def _run(
@@ -190,6 +221,7 @@ def _run(
     shards: list[Any],
     console: Console,
     recorder: Recorder,
+    stuck: Callable[[int], None],
 ) -> list[MethodResult]:
     from gossiplearn.sim.baselines import run_baseline
 
@@ -208,7 +240,10 @@ def _run(
         if config.audit:
             from gossiplearn.sim.audit import audit_models, print_progress
 
-            method.audit = audit_models(config, shards, final_states, method.name, print_progress)
+            with honoured_within(stuck):
+                method.audit = audit_models(
+                    config, shards, final_states, method.name, print_progress
+                )
             final_states.clear()
         return method
 
@@ -223,9 +258,10 @@ def _run(
             if name == "gossiplearn":
                 on_round = reporter.on_round
                 if config.mode == "memory":
-                    result = run_memory(
-                        config, shards, on_round, final_models=keep, on_result=on_result
-                    )
+                    with honoured_within(stuck):
+                        result = run_memory(
+                            config, shards, on_round, final_models=keep, on_result=on_result
+                        )
                 elif config.mode == "inproc":
                     planned = planned_steps(config, shards)
                     result = run_inproc(config, out, on_round, on_result=on_result, steps=planned)
@@ -233,19 +269,20 @@ def _run(
                     planned = planned_steps(config, shards)
                     result = run_process(config, out, on_round, on_result=on_result, steps=planned)
             else:
-                result = run_baseline(
-                    name,
-                    shards,
-                    model_factory(config),
-                    train_config(config),
-                    config.rounds,
-                    seed=config.seed,
-                    max_weight=config.max_weight,
-                    make_trainer=trainer_factory(config),
-                    final_models=keep,
-                    eval_every=config.eval_every,
-                    on_result=on_result,
-                )
+                with honoured_within(stuck):
+                    result = run_baseline(
+                        name,
+                        shards,
+                        model_factory(config),
+                        train_config(config),
+                        config.rounds,
+                        seed=config.seed,
+                        max_weight=config.max_weight,
+                        make_trainer=trainer_factory(config),
+                        final_models=keep,
+                        eval_every=config.eval_every,
+                        on_result=on_result,
+                    )
             result.complete = True
             recorder.finish(audit(result))
             reporter.finish(result)

@@ -79,6 +79,10 @@ def _jsonable(value: object) -> object:
     raise TypeError(f"cannot store a {type(value).__name__} in results.json: {value!r}")
 
 
+def _maybe_number(value: float | None) -> float | None:
+    return None if value is None else _number(value)
+
+
 def _method_document(method: MethodResult) -> dict[str, Any]:
     steps = method.steps_per_round
     return {
@@ -93,7 +97,7 @@ def _method_document(method: MethodResult) -> dict[str, Any]:
         "complete": method.complete,
         "steps_per_round": None
         if steps is None
-        else {key: None if steps.get(key) is None else _number(steps[key]) for key in _STEP_KEYS},
+        else {key: _maybe_number(steps.get(key)) for key in _STEP_KEYS},
     } | ({} if method.audit is None else {"audit": _jsonable(method.audit)})
 
 
@@ -298,9 +302,12 @@ def summary_table(methods: Sequence[MethodResult]) -> Table:
     LiRA's; the loss attack's without reference models)."""
     audited = any(method.audit is not None for method in methods)
     unfinished = any(not method.complete for method in methods)
-    table = Table(title="Final accuracy on each peer's own held-out data")
+    table = Table(
+        title="Final accuracy on each peer's own held-out data",
+        caption="steps: optimizer steps per peer and round, training + head fine-tune",
+    )
     table.add_column("method")
-    columns = ["mean", "p10", "min", "steps / peer / round", "sent / peer", "wall"]
+    columns = ["mean", "p10", "min", "steps", "sent / peer", "wall"]
     if unfinished:
         columns.append("rounds")
     if audited:

@@ -54,7 +54,7 @@ class PhaseSteps:
         finally:
             setattr(self, name, getattr(self, name) + self.counter.count - before)
 
-    def per_peer_round(self, peers: int, rounds: int) -> dict[str, float]:
+    def per_peer_round(self, peers: int, rounds: int) -> dict[str, float | None]:
         """{"train", "head", "total"}: the mean steps per peer per round so far."""
         runs = max(peers * rounds, 1)
         return {
