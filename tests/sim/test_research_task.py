@@ -1,11 +1,13 @@
 """The held-out check: a researcher's own task (tests/sim/research_task.py: next-character
 prediction, an LSTM backbone, data and a trainer with options) through ``gossiplearn sim``
 only, stopped half-way: results.json keeps the rounds completed and says it is incomplete,
-and a signal is honoured even while the main thread is inside one long C call."""
+and a signal is honoured even while the main thread is inside one long C call; real daemons
+(process mode) stopped after a round keep it too."""
 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -172,3 +174,35 @@ def test_sigterm_is_honoured_while_the_main_thread_is_inside_a_long_c_call(
     assert (document["complete"], document["interrupted"]) == (False, "SIGTERM")
     gossip = document["methods"]["gossiplearn"]
     assert (gossip["rounds_done"], gossip["complete"]) == (1, False)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_process_mode_stopped_after_a_round_keeps_it(tmp_path: Path) -> None:
+    """Real daemons: results.json is written once every peer has completed a round, and a
+    SIGTERM after that keeps it, marked incomplete, while the peers' directories go."""
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "gossiplearn.cli", "sim", "--mode", "process", "--peers", "3",
+               "--rounds", "1000", "--hidden", "16", "--no-baselines", "--out", str(out)]  # fmt: skip
+    process = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    results = out / "results.json"
+    try:
+        wait_for(results, process)  # written after the first round every peer completed
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 143, stderr
+    assert "kept what was written: results.json (marked incomplete)" in stderr
+    # A line per poll (1 s) that found more rounds completed by every peer.
+    assert re.search(r"^gossiplearn: round \d+/1000, mean accuracy", stdout, re.MULTILINE)
+    document = json.loads(results.read_text())
+    validate_results(document)
+    assert (document["complete"], document["interrupted"]) == (False, "SIGTERM")
+    gossip = document["methods"]["gossiplearn"]
+    assert gossip["rounds_done"] >= 1 and not gossip["complete"]
+    assert gossip["steps_per_round"]["train"] > 0  # the built-in trainer's budget
+    assert not (out / "peers").exists()
