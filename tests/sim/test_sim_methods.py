@@ -219,3 +219,22 @@ def test_the_flags_that_choose_methods_do_not_mix(tmp_path):
     alone = runner.invoke(app, ["sim", "--trainer-option", "lr=1", "--out", str(out)])
     assert alone.exit_code == 2 and "--trainer-option is for your trainer" in alone.output
     assert not out.exists()
+
+
+def test_results_json_skips_a_round_only_when_writing_would_cost_too_much(tmp_path):
+    from gossiplearn.sim.experiment import Recorder
+    from gossiplearn.sim.results import MethodResult
+
+    recorder = Recorder(tmp_path, {"peers": 3}, started=0.0)
+    result = MethodResult("local", [[0.5, 0.5, 0.5]], complete=False)
+    recorder.update(result)  # the first round is always written
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert written["methods"]["local"]["rounds_done"] == 1
+    recorder._write_s = 1e9  # as if a write took longer than the run could afford
+    result.accuracy_per_round.append([0.6, 0.6, 0.6])
+    recorder.update(result)
+    assert json.loads((tmp_path / "results.json").read_text()) == written
+    result.complete = True
+    recorder.finish(result)  # the end of a method always writes
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert written["methods"]["local"]["rounds_done"] == 2
