@@ -72,6 +72,8 @@ RUN_BY: dict[str, str] = {
     "gossiplearn sim --peers 8 --rounds 10 --dataset digits --partition dirichlet:0.3 --group-size 4 --mode process --seed 0 --out sim-out": "tests/sim/test_modes.py::test_sim_command_process_mode_runs_real_daemons",  # 4 peers, 2 rounds
     "gossiplearn sim --peers 4 --rounds 5 --mode process --seed 1 --out out/sim-1": "tests/sim/test_modes.py::test_sim_command_process_mode_runs_real_daemons",
     "gossiplearn sim --peers 4 --rounds 5 --mode process --seed 2 --out out/sim-2": "tests/sim/test_modes.py::test_sim_command_process_mode_runs_real_daemons",
+    'gossiplearn sim --mode memory --peers 6 --rounds 20 --seed 1 --model mytask:model --model-option hidden=64 --data mytask:data --data-option lines=2000 --data-option seed=3 --trainer mytask:Trainer --trainer-option lr=0.01 --trainer-option steps=10 --methods gossiplearn,fedper-plain,fedavg-ft --eval-every 5 --out run-1': "tests/sim/test_research_task.py::test_a_researchers_task_stopped_half_way_keeps_its_completed_rounds",  # its task (tests/sim/research_task.py), 4 peers, 6 rounds
+    "gossiplearn sim --mode memory --peers 8 --rounds 10 --seed 0 --methods gossiplearn,local,local-ft,fedavg,fedavg-ft,fedper,fedper-plain --out all-methods": "tests/sim/test_sim_methods.py::test_sim_runs_the_methods_asked_for_and_shows_their_steps",  # 3 of the methods, 3 peers, 3 rounds
     "python benchmarks/learning_bench.py --dataset fashion-mnist --peers 10,50 --rounds 30": SMALL,
     "python benchmarks/learning_bench.py --dataset fashion-mnist --peers 10,50 --rounds 30 --group-size 8": SMALL,
     "python benchmarks/learning_bench.py --dataset digits --peers 4,8 --rounds 5,20 --modes process,memory --seed 0": SMALL,

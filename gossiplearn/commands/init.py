@@ -151,8 +151,8 @@ def init(
             "hidden": [64, 64],
             "classes": info.classes,
         }
-    config.model.options.update(_options("--model-option", model_option))
-    config.data.options.update(_options("--data-option", data_option))
+    config.model.options.update(parse_options("--model-option", model_option))
+    config.data.options.update(parse_options("--data-option", data_option))
     config.training.trainer = trainer
     config.status.port = status_port or free_port()
     try:
@@ -176,7 +176,7 @@ def init(
     typer.echo(f"next:     gossiplearn allow {directory} <other peer>; gossiplearn run {directory}")
 
 
-def _options(flag: str, pairs: list[str]) -> dict[str, object]:
+def parse_options(flag: str, pairs: list[str]) -> dict[str, object]:
     """KEY=VALUE pairs; VALUE read as a TOML value (10, 0.5, true, [64, 64], "x"), else kept
     as the string it is."""
     import tomllib

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
+import math
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -27,6 +28,7 @@ from gossiplearn.sim.config import (
     trainer_factory,
 )
 from gossiplearn.sim.results import MethodResult, accuracy_of, epsilon_spent
+from gossiplearn.sim.steps import PhaseSteps
 
 
 def run_memory(
@@ -35,6 +37,7 @@ def run_memory(
     progress: Progress | None = None,
     node_factories: Mapping[int, Callable[..., Any]] | None = None,
     final_models: Callable[[int, Any], None] | None = None,
+    on_result: Callable[[MethodResult], None] | None = None,
 ) -> MethodResult:
     """Synchronous rounds of the real protocol machines over the in-memory network: each
     round, every peer trains its budget and contributes its backbone, all peers are split
@@ -43,7 +46,9 @@ def run_memory(
     :class:`~gossiplearn.peer.learning.learner.Learner` the daemon uses (personal acceptance
     included). ``node_factories``: peer index -> round machine factory (tests and
     benchmarks put adversaries there). ``final_models(peer, model)``: called with each
-    peer's SplitModel after the last round (``sim --audit``)."""
+    peer's SplitModel after the last round (``sim --audit``). ``on_result(result)``: called
+    after every round with the result so far. Peers are evaluated on their test data every
+    ``config.eval_every`` rounds and after the last (a row of NaN for the others)."""
     import torch
 
     from gossiplearn.peer.learning.learner import Learner
@@ -57,14 +62,14 @@ def run_memory(
     initial = model_factory(config)()
     make = trainer_factory(config)
     learners = []
-    for data in shards:
+    for peer, data in enumerate(shards):
         model = SplitModel(copy.deepcopy(initial))
         reference = None
         if config.local_reference:
             alone = SplitModel(copy.deepcopy(initial))
-            reference = (alone, make(alone, data))
+            reference = (alone, make(alone, data, peer))
         learners.append(
-            Learner(model, make(model, data), acceptance_config(config), reference=reference)
+            Learner(model, make(model, data, peer), acceptance_config(config), reference=reference)
         )
     net = MemoryNetwork(seed=config.seed, latency_ms=2.0, jitter_ms=2.0)
     # The daemon's own mapping of [round] (virtual time: a round may take 10 minutes of it).
@@ -85,9 +90,12 @@ def run_memory(
     rng = random.Random(config.seed)
     accuracy_per_round: list[list[float]] = []
     aborted = refused = 0
+    steps = PhaseSteps()
+    result = MethodResult("gossiplearn", accuracy_per_round, complete=False)
     for round_index in range(config.rounds):
         for node, learner in zip(nodes, learners, strict=True):
-            vector = learner.train_round()
+            with steps.phase("train"):
+                vector = learner.train_round()
             weight = min(learner.trainer.num_train_samples, config.max_weight)
             node.set_contribution(vector, weight, learner.model.schema_hash)
         for group in groups_of(len(nodes), config.group_size, rng):
@@ -99,30 +107,38 @@ def run_memory(
         for key, outcomes in net.outcomes.items():
             for outcome in outcomes:
                 if isinstance(outcome, RoundFinished):
-                    applied = learners[index_of[key]].apply(outcome.average, outcome.contribution)
+                    with steps.phase("head"):
+                        applied = learners[index_of[key]].apply(
+                            outcome.average, outcome.contribution, evaluate=False
+                        )
                     refused += not applied.accepted
                 else:
                     aborted += 1
             outcomes.clear()
-        accuracy_per_round.append([accuracy_of(learner.evaluate()) for learner in learners])
+        done = round_index + 1
+        if done % config.eval_every == 0 or done == config.rounds:
+            accuracy_per_round.append([accuracy_of(learner.evaluate()) for learner in learners])
+        else:
+            accuracy_per_round.append([math.nan] * len(learners))
         bytes_per_peer = float(np.mean([net.bytes_sent[n.public_key] for n in nodes]))
-        if progress:
-            progress(round_index + 1, float(np.mean(accuracy_per_round[-1])), bytes_per_peer)
-    if final_models:
-        for peer, learner in enumerate(learners):
-            final_models(peer, learner.model)
-    return MethodResult(
-        "gossiplearn",
-        accuracy_per_round,
-        bytes_per_peer=float(np.mean([net.bytes_sent[n.public_key] for n in nodes])),
-        wall_s=time.perf_counter() - started,
-        extra={
+        result.bytes_per_peer = bytes_per_peer
+        result.wall_s = time.perf_counter() - started
+        result.steps_per_round = steps.per_peer_round(len(learners), done)
+        result.extra = {
             "rounds_aborted": aborted,
             "averages_refused": refused,
             "fell_back_to_local": sum(learner.fell_back for learner in learners),
             **epsilon_spent([learner.trainer for learner in learners]),
-        },
-    )
+        }
+        if on_result:
+            on_result(result)
+        if progress:
+            progress(done, float(np.mean(accuracy_per_round[-1])), bytes_per_peer)
+    if final_models:
+        for peer, learner in enumerate(learners):
+            final_models(peer, learner.model)
+    result.complete = True
+    return result
 
 
 def groups_of(count: int, size: int, rng: random.Random) -> list[list[int]]:

@@ -13,15 +13,20 @@ mode catches SIGTERM and SIGINT inside trio and stops its peers in order, see
 from __future__ import annotations
 
 import contextlib
+import select
 import signal
+import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 
 #: The exit code of a run stopped by SIGTERM (128 + 15, as the shell reports a process killed
 #: by it); Ctrl-C (SIGINT) gives 130.
 SIGTERM_EXIT = 128 + signal.SIGTERM
 SIGINT_EXIT = 128 + signal.SIGINT
+#: How long the main thread has to act on SIGTERM or SIGINT while it trains in this process
+#: (memory mode, the baselines) before :func:`honoured_within`'s watcher stops the run itself.
+GRACE_S = 2.0
 
 
 class Terminated(BaseException):
@@ -94,3 +99,53 @@ def raise_noted(noted: list[int]) -> None:
         raise Terminated
     if signal.SIGINT in noted:
         raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def honoured_within(stuck: Callable[[int], None], grace_s: float = GRACE_S) -> Iterator[None]:
+    """While inside (main thread, no trio run inside): a stop signal is honoured within
+    ``grace_s`` even when the main thread cannot take it.
+
+    Python runs a signal's handler in the main thread between bytecodes. A main thread inside
+    one long C call (a user's trainer evaluating a whole test set through an LSTM in one
+    forward pass, or any long torch or numpy call) takes SIGTERM and Ctrl-C only when that
+    call returns: a memory-mode run once went on for more than 45 s after SIGTERM, then
+    SIGINT. The C-level handler still runs at once and writes the signal's number to the
+    wakeup fd (``signal.set_wakeup_fd``); a watcher thread reads it, and if the main thread
+    has not left this block ``grace_s`` later, calls ``stuck(signum)``, which must end the
+    process (write what is known, ``os._exit``). A SIGINT that is ignored (a background job)
+    writes nothing and changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    reader, writer = socket.socketpair()
+    stop_reader, stop_writer = socket.socketpair()
+    writer.setblocking(False)
+    left = threading.Event()
+
+    def watch() -> None:
+        while True:
+            ready, _, _ = select.select([reader, stop_reader], [], [])
+            if stop_reader in ready:
+                return
+            for signum in reader.recv(64):
+                if signum in (signal.SIGTERM, signal.SIGINT) and not left.wait(grace_s):
+                    stuck(signum)
+                    return
+
+    previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    watcher = threading.Thread(target=watch, name="gossiplearn-signal-watch", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        left.set()
+        signal.set_wakeup_fd(previous)
+        stop_writer.send(b"x")
+        watcher.join()
+        for end in (reader, writer, stop_reader, stop_writer):
+            end.close()
+
+
+def signal_name(signum: int) -> str:
+    return "SIGTERM" if signum == signal.SIGTERM else "SIGINT"
