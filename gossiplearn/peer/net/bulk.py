@@ -71,6 +71,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import os
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
@@ -409,14 +410,17 @@ class BulkChannel:
         recipient: bytes,
         pair_key: bytes,
         frames: list[bytes],
+        connect_timeout_s: float = math.inf,
     ) -> None:
         """Send ``frames`` to ``recipient`` at ``address``; returns once it acknowledged them
-        all (raises otherwise: the caller falls back to libp2p)."""
+        all (raises otherwise: the caller falls back to libp2p). The TCP connect is given up
+        after ``connect_timeout_s``."""
         if not frames:
             raise ValueError("nothing to send: the receiver answers only after a frame")
         header = make_header(group, self.me, recipient)
         sealer = Sealer(pair_key, header)
-        stream = await trio.open_tcp_stream(*address)
+        with trio.fail_after(connect_timeout_s):
+            stream = await trio.open_tcp_stream(*address)
         async with stream:
             await stream.send_all(header + sealer.hello())
             for frame in frames:
