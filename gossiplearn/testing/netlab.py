@@ -460,8 +460,9 @@ class NetLab:
         return call_in_namespace(self.namespace(i), fn, timeout_s)
 
     def forwarder_stats(self, timeout_s: float = 5.0) -> dict[str, Any]:
-        """The forwarder's counters: per path ``"src>dst": [packets, bytes, lost, refused]``
-        (refused: connection attempts the firewall dropped)."""
+        """The forwarder's counters: ``paths``, per path ``"src>dst": [packets, bytes, lost,
+        refused]`` (refused: connection attempts the firewall dropped), and ``dns``, the A
+        queries answered per name."""
         forwarder = self._forwarder
         if forwarder is None:
             return {"paths": {}}
@@ -530,6 +531,7 @@ class _Dns:
 
         self._dns = dns
         self.names = dict(names)
+        self.queries: dict[str, int] = {}  # name -> A queries answered
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("0.0.0.0", 53))
         self.sock.setblocking(False)
@@ -553,6 +555,7 @@ class _Dns:
                 reply.set_rcode(dns.rcode.NXDOMAIN)
             elif question.rdtype == dns.rdatatype.A:
                 reply.answer.append(dns.rrset.from_text(question.name, 60, "IN", "A", ip))
+                self.queries[name] = self.queries.get(name, 0) + 1
         with contextlib.suppress(OSError):
             self.sock.sendto(reply.to_wire(), address)
 
@@ -661,8 +664,8 @@ def forward(spec: Mapping[str, Any]) -> None:
                 _write_packet(fd, queue.popleft()[1])
         if dump:
             dump = False
-            _write_stats(spec["stats"], counts)
-    _write_stats(spec["stats"], counts)
+            _write_stats(spec["stats"], counts, dns)
+    _write_stats(spec["stats"], counts, dns)
 
 
 def _write_packet(fd: int, packet: bytes) -> None:
@@ -671,10 +674,14 @@ def _write_packet(fd: int, packet: bytes) -> None:
         os.write(fd, packet)
 
 
-def _write_stats(path: str, counts: Mapping[tuple[int, int], list[int]]) -> None:
+def _write_stats(path: str, counts: Mapping[tuple[int, int], list[int]], dns: _Dns | None) -> None:
+    stats = {
+        "paths": {f"{s}>{d}": c for (s, d), c in counts.items()},
+        "dns": {} if dns is None else dict(dns.queries),
+    }
     temp = f"{path}.tmp"
     with open(temp, "w") as handle:
-        json.dump({"paths": {f"{s}>{d}": c for (s, d), c in counts.items()}}, handle)
+        json.dump(stats, handle)
     os.replace(temp, path)
 
 

@@ -28,6 +28,8 @@ from gossiplearn.testing.netlab import NetLab
 
 #: Every daemon of a lab listens on this port of its own address (each has its own namespace).
 LAB_PORT = 4001
+#: The round interval of a peer that only answers invitations.
+NEVER_S = 1e6
 STOP_GRACE_S = 10.0
 
 
@@ -41,6 +43,13 @@ class PeerPlan:
     relays: Sequence[int] = ()
     #: This peer offers a relay to the others: peer.relay_service.
     relay_service: bool = False
+    #: False: nobody can dial it (its lab link accepts no inbound connections), so nobody
+    #: bootstraps from its address; it is admitted by peer id only, and dials out itself.
+    dialable: bool = True
+    #: peer.announce (e.g. its /dns4/ name); with ``quiet``, it dials nobody itself
+    #: (no bootstrap): the others must reach it at what it announces.
+    announce: Sequence[str] = ()
+    quiet: bool = False
 
 
 def prepare(
@@ -53,12 +62,14 @@ def prepare(
     partition: str = "dirichlet:0.3",
     seed: int = 0,
     plans: Mapping[int, PeerPlan] | None = None,
+    initiators: Sequence[int] | None = None,
     edit: Callable[[int, PeerConfig], None] | None = None,
 ) -> list[Path]:
     """``peers`` daemon directories admitting each other, training on digits shards; on
     ``lab``'s addresses if given (each listens on LAB_PORT of its own IP), else on 127.0.0.1.
     Each bootstraps from every other peer (so discovery does not depend on who comes up
-    first). ``edit(i, config)`` may change anything before it is saved."""
+    first). ``initiators``: only these peers invite (the others only answer); None: all.
+    ``edit(i, config)`` may change anything before it is saved."""
     from gossiplearn.sim.config import SimConfig
     from gossiplearn.sim.daemons import prepare_peers
 
@@ -91,8 +102,13 @@ def prepare(
             return str(LAB_PORT) if lab is not None else local[j].rsplit("/", 1)[1]
 
         peer_config.peer.bootstrap = [
-            f"{host(j)}/tcp/{port(j)}/p2p/{ids[j]}" for j in range(peers) if j != i
+            f"{host(j)}/tcp/{port(j)}/p2p/{ids[j]}"
+            for j in range(peers)
+            if j != i and plans.get(j, PeerPlan()).dialable and not plan.quiet
         ]
+        peer_config.peer.announce = list(plan.announce)
+        if initiators is not None and i not in initiators:
+            peer_config.round.interval_s = NEVER_S
         if plan.relays:
             peer_config.peer.relays = [f"{host(j)}/tcp/{port(j)}/p2p/{ids[j]}" for j in plan.relays]
         if plan.relay_service:
@@ -117,20 +133,44 @@ class Cluster:
     on 127.0.0.1 without one. ``with Cluster(dirs, lab) as cluster:`` stops them all
     (SIGTERM, then SIGKILL) whatever happens."""
 
-    def __init__(self, dirs: Sequence[Path], lab: NetLab | None = None) -> None:
+    def __init__(
+        self, dirs: Sequence[Path], lab: NetLab | None = None, *, start: bool = True
+    ) -> None:
+        """``start`` False: start none yet (:meth:`start`, :meth:`start_after`)."""
         self.dirs = list(dirs)
         self.lab = lab
+        self.autostart = start
         self.ports = [load_config(d).status.port for d in self.dirs]
         self.processes: list[subprocess.Popen[bytes] | None] = [None] * len(self.dirs)
 
     def __enter__(self) -> Cluster:
         try:
-            for i in range(len(self.dirs)):
-                self.start(i)
+            if self.autostart:
+                for i in range(len(self.dirs)):
+                    self.start(i)
         except BaseException:
             self.stop_all()
             raise
         return self
+
+    def start_after(self, first: Sequence[int], budget_s: float = 120.0) -> None:
+        """Start ``first``, wait until each serves a fresh contribution and sees the others of
+        ``first`` live, then start the rest: whoever invites then finds everyone ready."""
+        for i in first:
+            self.start(i)
+
+        def ready(documents: list[dict[str, Any] | None]) -> bool:
+            return all(
+                (d := documents[i]) is not None
+                and d["contribution_fresh"]
+                and sum(n["live"] for n in d["neighbours"]) >= len(first) - 1
+                for i in first
+            )
+
+        self.wait(ready, budget_s, "the first peers to be ready", only=first)
+        for i in range(len(self.dirs)):
+            if self.processes[i] is None:
+                self.start(i)
 
     def __exit__(self, *exc: object) -> None:
         self.stop_all()
@@ -154,8 +194,9 @@ class Cluster:
             return fetch_status(port)
         return self.lab.call(i, lambda: fetch_status(port), timeout_s=10)
 
-    def statuses(self) -> list[dict[str, Any] | None]:
-        return [self.status(i) for i in range(len(self.dirs))]
+    def statuses(self, only: Sequence[int] | None = None) -> list[dict[str, Any] | None]:
+        wanted = range(len(self.dirs)) if only is None else only
+        return [self.status(i) if i in wanted else None for i in range(len(self.dirs))]
 
     def check_alive(self) -> None:
         for i, process in enumerate(self.processes):
@@ -169,14 +210,15 @@ class Cluster:
         budget_s: float,
         what: str,
         poll_s: float = 1.0,
+        only: Sequence[int] | None = None,
     ) -> list[dict[str, Any] | None]:
-        """Poll every status until ``condition(documents)``; AssertionError after
-        ``budget_s`` (a daemon that exits raises at once)."""
+        """Poll every status (or ``only`` those) until ``condition(documents)``;
+        AssertionError after ``budget_s`` (a daemon that exits raises at once)."""
         deadline = time.monotonic() + budget_s
         documents: list[dict[str, Any] | None] = []
         while time.monotonic() < deadline:
             self.check_alive()
-            documents = self.statuses()
+            documents = self.statuses(only)
             if condition(documents):
                 return documents
             time.sleep(poll_s)
