@@ -12,13 +12,17 @@ bound's two terms), bytes_sent (by the initiator in one round), aborted (none ex
 children run without deadlines), first_deadline_s and steady_deadline_s (the deadline a
 default-configured peer gives the first round, at its assumed 10 MB/s, and later ones, at the
 throughput it measured), fits_default_deadlines, bulk_frames_sent, bulk_fallbacks.
+With --deadlines default the peers run a deployed peer's deadlines instead of none: rounds
+that do not fit abort (aborted, abort_reasons; round_s null if none finished), and --round
+KEY=VALUE sets a key of their [round] section (round_keys).
 
 Needs root (network namespaces). With --plot, draws round time against RTT (a line per
 bandwidth, the bound dashed) from the lines printed (or --from-json FILE).
 
 Usage: python benchmarks/wan_bench.py [--n digits,1e7] [--rtt 1,50,150,300]
        [--mbit 10,100,1000] [--rounds 3] [--loss 0] [--congestion bbr|reno]
-       [--transport bulk|libp2p] [--plot docs/wan_round_time.png] [--from-json FILE]
+       [--transport bulk|libp2p] [--deadlines generous|default] [--round KEY=VALUE]
+       [--plot docs/wan_round_time.png] [--from-json FILE]
 """
 
 from __future__ import annotations
@@ -41,6 +45,19 @@ def main() -> None:
     parser.add_argument("--loss", type=float, default=0.0, help="packet loss per path")
     parser.add_argument("--congestion", default="", help="TCP congestion control (default: host's)")
     parser.add_argument("--transport", choices=["bulk", "libp2p"], default="bulk")
+    parser.add_argument(
+        "--deadlines",
+        choices=["generous", "default"],
+        default="generous",
+        help="generous: none in the way (round times); default: a deployed peer's (aborts)",
+    )
+    parser.add_argument(
+        "--round",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --deadlines default: a [round] key of the peers (assumed_mbit, round_timeout_s)",
+    )
     parser.add_argument("--plot", type=Path, help="draw the lines into this PNG")
     parser.add_argument("--from-json", type=Path, help="plot these JSON lines, measure nothing")
     args = parser.parse_args()
@@ -63,6 +80,10 @@ def main() -> None:
                         loss=args.loss,
                         bulk=args.transport == "bulk",
                         congestion=args.congestion or None,
+                        deadlines=args.deadlines,
+                        round_keys={
+                            k: float(v) for k, v in (kv.split("=", 1) for kv in args.round)
+                        },
                     )
                     print(json.dumps(line), flush=True)
                     lines.append(line)

@@ -73,6 +73,7 @@ class RoundSection:
     interval_s: float = 10.0
     invite_timeout_s: float = 2.0
     round_timeout_s: float = 60.0
+    assumed_mbit: float = 80.0
     mix: float = 1.0
     max_abs_average: float = 64.0
 
@@ -90,6 +91,7 @@ class RoundSection:
             max_weight=self.max_weight,
             invite_timeout_ms=int(self.invite_timeout_s * 1000),
             round_timeout_ms=int(self.round_timeout_s * 1000),
+            assumed_bytes_per_s=max(1, int(self.assumed_mbit * 1e6 / 8)),
             max_abs_average=self.max_abs_average,
         )
 
@@ -253,6 +255,8 @@ class PeerConfig:
             raise ConfigError("round.mix must be in (0, 1]")
         if not rnd.interval_s > 0:
             raise ConfigError("round.interval_s must be > 0")
+        if not rnd.assumed_mbit > 0:
+            raise ConfigError(f"round.assumed_mbit must be > 0 (Mbit/s), got {rnd.assumed_mbit:g}")
         if not 0 < rnd.invite_timeout_s < rnd.round_timeout_s:
             raise ConfigError("need 0 < round.invite_timeout_s < round.round_timeout_s")
         low, high = FRAC_BITS_RANGE
@@ -452,6 +456,12 @@ _DOCS: dict[str, str] = {
     "round.invite_timeout_s": "How long an initiator waits for answers to its INVITE.",
     "round.round_timeout_s": "The longest any round may take. Each round's own deadline is scaled\n"
     "to the backbone and the measured throughput (seconds for small models), within this.",
+    "round.assumed_mbit": "The throughput (Mbit/s) a round's deadline allows for until this peer\n"
+    "has finished rounds of its own (then: what it measured): invite_timeout_s + 3 s + 4 x 2 x\n"
+    "the backbone's bytes at this rate, at most round_timeout_s. On slower links with large\n"
+    "models, set it to the slowest access link among the peers (and round_timeout_s above a\n"
+    "round's time): rounds that pass their deadline teach the estimate nothing\n"
+    "(docs/internet.md).",
     "round.mix": "After a round, backbone <- (1 - mix) * backbone + mix * group average.",
     "round.max_abs_average": "Abort a round whose average has any value beyond +-this: a member\n"
     "sent garbage, which decodes to values up to 2^(31 - frac_bits) (2048 at 20). Keep it above\n"

@@ -76,12 +76,16 @@ def measure(
     loss: float = 0.0,
     bulk: bool = True,
     congestion: str | None = None,
+    deadlines: str = "generous",
+    round_keys: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Start a lab of k peers (every path: this RTT, loss; each access link: mbit), run one
     warm-up round and ``rounds`` timed ones initiated by peer 0 (fresh processes), and return
     the figures: round_s (median), each round's seconds, the lower bound, bytes, the deadline
     a default-configured peer would give the first round and later ones, and how the
-    frames travelled (bulk channel or libp2p)."""
+    frames travelled (bulk channel or libp2p). ``deadlines``: "generous" (none in the way)
+    or "default" (a deployed peer's: rounds that do not fit abort, and are counted), with
+    ``round_keys`` set in its ``[round]`` section (e.g. assumed_mbit, round_timeout_s)."""
     seeds = [os.urandom(32).hex() for _ in range(k)]
     with NetLab(uniform(k, rtt_ms, mbit, loss), congestion=congestion) as lab:
         work = Path(tempfile.mkdtemp(prefix="wan-rounds-"))
@@ -91,6 +95,8 @@ def measure(
             "n": n,
             "rounds": rounds,
             "bulk": bulk,
+            "deadlines": deadlines,
+            "round": dict(round_keys or {}),
         }
         spec_path = work / "spec.json"
         spec_path.write_text(json.dumps(spec))
@@ -117,7 +123,8 @@ def measure(
             raise RuntimeError(f"the initiator failed (exit {children[0].returncode}):\n{log}")
         figures = json.loads(lines[-1])
     bound = lower_bound_s(n, k, rtt_ms, mbit)
-    round_s = statistics.median(figures["seconds"])
+    seconds = figures["seconds"]
+    round_s = statistics.median(seconds) if seconds else None  # None: no round finished
     return {
         "bench": "wan",
         "n": n,
@@ -128,19 +135,23 @@ def measure(
         "loss": loss,
         "congestion": congestion or default_congestion(),
         "transport": "bulk" if bulk else "libp2p",
-        "round_s": round(round_s, 3),
-        "rounds_s": [round(s, 3) for s in figures["seconds"]],
+        "deadlines": deadlines,
+        "round_keys": dict(round_keys or {}),
+        "round_s": None if round_s is None else round(round_s, 3),
+        "rounds_s": [round(s, 3) for s in seconds],
         "lower_bound_s": round(bound, 3),
-        "over_bound": round(round_s / bound, 2),
+        "over_bound": None if round_s is None else round(round_s / bound, 2),
         "steps_s": round(MESSAGE_STEPS * rtt_ms / 2000, 3),
         "transfer_s": round(bound - MESSAGE_STEPS * rtt_ms / 2000, 3),
         "bytes_sent": figures["bytes_sent"],
         "aborted": figures["aborted"],
+        "abort_reasons": figures["abort_reasons"],
         "first_deadline_s": round(default_deadline_s(n), 3),
         "steady_deadline_s": round(default_deadline_s(n, figures["throughput"]), 3),
         "fits_default_deadlines": bool(
-            max(figures["seconds"]) < default_deadline_s(n, figures["throughput"])
-            and figures["seconds"][0] < default_deadline_s(n)
+            seconds
+            and max(seconds) < default_deadline_s(n, figures["throughput"])
+            and max(seconds[0], figures["warmup_s"]) < default_deadline_s(n)
         ),
         "bulk_frames_sent": figures["bulk_frames_sent"],
         "bulk_fallbacks": figures["bulk_fallbacks"],
@@ -161,6 +172,7 @@ async def _child(spec: dict[str, Any], index: int) -> None:
     import trio
 
     from gossiplearn.crypto.identity import Identity
+    from gossiplearn.peer.config import RoundSection
     from gossiplearn.peer.net.engine import RoundEngine
     from gossiplearn.peer.net.host import ROUND_PROTOCOL, Admission, Host
     from gossiplearn.protocol.config import RoundConfig
@@ -172,11 +184,15 @@ async def _child(spec: dict[str, Any], index: int) -> None:
     keys = [identity.public_key for identity in identities]
     admission = Admission(keys)
     host = Host(me, [f"/ip4/{spec['ips'][index]}/tcp/{PORT}"], admission)
-    # Deadlines out of the way: this measures how long rounds take, not whether they fit
-    # (the figures say whether the defaults would have held).
-    config = RoundConfig(
-        max_group_size=len(keys), round_timeout_ms=3_600_000, invite_timeout_ms=60_000
-    )
+    if spec["deadlines"] == "default":  # as a deployed peer: rounds past them abort
+        config = RoundSection(group_size=len(keys), **spec["round"]).to_round_config()
+    else:  # out of the way: how long rounds take, not whether they fit
+        config = RoundConfig(
+            max_group_size=len(keys),
+            round_timeout_ms=3_600_000,
+            invite_timeout_ms=60_000,
+            assumed_bytes_per_s=100_000,  # a deadline scaled to 0.1 MB/s: an hour, the cap
+        )
     node = Node(me, config, admitted=admission, now_ms=int(time.time() * 1000))
     outcome: dict[str, Any] = {}
     round_over = trio.Event()
@@ -221,6 +237,7 @@ async def _child(spec: dict[str, Any], index: int) -> None:
         seconds: list[float] = []
         sent: list[int] = []
         aborted = 0
+        reasons: list[str] = []
         while len(seconds) < spec["rounds"] + 1:
             round_over = trio.Event()
             await trio.sleep(1.0)  # every member has finished the last round and trained
@@ -233,15 +250,22 @@ async def _child(spec: dict[str, Any], index: int) -> None:
                 sent.append(result.stats.bytes_sent)
             elif isinstance(result, RoundAborted):
                 aborted += 1
-                if aborted > 5:
-                    raise RuntimeError(f"rounds keep aborting: {result.reason}")
+                reasons.append(result.reason)
+                print(
+                    f"round aborted: {result.reason} after {time.perf_counter() - began:.2f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                if aborted > 5:  # the deadlines cannot hold here: say so, and stop
+                    break
         print(
             json.dumps(
                 {
                     "seconds": seconds[1:],
-                    "warmup_s": seconds[0],
-                    "bytes_sent": sent[-1],
+                    "warmup_s": seconds[0] if seconds else None,
+                    "bytes_sent": sent[-1] if sent else None,
                     "aborted": aborted,
+                    "abort_reasons": reasons,
                     "throughput": node._throughput,
                     "bulk_frames_sent": engine.bulk_frames_sent,
                     "bulk_fallbacks": engine.bulk_fallbacks,
@@ -268,6 +292,13 @@ def plot(lines: Sequence[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    lines = [
+        line
+        for line in lines
+        if line["round_s"] is not None
+        and line.get("deadlines", "generous") == "generous"
+        and not line["loss"]
+    ]
     models = sorted({line["n"] for line in lines})
     fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
     for axis, n in zip(axes[0], models, strict=True):

@@ -51,6 +51,7 @@ def test_every_key_is_documented():
         (f'[peer]\nannounce = ["/ip4/203.0.113.7/tcp/4001/p2p/{PEER}"]\n', "no /p2p/ part"),
         ('[peer]\nrelays = ["/ip4/203.0.113.7/tcp/4001"]\n', "peer.relays: .*/p2p/PEER_ID"),
         (f'[peer]\nrelays = ["/ip4/203.0.113.7/tcp/4001/p2p/{PEER}"]\n', "not admitted.*allow"),
+        ("[round]\nassumed_mbit = 0\n", "round.assumed_mbit must be > 0"),
     ],
 )
 def test_bad_configs_are_refused_with_the_key_named(text, message):
@@ -89,3 +90,12 @@ def test_announced_addresses_dns_names_and_relays_are_read_back():
     assert peer.bootstrap == [f"/dns4/org-b.example.org/tcp/4001/p2p/{PEER}"]
     assert peer.relays == [f"/dns6/relay.example.org/tcp/4001/p2p/{PEER}"]
     assert peer.relay_service
+
+
+def test_the_assumed_link_speed_sets_the_round_machines_first_throughput():
+    """A slow link with a large model: the first deadline must allow for the link, or no round
+    ever finishes (docs/internet.md, "Deadlines across a WAN")."""
+    default = PeerConfig().round.to_round_config()
+    slow = parse_config("[round]\nassumed_mbit = 10\nround_timeout_s = 300\n").round
+    assert default.assumed_bytes_per_s == 10_000_000  # the round machine's own default
+    assert slow.to_round_config().assumed_bytes_per_s == 1_250_000

@@ -47,8 +47,16 @@ INBOX_CAPACITY = 128
 #: bounds a hostile peer to 32 frames (~34 MiB) and leaves 96 of the 128 inbox slots to
 #: everyone else.
 PEER_FRAMES = 32
+#: A send must make progress within this: opening the stream, writing each frame (<= 1 MiB),
+#: the bulk channel's acknowledgement. Not the whole batch: a member's parts of a 40 MB
+#: backbone take 24 s at 10 Mbit/s, and a whole batch bounded by 30 s failed on such links
+#: (the frames were sent again over libp2p, doubling the round's bytes), or struck the peer.
 SEND_TIMEOUT_S = 30.0
-PROBE_TIMEOUT_S = 3.0
+#: A probe of a member whose connection closed (peer_disconnected) may have to dial it again:
+#: TCP, multistream-select, Noise XX, yamux and the stream's own negotiation take ~5.5 round
+#: trips (1.65 s at 300 ms), a lost SYN adds 1 s, a /dns4/ name one lookup: 5 s covers that
+#: with room, and bounds how long a member that really died holds the round.
+PROBE_TIMEOUT_S = 5.0
 #: Frames that go over the bulk channel (peer/net/bulk.py) when it is on; the rest over libp2p.
 BULK_KINDS = frozenset({"PART", "REDUCED"})
 #: A batch's bulky frames take the bulk channel only from this many bytes: below it, our
@@ -393,13 +401,15 @@ class RoundEngine:
         timeout_s: float = SEND_TIMEOUT_S,
         group: bytes | None = None,
     ) -> None:
+        """Send ``frames`` to ``key``; each step must make progress within ``timeout_s`` (see
+        SEND_TIMEOUT_S). No frames: a probe (can a new stream be opened now?)."""
         try:
-            with trio.fail_after(timeout_s):
-                if not frames:  # a probe: can a new stream be opened now?
+            if not frames:
+                with trio.fail_after(timeout_s):
                     stream = await self.host.open_stream(key, ROUND_PROTOCOL)
                     await stream.close()  # type: ignore[attr-defined]
-                else:
-                    await self._send_on_round_stream(key, frames)
+            else:
+                await self._send_on_round_stream(key, frames, timeout_s)
         except Exception as exc:  # the peer is gone or refused us
             self.send_failures += 1
             log.debug("sending %d frame(s) failed: %r", len(frames), exc)
@@ -407,7 +417,9 @@ class RoundEngine:
             if group is not None:  # the machine decides whether its round can go on
                 await self._inbox_send.send(_Unreachable(key, group))
 
-    async def _send_on_round_stream(self, key: bytes, frames: list[bytes]) -> None:
+    async def _send_on_round_stream(
+        self, key: bytes, frames: list[bytes], timeout_s: float = SEND_TIMEOUT_S
+    ) -> None:
         """Write ``frames`` on our long-lived round stream to ``key``, opening it if needed.
 
         One stream per peer, kept open: opening a yamux stream and negotiating its protocol
@@ -423,11 +435,13 @@ class RoundEngine:
                 stream = self._out.get(key)
                 fresh = stream is None
                 if stream is None:
-                    stream = await self.host.open_stream(key, ROUND_PROTOCOL)
+                    with trio.fail_after(timeout_s):
+                        stream = await self.host.open_stream(key, ROUND_PROTOCOL)
                     self._out[key] = stream
                 try:
                     for frame in frames:
-                        await self.host.send_frame(key, stream, frame)
+                        with trio.fail_after(timeout_s):
+                            await self.host.send_frame(key, stream, frame)
                     return
                 except Exception:
                     if self._out.get(key) is stream:
@@ -461,11 +475,16 @@ class RoundEngine:
         """Frames over the bulk channel; over libp2p if that fails for any reason."""
         assert self.bulk is not None
         try:
-            with trio.fail_after(SEND_TIMEOUT_S):
-                address = await self._bulk_address(key)
-                await self.bulk.send(
-                    address, group, key, pair_key, frames, connect_timeout_s=BULK_CONNECT_TIMEOUT_S
-                )
+            address = await self._bulk_address(key)
+            await self.bulk.send(
+                address,
+                group,
+                key,
+                pair_key,
+                frames,
+                connect_timeout_s=BULK_CONNECT_TIMEOUT_S,
+                progress_timeout_s=SEND_TIMEOUT_S,
+            )
             self.bulk_frames_sent += len(frames)
             for frame in frames:
                 self.host.counters.bytes_out[key] += 4 + len(frame)
