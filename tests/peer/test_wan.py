@@ -80,6 +80,8 @@ def test_six_peers_across_a_wan_learn_what_they_learn_on_loopback(tmp_path: Path
     for documents in (loopback, across):
         assert all(wan.rounds_done(d) >= ROUNDS for d in documents)
         assert aborts(documents) == {}
+        # No timeout of the network side either: handshakes, bulk channel connections.
+        assert all(not d["inbound_refused"] and not d["bulk_refused"] for d in documents)
         # Every round held all six: the runs averaged the same contributions.
         assert all(
             len(entry["members"]) == PEERS
@@ -134,6 +136,7 @@ def test_peers_that_accept_no_connections_join_through_a_relay(tmp_path: Path) -
             documents = [d for d in cluster.wait(done, BUDGET_S, "rounds through the relay") if d]
         refused = lab.forwarder_stats()["paths"]
     assert aborts(documents) == {}
+    assert all(not d["inbound_refused"] and not d["bulk_refused"] for d in documents)
     ids = [d["peer_id"] for d in documents]
     for i in FIREWALLED:
         reached = {n["peer_id"]: n["reached"] for n in documents[i]["neighbours"]}
