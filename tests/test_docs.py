@@ -53,6 +53,7 @@ RUN_BY: dict[str, str] = {
     "python benchmarks/wan_bench.py --n 1e7 --rtt 150 --mbit 10 --deadlines default": "tests/testing/test_wan_bench.py::test_the_wan_bench_runs_a_deployed_peers_deadlines",  # a small point
     "python benchmarks/wan_bench.py --n 1e7 --rtt 150 --mbit 10 --deadlines default --round assumed_mbit=10 --round round_timeout_s=300": "tests/testing/test_wan_bench.py::test_the_wan_bench_runs_a_deployed_peers_deadlines",  # a small point
     "python benchmarks/wan_bench.py --n 1e7 --rtt 300 --mbit 100 --rounds 1 --transport libp2p": "tests/testing/test_wan_bench.py::test_the_wan_bench_prints_one_json_line_per_point",  # a small point, over the bulk channel
+    "python benchmarks/wan_bench.py --n 1e7 --rtt 150 --mbit 20 --loss 0.01 --deadlines default": "tests/testing/test_wan_bench.py::test_the_wan_bench_runs_a_deployed_peers_deadlines",  # a small point, no loss
     "python benchmarks/wan_bench.py --from-json docs/wan_round_time.jsonl --plot docs/wan_round_time.png": "tests/testing/test_wan_bench.py::test_the_plot_is_redrawn_from_its_figures_as_written",
     # docs/operating.md
     "gossiplearn init ./org-a --listen /ip4/0.0.0.0/tcp/4001 --shard 0/3": "tests/commands/test_cli.py::test_init_creates_a_private_identity_and_a_documented_config",
