@@ -44,6 +44,17 @@ SMALL = f"{HERE}::test_a_documented_benchmark_runs_at_a_small_size"
 RUN_BY: dict[str, str] = {
     # README
     "make sim": "tests/sim/test_modes.py::test_sim_command_process_mode_runs_real_daemons",  # its `gossiplearn sim --mode process`, 2 rounds
+    # README: across the internet (configured as written; run across the lab by tests/peer/test_wan.py)
+    "gossiplearn keys show org-a": "tests/commands/test_internet_example.py::test_the_internet_example_configures_as_written",
+    "gossiplearn allow org-c /ip4/198.51.100.10/tcp/4001/p2p/12D3KooWMbbPVGsZYh3ChQjue712NHHGNybRRXwnuSpezYjGbCDS /dns4/gossip.org-b.example/tcp/4001/p2p/12D3KooWCugzopk9fYBy1pvYVi94Qr2y9PL4CjSpYZUaXir3YWb7": "tests/commands/test_internet_example.py::test_the_internet_example_configures_as_written",
+    "gossiplearn allow org-a 12D3KooWM82bDYYgzgXaayHDdVciFe3bGvJ69qHnbSztNUJ933VQ": "tests/commands/test_internet_example.py::test_the_internet_example_configures_as_written",
+    # docs/internet.md
+    "python benchmarks/wan_bench.py --plot docs/wan_round_time.png": "tests/testing/test_wan_bench.py::test_the_wan_bench_prints_one_json_line_per_point",  # one small point
+    "python benchmarks/wan_bench.py --n 1e7 --rtt 150 --mbit 10 --deadlines default": "tests/testing/test_wan_bench.py::test_the_wan_bench_runs_a_deployed_peers_deadlines",  # a small point
+    "python benchmarks/wan_bench.py --n 1e7 --rtt 150 --mbit 10 --deadlines default --round assumed_mbit=10 --round round_timeout_s=300": "tests/testing/test_wan_bench.py::test_the_wan_bench_runs_a_deployed_peers_deadlines",  # a small point
+    "python benchmarks/wan_bench.py --n 1e7 --rtt 300 --mbit 100 --rounds 1 --transport libp2p": "tests/testing/test_wan_bench.py::test_the_wan_bench_prints_one_json_line_per_point",  # a small point, over the bulk channel
+    "python benchmarks/wan_bench.py --n 1e7 --rtt 150 --mbit 20 --loss 0.01 --deadlines default": "tests/testing/test_wan_bench.py::test_the_wan_bench_runs_a_deployed_peers_deadlines",  # a small point, no loss
+    "python benchmarks/wan_bench.py --from-json docs/wan_round_time.jsonl --plot docs/wan_round_time.png": "tests/testing/test_wan_bench.py::test_the_plot_is_redrawn_from_its_figures_as_written",
     # docs/operating.md
     "gossiplearn init ./org-a --listen /ip4/0.0.0.0/tcp/4001 --shard 0/3": "tests/commands/test_cli.py::test_init_creates_a_private_identity_and_a_documented_config",
     "gossiplearn keys show ./org-a": "tests/commands/test_mistakes.py::test_keys_show_prints_the_full_dialable_address",

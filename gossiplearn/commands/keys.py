@@ -1,5 +1,7 @@
 """``gossiplearn keys show DIR``: print the peer id of DIR's identity and the full address
-other peers dial (``gossiplearn allow THEIR_DIR ADDRESS``)."""
+other peers dial (``gossiplearn allow THEIR_DIR ADDRESS``): ``peer.announce`` if set, a
+circuit address through each of ``peer.relays`` for a peer that accepts no connections, else
+the listen addresses."""
 
 from __future__ import annotations
 
@@ -25,9 +27,20 @@ def show(
     except IdentityError as exc:
         fail(str(exc))
     try:
-        listen = load_config(directory).peer.listen
+        peer = load_config(directory).peer
     except ConfigError as exc:
         fail(str(exc), 2)
     typer.echo(f"peer id:  {peer_id}")
-    for address in listen:
-        typer.echo(f"address:  {dialable(address, peer_id)}")
+    # What others dial: the announced addresses (peer.announce), else through the relays of a
+    # peer that accepts no connections, else the listen addresses.
+    if peer.announce:
+        for address in peer.announce:
+            typer.echo(f"address:  {address}/p2p/{peer_id}")
+        for address in peer.listen:
+            typer.echo(f"listen:   {address}")
+    elif peer.relays:
+        for relay in peer.relays:
+            typer.echo(f"address:  {relay}/p2p-circuit/p2p/{peer_id}  (through a relay)")
+    else:
+        for address in peer.listen:
+            typer.echo(f"address:  {dialable(address, peer_id)}")

@@ -391,6 +391,8 @@ def render(document: dict[str, Any]) -> Any:
         live = "yes" if n.get("live") else "no"
         if n.get("live") and n.get("invitable") is False:
             live = "yes, not invited"
+        if n.get("reached") == "relayed":
+            live += ", relayed"  # only through a relay (docs/internet.md)
         cells = (
             short_id(n["peer_id"]),
             (n.get("addrs") or ["(inbound)"])[0],

@@ -49,6 +49,9 @@ class PeerSection:
     bootstrap: list[str] = field(default_factory=list)
     failed_admissions_per_minute: int = 60
     bulk_port: int = 0
+    announce: list[str] = field(default_factory=list)
+    relays: list[str] = field(default_factory=list)
+    relay_service: bool = False
 
 
 @dataclass
@@ -70,6 +73,7 @@ class RoundSection:
     interval_s: float = 10.0
     invite_timeout_s: float = 2.0
     round_timeout_s: float = 60.0
+    assumed_mbit: float = 80.0
     mix: float = 1.0
     max_abs_average: float = 64.0
 
@@ -87,6 +91,7 @@ class RoundSection:
             max_weight=self.max_weight,
             invite_timeout_ms=int(self.invite_timeout_s * 1000),
             round_timeout_ms=int(self.round_timeout_s * 1000),
+            assumed_bytes_per_s=max(1, int(self.assumed_mbit * 1e6 / 8)),
             max_abs_average=self.max_abs_average,
         )
 
@@ -214,6 +219,20 @@ class PeerConfig:
                 raise ConfigError(f"peer.bootstrap: {problem}")
         if peer.failed_admissions_per_minute < 0:
             raise ConfigError("peer.failed_admissions_per_minute must be >= 0 (0: no limit)")
+        for address in peer.announce:
+            problem = announce_address_problem(address)
+            if problem:
+                raise ConfigError(f"peer.announce: {problem}")
+        for address in peer.relays:
+            problem = dial_address_problem(address)
+            if problem:
+                raise ConfigError(f"peer.relays: {problem}")
+            relay = address.rpartition("/p2p/")[2]
+            if peer.admission != "open" and relay not in peer.allow:
+                raise ConfigError(
+                    f"peer.relays: {relay} is not admitted; admit it with `gossiplearn allow "
+                    f"DIR {address}` (a relay must be a peer of this network)"
+                )
         if not -1 <= peer.bulk_port <= 65535:
             raise ConfigError(
                 "peer.bulk_port must be a TCP port (0..65535; 0: any free port) or -1 (off)"
@@ -236,6 +255,8 @@ class PeerConfig:
             raise ConfigError("round.mix must be in (0, 1]")
         if not rnd.interval_s > 0:
             raise ConfigError("round.interval_s must be > 0")
+        if not rnd.assumed_mbit > 0:
+            raise ConfigError(f"round.assumed_mbit must be > 0 (Mbit/s), got {rnd.assumed_mbit:g}")
         if not 0 < rnd.invite_timeout_s < rnd.round_timeout_s:
             raise ConfigError("need 0 < round.invite_timeout_s < round.round_timeout_s")
         low, high = FRAC_BITS_RANGE
@@ -340,6 +361,25 @@ def listen_address_problem(address: str) -> str | None:
     return None
 
 
+_ANNOUNCE_FORM = "/ip4/PUBLIC_IP/tcp/PORT or /dns4/NAME/tcp/PORT"
+
+
+def announce_address_problem(address: str) -> str | None:
+    """Why ``address`` cannot be announced (``/ip4|ip6|dns|dns4|dns6/HOST/tcp/PORT``), or
+    None."""
+    problem, parts = _tcp_address_problem(address, _ANNOUNCE_FORM)
+    if problem:
+        return problem
+    if len(parts) != 5:
+        return f"{address!r} is not of the form {_ANNOUNCE_FORM} (no /p2p/ part)"
+    if parts[4] == "0" or parts[2] in ("0.0.0.0", "::"):
+        return (
+            f"{address!r} cannot be dialed (port 0 or the any-address); give the address and "
+            f"port others reach this peer at: {_ANNOUNCE_FORM}"
+        )
+    return None
+
+
 def peer_id_problem(peer_id: str) -> str | None:
     try:
         public_key_from_peer_id(peer_id)
@@ -368,7 +408,8 @@ _DOCS: dict[str, str] = {
     "peer.admission": '"allowlist": only the peer ids in `allow` may connect (refused ones are\n'
     'counted). "open": anyone may (demos only; a warning is logged at start).',
     "peer.allow": "Peer ids (12D3KooW...) admitted. Add with `gossiplearn allow DIR PEER`.",
-    "peer.bootstrap": "Full multiaddrs (.../p2p/PEER_ID) dialed at start to find the network.",
+    "peer.bootstrap": "Full multiaddrs (.../p2p/PEER_ID) dialed at start to find the network\n"
+    "(/ip4/, /ip6/, /dns4/ or /dns6/ hosts).",
     "peer.failed_admissions_per_minute": "Failed admissions (a failed handshake, or a peer not\n"
     "admitted) each remote IP may cause per minute, in bursts of as many: every connection\n"
     "takes one on arrival, given back once its peer is admitted; past that its connections\n"
@@ -377,6 +418,18 @@ _DOCS: dict[str, str] = {
     "model parts travel there, sealed (AES-256-GCM) with keys from the round's own key\n"
     "agreement, much faster than over libp2p. Peers learn it over libp2p. 0: any free port;\n"
     "-1: off (everything over libp2p). A peer that cannot reach it falls back to libp2p.",
+    "peer.announce": "The addresses others should dial, if not the listen addresses: a public\n"
+    "IP or DNS name and the port forwarded to this peer, e.g. /ip4/203.0.113.7/tcp/4001 or\n"
+    "/dns4/gossip.example.org/tcp/4001 (no /p2p/ part). Signed into this peer's address\n"
+    "record and printed by `gossiplearn keys show`. Forward bulk_port too (set it to a fixed\n"
+    "port), or the round's model parts go over libp2p.",
+    "peer.relays": "Full multiaddrs (.../p2p/PEER_ID) of admitted peers that run a relay\n"
+    "(relay_service): for a peer behind a firewall or NAT that only dials out. It holds a\n"
+    "reservation on each, and others reach it through them when they have no connection to\n"
+    "it; its listen addresses are then not announced (set announce if it can be dialed too).",
+    "peer.relay_service": "Relay connections between admitted peers that cannot reach each\n"
+    "other (circuit relay v2): only peers on the allowlist may reserve or be relayed. Costs\n"
+    "this peer the bandwidth of every relayed round, twice.",
     "discovery": "Finding and watching neighbours.",
     "discovery.peer_exchange": "Exchange signed address records of admitted peers with neighbours.",
     "discovery.mdns": "Announce on the local network with mDNS (off by default; binds every\n"
@@ -403,6 +456,12 @@ _DOCS: dict[str, str] = {
     "round.invite_timeout_s": "How long an initiator waits for answers to its INVITE.",
     "round.round_timeout_s": "The longest any round may take. Each round's own deadline is scaled\n"
     "to the backbone and the measured throughput (seconds for small models), within this.",
+    "round.assumed_mbit": "The throughput (Mbit/s) a round's deadline allows for until this peer\n"
+    "has finished rounds of its own (then: what it measured): invite_timeout_s + 3 s + 4 x 2 x\n"
+    "the backbone's bytes at this rate, at most round_timeout_s. On slower links with large\n"
+    "models, set it to the slowest access link among the peers (and round_timeout_s above a\n"
+    "round's time): rounds that pass their deadline teach the estimate nothing\n"
+    "(docs/internet.md).",
     "round.mix": "After a round, backbone <- (1 - mix) * backbone + mix * group average.",
     "round.max_abs_average": "Abort a round whose average has any value beyond +-this: a member\n"
     "sent garbage, which decodes to values up to 2^(31 - frac_bits) (2048 at 20). Keep it above\n"

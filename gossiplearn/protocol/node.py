@@ -92,7 +92,12 @@ from gossiplearn.protocol.messages import (
     Message,
     Roster,
 )
-from gossiplearn.protocol.replay import ReplayGuard, SequenceCounter, sequence_start
+from gossiplearn.protocol.replay import (
+    DEFAULT_FRESHNESS_MS,
+    ReplayGuard,
+    SequenceCounter,
+    sequence_start,
+)
 from gossiplearn.protocol.states import ALLOWED, Group, Phase
 from gossiplearn.protocol.suspicion import Suspicion
 
@@ -103,6 +108,17 @@ _EARLY_REPORT_GROUPS = 16
 #: A deadline allows this many times the expected transfer time at the measured throughput.
 _DEADLINE_SAFETY = 4
 _THROUGHPUT_FLOOR = 1_000_000  # bytes/s: a slow measurement never stretches deadlines further
+
+
+def freshness_ms(config: RoundConfig) -> int:
+    """How old (or how far ahead) a message's timestamp may be: 30 s, or half the longest
+    round if that is more. A round's frames are signed when their step starts, and those of a
+    step that carries the model arrive only once it is transferred: over a slow link (a 40 MB
+    backbone's REDUCED parts take 24 s at 10 Mbit/s, shared by three connections, and more
+    before the receiver's turn to check them), past 30 s. A round_timeout raised for such
+    links (docs/internet.md) widens the window with it, to one of the round's two transfer
+    steps with room."""
+    return max(DEFAULT_FRESHNESS_MS, config.round_timeout_ms // 2)
 
 
 def contribution_digest(vector: np.ndarray) -> bytes:
@@ -134,7 +150,7 @@ class Node(Endings):
         self._safeguards = self.config.safeguards
         self._rng = rng or random.SystemRandom()
         self._admitted = admitted
-        self._replay = replay or ReplayGuard()
+        self._replay = replay or ReplayGuard(freshness_ms=freshness_ms(self.config))
         self._limits = limits
         self._masking = masking
         self._seq = SequenceCounter(sequence_start(now_ms))

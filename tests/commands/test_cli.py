@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from gossiplearn.cli import app
 from gossiplearn.crypto.identity import Identity, load_key_file
-from gossiplearn.peer.config import load_config
+from gossiplearn.peer.config import load_config, save_config
 
 runner = CliRunner()
 OTHER = Identity(b"\x07" * 32)
@@ -78,6 +78,24 @@ def test_keys_show_prints_the_peer_id(tmp_path):
     result = invoke("keys", "show", peer)
     peer_id = load_key_file(peer / "identity.key").peer_id
     assert result.output.splitlines()[0] == f"peer id:  {peer_id}"
+
+
+def test_keys_show_prints_the_announced_address_or_the_relayed_one(tmp_path):
+    peer = tmp_path / "org-a"
+    invoke("init", peer, "--listen", "/ip4/0.0.0.0/tcp/4001")
+    peer_id = load_key_file(peer / "identity.key").peer_id
+    config = load_config(peer)
+    config.peer.announce = ["/dns4/gossip.example.org/tcp/4001"]
+    save_config(peer, config)
+    lines = invoke("keys", "show", peer).output.splitlines()
+    assert lines[1] == f"address:  /dns4/gossip.example.org/tcp/4001/p2p/{peer_id}"
+    assert lines[2] == "listen:   /ip4/0.0.0.0/tcp/4001"
+    config.peer.announce = []
+    config.peer.allow = [OTHER.peer_id]
+    config.peer.relays = [OTHER_ADDR]
+    save_config(peer, config)
+    lines = invoke("keys", "show", peer).output.splitlines()
+    assert lines[1] == f"address:  {OTHER_ADDR}/p2p-circuit/p2p/{peer_id}  (through a relay)"
 
 
 def test_status_of_a_daemon_that_is_not_running_exits_1_with_one_line(tmp_path):

@@ -11,6 +11,8 @@ from gossiplearn.peer.config import (
     save_config,
 )
 
+PEER = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN"
+
 
 def test_rendered_template_parses_back_to_the_same_config(tmp_path):
     config = PeerConfig()
@@ -43,6 +45,13 @@ def test_every_key_is_documented():
         ("[round]\nmax_abs_average = 2048\n", "max_abs_average"),
         ("[round]\nfrac_bits = 26\n", "max_abs_average"),
         ('[round]\nmax_abs_average = "big"\n', "must be float"),
+        ('[peer]\nannounce = ["/ip4/0.0.0.0/tcp/4001"]\n', "peer.announce: .*any-address"),
+        ('[peer]\nannounce = ["/ip4/203.0.113.7/tcp/0"]\n', "peer.announce: .*port 0"),
+        ('[peer]\nannounce = ["/ip4/203.0.113.7/udp/4001"]\n', "peer.announce: .*not a TCP"),
+        (f'[peer]\nannounce = ["/ip4/203.0.113.7/tcp/4001/p2p/{PEER}"]\n', "no /p2p/ part"),
+        ('[peer]\nrelays = ["/ip4/203.0.113.7/tcp/4001"]\n', "peer.relays: .*/p2p/PEER_ID"),
+        (f'[peer]\nrelays = ["/ip4/203.0.113.7/tcp/4001/p2p/{PEER}"]\n', "not admitted.*allow"),
+        ("[round]\nassumed_mbit = 0\n", "round.assumed_mbit must be > 0"),
     ],
 )
 def test_bad_configs_are_refused_with_the_key_named(text, message):
@@ -65,3 +74,28 @@ def test_max_abs_average_is_documented_and_read_back():
     assert parse_config("[round]\nmax_abs_average = 100\n").round.max_abs_average == 100.0
     config = parse_config("[round]\nfrac_bits = 16\nmax_abs_average = 30000.0\n")
     assert config.round.max_abs_average == 30_000.0
+
+
+def test_announced_addresses_dns_names_and_relays_are_read_back():
+    text = (
+        "[peer]\n"
+        'announce = ["/ip4/203.0.113.7/tcp/4001", "/dns4/gossip.example.org/tcp/4001"]\n'
+        f'allow = ["{PEER}"]\n'
+        f'bootstrap = ["/dns4/org-b.example.org/tcp/4001/p2p/{PEER}"]\n'
+        f'relays = ["/dns6/relay.example.org/tcp/4001/p2p/{PEER}"]\n'
+        "relay_service = true\n"
+    )
+    peer = parse_config(text).peer
+    assert peer.announce[1] == "/dns4/gossip.example.org/tcp/4001"
+    assert peer.bootstrap == [f"/dns4/org-b.example.org/tcp/4001/p2p/{PEER}"]
+    assert peer.relays == [f"/dns6/relay.example.org/tcp/4001/p2p/{PEER}"]
+    assert peer.relay_service
+
+
+def test_the_assumed_link_speed_sets_the_round_machines_first_throughput():
+    """A slow link with a large model: the first deadline must allow for the link, or no round
+    ever finishes (docs/internet.md, "Deadlines across a WAN")."""
+    default = PeerConfig().round.to_round_config()
+    slow = parse_config("[round]\nassumed_mbit = 10\nround_timeout_s = 300\n").round
+    assert default.assumed_bytes_per_s == 10_000_000  # the round machine's own default
+    assert slow.to_round_config().assumed_bytes_per_s == 1_250_000

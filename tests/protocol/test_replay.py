@@ -5,7 +5,12 @@ from collections import Counter
 import pytest
 
 from gossiplearn.protocol.errors import ReplayedMessage, ReplayTableFull, StaleMessage
-from gossiplearn.protocol.replay import ReplayGuard, SequenceCounter, sequence_start
+from gossiplearn.protocol.replay import (
+    DEFAULT_FRESHNESS_MS,
+    ReplayGuard,
+    SequenceCounter,
+    sequence_start,
+)
 
 G1, G2 = b"1" * 16, b"2" * 16
 S1, S2 = b"a" * 32, b"b" * 32
@@ -125,3 +130,20 @@ def test_idle_pairs_are_forgotten_as_new_ones_arrive():
         guard.check_and_record(i.to_bytes(16, "big"), b"s" * 32, 1, now_ms=i * 1_000)
     # Pairs idle for over 2 s are gone: the table holds only the last few seconds' pairs.
     assert len(guard) <= 3 and guard.pairs_of(b"s" * 32) == len(guard)
+
+
+def test_the_freshness_window_grows_with_the_longest_round():
+    """A round's frames are signed when their step starts: over a slow link, a model step's
+    last frames arrive more than 30 s later (a 40 MB backbone at 10 Mbit/s: 32-35 s, refused
+    as stale until the window followed the round timeout, and the round never finished)."""
+    from gossiplearn.crypto.identity import Identity
+    from gossiplearn.protocol.config import RoundConfig
+    from gossiplearn.protocol.node import Node, freshness_ms
+
+    assert freshness_ms(RoundConfig()) == DEFAULT_FRESHNESS_MS  # 60 s rounds: 30 s, as ever
+    slow = RoundConfig(round_timeout_ms=300_000)
+    assert freshness_ms(slow) == 150_000
+    node = Node(Identity(b"s" * 32), slow, now_ms=10**12)
+    node._replay.check_fresh(10**12 - 120_000, 10**12)  # two minutes old: still fresh
+    with pytest.raises(StaleMessage):
+        node._replay.check_fresh(10**12 - 151_000, 10**12)

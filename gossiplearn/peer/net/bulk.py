@@ -71,6 +71,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import os
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
@@ -409,22 +410,31 @@ class BulkChannel:
         recipient: bytes,
         pair_key: bytes,
         frames: list[bytes],
+        connect_timeout_s: float = math.inf,
+        progress_timeout_s: float = math.inf,
     ) -> None:
         """Send ``frames`` to ``recipient`` at ``address``; returns once it acknowledged them
-        all (raises otherwise: the caller falls back to libp2p)."""
+        all (raises otherwise: the caller falls back to libp2p). The TCP connect is given up
+        after ``connect_timeout_s``, and each later step (writing a record, the answer) after
+        ``progress_timeout_s`` without progress: however slow the link, a transfer that moves
+        goes on."""
         if not frames:
             raise ValueError("nothing to send: the receiver answers only after a frame")
         header = make_header(group, self.me, recipient)
         sealer = Sealer(pair_key, header)
-        stream = await trio.open_tcp_stream(*address)
+        with trio.fail_after(connect_timeout_s):
+            stream = await trio.open_tcp_stream(*address)
         async with stream:
-            await stream.send_all(header + sealer.hello())
+            with trio.fail_after(progress_timeout_s):
+                await stream.send_all(header + sealer.hello())
             for frame in frames:
                 sealed = sealer.seal(frame)
-                await stream.send_all(len(sealed).to_bytes(4, "big"))
-                await stream.send_all(sealed)
+                with trio.fail_after(progress_timeout_s):
+                    await stream.send_all(len(sealed).to_bytes(4, "big"))
+                    await stream.send_all(sealed)
             await stream.send_eof()
-            answer = await stream.receive_some(1)
+            with trio.fail_after(progress_timeout_s):
+                answer = await stream.receive_some(1)
             if answer != ACK:
                 raise BulkError("no_ack", "the receiver did not acknowledge the frames")
 

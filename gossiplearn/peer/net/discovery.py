@@ -39,7 +39,13 @@ from gossiplearn.peer.net.host import (
     Host,
     split_p2p_multiaddr,
 )
-from gossiplearn.peer.net.neighbours import Neighbour, NeighbourTable, address_ip, short_id
+from gossiplearn.peer.net.neighbours import (
+    Neighbour,
+    NeighbourTable,
+    address_ip,
+    is_circuit,
+    short_id,
+)
 from gossiplearn.protocol import (
     Envelope,
     PeerRecord,
@@ -177,10 +183,12 @@ class Discovery:
             if plan:
                 self.host.set_dial_addrs(key, plan)
             nonce = os.urandom(PING_BYTES)
-            start = time.monotonic()
             with trio.fail_after(PING_TIMEOUT_S):
                 stream = await self.host.open_stream(key, PING_PROTOCOL)
                 try:
+                    # The round trip of the echo alone: opening the stream costs round trips
+                    # of its own (a dial, protocol negotiation), several at once on a WAN.
+                    start = time.monotonic()
                     sent_at = self.clock()
                     await self.host.send_frame(key, stream, nonce)
                     echo = await self.host.receive_frame(key, stream, PING_BYTES)
@@ -210,7 +218,12 @@ class Discovery:
             in_flight.discard(key)
 
     def _connected(self, neighbour: Neighbour, stream: object, plan: list[str]) -> None:
-        """Note the IP the connection goes to, and which of our addresses it dialed."""
+        """Note the IP the connection goes to, and which of our addresses it dialed (through a
+        relay: the circuit address; the relay's IP is not the peer's)."""
+        if self._relayed(neighbour.key):
+            circuit = next((a for a in plan if is_circuit(a)), None)
+            self.table.connected_via(neighbour.key, None, circuit)
+            return
         try:
             remote = stream.get_remote_address()  # type: ignore[attr-defined]
         except Exception:
@@ -222,6 +235,10 @@ class Discovery:
             (a for a in plan if address_ip(a) == ip and a.split("/")[4:5] == [port]), None
         )
         self.table.connected_via(neighbour.key, ip, dialed)
+
+    def _relayed(self, key: bytes) -> bool:
+        reached = getattr(self.host, "reached", None)  # test doubles may not say
+        return reached is not None and reached(key) == "relayed"
 
     async def _exchange_loop(self) -> None:
         while True:
@@ -269,10 +286,10 @@ class Discovery:
 
     def inbound(self, key: bytes, stream: object | None = None) -> None:
         """An admitted peer reached us: it is a neighbour, and alive (and, given its stream,
-        seen on that connection's IP)."""
+        seen on that connection's IP, unless it came through a relay)."""
         if self.table.add(key, [], "inbound"):
             self.table.seen(key, time.monotonic())
-            if stream is not None:
+            if stream is not None and not self._relayed(key):
                 with contextlib.suppress(Exception):
                     remote = stream.get_remote_address()  # type: ignore[attr-defined]
                     self.table.connected_via(key, str(remote[0]) if remote else None)

@@ -47,14 +47,26 @@ INBOX_CAPACITY = 128
 #: bounds a hostile peer to 32 frames (~34 MiB) and leaves 96 of the 128 inbox slots to
 #: everyone else.
 PEER_FRAMES = 32
+#: A send must make progress within this: opening the stream, writing each frame (<= 1 MiB),
+#: the bulk channel's acknowledgement. Not the whole batch: a member's parts of a 40 MB
+#: backbone take 24 s at 10 Mbit/s, and a whole batch bounded by 30 s failed on such links
+#: (the frames were sent again over libp2p, doubling the round's bytes), or struck the peer.
 SEND_TIMEOUT_S = 30.0
-PROBE_TIMEOUT_S = 3.0
+#: A probe of a member whose connection closed (peer_disconnected) may have to dial it again:
+#: TCP, multistream-select, Noise XX, yamux and the stream's own negotiation take ~5.5 round
+#: trips (1.65 s at 300 ms), a lost SYN adds 1 s, a /dns4/ name one lookup: 5 s covers that
+#: with room, and bounds how long a member that really died holds the round.
+PROBE_TIMEOUT_S = 5.0
 #: Frames that go over the bulk channel (peer/net/bulk.py) when it is on; the rest over libp2p.
 BULK_KINDS = frozenset({"PART", "REDUCED"})
 #: A batch's bulky frames take the bulk channel only from this many bytes: below it, our
 #: open libp2p round stream is quicker than a new TCP connection (small models).
 BULK_MIN_BYTES = 256 * 1024
-BULK_CONNECT_TIMEOUT_S = 3.0
+#: The bulk channel's TCP connect, and the answer to "which port?", must come within this. A
+#: connect takes one round trip (0.3 s at 300 ms) and a lost SYN is resent after 1 s; a
+#: firewall that drops connections to the port answers nothing, and the frames must not wait
+#: for the kernel's 2 minutes of SYN retries (the round's slack is 3 s): they go over libp2p.
+BULK_CONNECT_TIMEOUT_S = 2.0
 #: After a failed bulk send to a peer, its frames go over libp2p for this long.
 BULK_RETRY_S = 60.0
 
@@ -156,9 +168,13 @@ class RoundEngine:
         on_unreachable: Callable[[bytes], None] = lambda peer: None,
         *,
         bulk_port: int | None = None,
+        serve_bulk: bool = True,
     ) -> None:
         """``bulk_port``: None keeps every frame on libp2p; a port (0: any free one) serves
-        the bulk channel there, on the IP of the host's first listen address."""
+        the bulk channel there, on the IP of the host's first listen address. ``serve_bulk``
+        False: this peer cannot be dialed (it is behind a firewall, reached through relays),
+        so it tells senders it has no bulk port (they send over libp2p at once) but still
+        sends its own frames over the others' bulk channels."""
         self.host = host
         self.node = node
         self._on_action = on_action
@@ -187,6 +203,9 @@ class RoundEngine:
         self._no_bulk_until: dict[bytes, float] = {}
         self.bulk_frames_sent = 0
         self.bulk_fallbacks = 0
+        #: Batches sent over libp2p because the peer is reached only through a relay.
+        self.bulk_relayed = 0
+        self._serve_bulk = serve_bulk
 
     # ---- inputs ----
 
@@ -362,6 +381,7 @@ class RoundEngine:
                 and group is not None
                 and pair_key is not None
                 and self._no_bulk_until.get(key, 0.0) <= time.monotonic()
+                and not self._relayed(key)
             ):
                 self._nursery.start_soon(self._send_bulk, key, bulky, group, pair_key)
                 frames = [s.frame for s in sends if s.kind not in BULK_KINDS]
@@ -381,13 +401,15 @@ class RoundEngine:
         timeout_s: float = SEND_TIMEOUT_S,
         group: bytes | None = None,
     ) -> None:
+        """Send ``frames`` to ``key``; each step must make progress within ``timeout_s`` (see
+        SEND_TIMEOUT_S). No frames: a probe (can a new stream be opened now?)."""
         try:
-            with trio.fail_after(timeout_s):
-                if not frames:  # a probe: can a new stream be opened now?
+            if not frames:
+                with trio.fail_after(timeout_s):
                     stream = await self.host.open_stream(key, ROUND_PROTOCOL)
                     await stream.close()  # type: ignore[attr-defined]
-                else:
-                    await self._send_on_round_stream(key, frames)
+            else:
+                await self._send_on_round_stream(key, frames, timeout_s)
         except Exception as exc:  # the peer is gone or refused us
             self.send_failures += 1
             log.debug("sending %d frame(s) failed: %r", len(frames), exc)
@@ -395,7 +417,9 @@ class RoundEngine:
             if group is not None:  # the machine decides whether its round can go on
                 await self._inbox_send.send(_Unreachable(key, group))
 
-    async def _send_on_round_stream(self, key: bytes, frames: list[bytes]) -> None:
+    async def _send_on_round_stream(
+        self, key: bytes, frames: list[bytes], timeout_s: float = SEND_TIMEOUT_S
+    ) -> None:
         """Write ``frames`` on our long-lived round stream to ``key``, opening it if needed.
 
         One stream per peer, kept open: opening a yamux stream and negotiating its protocol
@@ -411,11 +435,13 @@ class RoundEngine:
                 stream = self._out.get(key)
                 fresh = stream is None
                 if stream is None:
-                    stream = await self.host.open_stream(key, ROUND_PROTOCOL)
+                    with trio.fail_after(timeout_s):
+                        stream = await self.host.open_stream(key, ROUND_PROTOCOL)
                     self._out[key] = stream
                 try:
                     for frame in frames:
-                        await self.host.send_frame(key, stream, frame)
+                        with trio.fail_after(timeout_s):
+                            await self.host.send_frame(key, stream, frame)
                     return
                 except Exception:
                     if self._out.get(key) is stream:
@@ -434,15 +460,31 @@ class RoundEngine:
 
     # ---- the bulk channel ----
 
+    def _relayed(self, key: bytes) -> bool:
+        """The peer is reached only through a relay: no direct path for the bulk channel (its
+        IP would be the relay's), so the frames go over the relayed libp2p connection."""
+        reached = getattr(self.host, "reached", None)
+        if reached is None or reached(key) != "relayed":
+            return False
+        self.bulk_relayed += 1
+        return True
+
     async def _send_bulk(
         self, key: bytes, frames: list[bytes], group: bytes, pair_key: bytes
     ) -> None:
         """Frames over the bulk channel; over libp2p if that fails for any reason."""
         assert self.bulk is not None
         try:
-            with trio.fail_after(SEND_TIMEOUT_S):
-                address = await self._bulk_address(key)
-                await self.bulk.send(address, group, key, pair_key, frames)
+            address = await self._bulk_address(key)
+            await self.bulk.send(
+                address,
+                group,
+                key,
+                pair_key,
+                frames,
+                connect_timeout_s=BULK_CONNECT_TIMEOUT_S,
+                progress_timeout_s=SEND_TIMEOUT_S,
+            )
             self.bulk_frames_sent += len(frames)
             for frame in frames:
                 self.host.counters.bytes_out[key] += 4 + len(frame)
@@ -460,13 +502,13 @@ class RoundEngine:
         address = self._bulk_addresses.get(key)
         if address is not None:
             return address
-        stream = await self.host.open_stream(key, BULK_PROTOCOL)
-        try:
-            with trio.fail_after(BULK_CONNECT_TIMEOUT_S):
+        with trio.fail_after(BULK_CONNECT_TIMEOUT_S):
+            stream = await self.host.open_stream(key, BULK_PROTOCOL)
+            try:
                 answer = await self.host.receive_frame(key, stream, 16)
-            remote = stream.get_remote_address()  # type: ignore[attr-defined]
-        finally:
-            await stream.close()  # type: ignore[attr-defined]
+                remote = stream.get_remote_address()  # type: ignore[attr-defined]
+            finally:
+                await stream.close()  # type: ignore[attr-defined]
         if answer is None or len(answer) != 2 or not remote:
             raise BulkError("no_port", "the peer serves no bulk channel")
         address = (str(remote[0]), int.from_bytes(answer, "big"))
@@ -483,7 +525,7 @@ class RoundEngine:
         return await self._queue(key, counted)
 
     async def _answer_bulk_port(self, key: bytes, stream: object) -> None:
-        port = self.bulk.port if self.bulk is not None else None
+        port = self.bulk.port if self.bulk is not None and self._serve_bulk else None
         if port is not None:
             await self.host.send_frame(key, stream, port.to_bytes(2, "big"))
         await stream.close()  # type: ignore[attr-defined]

@@ -31,6 +31,12 @@ handled here.
   exception escaping a handler would otherwise kill the whole host.
 - Frames are length-prefixed with the size limit checked before allocating (framing.py).
 - ``run()`` always ends with ``host.close()`` (leaving ``host.run()`` alone leaks sockets).
+- Addresses: what the peer tells others to dial (:meth:`Host.addrs`) is ``peer.announce`` if
+  set (a public IP, a forwarded port, a DNS name), else its listen addresses; a peer that
+  reserves on relays and announces nothing advertises only its circuit addresses (it cannot be
+  dialed directly). Circuit addresses (``.../p2p/RELAY/p2p-circuit/p2p/ID``) are dialed
+  through the relay (relay.py) when a peer has no connection and no direct address works;
+  :meth:`Host.reached` says how each peer is connected now (direct, relayed).
 """
 
 from __future__ import annotations
@@ -46,12 +52,16 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import multiaddr
 import trio
 
 from gossiplearn.crypto.identity import Identity, IdentityError, public_key_from_peer_id
 from gossiplearn.peer.net.framing import HEADER_BYTES, FramingError, read_frame, write_frame
+
+if TYPE_CHECKING:
+    from gossiplearn.peer.net.relay import Relaying
 
 log = logging.getLogger("gossiplearn.host")
 
@@ -82,9 +92,11 @@ MAX_STREAMS_PER_PEER = 32
 FAILED_ADMISSIONS_PER_MINUTE = 60
 
 #: From an inbound connection's arrival to its finished handshake (multistream-select, Noise XX,
-#: multistream-select again for yamux: ~4 round trips, plus ~5 ms of X25519/Ed25519 work). On
-#: loopback it takes ~10-50 ms here; 3 s lets a 500 ms round trip through with 50% to spare
-#: (libp2p's own limit is 10 s: a silent stranger held a slot 3x longer).
+#: multistream-select again for yamux: ~3.5 round trips as the listener sees them, plus ~5 ms
+#: of X25519/Ed25519 work). On loopback it takes ~10-50 ms here; at a 300 ms round trip ~1 s,
+#: and one lost packet adds a retransmission timeout (~3 x the first RTT sample, 0.9 s): 3 s
+#: lets that through (libp2p's own limit is 10 s: a silent stranger held a slot 3x longer).
+#: Measured across the network lab (150 ms, 1% loss): no handshake timed out.
 HANDSHAKE_TIMEOUT_S = 3.0
 #: Inbound connections not admitted yet (handshaking, or refused and not closed yet), in all;
 #: as many more may be being closed (displaced, timed out) until libp2p lets go of them.
@@ -111,6 +123,13 @@ INBOUND_REFUSAL_REASONS = ("no_ip", "rate_limited", "busy", "evicted", "handshak
 #: After we close a connection's socket, how long libp2p may take to notice and return (it
 #: does in milliseconds) before its handler is cancelled.
 UNWIND_S = 2.0
+#: A direct dial of a peer that can also be reached through a relay is given up after this:
+#: TCP, multistream-select, Noise XX and yamux take ~4 round trips (1.2 s at 300 ms), and a
+#: firewall that drops our SYN answers nothing at all.
+DIRECT_DIAL_S = 2.5
+#: After a direct dial of such a peer failed, it is dialed through its relay first for this
+#: long (a direct dial is then tried again).
+DIRECT_RETRY_S = 300.0
 
 
 class ListenError(OSError):
@@ -339,9 +358,15 @@ class Host:
         failed_admissions_per_minute: int = FAILED_ADMISSIONS_PER_MINUTE,
         max_pending: int | None = None,
         max_pending_per_ip: int | None = None,
+        announce: Iterable[str] = (),
+        relays: Iterable[str] = (),
+        relay_service: bool = False,
     ) -> None:
         """``max_pending``, ``max_pending_per_ip``: the caps on inbound connections not
-        admitted yet (None: MAX_PENDING, MAX_PENDING_PER_IP)."""
+        admitted yet (None: MAX_PENDING, MAX_PENDING_PER_IP). ``announce``: the addresses
+        (without /p2p/) others should dial, instead of the listen addresses; ``relays``: full
+        multiaddrs of admitted relays to hold a reservation on; ``relay_service``: relay for
+        admitted peers (relay.py)."""
         if max_streams_per_peer < 1:
             raise ValueError("max_streams_per_peer must be >= 1")
         self.failed_admissions = FailedAdmissions(failed_admissions_per_minute)
@@ -362,6 +387,12 @@ class Host:
         self._refused_peers: trio.MemorySendChannel[object] | None = None
         #: Called with an admitted peer's key whenever one of its connections closes.
         self.disconnect_listeners: list[Callable[[bytes], None]] = []
+        self.announce = list(announce)
+        self.relays = list(relays)
+        self.relay_service = relay_service
+        self.relaying: Relaying | None = None
+        self._circuits: dict[bytes, list[str]] = {}  # circuit addresses to dial, per peer
+        self._relay_first_until: dict[bytes, float] = {}  # direct dial failed: relay first
 
     # ---- lifecycle ----
 
@@ -408,6 +439,15 @@ class Host:
                         nursery.start_soon(self._close_refused, receive)
                         for protocol, handler in self._handlers.items():
                             self._register(protocol, handler)
+                        # Dialing through relays is open to every peer; serving as one,
+                        # and reserving on them, only as configured.
+                        from gossiplearn.peer.net.relay import Relaying
+
+                        self.relaying = Relaying(self, self.relays, self.relay_service)
+                        self.relaying.start(host)
+                        self.disconnect_listeners.append(self.relaying.connection_lost)
+                        if self.relays:
+                            nursery.start_soon(self.relaying.keep_reservations)
                         try:
                             yield self
                         finally:
@@ -429,13 +469,34 @@ class Host:
     def peer_id(self) -> str:
         return self.identity.peer_id
 
-    def addrs(self) -> list[str]:
+    def listen_addrs(self) -> list[str]:
         """Full listen multiaddrs, each ending in /p2p/PEER_ID."""
         out = []
         for addr in self.libp2p.get_addrs():
             text = str(addr)
             out.append(text if "/p2p/" in text else f"{text}/p2p/{self.peer_id}")
         return out
+
+    def addrs(self) -> list[str]:
+        """The full multiaddrs others should dial: ``announce`` if given, else the listen
+        addresses (none when reserving on relays without announcing: this peer cannot be
+        dialed), then a circuit address through each relay holding a reservation for us."""
+        if self.announce:
+            out = [f"{a}/p2p/{self.peer_id}" for a in self.announce]
+        elif self.relays:
+            out = []
+        else:
+            out = self.listen_addrs()
+        if self.relaying is not None:
+            from gossiplearn.peer.net.relay import circuit_address
+
+            out += [circuit_address(r.address, self.peer_id) for r in self.relaying.held()]
+        return out
+
+    def accepts_connections(self) -> bool:
+        """Whether others can dial this peer directly (it announces or listens, not only
+        through relays): the bulk channel is served only then."""
+        return bool(self.announce) or not self.relays
 
     # ---- handlers ----
 
@@ -554,7 +615,53 @@ class Host:
         peer = ID.from_base58(_peer_id_of(key))
         self._forget_failures(peer)
         with trio.fail_after(timeout_s):
+            if self._circuits.get(key) and not self.libp2p.get_network().get_connections(peer):
+                await self._dial_with_relays(key, peer)
             return await self.libp2p.new_stream(peer, [TProtocol(protocol)])
+
+    async def _dial_with_relays(self, key: bytes, peer: Any) -> None:
+        """Connect to a peer that has circuit addresses: directly first (bounded by
+        DIRECT_DIAL_S), unless that failed within DIRECT_RETRY_S, then through its relays."""
+        from libp2p.peer.peerinfo import PeerInfo
+
+        try:
+            direct = list(self.libp2p.get_peerstore().addrs(peer))
+        except Exception:  # libp2p's PeerStoreError: no address known
+            direct = []
+        now = time.monotonic()
+        if direct and self._relay_first_until.get(key, 0.0) <= now:
+            try:
+                with trio.fail_after(DIRECT_DIAL_S):
+                    await self.libp2p.connect(PeerInfo(peer, direct))
+                return
+            except Exception as exc:
+                log.debug("direct dial of %s failed (%r): through a relay", _short(key), exc)
+                self._relay_first_until[key] = now + DIRECT_RETRY_S
+                self._forget_failures(peer)
+        errors = []
+        for circuit in self._circuits.get(key, []):
+            if self.relaying is None:
+                break
+            try:
+                await self.relaying.dial(circuit)
+                return
+            except Exception as exc:
+                errors.append(repr(exc))
+        if direct:  # a direct dial is all that is left (new_stream makes it)
+            return
+        raise ConnectionError(f"no relay reached {_short(key)}: {'; '.join(errors) or 'none'}")
+
+    def reached(self, key: bytes) -> str | None:
+        """How the peer ``key`` is connected now: "direct", "relayed" (only through a relay),
+        or None (not connected)."""
+        from libp2p.peer.id import ID
+
+        if self._host is None:
+            return None
+        connections = self.libp2p.get_network().get_connections(ID.from_base58(_peer_id_of(key)))
+        if not connections:
+            return None
+        return "relayed" if all(_is_relayed(c) for c in connections) else "direct"
 
     def _forget_failures(self, peer: object) -> None:
         """libp2p refuses to dial a peer for 60 s after a failed dial (its negative cache);
@@ -579,11 +686,25 @@ class Host:
 
     def set_dial_addrs(self, key: bytes, addrs: Iterable[str], ttl_s: int = 600) -> None:
         """Dial the peer ``key`` on ``addrs`` only (full multiaddrs): the addresses libp2p
-        knows for it (from earlier plans, or its identify answers) are replaced."""
+        knows for it (from earlier plans, or its identify answers) are replaced. Circuit
+        addresses are kept apart, and dialed through their relay only if it is admitted."""
         from libp2p.peer.id import ID
 
+        from gossiplearn.peer.net.neighbours import circuit_relay, is_circuit
+
+        addrs = list(addrs)
+        circuits = []
+        for addr in (a for a in addrs if is_circuit(a)):
+            relay = circuit_relay(addr)
+            try:
+                admitted = relay is not None and public_key_from_peer_id(relay) in self.admission
+            except IdentityError:
+                admitted = False
+            if admitted and addr.endswith(f"/p2p/{_peer_id_of(key)}"):
+                circuits.append(addr)
+        self._circuits[key] = circuits
         parsed = []
-        for addr in addrs:
+        for addr in (a for a in addrs if not is_circuit(a)):
             try:
                 parsed.append(multiaddr.Multiaddr(split_p2p_multiaddr(addr)[0]))
             except Exception:  # a malformed address from a peer record is skipped
@@ -618,6 +739,20 @@ class Host:
                     await self.libp2p.disconnect(peer_id)
                 except Exception as exc:
                     log.debug("closing refused connection failed: %r", exc)
+
+
+def _is_relayed(conn: object) -> bool:
+    """A swarm connection that runs over a relay (its raw connection is a relayed stream)."""
+    muxed = getattr(conn, "muxed_conn", None)
+    kind = getattr(muxed, "get_connection_type", None)
+    with contextlib.suppress(Exception):
+        if kind is not None and "RELAYED" in str(kind()):
+            return True
+    addresses = getattr(conn, "get_transport_addresses", None)
+    with contextlib.suppress(Exception):
+        if addresses is not None and any("/p2p-circuit" in str(a) for a in addresses()):
+            return True
+    return False
 
 
 class _InboundSlot:
@@ -660,7 +795,8 @@ def _return_inbound_slots(swarm: object, host: Host) -> None:
     async def upgrade(raw_conn: object, maddr: object) -> object:
         conn = await original_upgrade(raw_conn, maddr)
         slot = _INBOUND.get(None)
-        if slot is not None:
+        # A relayed connection arriving over an inbound one inherits its context: not its slot.
+        if slot is not None and not slot.upgraded.is_set():
             slot.conn = conn
             slot.upgraded.set()
         return conn

@@ -35,6 +35,20 @@ def short_id(peer_id: str) -> str:
     return peer_id[-8:]
 
 
+def is_circuit(address: str) -> bool:
+    """A relayed address (``.../p2p/RELAY/p2p-circuit/p2p/PEER``)."""
+    return "/p2p-circuit" in address
+
+
+def circuit_relay(address: str) -> str | None:
+    """The relay's peer id in a circuit address, or None."""
+    head, sep, _ = address.partition("/p2p-circuit")
+    if not sep:
+        return None
+    _, found, relay = head.rpartition("/p2p/")
+    return relay if found and relay else None
+
+
 def address_ip(address: str) -> str | None:
     """The IP (or host) of a multiaddr like /ip4/IP/tcp/PORT/..., or None."""
     parts = address.split("/")
@@ -75,12 +89,19 @@ class Neighbour:
 
     def dial_plan(self) -> list[str]:
         """The addresses to dial now: the confirmed one if any, else the configured ones and
-        at most MAX_RECORD_DIALS others, those on an IP seen on a real connection first."""
+        at most MAX_RECORD_DIALS others, those on an IP seen on a real connection first, and
+        at most MAX_RECORD_DIALS circuit addresses (through relays; the host dials those only
+        if no direct address works)."""
         if self.confirmed is not None:
             return [self.confirmed]
-        others = [a for a in self.addrs if a not in self.configured]
+        others = [a for a in self.addrs if a not in self.configured and not is_circuit(a)]
         others.sort(key=lambda a: address_ip(a) not in self.seen_ips)  # stable: seen IPs first
-        return [a for a in self.addrs if a in self.configured] + others[:MAX_RECORD_DIALS]
+        circuits = [a for a in self.addrs if a not in self.configured and is_circuit(a)]
+        return (
+            [a for a in self.addrs if a in self.configured]
+            + others[:MAX_RECORD_DIALS]
+            + circuits[:MAX_RECORD_DIALS]
+        )
 
 
 class NeighbourTable:

@@ -219,6 +219,9 @@ class PeerRuntime:
             enable_mdns=cfg.discovery.mdns,
             on_rejected=self._count_rejected,
             failed_admissions_per_minute=cfg.peer.failed_admissions_per_minute,
+            announce=cfg.peer.announce,
+            relays=cfg.peer.relays,
+            relay_service=cfg.peer.relay_service,
         )
         self.table = NeighbourTable(
             self.identity.public_key,
@@ -249,6 +252,7 @@ class PeerRuntime:
             self._on_action,
             on_unreachable=self._peer_unreachable,
             bulk_port=None if cfg.peer.bulk_port < 0 else cfg.peer.bulk_port,
+            serve_bulk=self.host.accepts_connections(),
         )
         self.host.disconnect_listeners.append(self.engine.peer_disconnected)
         for stored in await trio.to_thread.run_sync(self.proofs.load):

@@ -55,6 +55,12 @@ def assemble(runtime: PeerRuntime) -> dict[str, Any]:
         "rate_limited_connections": counters.rate_limited_connections,
         "inbound_refused": dict(counters.inbound_refused),
         "bulk_refused": {} if bulk is None else dict(bulk.refusals),
+        "bulk": {
+            "frames_sent": runtime.engine.bulk_frames_sent,
+            "fallbacks": runtime.engine.bulk_fallbacks,
+            "relayed": runtime.engine.bulk_relayed,
+        },
+        "relay": None if runtime.host.relaying is None else runtime.host.relaying.status(),
         "rejected_messages": dict(runtime.rejected),
         **runtime.learning.status(),
         "process": process_figures(),
@@ -87,6 +93,7 @@ def _neighbour_status(runtime: PeerRuntime, n: Neighbour, now: float) -> dict[st
         else n.schema_hash == runtime.learning.schema_hash,
         "bytes_in": counters.bytes_in.get(n.key, 0),
         "bytes_out": counters.bytes_out.get(n.key, 0),
+        "reached": runtime.host.reached(n.key),
     }
 
 
