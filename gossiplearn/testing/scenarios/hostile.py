@@ -57,7 +57,6 @@ from gossiplearn.crypto.identity import Identity, load_key_file
 from gossiplearn.peer.config import IDENTITY_FILE
 from gossiplearn.peer.daemon import Daemon
 from gossiplearn.peer.net.host import (
-    FAILED_ADMISSIONS_PER_MINUTE,
     PEERS_PROTOCOL,
     PING_PROTOCOL,
     ROUND_PROTOCOL,
@@ -65,6 +64,7 @@ from gossiplearn.peer.net.host import (
     Admission,
     Host,
 )
+from gossiplearn.peer.net.perimeter import FAILED_ADMISSIONS_PER_MINUTE
 from gossiplearn.protocol import Invite, Part, split_shards
 from gossiplearn.protocol.events import Action, MessageRefused, PeerSuspected, RoundAborted
 from gossiplearn.protocol.node import Node

@@ -25,15 +25,9 @@ import trio
 
 from gossiplearn.crypto.identity import Identity
 from gossiplearn.peer.config import load_config, save_config
-from gossiplearn.peer.net import host as host_module
-from gossiplearn.peer.net.host import (
-    MAX_PENDING,
-    Admission,
-    FailedAdmissions,
-    Host,
-    Pending,
-    PendingAdmissions,
-)
+from gossiplearn.peer.net import perimeter
+from gossiplearn.peer.net.host import Admission, Host
+from gossiplearn.peer.net.perimeter import MAX_PENDING, FailedAdmissions, Pending, PendingAdmissions
 from gossiplearn.testing.cluster import prepare, running
 from gossiplearn.testing.scenarios.floods import handshake_flood, stranger_flood_scenario
 
@@ -205,7 +199,7 @@ async def test_a_connection_whose_ip_is_unknown_is_refused_before_its_handshake(
     refused, failed, closed = await unknown_address_outcome()
     assert refused == {"no_ip": 1} and failed == 0 and closed
     # Without the guard it gets a handshake attempt (a failed admission), charged to nobody.
-    monkeypatch.setattr(host_module, "_arrival_refusal", lambda ip, limiter, now: None)
+    monkeypatch.setattr(perimeter, "_arrival_refusal", lambda ip, limiter, now: None)
     refused, failed, closed = await unknown_address_outcome()
     assert refused == {} and failed == 1
 
@@ -239,7 +233,7 @@ async def test_each_arrival_takes_a_token_of_its_ip(monkeypatch: pytest.MonkeyPa
     # Tokens used to be charged when a handshake failed (up to 10 s later): until then, an IP
     # could hold as many handshakes as it liked. Now 5 tokens are 5 handshakes at once.
     assert await concurrent_handshakes_of_one_ip(tokens=5, connections=8) == 5
-    monkeypatch.setattr(host_module, "_arrival_refusal", lambda ip, limiter, now: None)
+    monkeypatch.setattr(perimeter, "_arrival_refusal", lambda ip, limiter, now: None)
     assert await concurrent_handshakes_of_one_ip(tokens=5, connections=8) == 8
 
 
@@ -264,11 +258,11 @@ async def silent_connection_held_s(bound_s: float) -> float | None:
 async def test_a_silent_connection_is_closed_after_the_handshake_timeout(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(host_module, "HANDSHAKE_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(perimeter, "HANDSHAKE_TIMEOUT_S", 0.5)
     held = await silent_connection_held_s(bound_s=4.0)
     assert held is not None and 0.5 <= held < 4.0
     # Without it, libp2p's own limit (10 s) applies: still open at 8x the timeout.
-    monkeypatch.setattr(host_module, "HANDSHAKE_TIMEOUT_S", 60.0)
+    monkeypatch.setattr(perimeter, "HANDSHAKE_TIMEOUT_S", 60.0)
     assert await silent_connection_held_s(bound_s=4.0) is None
 
 
