@@ -197,7 +197,8 @@ def learning_figures(peers: int, options: LearningOptions) -> dict[str, Any]:
 def scale_figures(
     peers: int = 1000, rounds: int = 20, group_size: int = 4, seed: int = 0
 ) -> dict[str, Any]:
-    """scale_bench's line: wall time, peak RSS, aborts and the mean accuracy at the end."""
+    """scale_bench's line: wall time (and of it, set-up and seconds per round), peak RSS of
+    this process, aborts and the mean accuracy at the end."""
     import torch
 
     torch.set_num_threads(1)
@@ -212,9 +213,14 @@ def scale_figures(
         hidden=(32,),
     ).validate()
     started = time.perf_counter()
-    result = run_memory(config, load_data(config))
+    ends: list[float] = []  # when each round ended
+    result = run_memory(config, load_data(config), lambda *_: ends.append(time.perf_counter()))
     wall = time.perf_counter() - started
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # Set-up (data, models, identities) is what comes before the first round's start: the
+    # rounds are the rest, each about as long as the next.
+    per_round = (ends[-1] - ends[0]) / (len(ends) - 1) if len(ends) > 1 else ends[0] - started
+    setup = max(0.0, ends[0] - started - per_round)
     return {
         "bench": "scale",
         "mode": "memory",
@@ -222,6 +228,8 @@ def scale_figures(
         "rounds": config.rounds,
         "dataset": config.dataset,
         "wall_s": round(wall, 1),
+        "setup_s": round(setup, 1),
+        "s_per_round": round(per_round, 2),
         "peak_rss_mb": round(peak_rss_mb, 1),
         "rounds_aborted": result.extra.get("rounds_aborted", 0),
         "averages_refused": result.extra.get("averages_refused", 0),
