@@ -92,6 +92,16 @@ def sim(
     audit_references: int = typer.Option(
         2, help="Reference models per peer for --audit's LiRA (0: the loss attack only)."
     ),
+    ray: str = typer.Option(
+        "",
+        "--ray",
+        metavar="ADDRESS",
+        help="Process mode on a Ray cluster: each daemon on a node with room. ADDRESS: auto "
+        "(the cluster `ray start` set up here), local (a new one) or HOST:PORT. Needs pip "
+        "install 'gossiplearn[ray]'.",
+    ),
+    peer_cpus: float = typer.Option(1.0, help="With --ray: CPUs each daemon holds (fractions ok)."),
+    peer_gpus: float = typer.Option(0.0, help="With --ray: GPUs each daemon holds (fractions ok)."),
     baselines: bool = typer.Option(True, help="Also run local-only, FedAvg and FedPer."),
     overwrite: bool = typer.Option(False, help="Replace the results of an earlier run in --out."),
 ) -> None:
@@ -123,9 +133,17 @@ def sim(
             dp_max_grad_norm=dp_max_grad_norm,
             audit=audit,
             audit_references=audit_references,
+            ray=ray,
+            peer_cpus=peer_cpus,
+            peer_gpus=peer_gpus,
         ).validate()
     except ValueError as exc:
         fail(str(exc), 2)
+    if ray:
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            fail("--ray needs Ray: pip install 'gossiplearn[ray]'", 2)
     _prepare_out(out, overwrite)
     # SIGTERM (a service manager, `kill`, a CI timeout) must stop the peers as Ctrl-C does:
     # in process mode they run in sessions of their own, which the signal does not reach.

@@ -103,6 +103,19 @@ def _run(
 
         if config.mode == "memory":
             methods.append(audit(run_memory(config, shards, on_round, final_models=keep)))
+        elif config.ray:
+            from gossiplearn.sim.ray_peers import run_ray_process
+
+            methods.append(
+                run_ray_process(
+                    config,
+                    out,
+                    on_round,
+                    address=config.ray,
+                    peer_cpus=config.peer_cpus,
+                    peer_gpus=config.peer_gpus,
+                )
+            )
         elif config.mode == "inproc":
             methods.append(run_inproc(config, out, on_round))
         else:
