@@ -217,6 +217,9 @@ def scale_figures(
     result = run_memory(config, load_data(config), lambda *_: ends.append(time.perf_counter()))
     wall = time.perf_counter() - started
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # memory mode's worker processes (from 200 peers), each counting the pages it shares
+    # with this one (forked) as its own: the largest
+    worker_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     # Set-up (data, models, identities) is what comes before the first round's start: the
     # rounds are the rest, each about as long as the next.
     per_round = (ends[-1] - ends[0]) / (len(ends) - 1) if len(ends) > 1 else ends[0] - started
@@ -231,6 +234,7 @@ def scale_figures(
         "setup_s": round(setup, 1),
         "s_per_round": round(per_round, 2),
         "peak_rss_mb": round(peak_rss_mb, 1),
+        "worker_peak_rss_mb": round(worker_rss_mb, 1),
         "rounds_aborted": result.extra.get("rounds_aborted", 0),
         "averages_refused": result.extra.get("averages_refused", 0),
         "mean_accuracy": round(result.summary()["mean"], 4),
