@@ -72,6 +72,7 @@ RUN_BY: dict[str, str] = {
     "gossiplearn sim --peers 8 --rounds 10 --dataset digits --partition dirichlet:0.3 --group-size 4 --mode process --seed 0 --out sim-out": "tests/sim/test_modes.py::test_sim_command_process_mode_runs_real_daemons",  # 4 peers, 2 rounds
     "gossiplearn sim --peers 4 --rounds 5 --mode process --seed 1 --out out/sim-1": "tests/sim/test_modes.py::test_sim_command_process_mode_runs_real_daemons",
     "gossiplearn sim --peers 4 --rounds 5 --mode process --seed 2 --out out/sim-2": "tests/sim/test_modes.py::test_sim_command_process_mode_runs_real_daemons",
+    "gossiplearn sim --mode process --ray auto --peers 100 --rounds 20 --peer-cpus 0.5": "tests/sim/test_ray.py::test_six_daemons_on_two_nodes_complete_their_rounds",  # 6 peers, 3 rounds, on a 2-node Cluster
     "python benchmarks/learning_bench.py --dataset fashion-mnist --peers 10,50 --rounds 30": SMALL,
     "python benchmarks/learning_bench.py --dataset fashion-mnist --peers 10,50 --rounds 30 --group-size 8": SMALL,
     "python benchmarks/learning_bench.py --dataset digits --peers 4,8 --rounds 5,20 --modes process,memory --seed 0": SMALL,
@@ -98,6 +99,8 @@ RUN_BY: dict[str, str] = {
 #: Commands shown that no test runs, and why.
 NOT_RUN: dict[str, str] = {
     "make test": "runs the test suite itself",
+    "ray start --head --num-cpus 8": "starts a Ray cluster on machines of its own; tests/sim/test_ray.py starts one of two nodes on one machine (ray.cluster_utils.Cluster)",
+    "ray start --address HEAD_IP:6379 --num-cpus 8": "joins a Ray cluster from another machine; see the line above",
     "python benchmarks/compare_hivemind.py --hivemind-python PATH --launches 2": "needs hivemind in another interpreter (PATH); without it the script only says it skipped",
     "python benchmarks/compare_flower.py --flower-python PATH --launches 1": "needs Flower in another interpreter (PATH); without it the script only says it skipped",
     "python benchmarks/round_sizes.py --hivemind-python PATH --plot docs/round_time_vs_size.png": "needs hivemind, and rounds of up to 400 MB; its plot is redrawn from the figures by the --from-json command, which is run",
@@ -248,6 +251,8 @@ def test_a_command_shown_parses(command: str) -> None:
         assert words[2] == "pytest" and (ROOT / words[3]).exists()
     elif words[0] == "python":
         check_script(words[1:])
+    elif words[0] == "ray":
+        assert words[1] == "start" and ("--head" in words or "--address" in words)
     elif words[0] == "make":
         assert re.search(rf"^{words[1]}:", (ROOT / "Makefile").read_text(), re.MULTILINE)
     else:
