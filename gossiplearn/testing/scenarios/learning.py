@@ -212,10 +212,17 @@ def scale_figures(
         seed=seed,
         hidden=(32,),
     ).validate()
+
+    def cpu() -> float:  # this process and its (joined) workers, user and system
+        usage = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+        return sum(u.ru_utime + u.ru_stime for u in usage)
+
+    cpu_before = cpu()
     started = time.perf_counter()
     ends: list[float] = []  # when each round ended
     result = run_memory(config, load_data(config), lambda *_: ends.append(time.perf_counter()))
     wall = time.perf_counter() - started
+    cpu_s = cpu() - cpu_before
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     # memory mode's worker processes (from 200 peers), each counting the pages it shares
     # with this one (forked) as its own: the largest
@@ -233,6 +240,9 @@ def scale_figures(
         "wall_s": round(wall, 1),
         "setup_s": round(setup, 1),
         "s_per_round": round(per_round, 2),
+        # on a shared machine, the figure that does not depend on the neighbours: CPU seconds
+        # of this process and its workers (on W free cores, wall >= cpu_s / W)
+        "cpu_s": round(cpu_s, 1),
         "peak_rss_mb": round(peak_rss_mb, 1),
         "worker_peak_rss_mb": round(worker_rss_mb, 1),
         "rounds_aborted": result.extra.get("rounds_aborted", 0),
