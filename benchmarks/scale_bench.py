@@ -3,9 +3,11 @@
 Every round each peer trains locally, peers are shuffled into groups of --group-size and each
 group runs the real secure round over the in-memory network (the scenario:
 ``scale_figures`` in gossiplearn/testing/scenarios/learning.py). Prints one JSON line per
-size, each measured in a fresh process: bench, mode, peers, rounds, dataset, wall_s (setup_s
-of it: data, models, identities; s_per_round: the mean round), peak_rss_mb, rounds_aborted,
-averages_refused, mean_accuracy (mean personal accuracy at the end), bytes_per_peer.
+size, each measured in a fresh process: bench, mode, peers, rounds, dataset, wall_s
+(first_round_s of it: set-up and the first round; s_per_round: the mean of the others),
+cpu_s (this process and its workers), peak_rss_mb (this process; worker_peak_rss_mb: the
+largest worker, pages shared with this one included), rounds_aborted, averages_refused,
+mean_accuracy (mean personal accuracy at the end), bytes_per_peer.
 
 Usage: python benchmarks/scale_bench.py [--peers 1000,3000,10000] [--rounds 20]
        [--group-size 4] [--seed 0]

@@ -227,10 +227,10 @@ def scale_figures(
     # memory mode's worker processes (from 200 peers), each counting the pages it shares
     # with this one (forked) as its own: the largest
     worker_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    # Set-up (data, models, identities) is what comes before the first round's start: the
-    # rounds are the rest, each about as long as the next.
-    per_round = (ends[-1] - ends[0]) / (len(ends) - 1) if len(ends) > 1 else ends[0] - started
-    setup = max(0.0, ends[0] - started - per_round)
+    # The first round carries the set-up (data, models, identities, workers); the others are
+    # the rounds alone.
+    first = ends[0] - started if ends else wall
+    per_round = (ends[-1] - ends[0]) / (len(ends) - 1) if len(ends) > 1 else first
     return {
         "bench": "scale",
         "mode": "memory",
@@ -238,7 +238,7 @@ def scale_figures(
         "rounds": config.rounds,
         "dataset": config.dataset,
         "wall_s": round(wall, 1),
-        "setup_s": round(setup, 1),
+        "first_round_s": round(first, 1),
         "s_per_round": round(per_round, 2),
         # on a shared machine, the figure that does not depend on the neighbours: CPU seconds
         # of this process and its workers (on W free cores, wall >= cpu_s / W)
