@@ -96,9 +96,10 @@ def sim(
         "",
         "--ray",
         metavar="ADDRESS",
-        help="Process mode on a Ray cluster: each daemon on a node with room. ADDRESS: auto "
-        "(the cluster `ray start` set up here), local (a new one) or HOST:PORT. Needs pip "
-        "install 'gossiplearn[ray]'.",
+        help="On a Ray cluster: process mode puts each daemon on a node with room, memory "
+        "mode splits the peers over one actor per CPU. ADDRESS: auto (the cluster `ray "
+        "start` set up here), local (a new one) or HOST:PORT. Needs pip install "
+        "'gossiplearn[ray]'.",
     ),
     peer_cpus: float = typer.Option(1.0, help="With --ray: CPUs each daemon holds (fractions ok)."),
     peer_gpus: float = typer.Option(0.0, help="With --ray: GPUs each daemon holds (fractions ok)."),

@@ -102,7 +102,9 @@ def _run(
             progress.update(task, completed=min(done, config.rounds), detail=detail)
 
         if config.mode == "memory":
-            methods.append(audit(run_memory(config, shards, on_round, final_models=keep)))
+            methods.append(
+                audit(run_memory(config, shards, on_round, final_models=keep, ray=config.ray))
+            )
         elif config.ray:
             from gossiplearn.sim.ray_peers import run_ray_process
 

@@ -39,6 +39,7 @@ def run_memory(
     node_factories: Mapping[int, Callable[..., Any]] | None = None,
     final_models: Callable[[int, Any], None] | None = None,
     processes: int | None = None,
+    ray: str = "",
 ) -> MethodResult:
     """Synchronous rounds of the real protocol machines over the in-memory network: each
     round, every peer trains its budget and contributes its backbone, all peers are split
@@ -49,44 +50,23 @@ def run_memory(
     benchmarks put adversaries there). ``final_models(peer, model)``: called with each
     peer's SplitModel after the last round (``sim --audit``). ``processes``: how many
     worker processes train, apply and evaluate (default: one per CPU from PARALLEL_FROM
-    peers, else none: all in this process); the results are the same either way."""
-    import torch
-
-    from gossiplearn.peer.learning.learner import Learner
-    from gossiplearn.peer.learning.split_model import SplitModel
-    from gossiplearn.protocol.node import Node
-
+    peers, else none: all in this process); the results are the same either way. ``ray``:
+    a Ray cluster's address (see ray_peers.connect): the peers are split over one actor per
+    CPU of the cluster instead, wherever Ray puts them, each group's round in one of them
+    (rounds cross actors and nodes); the results are again the same."""
     started = time.perf_counter()
-    torch.manual_seed(config.seed)
-    initial = model_factory(config)()
-    make = trainer_factory(config)
-    learners = []
-    for data in shards:
-        model = SplitModel(copy.deepcopy(initial))
-        reference = None
-        if config.local_reference:
-            alone = SplitModel(copy.deepcopy(initial))
-            reference = (alone, make(alone, data))
-        learners.append(
-            Learner(model, make(model, data), acceptance_config(config), reference=reference)
-        )
-    # The daemon's own mapping of [round] (virtual time: a round may take 10 minutes of it).
-    round_config = replace(round_section(config), round_timeout_s=600.0).to_round_config()
+    peers = len(shards)
+    # Over Ray, the actors build the learners and round machines; here, this process does.
+    learners = {} if ray else build_learners(config, dict(enumerate(shards)))
     factories = node_factories or {}
-    nodes = [
-        factories.get(i, Node)(
-            Identity(np.random.default_rng([config.seed, i]).bytes(32)),
-            round_config,
-            rng=random.Random(config.seed * 1_000_003 + i),
-            now_ms=START_MS,
-        )
-        for i in range(len(shards))
-    ]
+    nodes = [] if ray else [make_node(config, i, factories.get(i)) for i in range(peers)]
     rng = random.Random(config.seed)
-    plan = [groups_of(len(nodes), config.group_size, rng) for _ in range(config.rounds)]
-    count = processes if processes is not None else _processes(len(learners))
+    plan = [groups_of(peers, config.group_size, rng) for _ in range(config.rounds)]
+    count = processes if processes is not None else _processes(peers)
     if final_models or node_factories:
         count = 1  # final models handed over, adversaries observed: here, in this process
+    if ray and (final_models or node_factories):
+        raise ValueError("memory mode over Ray hands over no final models (--audit) or adversaries")
     accuracy_per_round: list[list[float]] = []
     aborted = refused = 0
     sent: Counter[int] = Counter()
@@ -96,10 +76,14 @@ def run_memory(
     gc.freeze()
     with contextlib.ExitStack() as stack:
         stack.callback(gc.unfreeze)
-        part = _Part(learners, nodes, config.max_weight, config.seed)
-        pool: _Serial | _Forked = (
-            _Serial(part) if count <= 1 else stack.enter_context(_Forked(part, count))
-        )
+        part = _Part(learners, nodes.__getitem__, config.max_weight, config.seed)
+        pool: _Serial | _Routed
+        if ray:
+            pool = stack.enter_context(_RayPool(config, shards, ray))
+        elif count <= 1:
+            pool = _Serial(part)
+        else:
+            pool = stack.enter_context(_Forked(part, count))
         finished: Finished = {}
         now_ms: float = START_MS
         for round_index, groups in enumerate(plan):
@@ -116,18 +100,18 @@ def run_memory(
             refusals, accuracies, _ = pool.learn(finished, evaluate=True, train=False)
             refused += refusals
             finished = {}
-            accuracy_per_round.append([accuracies[p] for p in range(len(nodes))])
+            accuracy_per_round.append([accuracies[p] for p in range(peers)])
             if progress:
-                bytes_per_peer = sum(sent.values()) / len(nodes)
+                bytes_per_peer = sum(sent.values()) / peers
                 progress(round_index + 1, float(np.mean(accuracy_per_round[-1])), bytes_per_peer)
         fell_back, spent = pool.finish()
     if final_models:
-        for peer, learner in enumerate(learners):
+        for peer, learner in learners.items():
             final_models(peer, learner.model)
     return MethodResult(
         "gossiplearn",
         accuracy_per_round,
-        bytes_per_peer=sum(sent.values()) / len(nodes),
+        bytes_per_peer=sum(sent.values()) / peers,
         wall_s=time.perf_counter() - started,
         extra={
             "rounds_aborted": aborted,
@@ -140,6 +124,46 @@ def run_memory(
 
 #: The virtual clock's start (ms), as the in-memory network's.
 START_MS = 1_700_000_000_000
+
+
+def build_learners(config: SimConfig, shards: Mapping[int, PeerData]) -> dict[int, Any]:
+    """The learners of the peers in ``shards`` (peer -> data), each exactly as it is built
+    whichever process builds it and whichever peers it builds with it."""
+    import torch
+
+    from gossiplearn.peer.learning.learner import Learner
+    from gossiplearn.peer.learning.split_model import SplitModel
+
+    torch.manual_seed(config.seed)
+    initial = model_factory(config)()
+    make = trainer_factory(config)
+    learners = {}
+    for peer, data in shards.items():
+        model = SplitModel(copy.deepcopy(initial))
+        reference = None
+        if config.local_reference:
+            alone = SplitModel(copy.deepcopy(initial))
+            reference = (alone, make(alone, data))
+        learners[peer] = Learner(
+            model, make(model, data), acceptance_config(config), reference=reference
+        )
+    return learners
+
+
+def make_node(config: SimConfig, peer: int, factory: Callable[..., Any] | None = None) -> Any:
+    """Peer ``peer``'s round machine as created (the same in every process)."""
+    from gossiplearn.protocol.node import Node
+
+    # The daemon's own mapping of [round] (virtual time: a round may take 10 minutes of it).
+    round_config = replace(round_section(config), round_timeout_s=600.0).to_round_config()
+    return (factory or Node)(
+        Identity(np.random.default_rng([config.seed, peer]).bytes(32)),
+        round_config,
+        rng=random.Random(config.seed * 1_000_003 + peer),
+        now_ms=START_MS,
+    )
+
+
 #: From this many peers, memory mode runs in worker processes, one per CPU.
 PARALLEL_FROM = 200
 
@@ -171,19 +195,20 @@ class _Part:
     on how many processes there are."""
 
     def __init__(
-        self, learners: Sequence[Any], nodes: Sequence[Any], max_weight: int, seed: int
+        self,
+        learners: Mapping[int, Any],
+        pristine: Callable[[int], Any],
+        max_weight: int,
+        seed: int,
     ) -> None:
-        self.all_learners = learners
-        self.learners: dict[int, Any] = dict(enumerate(learners))
-        self.pristine = nodes  # every round machine as created (each process has a copy)
+        self.learners: dict[int, Any] = dict(learners)
+        self.pristine = pristine  # peer -> its round machine as created
         self.nodes: dict[int, Any] = {}  # the round machines this process holds now
         self.max_weight = max_weight
         self.seed = seed
 
     def keep(self, index: int, count: int) -> None:
-        self.learners = {
-            p: self.all_learners[p] for p in range(index, len(self.all_learners), count)
-        }
+        self.learners = {p: v for p, v in self.learners.items() if p % count == index}
 
     def learn(
         self, finished: Finished, *, evaluate: bool, train: bool
@@ -225,7 +250,7 @@ class _Part:
         from gossiplearn.sim.memnet import MemoryNetwork
 
         for peer in adopt:
-            self.nodes[peer] = self.pristine[peer]
+            self.nodes[peer] = self.pristine(peer)
         for peer, blob in arriving.items():
             self.nodes[peer] = pickle.loads(blob)
         for peer, (vector, weight, schema_hash) in contributions.items():
@@ -294,53 +319,25 @@ class _Serial:
         return self.part.finish()
 
 
-class _Forked:
-    """The peers over ``count`` forked worker processes: peer p learns in worker p mod count;
-    group g of each round runs in worker g mod count, with its members' round machines
-    (moved between workers, pickled, when their next group runs elsewhere). This process
-    only routes: contributions to the groups, averages to the learners."""
+class _Routed:
+    """The peers over ``count`` workers: peer p learns in worker p mod count; group g of
+    each round runs in worker g mod count, with its members' round machines (moved between
+    workers, pickled, when their next group runs elsewhere). This process only routes:
+    contributions to the groups, averages to the learners. A subclass says how a worker is
+    asked (``_ask``: one (request, arguments) per worker, their answers)."""
 
-    def __init__(self, part: _Part, count: int) -> None:
-        import multiprocessing
+    count: int
+    home: dict[int, int]  # peer -> the worker holding its round machine
+    in_transit: dict[int, bytes]  # pickled round machines between workers
 
-        context = multiprocessing.get_context("fork")
-        self.count = count
-        self.home: dict[int, int] = {}  # peer -> the worker holding its round machine
-        self.in_transit: dict[int, bytes] = {}  # pickled round machines between workers
-        self.connections: list[Any] = []
-        self.processes: list[Any] = []
-        for index in range(count):
-            here, there = context.Pipe()
-            process = context.Process(target=_work, args=(there, part, index, count), daemon=True)
-            process.start()
-            there.close()
-            self.connections.append(here)
-            self.processes.append(process)
+    def _ask(self, messages: Sequence[tuple[str, tuple[Any, ...]]]) -> list[Any]:
+        raise NotImplementedError
 
-    def __enter__(self) -> _Forked:
+    def __enter__(self) -> _Routed:
         return self
 
     def __exit__(self, *_: object) -> None:
-        for connection in self.connections:
-            with contextlib.suppress(OSError):
-                connection.send(("stop", ()))
-            connection.close()
-        for process in self.processes:
-            process.join(timeout=10)
-            if process.is_alive():
-                process.kill()
-                process.join()
-
-    def _ask(self, messages: Sequence[tuple[str, tuple[Any, ...]]]) -> list[Any]:
-        for connection, message in zip(self.connections, messages, strict=True):
-            connection.send(message)
-        answers = []
-        for connection in self.connections:
-            kind, answer = connection.recv()
-            if kind == "error":
-                raise answer
-            answers.append(answer)
-        return answers
+        pass
 
     def learn(
         self, finished: Finished, *, evaluate: bool, train: bool
@@ -401,6 +398,115 @@ class _Forked:
     def finish(self) -> tuple[int, list[float]]:
         answers = self._ask([("finish", ())] * self.count)
         return sum(a[0] for a in answers), [e for a in answers for e in a[1]]
+
+
+class _Forked(_Routed):
+    """:class:`_Routed` over forked worker processes, each with a copy of everything built
+    so far (its own peers' learners, every round machine as created)."""
+
+    def __init__(self, part: _Part, count: int) -> None:
+        import multiprocessing
+
+        context = multiprocessing.get_context("fork")
+        self.count = count
+        self.home = {}
+        self.in_transit = {}
+        self.connections: list[Any] = []
+        self.processes: list[Any] = []
+        for index in range(count):
+            here, there = context.Pipe()
+            process = context.Process(target=_work, args=(there, part, index, count), daemon=True)
+            process.start()
+            there.close()
+            self.connections.append(here)
+            self.processes.append(process)
+
+    def __exit__(self, *_: object) -> None:
+        for connection in self.connections:
+            with contextlib.suppress(OSError):
+                connection.send(("stop", ()))
+            connection.close()
+        for process in self.processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+    def _ask(self, messages: Sequence[tuple[str, tuple[Any, ...]]]) -> list[Any]:
+        for connection, message in zip(self.connections, messages, strict=True):
+            connection.send(message)
+        answers = []
+        for connection in self.connections:
+            kind, answer = connection.recv()
+            if kind == "error":
+                raise answer
+            answers.append(answer)
+        return answers
+
+
+class _RayPool(_Routed):
+    """:class:`_Routed` over Ray actors (one per CPU of the cluster, one CPU each), wherever
+    Ray puts them: each builds its peers' learners from their data (shipped once) and the
+    round machines it adopts, exactly as this process would. An actor lost with its node
+    ends the run (its peers' models are gone): RuntimeError."""
+
+    def __init__(self, config: SimConfig, shards: Sequence[PeerData], address: str) -> None:
+        from gossiplearn.sim.ray_peers import connect, import_ray
+
+        self.ray = import_ray()
+        self.connected = connect(address)
+        cpus = int(self.ray.cluster_resources().get("CPU", 1))
+        self.count = max(1, min(cpus, len(shards) // 3))
+        self.home = {}
+        self.in_transit = {}
+        actor = self.ray.remote(num_cpus=1, max_restarts=0)(_RayPart)
+        self.actors = [
+            actor.remote(
+                config,
+                {p: shards[p] for p in range(w, len(shards), self.count)},
+            )
+            for w in range(self.count)
+        ]
+
+    def __exit__(self, *_: object) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor, no_restart=True)
+        if self.connected:
+            self.ray.shutdown()
+
+    def _ask(self, messages: Sequence[tuple[str, tuple[Any, ...]]]) -> list[Any]:
+        refs = [
+            getattr(actor, kind).remote(*payload)
+            for actor, (kind, payload) in zip(self.actors, messages, strict=True)
+        ]
+        try:
+            return list(self.ray.get(refs))
+        except self.ray.exceptions.RayActorError as exc:
+            raise RuntimeError(f"a memory-mode actor died (its Ray node?): {exc}") from None
+
+
+class _RayPart:
+    """A Ray actor holding one share of memory mode's peers (see :class:`_RayPool`)."""
+
+    def __init__(self, config: SimConfig, shards: Mapping[int, PeerData]) -> None:
+        import torch
+
+        torch.set_num_threads(1)
+        learners = build_learners(config, shards)
+        self.part = _Part(
+            learners, lambda peer: make_node(config, peer), config.max_weight, config.seed
+        )
+
+    def learn(
+        self, finished: Finished, evaluate: bool, train: bool
+    ) -> tuple[int, dict[int, float], Contributions]:
+        return self.part.learn(finished, evaluate=evaluate, train=train)
+
+    def net(self, *arguments: Any) -> tuple[NetResult, dict[int, bytes]]:
+        return self.part.net(*arguments)
+
+    def finish(self) -> tuple[int, list[float]]:
+        return self.part.finish()
 
 
 def _work(connection: Any, part: _Part, index: int, count: int) -> None:

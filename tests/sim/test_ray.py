@@ -45,8 +45,8 @@ def test_ray_without_the_extra_says_which_to_install(tmp_path, monkeypatch):
     assert len(result.output.strip().splitlines()) == 1
 
 
-def test_ray_runs_process_mode_only():
-    result = CliRunner().invoke(app, ["sim", "--mode", "memory", "--ray", "auto"])
+def test_ray_runs_process_or_memory_mode():
+    result = CliRunner().invoke(app, ["sim", "--mode", "inproc", "--ray", "auto"])
     assert result.exit_code == 2 and "--mode process" in result.output
 
 
@@ -133,6 +133,36 @@ def test_sigterm_stops_every_daemon_and_actor(cluster, tmp_path):
     os.kill(process.pid, signal.SIGTERM)
     assert process.wait(timeout=120) == 130
     assert not daemons_running(directories)
+    deadline = time.monotonic() + 60
+    while live_actors(cluster):  # ray.kill is asynchronous
+        assert time.monotonic() < deadline, "actors left alive"
+        time.sleep(0.2)
+
+
+@needs_ray
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_memory_mode_over_actors_on_both_nodes_gives_the_local_results(cluster):
+    import ray
+
+    from gossiplearn.sim.config import SimConfig, load_data
+    from gossiplearn.sim.memory import run_memory
+
+    config = SimConfig(
+        peers=30,
+        rounds=3,
+        dataset="synthetic",
+        partition="synthetic:1,1",
+        mode="memory",
+        hidden=(16,),
+        group_size=4,
+    ).validate()
+    shards = load_data(config)
+    here = run_memory(config, shards, processes=1)
+    spread = run_memory(config, shards, ray=cluster.address)  # 6 actors: 6 CPUs, 2 nodes
+    assert spread.accuracy_per_round == here.accuracy_per_round
+    assert spread.extra == here.extra and spread.bytes_per_peer == here.bytes_per_peer
+    assert not ray.is_initialized()  # it disconnected
     deadline = time.monotonic() + 60
     while live_actors(cluster):  # ray.kill is asynchronous
         assert time.monotonic() < deadline, "actors left alive"
