@@ -167,6 +167,10 @@ def sim(
 def _sigterm_as_sigint(signum: int, frame: object) -> None:
     # Re-raised as SIGINT so that whoever handles Ctrl-C right now (trio inside a run, Python's
     # KeyboardInterrupt otherwise) handles this too, at a safe point.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # Started in the background by a non-interactive shell (`... &`): SIGINT is ignored,
+        # and passing it on would be too.
+        raise KeyboardInterrupt
     os.kill(os.getpid(), signal.SIGINT)
 
 

@@ -336,7 +336,7 @@ class _Routed:
     def __enter__(self) -> _Routed:
         return self
 
-    def __exit__(self, *_: object) -> None:
+    def __exit__(self, failed: object, *_: object) -> None:
         pass
 
     def learn(
@@ -421,12 +421,14 @@ class _Forked(_Routed):
             self.connections.append(here)
             self.processes.append(process)
 
-    def __exit__(self, *_: object) -> None:
+    def __exit__(self, failed: object, *_: object) -> None:
         for connection in self.connections:
             with contextlib.suppress(OSError):
                 connection.send(("stop", ()))
             connection.close()
         for process in self.processes:
+            if failed is not None:  # Ctrl-C, SIGTERM, an error: no waiting for a busy worker
+                process.kill()
             process.join(timeout=10)
             if process.is_alive():
                 process.kill()
@@ -468,7 +470,7 @@ class _RayPool(_Routed):
             for w in range(self.count)
         ]
 
-    def __exit__(self, *_: object) -> None:
+    def __exit__(self, failed: object, *_: object) -> None:
         for actor in self.actors:
             self.ray.kill(actor, no_restart=True)
         if self.connected:
