@@ -3,8 +3,9 @@ control, alternated in one run.
 
 Classes (``gossiplearn.testing.scenarios.insider.ATTACKS``, the scenario): framing (old
 statements relayed under a reused group id), roster_order (a reordered roster), spoiling
-(garbage parts nobody can be blamed for), holder (round v2's: invite, roster, silence). The
-bulk channel's starvation is measured in tests/peer/net/test_bulk.py. Each run is
+(garbage parts nobody can be blamed for), holder (round v2's: invite, roster, silence),
+bulk_starvation (33 stalled bulk connections per partner of one honest peer, each naming its
+round in progress; the insider's own rounds honest). Each run is
 ``--seconds`` of real daemons on 127.0.0.1; the control (the insider runs honest code) is run
 before each class and the ratio taken against the mean of the controls. Target: >= 0.6 for
 every class, and 0 proofs against honest peers.
@@ -16,7 +17,7 @@ Daemons run the default config (round.interval_s 10 s) unless ``--interval`` say
 a short interval (0.5 s: hundreds of rounds a minute) makes every held second cost more.
 
 Usage: python benchmarks/insider_bench.py [--seconds 60] [--interval 10]
-       [--classes framing,roster_order,spoiling,holder]
+       [--classes framing,roster_order,spoiling,holder,bulk_starvation]
 """
 
 from __future__ import annotations

@@ -14,8 +14,11 @@ Usage:
   python benchmarks/learning_bench.py --dataset digits --peers 4,8 --rounds 5,20 --modes process,memory
   python benchmarks/learning_bench.py --dataset fashion-mnist --peers 10,50 --rounds 30
   python benchmarks/learning_bench.py --dataset fashion-mnist --peers 10 --rounds 30 --poison zero
+  python benchmarks/learning_bench.py --dataset digits --peers 8 --rounds 20 --rings 32,16
   (also --epochs, --steps-per-round, --group-size, --hidden, --lr, --partition, --max-weight,
-  --no-acceptance, --overlap, --local-reference, --seed)
+  --no-acceptance, --overlap, --local-reference, --seed, --clip)
+--rings 32,16: gossiplearn in each ring (gossiplearn_MODE_ring16, ...), and in targets each
+narrow ring's mean minus the 32-bit ring's, in points (target: within 0.5).
 Fashion-MNIST needs the Debian package dataset-fashion-mnist (`make bench` installs it).
 """
 
@@ -45,6 +48,8 @@ def main() -> None:
     parser.add_argument("--poison", choices=POISONS)
     parser.add_argument("--local-reference", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rings", default="32", help="gossiplearn's rings, e.g. 32,16")
+    parser.add_argument("--clip", type=float, default=8.0, help="a narrow ring's clip")
     args = parser.parse_args()
     modes = tuple(args.modes.split(","))
     if args.poison and modes != ("memory",):
@@ -65,6 +70,8 @@ def main() -> None:
         poison=args.poison,
         local_reference=args.local_reference,
         seed=args.seed,
+        rings=tuple(int(r) for r in args.rings.split(",")),
+        clip=args.clip,
     )
     for peers in (int(p) for p in args.peers.split(",")):
         print(json.dumps(learning_figures(peers, options)), flush=True)

@@ -2,7 +2,7 @@
 
 The scenario is gossiplearn/testing/scenarios/rounds.py. ``--net memory`` runs k protocol
 machines over the in-memory network in this process (no latency), so CPU time is the
-protocol's own, and prints one JSON line per (k, n): bench, net, k, n,
+protocol's own, and prints one JSON line per (k, n): bench, net, ring (--ring), k, n,
 bytes_per_member_over_model (mean frame bytes a member sends / model bytes, 4n),
 confirm_bytes_per_member (the agreement step's frames), hops (sequential message steps:
 INVITE, ACCEPT, ROSTER, READY, PART, REDUCED, CONFIRM), secure_over_plain_cpu (CPU of the
@@ -20,7 +20,7 @@ wire bytes per second), tcp_mb_s (one raw TCP connection), round_wire_over_tcp,
 bulk_frames_sent and bulk_fallbacks (``--transport libp2p``: the bulk channel off).
 
 Usage: python benchmarks/round_bench.py --net memory [--k 3,4,8] [--n 1000000,10000000]
-       [--repeats 2]
+       [--repeats 2] [--ring 32|16|8]
        python benchmarks/round_bench.py --net libp2p [--n 1000000,10000000] [--rounds 3]
        [--transport bulk|libp2p]
 """
@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--n", default="100000,1000000,10000000", help="vector lengths")
     parser.add_argument("--repeats", type=int, default=2, help="rounds per figure (min taken)")
     parser.add_argument("--rounds", type=int, default=3, help="libp2p: timed rounds per variant")
+    parser.add_argument("--ring", type=int, choices=(32, 16, 8), default=32, help="memory: ring")
     parser.add_argument(
         "--transport",
         choices=["bulk", "libp2p"],
@@ -52,7 +53,7 @@ def main() -> None:
             print(json.dumps(libp2p_figures(n, args.rounds, args.transport)), flush=True)
             continue
         for k in (int(x) for x in args.k.split(",")):
-            print(json.dumps(memory_figures(k, n, args.repeats)), flush=True)
+            print(json.dumps(memory_figures(k, n, args.repeats, args.ring)), flush=True)
 
 
 if __name__ == "__main__":

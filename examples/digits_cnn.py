@@ -6,7 +6,7 @@ by each organization). The built-in digits loader gives each sample as 64 pixel 
 model reshapes them to one 8 x 8 channel.
 
 Run as a script, it walks through what three organizations' operators would type, on this
-machine (127.0.0.1), in a temporary directory (or DIR):
+machine (127.0.0.1), in DIR (kept), or in a temporary directory removed at the end:
 
     gossiplearn init org-I --model digits_cnn:model --dataset digits --shard I/3   (x 3)
     gossiplearn allow org-I ADDRESS-OF-J                                           (each pair)
@@ -96,7 +96,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds each peer completes")
     parser.add_argument("--timeout", type=float, default=120.0, help="give up after (s)")
     options = parser.parse_args()
-    base = options.dir or Path(tempfile.mkdtemp(prefix="digits-cnn-"))
+    if options.dir is not None:
+        walk_through(options.dir, options)
+        return
+    with tempfile.TemporaryDirectory(prefix="digits-cnn-") as temporary:
+        walk_through(Path(temporary), options, kept=False)
+
+
+def walk_through(base: Path, options: argparse.Namespace, kept: bool = True) -> None:
     dirs = [base / f"org-{i}" for i in range(PEERS)]
     for i, directory in enumerate(dirs):
         gossiplearn(
@@ -124,7 +131,12 @@ def main() -> None:
         while time.monotonic() < deadline:
             time.sleep(1.0)
             if any(d.poll() is not None for d in daemons):
-                raise SystemExit(f"a daemon stopped: see {base}/org-*/logs/peer.log")
+                logs = (
+                    f"{base}/org-*/logs/peer.log"
+                    if kept
+                    else "the peers' logs (give a DIR to keep them)"
+                )
+                raise SystemExit(f"a daemon stopped: see {logs}")
             try:
                 statuses = [json.loads(gossiplearn("status", str(d), "--json")) for d in dirs]
             except SystemExit:
@@ -149,7 +161,7 @@ def main() -> None:
                     for s in statuses
                 ],
                 "exit_codes": [d.returncode for d in daemons],
-                "dir": str(base),
+                "dir": str(base) if kept else None,
             }
         )
     )

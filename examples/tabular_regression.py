@@ -8,9 +8,15 @@ for a while, so that the last rounds land on the model as it is (every member th
 same backbone), and prints its validation MSE against the same model trained alone.
 
     gossiplearn init ./org-0 ... (three peers that admit each other; see the README)
-    python examples/tabular_regression.py ./org-0 --org 0 --orgs 3
+    python examples/tabular_regression.py ./org-0 --org 0 --orgs 3 [--validate]
 
-Prints one JSON line: {"val_mse", "alone_mse", "rounds", "backbone"}.
+With ``--validate`` the peer keeps an average only if it does not raise this organization's
+validation MSE, judged as the daemon judges it: after fitting the personal head to the new
+backbone (``finetune_head``, ``--head-fit-steps`` Adam steps on the head alone). Judged under
+the old head, nearly every average looks worse (the head was fitted to the old backbone) and
+is refused.
+
+Prints one JSON line: {"val_mse", "alone_mse", "rounds", "applied", "refused", "backbone"}.
 """
 
 from __future__ import annotations
@@ -107,7 +113,13 @@ def main() -> None:
     parser.add_argument(
         "--validate",
         action="store_true",
-        help="undo averages that raise this organization's validation MSE",
+        help="undo averages that raise this organization's validation MSE after a head fit",
+    )
+    parser.add_argument(
+        "--head-fit-steps",
+        type=int,
+        default=200,
+        help="with --validate: Adam steps on the head alone after each average, before judging",
     )
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -116,8 +128,17 @@ def main() -> None:
     alone = copy.deepcopy(model)
     data = organization_data(args.org, args.orgs, args.rows)
 
-    validate = (lambda m: validation_mse(m, data)) if args.validate else None
-    with gossiplearn.Peer(args.directory, validate=validate) as peer:
+    def validate(m: nn.Module) -> float:
+        return validation_mse(m, data)
+
+    def fit_head(m: nn.Module) -> None:  # as the daemon does before judging an average
+        train(m, data, args.head_fit_steps, 0, None, seed=args.org, parameters=head_of(m))
+
+    with gossiplearn.Peer(
+        args.directory,
+        validate=validate if args.validate else None,
+        finetune_head=fit_head if args.validate else None,
+    ) as peer:
         train(model, data, args.steps, args.sync_every, peer, seed=args.org)
         # Training is over: keep syncing, so the last rounds' averages land on this model as
         # it is (rounds need the others, who may still be training).
@@ -125,7 +146,8 @@ def main() -> None:
         while time.monotonic() < settle_until:
             peer.sync(model)
             time.sleep(0.1)
-        rounds = peer.status()["rounds"]["completed"]
+        status = peer.status()
+    rounds, learning = status["rounds"]["completed"], status["learning"]
     # The shared backbone is settled: fit this organization's head to it (the backbone is
     # left as the group agreed it).
     train(model, data, args.head_steps, 0, None, seed=args.org, parameters=head_of(model))
@@ -138,6 +160,8 @@ def main() -> None:
                 "val_mse": round(validation_mse(model, data), 5),
                 "alone_mse": round(validation_mse(alone, data), 5),
                 "rounds": rounds,
+                "applied": learning["averages_applied"],
+                "refused": learning["averages_refused"],
                 "backbone": hashlib.blake2b(backbone.numpy().tobytes(), digest_size=8).hexdigest(),
             }
         ),

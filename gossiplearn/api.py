@@ -20,10 +20,14 @@ thread):
 
 - Every round that finished since the last call is taken in: the round's change (its average
   minus the backbone this peer contributed to it) is added to the model's backbone as it is
-  now, so the steps your loop took since are kept. With ``validate`` (a function of the model
-  returning a validation loss, lower is better), an average that makes it worse by more than
-  ``tolerance`` is undone (personal acceptance). The head is never touched: your next steps
-  adapt it.
+  now, so the steps your loop took since are kept. With ``finetune_head`` (a function of the
+  model that trains its head alone on your data), the head is then fitted to the new
+  backbone, as the daemon fits it before judging an average. With ``validate`` (a function of
+  the model returning a validation loss, lower is better), an average that leaves it worse by
+  more than ``tolerance`` (measured after ``finetune_head``) is undone, head included
+  (personal acceptance). Without ``finetune_head`` the head is not touched: your next steps
+  adapt it, and ``validate`` judges the new backbone under the old head (which refuses most
+  averages once heads have specialized).
 - Unless a round is running, the model's backbone as it is now becomes this peer's
   contribution to its next round: it invites neighbours (or accepts an invitation) in the
   background. A contribution goes into one round at most, so call it after training steps.
@@ -60,6 +64,7 @@ START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
 
 Validate = Callable[[Any], float]
+FinetuneHead = Callable[[Any], object]
 
 
 @dataclass(frozen=True)
@@ -123,10 +128,12 @@ class _Syncer:
         validate: Validate | None,
         tolerance: float,
         weight: int | None,
+        finetune_head: FinetuneHead | None = None,
     ) -> None:
         self.runtime = runtime
         self.learning = learning
         self.validate = validate
+        self.finetune_head = finetune_head
         self.tolerance = tolerance
         self.weight = weight
         self._split: Any = None
@@ -169,13 +176,17 @@ class _Syncer:
                 log.warning("a finished round's average does not fit the model: ignored")
                 continue
             before = float(self.validate(split.module)) if self.validate else None
+            # The whole model (head too) as it is: what a refused average goes back to.
+            saved = _copy_state(split.module) if self.validate else None
             current = split.get_backbone()
             split.set_backbone(landed(result.average, current, result.contribution))
+            if self.finetune_head is not None:
+                self.finetune_head(split.module)
             if before is not None and self.validate is not None:
                 after = float(self.validate(split.module))
                 self.learning.validation_loss = after
                 if not after <= before + self.tolerance * abs(before):
-                    split.set_backbone(current)
+                    split.module.load_state_dict(saved)  # in place: optimizers keep their tensors
                     refused += 1
                     self.runtime.metrics.averages.labels("refused").inc()
                     continue
@@ -198,6 +209,10 @@ class _Syncer:
         return SyncResult(applied, refused, offered, self.runtime.rounds.completed)
 
 
+def _copy_state(module: Any) -> dict[str, Any]:
+    return {name: value.detach().clone() for name, value in module.state_dict().items()}
+
+
 def _unwrap(error: BaseException) -> BaseException:
     """The one error inside nested single-error groups (trio wraps a task's error)."""
     while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
@@ -206,22 +221,14 @@ def _unwrap(error: BaseException) -> BaseException:
 
 
 def _file_logging(directory: Path, config: PeerConfig) -> logging.Handler | None:
-    """The peer's log file (``logging.file``), for gossiplearn's loggers only: the user's own
-    logging setup is left alone."""
-    path = directory / config.logging.file
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(path)
-    except OSError as exc:
-        log.warning("cannot write %s (%s): logging to it is off", path, exc)
-        return None
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    level = config.logging.level.upper()
-    handler.setLevel(level)
-    ours = logging.getLogger("gossiplearn")
-    if ours.level == logging.NOTSET:  # unless the user set it: the file gets what config says
-        ours.setLevel(level)
-    ours.addHandler(handler)
+    """The peer's log file (``logging.file``) for gossiplearn's and libp2p's loggers, and
+    nowhere else while the peer runs (see gossiplearn/peer/logfile.py); the rest of the
+    program's logging setup is left alone."""
+    from gossiplearn.peer import logfile
+
+    handler = logfile.attach(directory / config.logging.file, config.logging.level)
+    if handler is None:
+        log.warning("cannot write %s: logging to it is off", directory / config.logging.file)
     return handler
 
 
@@ -229,8 +236,12 @@ class Peer:
     """A gossiplearn peer for the directory ``DIR`` (made by ``gossiplearn init``), run in a
     background thread while your loop trains. Use it as a context manager.
 
+    ``finetune_head``: a function of your model that trains its head alone on your data (a
+    few hundred steps, or a closed-form fit), called in :meth:`sync` after an average is added
+    to the backbone: what the daemon does before it judges an average.
     ``validate``: a function of your model returning its validation loss (lower is better);
-    with it, an average that raises it by more than ``tolerance`` (relative) is undone.
+    with it, an average that raises it by more than ``tolerance`` (relative), measured after
+    ``finetune_head``, is undone (backbone and head).
     ``weight``: this peer's averaging weight when the network weighs by samples
     (``round.max_weight`` above 1), capped there; default the cap (equal weights at 1).
 
@@ -248,12 +259,15 @@ class Peer:
         tolerance: float = 0.02,
         weight: int | None = None,
         config: PeerConfig | None = None,
+        finetune_head: FinetuneHead | None = None,
     ) -> None:
         self.directory = Path(directory)
         self._config = config or load_config(self.directory)
         self._learning = _Learning()
         self.runtime = PeerRuntime(self.directory, self._config, learning=self._learning)
-        self._syncer = _Syncer(self.runtime, self._learning, validate, tolerance, weight)
+        self._syncer = _Syncer(
+            self.runtime, self._learning, validate, tolerance, weight, finetune_head
+        )
         self._thread: threading.Thread | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._stop: trio.Event | None = None
@@ -295,10 +309,10 @@ class Peer:
             raise error
 
     def _close_logging(self) -> None:
-        if self._handler is not None:
-            logging.getLogger("gossiplearn").removeHandler(self._handler)
-            self._handler.close()
-            self._handler = None
+        from gossiplearn.peer import logfile
+
+        logfile.detach(self._handler)
+        self._handler = None
 
     def _main(self) -> None:
         async def serve() -> None:
@@ -370,6 +384,7 @@ async def open_peer(
     tolerance: float = 0.02,
     weight: int | None = None,
     config: PeerConfig | None = None,
+    finetune_head: FinetuneHead | None = None,
 ) -> AsyncIterator[AsyncPeer]:
     """``async with open_peer(DIR) as peer: ... await peer.sync(model)``: a peer in the current
     trio run (see :class:`Peer` for the arguments and what it raises)."""
@@ -388,16 +403,17 @@ async def open_peer(
                         await trio.sleep(0.02)
                 try:
                     yield AsyncPeer(
-                        runtime, _Syncer(runtime, learning, validate, tolerance, weight)
+                        runtime,
+                        _Syncer(runtime, learning, validate, tolerance, weight, finetune_head),
                     )
                 finally:
                     stop.set()
         except BaseExceptionGroup as group:
             raise _unwrap(group) from None
     finally:
-        if handler is not None:
-            logging.getLogger("gossiplearn").removeHandler(handler)
-            handler.close()
+        from gossiplearn.peer import logfile
+
+        logfile.detach(handler)
 
 
 __all__ = ["AsyncPeer", "Peer", "SyncResult", "open_peer"]

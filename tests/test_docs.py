@@ -73,19 +73,25 @@ RUN_BY: dict[str, str] = {
     "gossiplearn sim --peers 4 --rounds 5 --mode process --seed 1 --out out/sim-1": "tests/sim/test_modes.py::test_sim_command_process_mode_runs_real_daemons",
     "gossiplearn sim --peers 4 --rounds 5 --mode process --seed 2 --out out/sim-2": "tests/sim/test_modes.py::test_sim_command_process_mode_runs_real_daemons",
     "gossiplearn sim --mode process --ray auto --peers 100 --rounds 20 --peer-cpus 0.5": "tests/sim/test_ray.py::test_six_daemons_on_two_nodes_complete_their_rounds",  # 6 peers, 3 rounds, on a 2-node Cluster
+    'gossiplearn sim --mode memory --peers 6 --rounds 20 --seed 1 --model mytask:model --model-option hidden=64 --data mytask:data --data-option lines=2000 --data-option seed=3 --trainer mytask:Trainer --trainer-option lr=0.01 --trainer-option steps=10 --methods gossiplearn,fedper-plain,fedavg-ft --eval-every 5 --out run-1': "tests/sim/test_research_task.py::test_a_researchers_task_stopped_half_way_keeps_its_completed_rounds",  # its task (tests/sim/research_task.py), 4 peers, 6 rounds
+    "gossiplearn sim --mode memory --peers 8 --rounds 10 --seed 0 --methods gossiplearn,local,local-ft,fedavg,fedavg-ft,fedper,fedper-plain --out all-methods": "tests/sim/test_sim_methods.py::test_sim_runs_the_methods_asked_for_and_shows_their_steps",  # 3 of the methods, 3 peers, 3 rounds
     "python benchmarks/learning_bench.py --dataset fashion-mnist --peers 10,50 --rounds 30": SMALL,
     "python benchmarks/learning_bench.py --dataset fashion-mnist --peers 10,50 --rounds 30 --group-size 8": SMALL,
     "python benchmarks/learning_bench.py --dataset digits --peers 4,8 --rounds 5,20 --modes process,memory --seed 0": SMALL,
     "python benchmarks/learning_bench.py --dataset fashion-mnist --peers 10 --rounds 30 --poison zero": SMALL,
     "python benchmarks/learning_bench.py --dataset fashion-mnist --peers 10 --rounds 30 --poison zero --local-reference": SMALL,
     # docs/performance.md
-    "python benchmarks/round_bench.py --net memory": SMALL,
+    "python benchmarks/round_bench.py --net memory --n 100000,10000000": SMALL,
+    "python benchmarks/round_bench.py --net memory --k 4 --n 10000000 --ring 16": SMALL,
+    "python benchmarks/learning_bench.py --dataset digits --peers 8 --rounds 20 --rings 32,16,8": SMALL,
+    "python benchmarks/learning_bench.py --dataset fashion-mnist --peers 10 --rounds 20 --rings 32,16": SMALL,
     "python benchmarks/round_bench.py --net libp2p": SMALL,
     "python benchmarks/round_bench.py --net libp2p --n 1000000,10000000": SMALL,
     "python benchmarks/scale_bench.py": SMALL,
     "python benchmarks/crypto_bench.py": SMALL,
     "python benchmarks/idle_bench.py": SMALL,
     "python benchmarks/insider_bench.py": SMALL,
+    "python benchmarks/insider_bench.py --classes bulk_starvation": SMALL,
     "python benchmarks/round_sizes.py --from-json docs/round_time_vs_size.jsonl --plot docs/round_time_vs_size.png": f"{HERE}::test_the_size_plot_is_redrawn_from_its_figures_as_written",
     "python benchmarks/churn_bench.py": "tests/sim/test_churn.py",  # its scenario, 8 peers, 90 s
     "python benchmarks/fuzz_bench.py": "tests/peer/net/test_live_fuzz.py",  # 3,000 messages
@@ -102,6 +108,7 @@ NOT_RUN: dict[str, str] = {
     "ray start --head --num-cpus 8": "starts a Ray cluster on machines of its own; tests/sim/test_ray.py starts one of two nodes on one machine (ray.cluster_utils.Cluster)",
     "ray start --address HEAD_IP:6379 --num-cpus 8": "joins a Ray cluster from another machine; see the line above",
     "python benchmarks/compare_hivemind.py --hivemind-python PATH --launches 2": "needs hivemind in another interpreter (PATH); without it the script only says it skipped",
+    "python benchmarks/compare_hivemind.py --hivemind-python PATH --launches 2 --ring 16": "needs hivemind in another interpreter (PATH); without it the script only says it skipped",
     "python benchmarks/compare_flower.py --flower-python PATH --launches 1": "needs Flower in another interpreter (PATH); without it the script only says it skipped",
     "python benchmarks/round_sizes.py --hivemind-python PATH --plot docs/round_time_vs_size.png": "needs hivemind, and rounds of up to 400 MB; its plot is redrawn from the figures by the --from-json command, which is run",
 }  # fmt: skip
@@ -109,13 +116,15 @@ NOT_RUN: dict[str, str] = {
 #: The benchmarks at small sizes: (the script and arguments, what its JSON line must hold).
 SMALL_RUNS = {
     "round_bench memory": (["round_bench.py", "--net", "memory", "--k", "3", "--n", "10000", "--repeats", "1"], "bytes_per_member_over_model"),
+    "round_bench memory ring 16": (["round_bench.py", "--net", "memory", "--k", "3", "--n", "10000", "--repeats", "1", "--ring", "16"], '"ring": 16'),
     "round_bench libp2p": (["round_bench.py", "--net", "libp2p", "--n", "10000", "--rounds", "1"], "secure_round_s"),
     "scale_bench": (["scale_bench.py", "--peers", "12", "--rounds", "2"], "rounds_aborted"),
     "crypto_bench": (["crypto_bench.py", "--elements", "100000", "--shards", "2", "--repeats", "1"], "mask"),
     "idle_bench": (["idle_bench.py", "--peers", "3", "--idle-s", "2"], "idle_rss_mb_max"),
     "learning_bench": (["learning_bench.py", "--dataset", "digits", "--peers", "4", "--rounds", "2"], "accuracy"),
+    "learning_bench rings": (["learning_bench.py", "--dataset", "digits", "--peers", "4", "--rounds", "2", "--rings", "32,16"], "gossiplearn_memory_ring16"),
     "learning_bench poison": (["learning_bench.py", "--dataset", "digits", "--peers", "4", "--rounds", "2", "--poison", "zero", "--local-reference"], "poison"),
-    "insider_bench": (["insider_bench.py", "--seconds", "8", "--classes", "holder"], "control_rounds_per_min"),
+    "insider_bench": (["insider_bench.py", "--seconds", "8", "--classes", "holder,bulk_starvation"], '"bulk_starvation": {"rounds_per_min"'),
 }  # fmt: skip
 
 #: Known to fail at this commit: the benchmark, and what is wrong with it (strict: once it is

@@ -95,3 +95,21 @@ def test_a_cnn_through_init_allow_run_and_status(tmp_path: Path) -> None:
         shapes = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118
     assert shapes["backbone.features.0.weight"] == (8, 1, 3, 3)
     assert shapes["head.weight"] == (10, 256)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_the_cnn_walk_through_without_a_dir_leaves_no_temporary_directory(tmp_path: Path) -> None:
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "digits_cnn.py"), "--rounds", "1", "--timeout", "150"],
+        capture_output=True,
+        text=True,
+        env={**example_env(), "TMPDIR": str(temporary)},
+        timeout=200,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["dir"] is None and report["exit_codes"] == [0, 0, 0]
+    assert list(temporary.iterdir()) == []  # its peer directories went with it

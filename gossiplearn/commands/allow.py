@@ -6,16 +6,19 @@ from pathlib import Path
 
 import typer
 
-from gossiplearn.commands.common import fail, parse_peer
+from gossiplearn.commands.common import fail, parse_peer, peer_directory
 from gossiplearn.crypto.identity import IdentityError, load_key_file
 from gossiplearn.peer.config import IDENTITY_FILE, ConfigError, load_config, save_config
 
 
 def allow(
-    directory: Path = typer.Argument(..., help="The peer directory."),
-    peers: list[str] = typer.Argument(..., help="Peer ids, or full multiaddrs ending in /p2p/ID."),
+    directory: Path = typer.Argument(..., help="The peer directory.", metavar="DIR"),
+    peers: list[str] = typer.Argument(
+        ..., metavar="PEER", help="Peer ids, or full multiaddrs ending in /p2p/ID."
+    ),
 ) -> None:
     """Admit PEERs to DIR's network; restart the daemon for it to take effect."""
+    peer_directory(directory)
     try:
         config = load_config(directory)
     except ConfigError as exc:
@@ -39,7 +42,14 @@ def allow(
         if address and address not in config.peer.bootstrap:
             config.peer.bootstrap.append(address)
             bootstraps.append(address)
-    save_config(directory, config)
+    try:
+        save_config(directory, config)
+    except OSError as exc:
+        fail(
+            f"cannot write {directory / 'config.toml'} ({exc.strerror or exc}); make {directory} "
+            "writable by this user (the config is replaced by a new file in it), then run this "
+            "again"
+        )
     for peer_id in added:
         typer.echo(f"admitted  {peer_id}")
     for address in bootstraps:

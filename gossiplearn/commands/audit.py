@@ -15,7 +15,7 @@ from typing import Any
 
 import typer
 
-from gossiplearn.commands.common import fail
+from gossiplearn.commands.common import fail, peer_directory
 from gossiplearn.peer.config import CHECKPOINT_DIR, ConfigError, load_config
 
 #: Where the ROC plot goes without --plot, inside the peer directory.
@@ -70,7 +70,9 @@ def render(report: Any) -> Any:
 
 
 def audit(
-    directory: Path = typer.Argument(..., help="The peer directory (from `gossiplearn init`)."),
+    directory: Path = typer.Argument(
+        ..., help="The peer directory (from `gossiplearn init`).", metavar="DIR"
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
     plot: Path | None = typer.Option(
         None,
@@ -96,6 +98,7 @@ def audit(
 ) -> None:
     """Audit how much the peer's model reveals about its training records (membership
     inference on its own data). Local and read-only: works while the daemon runs."""
+    peer_directory(directory)
     try:
         config = load_config(directory)
     except ConfigError as exc:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from gossiplearn.commands.common import fail
+from gossiplearn.commands.common import fail, peer_directory
 from gossiplearn.crypto.identity import (
     IdentityError,
     peer_id_from_public_key,
@@ -24,15 +24,14 @@ from gossiplearn.protocol.evidence import describe_proof
 
 
 def evidence(
-    directory: Path = typer.Argument(..., help="The peer directory."),
+    directory: Path = typer.Argument(..., help="The peer directory.", metavar="DIR"),
     clear: str | None = typer.Option(
         None, "--clear", help="Delete every proof against this peer id: stop refusing it."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the proofs as JSON."),
 ) -> None:
     """List the proofs that peers equivocated (signed conflicting messages), or clear one."""
-    if not directory.is_dir():
-        fail(f"{directory} is not a peer directory: create one with `gossiplearn init {directory}`")
+    peer_directory(directory)
     store = ProofStore(directory / EVIDENCE_DIR)
     if clear is not None:
         try:
@@ -41,7 +40,11 @@ def evidence(
             fail(f"--clear {clear!r}: not a peer id (12D3KooW...): {exc}", 2)
         removed = store.clear(peer)
         if not removed:
-            fail(f"no proof against {clear} in {store.directory}; nothing to clear")
+            fail(
+                f"--clear {clear}: no proof against this peer in {store.directory}, so nothing "
+                f"to clear; `gossiplearn evidence {directory}` lists the peers refused",
+                2,
+            )
         typer.echo(
             f"cleared {clear}: {removed} proof(s) deleted; a running daemon stops refusing it "
             "within seconds"

@@ -18,14 +18,19 @@ from gossiplearn.peer.config import (
     save_config,
 )
 from gossiplearn.peer.net.ports import free_port
+from gossiplearn.sim.specs import DATASET_NAMES, check_partition, one_of
 
-BUILT_IN_DATASETS = ("digits", "fashion-mnist", "synthetic")  # gossiplearn.sim.datasets.DATASETS
 _TCP_PORT = re.compile(r"^/ip4/(?P<ip>[0-9.]+)/tcp/(?P<port>\d+)$")
 
 
 def _listen_address(listen: str) -> str:
     """The listen multiaddr with port 0 replaced by a free port, so it can be shared now."""
+    from gossiplearn.peer.config import listen_address_problem
+
     match = _TCP_PORT.match(listen)
+    problem = listen_address_problem(listen) if match else None
+    if problem:
+        fail(f"--listen: {problem}", 2)
     if not match:
         fail(f"--listen must look like /ip4/127.0.0.1/tcp/PORT, got {listen!r}", 2)
     if match["port"] != "0":
@@ -35,7 +40,7 @@ def _listen_address(listen: str) -> str:
 
 
 def init(
-    directory: Path = typer.Argument(..., help="The peer directory to create."),
+    directory: Path = typer.Argument(..., help="The peer directory to create.", metavar="DIR"),
     listen: str = typer.Option(
         "/ip4/127.0.0.1/tcp/0", help="Listen multiaddr (port 0: pick a free one)."
     ),
@@ -45,12 +50,12 @@ def init(
     allow: list[str] = typer.Option(
         [], help="Peer id or .../p2p/ID multiaddr to admit (repeatable)."
     ),
-    dataset: str = typer.Option(
-        "digits", help=f"Built-in dataset: {', '.join(BUILT_IN_DATASETS)}."
-    ),
+    dataset: str = typer.Option("digits", help=f"Built-in dataset: {', '.join(DATASET_NAMES)}."),
     shard: str = typer.Option("0/1", help="This peer's shard I/N of the dataset's seeded split."),
     partition: str = typer.Option(
-        "dirichlet:0.3", help='How the dataset is split: "dirichlet:ALPHA" or "iid".'
+        "dirichlet:0.3",
+        help='How the dataset is split: "dirichlet:ALPHA", "shards:C" or "iid" (synthetic: '
+        '"synthetic:ALPHA,BETA").',
     ),
     model: str = typer.Option(
         "",
@@ -88,14 +93,29 @@ def init(
         fail(f"{key_path} already exists; refusing to overwrite an identity")
     if (directory / CONFIG_FILE).exists():
         fail(f"{directory / CONFIG_FILE} already exists; refusing to overwrite it")
-    if dataset not in BUILT_IN_DATASETS:
-        fail(f"unknown dataset {dataset!r}; choose one of {', '.join(BUILT_IN_DATASETS)}", 2)
+    # Every option is checked here, before anything is written: `run` must not be the first
+    # to find a typo.
+    if dataset not in DATASET_NAMES:
+        fail(f"--dataset {dataset!r} is not a built-in dataset: choose {one_of(DATASET_NAMES)}", 2)
+    from gossiplearn.peer.learning.data import spec_problem
     from gossiplearn.sim.datasets import DATASETS, DEFAULT_VALIDATION, parse_shard
 
     try:
         parse_shard(shard)
     except ValueError as exc:
         fail(f"--shard: {exc}", 2)
+    try:
+        check_partition(partition, dataset)
+    except ValueError as exc:
+        fail(f"--{exc}", 2)
+    for flag, spec in (("--model", model), ("--data", data), ("--trainer", trainer)):
+        problem = spec and spec_problem(spec, flag)
+        if problem:
+            fail(problem, 2)
+    if not 0 <= status_port <= 65535:
+        fail(
+            f"--status-port must be a TCP port (0..65535; 0: pick a free one), got {status_port}", 2
+        )
     allowed: list[str] = []
     boot: list[str] = []
     for text in allow:
@@ -131,8 +151,8 @@ def init(
             "hidden": [64, 64],
             "classes": info.classes,
         }
-    config.model.options.update(_options("--model-option", model_option))
-    config.data.options.update(_options("--data-option", data_option))
+    config.model.options.update(parse_options("--model-option", model_option))
+    config.data.options.update(parse_options("--data-option", data_option))
     config.training.trainer = trainer
     config.status.port = status_port or free_port()
     try:
@@ -156,7 +176,7 @@ def init(
     typer.echo(f"next:     gossiplearn allow {directory} <other peer>; gossiplearn run {directory}")
 
 
-def _options(flag: str, pairs: list[str]) -> dict[str, object]:
+def parse_options(flag: str, pairs: list[str]) -> dict[str, object]:
     """KEY=VALUE pairs; VALUE read as a TOML value (10, 0.5, true, [64, 64], "x"), else kept
     as the string it is."""
     import tomllib

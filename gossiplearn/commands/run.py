@@ -16,7 +16,7 @@ from typing import NoReturn
 
 import typer
 
-from gossiplearn.commands.common import fail
+from gossiplearn.commands.common import fail, peer_directory
 from gossiplearn.peer.config import ConfigError, PeerConfig, load_config
 
 #: Exit code for an invalid configuration (as for invalid command-line arguments).
@@ -109,9 +109,12 @@ def _exit(code: int) -> NoReturn:
 
 
 def run(
-    directory: Path = typer.Argument(..., help="The peer directory (from `gossiplearn init`)."),
+    directory: Path = typer.Argument(
+        ..., help="The peer directory (from `gossiplearn init`).", metavar="DIR"
+    ),
 ) -> None:
     """Run the peer daemon in the foreground until SIGINT/SIGTERM (then exit 0)."""
+    peer_directory(directory)
     try:
         config = load_config(directory)
     except ConfigError as exc:

@@ -143,8 +143,12 @@ def load_key_file(path: str | os.PathLike[str]) -> Identity:
     path = Path(path)
     try:
         info = path.stat()
-    except FileNotFoundError:
-        raise IdentityError(f"no identity key file at {path}") from None
+    except (FileNotFoundError, NotADirectoryError):
+        raise IdentityError(
+            f"no identity key file at {path}: restore it from a backup (the peer id others "
+            "admit is derived from it), or start a new identity with `gossiplearn init "
+            "NEW_DIR` and have the other peers admit its id"
+        ) from None
     if not stat.S_ISREG(info.st_mode):
         raise IdentityError(f"{path} is not a regular file")
     mode = stat.S_IMODE(info.st_mode)

@@ -557,6 +557,11 @@ def load_config(directory: Path) -> PeerConfig:
         raise ConfigError(
             f"no {CONFIG_FILE} in {directory}: create the peer with `gossiplearn init {directory}`"
         ) from None
+    except OSError as exc:  # unreadable, or DIR is a file
+        raise ConfigError(
+            f"cannot read {path} ({exc.strerror or exc}); give a peer directory whose "
+            "config.toml this user can read"
+        ) from None
     return parse_config(text, str(path))
 
 

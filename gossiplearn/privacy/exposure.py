@@ -177,11 +177,16 @@ class Verdict:
 
 
 def verdict(attacks: Sequence[AttackResult], non_members: int) -> Verdict:
-    """One line a non-specialist can read, from the strongest attack.
+    """One line a non-specialist can read, from the attacks' figures *and their intervals*:
+    an AUC whose 95% interval holds 0.5 is not evidence of exposure, however high its point
+    estimate (a small audit gave "moderate, AUC 0.57 [0.49, 0.64]").
 
-    - high: an AUC >= HIGH_AUC, or a TPR >= HIGH_TPR_FACTOR x FPR at the lowest FPR the
-      non-members can measure (0.1% needs 1000 of them, 1% needs 100);
-    - low: every AUC <= LOW_AUC and (where measurable) every TPR@1%FPR <= LOW_TPR_FACTOR x 1%;
+    - high: an AUC >= HIGH_AUC whose interval excludes chance, or a TPR >= HIGH_TPR_FACTOR x
+      FPR at the lowest FPR the non-members can measure (0.1% needs 1000 of them, 1% needs
+      100);
+    - low: no attack tells members from non-members with confidence (every AUC interval holds
+      0.5, or every AUC <= LOW_AUC), and (where measurable) every TPR@1%FPR <= LOW_TPR_FACTOR x
+      1%;
     - moderate: in between.
 
     A TPR at an FPR below 1/N (N non-members) is the TPR at zero false positives, which a chance
@@ -193,6 +198,7 @@ def verdict(attacks: Sequence[AttackResult], non_members: int) -> Verdict:
         f"AUC {strongest.auc:.2f} [{strongest.auc_ci[0]:.2f}, {strongest.auc_ci[1]:.2f}], "
         f"{strongest.title}"
     )
+    above_chance = [attack for attack in attacks if attack.auc_ci[0] > 0.5]
     low_fprs = [
         (fpr, max(tpr(attack) for attack in attacks))
         for fpr, tpr in (
@@ -204,7 +210,7 @@ def verdict(attacks: Sequence[AttackResult], non_members: int) -> Verdict:
     confident = [
         (fpr, best) for fpr, best in low_fprs[:1] if best >= HIGH_TPR_FACTOR * fpr and best > 0
     ]
-    if strongest.auc >= HIGH_AUC or confident:
+    if any(attack.auc >= HIGH_AUC for attack in above_chance) or confident:
         detail = figure
         if confident:
             fpr, best = confident[0]
@@ -215,13 +221,19 @@ def verdict(attacks: Sequence[AttackResult], non_members: int) -> Verdict:
             f"than chance ({detail})",
         )
     tpr_1pct = dict(low_fprs).get(FPR_1PCT)
-    if all(a.auc <= LOW_AUC for a in attacks) and (
-        tpr_1pct is None or tpr_1pct <= LOW_TPR_FACTOR * FPR_1PCT
-    ):
+    small_or_uncertain = not above_chance or all(a.auc <= LOW_AUC for a in attacks)
+    if small_or_uncertain and (tpr_1pct is None or tpr_1pct <= LOW_TPR_FACTOR * FPR_1PCT):
+        if above_chance or strongest.auc <= LOW_AUC:
+            return Verdict(
+                "low",
+                "low exposure: an attacker tells your training records from others no better "
+                f"than chance ({figure})",
+            )
         return Verdict(
             "low",
             "low exposure: an attacker tells your training records from others no better "
-            f"than chance ({figure})",
+            f"than chance, as far as this audit can tell ({figure}: the interval holds 0.5; "
+            "more records, --samples, narrow it)",
         )
     return Verdict(
         "moderate",

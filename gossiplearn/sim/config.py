@@ -7,13 +7,21 @@ the baselines (given them by experiment.py) take their parts from here, so they 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gossiplearn.peer.learning.data import DEFAULT_VALIDATION, PeerData
 
 MODES = ("process", "inproc", "memory")
+#: What ``--methods`` may name (see gossiplearn/sim/baselines.py for what each baseline does).
+METHODS = ("gossiplearn", "local", "local-ft", "fedavg", "fedavg-ft", "fedper", "fedper-plain")
+#: The methods a run compares when ``--methods`` is not given (``--no-baselines``: gossiplearn)
+DEFAULT_METHODS = ("gossiplearn", "local", "fedavg", "fedper")
+#: ``--weight``: equal weights (or samples capped at ``--max-weight``), or each peer's training
+#: sample count with no cap short of the largest shard
+WEIGHTS = ("equal", "samples")
 Progress = Callable[[int, float, float], None]  # (rounds done, mean accuracy, bytes per peer)
 
 
@@ -36,6 +44,10 @@ class SimConfig:
     steps_per_round: int = 0
     batch_size: int = 32
     lr: float = 0.05
+    #: SGD momentum of the built-in trainer (``training.momentum``)
+    momentum: float = 0.9
+    #: epochs of head fine-tuning after each average (``training.head_epochs``; 0: none)
+    head_epochs: int = 1
     hidden: tuple[int, ...] = (64, 64)
     #: gossiplearn: apply an average only if it does not hurt a peer's validation loss by
     #: more than ``acceptance_tolerance`` (relative)
@@ -62,6 +74,21 @@ class SimConfig:
     model: str = ""
     data: str = ""
     trainer: str = ""
+    #: keyword arguments of ``model`` / ``data`` / ``trainer`` (``--model-option`` etc.); the
+    #: data function is called as ``data(peer, peers, **data_options)``, the trainer built as
+    #: ``Class(model, data, config, **trainer_options)`` (plus ``peer``/``peers`` if its
+    #: constructor has parameters of those names)
+    model_options: dict[str, Any] = field(default_factory=dict)
+    data_options: dict[str, Any] = field(default_factory=dict)
+    trainer_options: dict[str, Any] = field(default_factory=dict)
+    #: the methods run, in this order (see METHODS)
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    #: evaluate every method on every peer's test data every this many rounds (and after
+    #: the last); daemons (process, inproc) evaluate after each of their rounds regardless
+    eval_every: int = 1
+    #: "samples": weigh each peer by its training samples with the cap at the largest shard
+    #: (set once the data is loaded: :func:`effective_max_weight`)
+    weight: str = "equal"
     #: > 0: every method trains with DP-SGD under this total epsilon per peer, the noise
     #: derived for ``rounds`` rounds (the same clipping, noise and sampling for all)
     dp_epsilon: float = 0.0
@@ -81,20 +108,81 @@ class SimConfig:
     peer_gpus: float = 0.0
 
     def validate(self) -> SimConfig:
+        """Raise ValueError naming the first bad setting by its ``gossiplearn sim`` flag."""
+        from gossiplearn.sim.specs import DATASET_NAMES, check_partition, one_of
+
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}")
+            raise ValueError(f"--mode must be {one_of(MODES)}, got {self.mode!r}")
         if self.peers < 3:
-            raise ValueError("a simulation needs at least 3 peers (a group has 3 or more)")
+            raise ValueError(f"--peers must be >= 3 (a group has 3 or more), got {self.peers}")
         if self.rounds < 1:
-            raise ValueError("rounds must be >= 1")
+            raise ValueError(f"--rounds must be >= 1, got {self.rounds}")
         if not 3 <= self.group_size <= 16:
-            raise ValueError("group size must be in 3..16")
+            raise ValueError(f"--group-size must be in 3..16, got {self.group_size}")
+        if self.epochs < 1:
+            raise ValueError(f"--epochs must be >= 1, got {self.epochs}")
         if self.steps_per_round < 0:
-            raise ValueError("steps per round must be >= 0 (0: whole epochs)")
+            raise ValueError(
+                f"--steps-per-round must be >= 0 (0: whole epochs), got {self.steps_per_round}"
+            )
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"--lr must be > 0, got {self.lr:g}")
         if self.max_weight < 1:
-            raise ValueError("max weight must be >= 1 (1: equal weights)")
+            raise ValueError(f"--max-weight must be >= 1 (1: equal weights), got {self.max_weight}")
+        if self.weight not in WEIGHTS:
+            raise ValueError(f"--weight must be {one_of(WEIGHTS)}, got {self.weight!r}")
+        if self.weight == "samples" and self.max_weight != 1:
+            raise ValueError(
+                "--weight samples sets the cap itself (the largest shard); drop --max-weight, "
+                "or use --weight equal with --max-weight N for a cap of N"
+            )
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"--momentum must be in [0, 1), got {self.momentum:g}")
+        if self.head_epochs < 0:
+            raise ValueError(
+                f"--head-epochs must be >= 0 (0: no head fine-tune), got {self.head_epochs}"
+            )
+        if not 0 < self.validation < 1:
+            raise ValueError(f"--validation must be a fraction in (0, 1), got {self.validation:g}")
+        if self.eval_every < 1:
+            raise ValueError(
+                f"--eval-every must be >= 1 (1: after every round), got {self.eval_every}"
+            )
+        unknown = [name for name in self.methods if name not in METHODS]
+        if unknown or not self.methods:
+            raise ValueError(
+                f"--methods takes a comma-separated list of {one_of(METHODS)}, got "
+                f"{','.join(self.methods) or 'nothing'!r}"
+            )
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"--methods names a method twice: {','.join(self.methods)!r}")
+        for option, options, spec in (
+            ("--model-option", self.model_options, "--model"),
+            ("--data-option", self.data_options, "--data"),
+            ("--trainer-option", self.trainer_options, "--trainer"),
+        ):
+            if options and not getattr(self, spec[2:]):
+                raise ValueError(
+                    f"{option} is for your {spec[2:]} ({spec} module:function), which is not "
+                    f"given; add {spec}, or drop {option}"
+                )
+        if not self.data:  # --data brings its own split
+            if self.dataset not in DATASET_NAMES:
+                raise ValueError(
+                    f"--dataset {self.dataset!r} is not a built-in dataset: choose "
+                    f"{one_of(DATASET_NAMES)}, or give your own with --data"
+                )
+            try:
+                check_partition(self.partition, self.dataset)
+            except ValueError as exc:  # "partition 'X' is not ..."
+                raise ValueError(f"--{exc}") from None
         if self.ring_bits not in (8, 16, 32):
-            raise ValueError("--ring must be 32, 16 or 8")
+            raise ValueError(f"--ring must be 32, 16 or 8, got {self.ring_bits}")
+        exponent = math.log2(self.clip) if self.clip > 0 else math.nan
+        if not (exponent.is_integer() and -16 <= exponent <= 16):
+            raise ValueError(f"--clip must be a power of two in [2^-16, 2^16], got {self.clip}")
         if self.audit and self.mode != "memory":
             raise ValueError(
                 f"--audit audits the final models the simulation holds, which --mode "
@@ -137,9 +225,9 @@ class SimConfig:
 
 
 def model_options(config: SimConfig) -> dict[str, Any]:
-    """The ``model.options`` of a simulated peer (none for ``--model``)."""
+    """The ``model.options`` of a simulated peer (``--model-option``s for ``--model``)."""
     if config.model:
-        return {}
+        return dict(config.model_options)
     from gossiplearn.sim.datasets import DATASETS
 
     info = DATASETS[config.dataset]
@@ -190,6 +278,8 @@ def training_section(config: SimConfig) -> Any:
         steps_per_round=config.steps_per_round,
         batch_size=config.batch_size,
         lr=config.lr,
+        momentum=config.momentum,
+        head_epochs=config.head_epochs,
         seed=config.seed,
         acceptance=config.acceptance,
         acceptance_tolerance=config.acceptance_tolerance,
@@ -212,19 +302,49 @@ def model_factory(config: SimConfig) -> Callable[[], Any]:
     if config.model:
         from gossiplearn.sim.user import model_factory as user_model
 
-        return user_model(config.model)
+        function, options = user_model(config.model), dict(config.model_options)
+        return (lambda: function(**options)) if options else function
     from gossiplearn.peer.learning.architectures import mlp
 
     options = model_options(config)
     return lambda: mlp(options["input_dim"], tuple(options["hidden"]), options["classes"])
 
 
-def trainer_factory(config: SimConfig) -> Callable[[Any, PeerData], Any]:
-    """(SplitModel, PeerData) -> the trainer every method of this run trains through."""
+def trainer_options(config: SimConfig, peer: int) -> dict[str, Any]:
+    """The keyword arguments peer ``peer``'s trainer is built with (a daemon's
+    ``training.options``): ``--trainer-option``s, and ``peer`` (its index, 0..peers-1) and
+    ``peers`` if the trainer's constructor has parameters of those names."""
+    if not config.trainer:
+        return {}
+    import inspect
+
+    from gossiplearn.peer.learning.data import TrainerError, resolve
+
+    options = dict(config.trainer_options)
+    try:
+        parameters = inspect.signature(
+            resolve(config.trainer, "--trainer", TrainerError)
+        ).parameters
+    except (TypeError, ValueError):  # no signature to read (a builtin): nothing more
+        return options
+    for name, value in (("peer", peer), ("peers", config.peers)):
+        if name in parameters and name not in options:
+            options[name] = value
+    return options
+
+
+def trainer_factory(config: SimConfig) -> Callable[..., Any]:
+    """(SplitModel, PeerData, peer index) -> the trainer every method of this run trains
+    through (peer ``peer``'s: see :func:`trainer_options`)."""
     from gossiplearn.peer.learning.trainer import make_trainer
 
     training = train_config(config)
-    return lambda model, data: make_trainer(config.trainer, model, data, training, key="--trainer")
+
+    def make(model: Any, data: PeerData, peer: int = 0) -> Any:
+        options = trainer_options(config, peer)
+        return make_trainer(config.trainer, model, data, training, options, key="--trainer")
+
+    return make
 
 
 def check_parts(config: SimConfig, shards: Sequence[PeerData]) -> None:
@@ -273,7 +393,9 @@ def load_data(config: SimConfig) -> list[PeerData]:
     if config.data:
         from gossiplearn.sim.user import load_all
 
-        return load_all(config.data, config.peers, config.validation, config.seed)
+        return load_all(
+            config.data, config.peers, config.validation, config.seed, config.data_options
+        )
     from gossiplearn.sim.datasets import load_all_shards
 
     return load_all_shards(

@@ -12,13 +12,14 @@ mode, ``memory``, is memory.py; the settings every mode shares, config.py.)
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,16 @@ import numpy as np
 
 from gossiplearn.crypto.identity import Identity, write_key_file
 from gossiplearn.peer.config import IDENTITY_FILE, PeerConfig, save_config
-from gossiplearn.sim.config import Progress, SimConfig, model_options, round_section
+from gossiplearn.sim.config import (
+    Progress,
+    SimConfig,
+    model_options,
+    round_section,
+    trainer_options,
+)
 from gossiplearn.sim.results import MethodResult
+from gossiplearn.sim.steps import StepCounter
+from gossiplearn.sim.stopping import raise_noted, stop_signals_noted, trio_stop_on_signals
 
 
 def prepare_peers(
@@ -76,6 +85,8 @@ def prepare_peers(
                 "validation": config.validation,
                 "seed": config.seed,
             }
+            if config.data_options:
+                peer_config.data.options["options"] = dict(config.data_options)
         else:
             peer_config.data.loader = DATASETS[config.dataset].loader
             peer_config.data.options = {
@@ -87,10 +98,13 @@ def prepare_peers(
             }
         training = peer_config.training
         training.trainer = config.trainer
+        training.options = trainer_options(config, i)
         training.epochs = config.epochs
         training.steps_per_round = config.steps_per_round
         training.batch_size = config.batch_size
         training.lr = config.lr
+        training.momentum = config.momentum
+        training.head_epochs = config.head_epochs
         training.seed = config.seed
         training.acceptance = config.acceptance
         training.acceptance_tolerance = config.acceptance_tolerance
@@ -166,7 +180,11 @@ def _report(
 
 
 def _result_from_documents(
-    documents: Sequence[dict[str, Any] | None], rounds: int, wall_s: float
+    documents: Sequence[dict[str, Any] | None],
+    rounds: int,
+    wall_s: float,
+    steps: dict[str, float | None] | None = None,
+    complete: bool = True,
 ) -> MethodResult:
     """Each peer's accuracy after each of its first ``rounds`` rounds (see
     _accuracies_after; a peer short of rounds is counted in ``extra``)."""
@@ -180,7 +198,52 @@ def _result_from_documents(
             "peers_short_of_rounds": sum(len(h) < rounds for h in histories),
             **_epsilon_from_documents(documents),
         },
+        steps_per_round=steps,
+        complete=complete,
     )
+
+
+def planned_steps(config: SimConfig, shards: Sequence[Any]) -> dict[str, float | None] | None:
+    """The built-in trainer's optimizer steps per peer and round (its budget is fixed:
+    ``--steps-per-round`` or ``--epochs`` epochs of batches, then ``--head-epochs`` epochs of
+    the head after each average), the mean over the peers; None for a user's trainer, whose
+    steps only it knows (counted where it trains in this process)."""
+    if config.trainer:
+        return None
+    train = head = 0.0
+    for data in shards:
+        batches = math.ceil(len(data.train) / config.batch_size)
+        train += config.steps_per_round or config.epochs * batches
+        head += config.head_epochs * batches
+    count = max(len(shards), 1)
+    return {"train": train / count, "head": head / count, "total": (train + head) / count}
+
+
+def _counted(
+    counter: StepCounter, documents: Sequence[dict[str, Any] | None]
+) -> dict[str, float | None]:
+    """Inproc mode with a user's trainer: every step the daemons took, over the rounds they
+    completed (train and head not told apart)."""
+    completed = sum(len((d or {}).get("rounds", {}).get("history", [])) for d in documents)
+    return {"train": None, "head": None, "total": counter.count / max(completed, 1)}
+
+
+def _partial(
+    on_result: Callable[[MethodResult], None] | None,
+    documents: Sequence[dict[str, Any] | None],
+    rounds: int,
+    reported: list[int],
+    started: float,
+    steps: Callable[[], dict[str, float | None] | None],
+) -> None:
+    """``on_result`` with the rounds every peer has completed, once per new round."""
+    if on_result is None:
+        return
+    done = min(min(_rounds_done(documents)), rounds)
+    if done > reported[0]:
+        reported[0] = done
+        wall = time.perf_counter() - started
+        on_result(_result_from_documents(documents, done, wall, steps(), complete=False))
 
 
 def _epsilon_from_documents(documents: Sequence[dict[str, Any] | None]) -> dict[str, float]:
@@ -210,18 +273,27 @@ def run_process(
     out_dir: Path,
     progress: Progress | None = None,
     timeout_s: float | None = None,
+    on_result: Callable[[MethodResult], None] | None = None,
+    steps: dict[str, float | None] | None = None,
 ) -> MethodResult:
     """N `gossiplearn run` subprocesses; stops them all (SIGTERM) when every peer has done
-    ``config.rounds`` rounds, on timeout, or on Ctrl-C."""
+    ``config.rounds`` rounds, on timeout, or on Ctrl-C. ``on_result``: called with the
+    result so far each time every peer has completed another round. ``steps``: the steps
+    per peer and round to report (:func:`planned_steps`; the daemons' own are not seen)."""
     from gossiplearn.peer.config import load_config
 
     started = time.perf_counter()
     dirs = prepare_peers(out_dir, config)
     ports = [load_config(d).status.port for d in dirs]
-    processes = [start_peer(directory) for directory in dirs]
-    deadline = time.monotonic() + _budget_s(config, timeout_s)
+    processes: list[subprocess.Popen[bytes]] = []
     documents: list[dict[str, Any] | None] = [None] * len(dirs)
+    reported = [0]
     try:
+        # Started one by one inside the try: a stop signal between two starts must still
+        # stop the ones already running (they are in sessions of their own).
+        for directory in dirs:
+            processes.append(start_peer(directory))
+        deadline = time.monotonic() + _budget_s(config, timeout_s)
         while time.monotonic() < deadline:
             for i, port in enumerate(ports):
                 documents[i] = _fetch_status(port) or documents[i]
@@ -230,13 +302,16 @@ def run_process(
                         f"peer {i} exited early (code {processes[i].returncode}); "
                         f"see {dirs[i] / 'stdout.log'}"
                     )
+            # Reported before the check, so the bar's last figures are the table's (the same
+            # documents), not the previous poll's.
+            _report(documents, config.rounds, progress)
+            _partial(on_result, documents, config.rounds, reported, started, lambda: steps)
             if min(_rounds_done(documents)) >= config.rounds:
                 break
-            _report(documents, config.rounds, progress)
             time.sleep(1.0)
     finally:
         _stop_all(processes)
-    return _result_from_documents(documents, config.rounds, time.perf_counter() - started)
+    return _result_from_documents(documents, config.rounds, time.perf_counter() - started, steps)
 
 
 def _stop_all(processes: Sequence[subprocess.Popen[bytes]], grace_s: float = 10.0) -> None:
@@ -257,9 +332,13 @@ def run_inproc(
     out_dir: Path,
     progress: Progress | None = None,
     timeout_s: float | None = None,
+    on_result: Callable[[MethodResult], None] | None = None,
+    steps: dict[str, float | None] | None = None,
 ) -> MethodResult:
     """N daemons (each its own libp2p host) in one trio process; stopped when every peer has
-    done ``config.rounds`` rounds or on timeout."""
+    done ``config.rounds`` rounds or on timeout. ``on_result``, ``steps``: as in
+    :func:`run_process` (without ``steps``, every optimizer step of the daemons is counted
+    here: the total per peer and round)."""
     import trio
 
     from gossiplearn.peer.daemon import Daemon
@@ -268,23 +347,49 @@ def run_inproc(
     dirs = prepare_peers(out_dir, config)
     budget = _budget_s(config, timeout_s)
     documents: list[dict[str, Any] | None] = [None] * len(dirs)
+    reported = [0]
+    counter = StepCounter()
 
-    async def main() -> None:
+    def steps_now() -> dict[str, float | None] | None:
+        return steps if steps is not None else _counted(counter, documents)
+
+    async def main(signals: list[int]) -> None:
         peers = [Daemon(d) for d in dirs]
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
             for peer in peers:
                 nursery.start_soon(peer.run, stop)
-            with trio.move_on_after(budget):
-                while True:
-                    await trio.sleep(1.0)
-                    for i, peer in enumerate(peers):
-                        if peer.ready:
-                            documents[i] = peer.status_document()
-                    _report(documents, config.rounds, progress)
-                    if min(_rounds_done(documents)) >= config.rounds:
-                        break
+            with trio.move_on_after(budget) as waiting:
+                async with trio.open_nursery() as watch:
+                    # SIGTERM or Ctrl-C ends the waiting; the peers then stop as at the end.
+                    watch.start_soon(trio_stop_on_signals, signals, waiting)
+                    while True:
+                        await trio.sleep(1.0)
+                        for i, peer in enumerate(peers):
+                            if peer.ready:
+                                documents[i] = peer.status_document()
+                        _report(documents, config.rounds, progress)
+                        _partial(on_result, documents, config.rounds, reported, started, steps_now)
+                        if min(_rounds_done(documents)) >= config.rounds:
+                            break
+                    watch.cancel_scope.cancel()
             stop.set()
 
-    trio.run(main)
-    return _result_from_documents(documents, config.rounds, time.perf_counter() - started)
+    from gossiplearn.peer import logfile
+
+    # The peers' logs (libp2p's "Failed to open TCP stream" when one stops first, ...) go to
+    # a file, not through the progress bar.
+    handler = logfile.attach(out_dir / "peers" / "inproc.log")
+    try:
+        with stop_signals_noted() as signals, counter.counting():
+            try:
+                trio.run(main, signals)
+            except BaseExceptionGroup as group:  # Ctrl-C before the watch began, wrapped
+                if group.subgroup(KeyboardInterrupt) is None:
+                    raise
+                signals.append(signal.SIGINT)
+    finally:
+        logfile.detach(handler)
+    raise_noted(signals)
+    wall = time.perf_counter() - started
+    return _result_from_documents(documents, config.rounds, wall, steps_now())

@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from gossiplearn.peer.learning.data import DEFAULT_VALIDATION, PeerData
+from gossiplearn.sim.specs import parse_partition, parse_synthetic
 
 __all__ = ["DATASETS", "DEFAULT_VALIDATION", "PeerData", "digits", "fashion_mnist", "synthetic"]
 
@@ -147,26 +148,16 @@ def shards_partition(
 
 def _partition(spec: str, labels: np.ndarray, shards: int, seed: int) -> list[np.ndarray]:
     """Apply a partition spec: ``"iid"``, ``"dirichlet:ALPHA"`` or ``"shards:C"``."""
-    if spec == "iid":
+    kind, argument = parse_partition(spec)
+    if kind == "iid":
         # Two samples per shard at least, so each can hold out a validation sample.
         _check_shards(len(labels), shards, 2)
         return iid_partition(len(labels), shards, seed)
-    kind, _, argument = spec.partition(":")
     if kind == "dirichlet":
-        try:
-            alpha = float(argument)
-        except ValueError:
-            alpha = math.nan
-        if alpha > 0 and math.isfinite(alpha):
-            min_size = max(2, min(DEFAULT_MIN_SHARD_SIZE, len(labels) // shards))
-            return dirichlet_partition(labels, shards, alpha, seed, min_size=min_size)
-    if kind == "shards" and argument.isascii() and argument.isdigit():
-        _check_shards(len(labels), shards, 2)  # as for iid: room for a held-out sample
-        return shards_partition(labels, shards, int(argument), seed)
-    raise ValueError(
-        f"partition {spec!r} is not 'iid', 'dirichlet:ALPHA' with ALPHA > 0 "
-        "or 'shards:C' with C >= 1"
-    )
+        min_size = max(2, min(DEFAULT_MIN_SHARD_SIZE, len(labels) // shards))
+        return dirichlet_partition(labels, shards, argument, seed, min_size=min_size)
+    _check_shards(len(labels), shards, 2)  # as for iid: room for a held-out sample
+    return shards_partition(labels, shards, int(argument), seed)
 
 
 def _holdout_split(
@@ -418,8 +409,6 @@ def fashion_mnist(
 
 # ---- FedProx Synthetic(alpha, beta): generated per device ----------------------------------
 
-_SYNTHETIC_SPEC = re.compile(r"synthetic:([^,]+),([^,]+)")
-
 
 def synthetic_parameters(
     partition: str, alpha: float = 1.0, beta: float = 1.0
@@ -431,18 +420,7 @@ def synthetic_parameters(
     """
     if not partition.startswith("synthetic:"):
         return alpha, beta
-    match = _SYNTHETIC_SPEC.fullmatch(partition)
-    try:
-        if match is None:
-            raise ValueError
-        parsed = float(match[1]), float(match[2])
-    except ValueError:
-        parsed = (math.nan, math.nan)
-    if not all(value >= 0 and math.isfinite(value) for value in parsed):
-        raise ValueError(
-            f"partition {partition!r} is not 'synthetic:ALPHA,BETA' with ALPHA, BETA >= 0"
-        )
-    return parsed
+    return parse_synthetic(partition)
 
 
 def _synthetic_device(

@@ -9,6 +9,7 @@ import contextlib
 import copy
 import gc
 import itertools
+import math
 import os
 import random
 import time
@@ -38,6 +39,7 @@ def run_memory(
     progress: Progress | None = None,
     node_factories: Mapping[int, Callable[..., Any]] | None = None,
     final_models: Callable[[int, Any], None] | None = None,
+    on_result: Callable[[MethodResult], None] | None = None,
     processes: int | None = None,
     ray: str = "",
 ) -> MethodResult:
@@ -48,7 +50,10 @@ def run_memory(
     :class:`~gossiplearn.peer.learning.learner.Learner` the daemon uses (personal acceptance
     included). ``node_factories``: peer index -> round machine factory (tests and
     benchmarks put adversaries there). ``final_models(peer, model)``: called with each
-    peer's SplitModel after the last round (``sim --audit``). ``processes``: how many
+    peer's SplitModel after the last round (``sim --audit``). ``on_result(result)``: called
+    after every round with the result so far. Peers are evaluated on their test data every
+    ``config.eval_every`` rounds and after the last (a row of NaN for the others).
+    ``processes``: how many
     worker processes train, apply and evaluate (default: one per CPU from PARALLEL_FROM
     peers, else none: all in this process); the results are the same either way. ``ray``:
     a Ray cluster's address (see ray_peers.connect): the peers are split over one actor per
@@ -86,8 +91,9 @@ def run_memory(
             pool = stack.enter_context(_Forked(part, count))
         finished: Finished = {}
         now_ms: float = START_MS
+        result = MethodResult("gossiplearn", accuracy_per_round, complete=False)
         for round_index, groups in enumerate(plan):
-            refusals, _, contributions = pool.learn(finished, evaluate=False, train=True)
+            refusals, _, contributions, _ = pool.learn(finished, evaluate=False, train=True)
             refused += refusals
             following = plan[round_index + 1] if round_index + 1 < len(plan) else []
             finished, round_aborted, round_sent, now_ms = pool.net(
@@ -97,29 +103,38 @@ def run_memory(
             sent.update(round_sent)
             # Each peer takes in its round's average, then is evaluated (trained again at
             # the start of the next round).
-            refusals, accuracies, _ = pool.learn(finished, evaluate=True, train=False)
+            done = round_index + 1
+            evaluate = done % config.eval_every == 0 or done == config.rounds
+            refusals, accuracies, _, stats = pool.learn(finished, evaluate=evaluate, train=False)
             refused += refusals
             finished = {}
-            accuracy_per_round.append([accuracies[p] for p in range(peers)])
+            row = [accuracies[p] for p in range(peers)] if evaluate else [math.nan] * peers
+            accuracy_per_round.append(row)
+            bytes_per_peer = sum(sent.values()) / peers
+            train_steps, head_steps, fell_back, spent = stats
+            runs = max(peers * done, 1)
+            result.bytes_per_peer = bytes_per_peer
+            result.wall_s = time.perf_counter() - started
+            result.steps_per_round = {
+                "train": train_steps / runs,
+                "head": head_steps / runs,
+                "total": (train_steps + head_steps) / runs,
+            }
+            result.extra = {
+                "rounds_aborted": aborted,
+                "averages_refused": refused,
+                "fell_back_to_local": fell_back,
+                **_epsilon(spent),
+            }
+            if on_result:
+                on_result(result)
             if progress:
-                bytes_per_peer = sum(sent.values()) / peers
-                progress(round_index + 1, float(np.mean(accuracy_per_round[-1])), bytes_per_peer)
-        fell_back, spent = pool.finish()
+                progress(done, float(np.mean(accuracy_per_round[-1])), bytes_per_peer)
     if final_models:
         for peer, learner in learners.items():
             final_models(peer, learner.model)
-    return MethodResult(
-        "gossiplearn",
-        accuracy_per_round,
-        bytes_per_peer=sum(sent.values()) / peers,
-        wall_s=time.perf_counter() - started,
-        extra={
-            "rounds_aborted": aborted,
-            "averages_refused": refused,
-            "fell_back_to_local": fell_back,
-            **_epsilon(spent),
-        },
-    )
+    result.complete = True
+    return result
 
 
 #: The virtual clock's start (ms), as the in-memory network's.
@@ -143,9 +158,9 @@ def build_learners(config: SimConfig, shards: Mapping[int, PeerData]) -> dict[in
         reference = None
         if config.local_reference:
             alone = SplitModel(copy.deepcopy(initial))
-            reference = (alone, make(alone, data))
+            reference = (alone, make(alone, data, peer))
         learners[peer] = Learner(
-            model, make(model, data), acceptance_config(config), reference=reference
+            model, make(model, data, peer), acceptance_config(config), reference=reference
         )
     return learners
 
@@ -168,6 +183,10 @@ def make_node(config: SimConfig, peer: int, factory: Callable[..., Any] | None =
 PARALLEL_FROM = 200
 
 Contributions = dict[int, tuple[np.ndarray, int, bytes]]
+#: What a share of the peers did so far: (training steps, head fine-tune steps, peers that
+#: fell back to their local model, each trainer's epsilon spent).
+Stats = tuple[int, int, int, list[float]]
+Learned = tuple[int, dict[int, float], Contributions, Stats]
 Finished = Mapping[int, Sequence[tuple[np.ndarray, np.ndarray]]]
 #: A round's share of one process: (finished averages by peer, rounds aborted, bytes sent by
 #: peer, the virtual time its last group ended).
@@ -210,13 +229,18 @@ class _Part:
     def keep(self, index: int, count: int) -> None:
         self.learners = {p: v for p, v in self.learners.items() if p % count == index}
 
-    def learn(
-        self, finished: Finished, *, evaluate: bool, train: bool
-    ) -> tuple[int, dict[int, float], Contributions]:
+    def learn(self, finished: Finished, *, evaluate: bool, train: bool) -> Learned:
+        """Take in the averages, evaluate (if asked), train the next contributions (if
+        asked); with what this share did so far (:data:`Stats`)."""
+        from gossiplearn.sim.steps import PhaseSteps
+
+        steps = self.__dict__.setdefault("steps", PhaseSteps())
         refused = 0
         for peer, pairs in finished.items():
             for average, contribution in pairs:
-                refused += not self.learners[peer].apply(average, contribution).accepted
+                with steps.phase("head"):
+                    applied = self.learners[peer].apply(average, contribution, evaluate=False)
+                refused += not applied.accepted
         accuracies = (
             {p: accuracy_of(learner.evaluate()) for p, learner in self.learners.items()}
             if evaluate
@@ -225,10 +249,12 @@ class _Part:
         contributions: Contributions = {}
         if train:
             for peer, learner in self.learners.items():
-                vector = learner.train_round()
+                with steps.phase("train"):
+                    vector = learner.train_round()
                 weight = min(learner.trainer.num_train_samples, self.max_weight)
                 contributions[peer] = (vector, weight, learner.model.schema_hash)
-        return refused, accuracies, contributions
+        fell_back, spent = self.finish()
+        return refused, accuracies, contributions, (steps.train, steps.head, fell_back, spent)
 
     def net(
         self,
@@ -296,9 +322,7 @@ class _Serial:
     def __init__(self, part: _Part) -> None:
         self.part = part
 
-    def learn(
-        self, finished: Finished, *, evaluate: bool, train: bool
-    ) -> tuple[int, dict[int, float], Contributions]:
+    def learn(self, finished: Finished, *, evaluate: bool, train: bool) -> Learned:
         return self.part.learn(finished, evaluate=evaluate, train=train)
 
     def net(
@@ -339,9 +363,7 @@ class _Routed:
     def __exit__(self, failed: object, *_: object) -> None:
         pass
 
-    def learn(
-        self, finished: Finished, *, evaluate: bool, train: bool
-    ) -> tuple[int, dict[int, float], Contributions]:
+    def learn(self, finished: Finished, *, evaluate: bool, train: bool) -> Learned:
         answers = self._ask(
             [
                 (
@@ -353,10 +375,16 @@ class _Routed:
         )
         accuracies: dict[int, float] = {}
         contributions: Contributions = {}
-        for _, part_accuracies, part_contributions in answers:
+        for _, part_accuracies, part_contributions, _ in answers:
             accuracies.update(part_accuracies)
             contributions.update(part_contributions)
-        return sum(a[0] for a in answers), accuracies, contributions
+        stats: Stats = (
+            sum(a[3][0] for a in answers),
+            sum(a[3][1] for a in answers),
+            sum(a[3][2] for a in answers),
+            [e for a in answers for e in a[3][3]],
+        )
+        return sum(a[0] for a in answers), accuracies, contributions, stats
 
     def net(
         self,
@@ -499,9 +527,7 @@ class _RayPart:
             learners, lambda peer: make_node(config, peer), config.max_weight, config.seed
         )
 
-    def learn(
-        self, finished: Finished, evaluate: bool, train: bool
-    ) -> tuple[int, dict[int, float], Contributions]:
+    def learn(self, finished: Finished, evaluate: bool, train: bool) -> Learned:
         return self.part.learn(finished, evaluate=evaluate, train=train)
 
     def net(self, *arguments: Any) -> tuple[NetResult, dict[int, bytes]]:

@@ -22,13 +22,14 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from gossiplearn.sim.config import Progress, SimConfig
 from gossiplearn.sim.daemons import (
     _budget_s,
+    _partial,
     _report,
     _result_from_documents,
     _rounds_done,
@@ -153,9 +154,12 @@ def run_ray_process(
     peer_cpus: float = 1.0,
     peer_gpus: float = 0.0,
     timeout_s: float | None = None,
+    on_result: Callable[[MethodResult], None] | None = None,
+    steps: dict[str, float | None] | None = None,
 ) -> MethodResult:
     """Process mode with every daemon placed by Ray; stops them all when every peer still
-    there has done ``config.rounds`` rounds, on timeout, or on Ctrl-C / SIGTERM."""
+    there has done ``config.rounds`` rounds, on timeout, or on Ctrl-C / SIGTERM.
+    ``on_result`` and ``steps``: as for :func:`~gossiplearn.sim.daemons.run_process`."""
     ray = import_ray()
     started = time.perf_counter()
     connected = connect(address)
@@ -167,6 +171,7 @@ def run_ray_process(
     lost: set[int] = set()
     documents: list[dict[str, Any] | None] = [None] * config.peers
     dirs: list[Path] = []
+    reported = [0]
     try:
         # Placement: waits until Ray found room for every actor (or the budget runs out).
         places = _get(ray, [h.place.remote() for h in hosts], _budget_s(config, timeout_s))
@@ -186,15 +191,17 @@ def run_ray_process(
             live = [documents[i] for i in range(config.peers) if i not in lost]
             if not live:
                 raise RuntimeError("every peer's Ray node died")
+            _report(documents, config.rounds, progress)
+            _partial(on_result, live, config.rounds, reported, started, lambda: steps)
             if min(_rounds_done(live)) >= config.rounds:
                 break
-            _report(documents, config.rounds, progress)
             time.sleep(1.0)
     finally:
         _stop_all(ray, hosts, lost, dirs)
         if connected:
             ray.shutdown()
-    result = _result_from_documents(documents, config.rounds, time.perf_counter() - started)
+    wall = time.perf_counter() - started
+    result = _result_from_documents(documents, config.rounds, wall, steps)
     result.extra["peers_lost"] = len(lost)
     return result
 

@@ -6,11 +6,17 @@ docs/simulation.md) is its reference:
 | key | meaning |
 |---|---|
 | `schema` | results schema version (1); readers reject other versions |
-| `config` | the run's configuration as given (tuples as lists, paths as strings) |
+| `config` | the run's configuration: the options that applied (with `--model`, `--data`, `--trainer`: their `module:function` names and `*_options`, without the built-in dataset, partition or MLP they replaced), tuples as lists, paths as strings |
+| `complete` | `true` once every method has run all its rounds; `false` while the run goes on (the file is rewritten after every round of every method) and for a run a signal stopped |
+| `interrupted` | `null`, or `"SIGINT"` / `"SIGTERM"`: the signal that stopped the run (what completed before it is kept) |
 | `peers` | peer ids (`"peer-0"`, `"peer-1"`, ... unless given); index p of every per-peer list is `peers[p]` |
-| `methods` | one entry per method, keyed by name: `gossiplearn`, `local`, `fedavg`, `fedper` |
-| `methods.NAME.accuracy_per_round` | `[round][peer]`: the peer's accuracy on its own held-out data after that round, in [0, 1] |
-| `methods.NAME.final` | `[peer]`: the last row of `accuracy_per_round` (`[]` if no round ran) |
+| `methods` | one entry per method run, keyed by name: `gossiplearn`, `local`, `local-ft`, `fedavg`, `fedavg-ft`, `fedper`, `fedper-plain`, in the order they ran |
+| `methods.NAME.accuracy_per_round` | `[round][peer]`: the peer's accuracy on its own held-out data after that round, in [0, 1]; a round not evaluated (`--eval-every`) is a row of `null` |
+| `methods.NAME.final` | `[peer]`: the last evaluated row of `accuracy_per_round` (`[]` if none) |
+| `methods.NAME.rounds_done` | rounds the method completed (the rows of `accuracy_per_round`) |
+| `methods.NAME.evaluated_rounds` | the rounds (1-based) after which every peer was evaluated |
+| `methods.NAME.complete` | `false` while the method runs or if a signal stopped it |
+| `methods.NAME.steps_per_round` | optimizer steps per peer per round, `{train, head, total}` (means; `head`: fine-tuning the head after an average), counted from every optimizer step taken; `null` (or a part `null`) where they could not be counted: a user's `--trainer` in process mode's daemons (inproc mode counts only the `total`) |
 | `methods.NAME.summary` | `{mean, p10, min}` of `final` |
 | `methods.NAME.bytes_per_peer` | mean bytes each peer sent over the whole run (0 for `local`) |
 | `methods.NAME.wall_s` | wall-clock seconds the method took |
@@ -42,6 +48,7 @@ ACCURACY_PLOT_FILE = "accuracy_per_round.png"
 PER_PEER_PLOT_FILE = "per_peer_accuracy.png"
 
 _TOP_KEYS = ("schema", "config", "peers", "methods")
+_STEP_KEYS = ("train", "head", "total")
 _METHOD_KEYS = ("accuracy_per_round", "final", "summary", "bytes_per_peer", "wall_s", "extra")
 _SUMMARY_KEYS = ("mean", "p10", "min")
 
@@ -72,7 +79,12 @@ def _jsonable(value: object) -> object:
     raise TypeError(f"cannot store a {type(value).__name__} in results.json: {value!r}")
 
 
+def _maybe_number(value: float | None) -> float | None:
+    return None if value is None else _number(value)
+
+
 def _method_document(method: MethodResult) -> dict[str, Any]:
+    steps = method.steps_per_round
     return {
         "accuracy_per_round": [[_number(a) for a in row] for row in method.accuracy_per_round],
         "final": [_number(a) for a in method.final],
@@ -80,6 +92,12 @@ def _method_document(method: MethodResult) -> dict[str, Any]:
         "bytes_per_peer": _number(method.bytes_per_peer),
         "wall_s": _number(method.wall_s),
         "extra": {str(key): _number(value) for key, value in method.extra.items()},
+        "rounds_done": method.rounds_done,
+        "evaluated_rounds": method.evaluated_rounds,
+        "complete": method.complete,
+        "steps_per_round": None
+        if steps is None
+        else {key: _maybe_number(steps.get(key)) for key in _STEP_KEYS},
     } | ({} if method.audit is None else {"audit": _jsonable(method.audit)})
 
 
@@ -87,6 +105,8 @@ def results_document(
     config: Mapping[str, object],
     methods: Sequence[MethodResult],
     peer_ids: Sequence[str] | None = None,
+    complete: bool = True,
+    interrupted: str | None = None,
 ) -> dict[str, Any]:
     """The ``results.json`` content for ``methods`` (validated before it is returned)."""
     names = [method.name for method in methods]
@@ -95,11 +115,14 @@ def results_document(
         raise ValueError(f"method names must be unique, repeated: {', '.join(duplicates)}")
     if peer_ids is None:
         # The peer count is whatever the methods agree on; validation catches a disagreement.
-        count = len(methods[0].final) if methods else 0
+        rows = methods[0].accuracy_per_round if methods else []
+        count = len(rows[0]) if rows else 0
         peer_ids = [f"peer-{index}" for index in range(count)]
     document = {
         "schema": RESULTS_SCHEMA_VERSION,
         "config": _jsonable(config),
+        "complete": complete,
+        "interrupted": interrupted,
         "peers": [str(peer) for peer in peer_ids],
         "methods": {method.name: _method_document(method) for method in methods},
     }
@@ -112,9 +135,11 @@ def write_results(
     config: Mapping[str, object],
     methods: Sequence[MethodResult],
     peer_ids: Sequence[str] | None = None,
+    complete: bool = True,
+    interrupted: str | None = None,
 ) -> Path:
     """Write ``out_dir/results.json`` atomically (a reader never sees half a file)."""
-    document = results_document(config, methods, peer_ids)
+    document = results_document(config, methods, peer_ids, complete, interrupted)
     text = json.dumps(document, indent=2, allow_nan=False) + "\n"
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / RESULTS_FILE
@@ -175,9 +200,21 @@ def _check_method(method: object, peers: int, where: str) -> None:
         raise ValueError(f"{where}.accuracy_per_round: expected a list of rounds")
     for index, row in enumerate(rounds):
         _check_accuracies(row, peers, f"{where}.accuracy_per_round[{index}]")
-    final = _check_accuracies(entry["final"], peers if rounds else 0, f"{where}.final")
-    if rounds and final != rounds[-1]:
-        raise ValueError(f"{where}.final: differs from the last round of accuracy_per_round")
+    evaluated = [row for row in rounds if any(value is not None for value in row)]
+    final = _check_accuracies(entry["final"], peers if evaluated else 0, f"{where}.final")
+    if evaluated and final != evaluated[-1]:
+        raise ValueError(
+            f"{where}.final: differs from the last evaluated round of accuracy_per_round"
+        )
+    if "rounds_done" in entry and entry["rounds_done"] != len(rounds):
+        raise ValueError(f"{where}.rounds_done: {entry['rounds_done']} for {len(rounds)} rounds")
+    if "complete" in entry and not isinstance(entry["complete"], bool):
+        raise ValueError(f"{where}.complete: expected true or false")
+    steps = entry.get("steps_per_round")
+    if steps is not None:
+        _check_keys(steps, _STEP_KEYS, f"{where}.steps_per_round")
+        for key in _STEP_KEYS:
+            _check_number(steps[key], f"{where}.steps_per_round.{key}", low=0.0)
     summary = _check_keys(entry["summary"], _SUMMARY_KEYS, f"{where}.summary")
     for key in _SUMMARY_KEYS:
         _check_number(summary[key], f"{where}.summary.{key}", low=0.0, high=1.0)
@@ -215,6 +252,10 @@ def validate_results(document: dict[str, Any]) -> None:
             f"results.schema: version {document['schema']!r}, expected {RESULTS_SCHEMA_VERSION}"
         )
     _check_keys(document["config"], (), "results.config")
+    if not isinstance(document.get("complete", True), bool):
+        raise ValueError("results.complete: expected true or false")
+    if document.get("interrupted") not in (None, "SIGINT", "SIGTERM"):
+        raise ValueError('results.interrupted: expected null, "SIGINT" or "SIGTERM"')
     peers = document["peers"]
     if not isinstance(peers, list) or not all(isinstance(peer, str) for peer in peers):
         raise ValueError("results.peers: expected a list of peer id strings")
@@ -240,14 +281,35 @@ def human_bytes(count: float) -> str:
     raise AssertionError("unreachable")
 
 
+def steps_text(steps: Mapping[str, float | None] | None) -> str:
+    """``{"train": 10, "head": 10, "total": 20}`` -> ``"10+10"`` (train+head per peer and
+    round); the total alone when the parts are unknown; ``"-"`` when nothing was counted."""
+    if steps is None or steps.get("total") is None:
+        return "-"
+
+    def number(value: float) -> str:
+        return f"{value:.0f}" if abs(value - round(value)) < 0.05 else f"{value:.1f}"
+
+    if steps.get("train") is None or steps.get("head") is None:
+        return number(float(steps["total"]))  # type: ignore[arg-type]
+    return f"{number(float(steps['train']))}+{number(float(steps['head']))}"  # type: ignore[arg-type]
+
+
 def summary_table(methods: Sequence[MethodResult]) -> Table:
-    """One row per method: final accuracy (mean, p10, min), bytes sent per peer, wall time;
-    after ``--audit``, the membership-inference AUC of the most exposed peer (offline LiRA's;
-    the loss attack's without reference models)."""
+    """One row per method: final accuracy (mean, p10, min), optimizer steps per peer and
+    round (train+head), bytes sent per peer, wall time; the rounds done when a method did not
+    finish; after ``--audit``, the membership-inference AUC of the most exposed peer (offline
+    LiRA's; the loss attack's without reference models)."""
     audited = any(method.audit is not None for method in methods)
-    table = Table(title="Final accuracy on each peer's own held-out data")
+    unfinished = any(not method.complete for method in methods)
+    table = Table(
+        title="Final accuracy on each peer's own held-out data",
+        caption="steps: optimizer steps per peer and round, training + head fine-tune",
+    )
     table.add_column("method")
-    columns = ["mean", "p10", "min", "sent / peer", "wall"]
+    columns = ["mean", "p10", "min", "steps", "sent / peer", "wall"]
+    if unfinished:
+        columns.append("rounds")
     if audited:
         columns.append("MIA AUC (max)")
     for column in columns:
@@ -256,9 +318,12 @@ def summary_table(methods: Sequence[MethodResult]) -> Table:
         summary = method.summary()
         cells = [
             *(_percent(summary[key]) for key in _SUMMARY_KEYS),
+            steps_text(method.steps_per_round),
             human_bytes(method.bytes_per_peer),
             f"{method.wall_s:.1f} s",
         ]
+        if unfinished:
+            cells.append(str(method.rounds_done) + ("" if method.complete else " (stopped)"))
         if audited:
             cells.append(_auc(_max_auc(method.audit)))
         table.add_row(method.name, *cells)
@@ -318,12 +383,33 @@ def plot_results(out_dir: Path, methods: Sequence[MethodResult], run_name: str =
         written.append(path)
 
     def line_plot(
-        series: Sequence[np.ndarray], xlabel: str, ylabel: str, title: str, name: str
+        series: Sequence[np.ndarray],
+        xlabel: str,
+        ylabel: str,
+        title: str,
+        name: str,
+        joined: bool = True,
     ) -> None:
-        """One line per method over 1, 2, ... (rounds, or peer ranks)."""
+        """One series per method over 1, 2, ... (rounds, or peer ranks): a line through the
+        points when neighbours on x belong together (rounds), markers alone when they do not
+        (different peers)."""
         figure, axes = plt.subplots(figsize=(7, 4.5))
-        for method, values in zip(methods, series, strict=True):
-            axes.plot(np.arange(1, len(values) + 1), values, marker=".", label=method.name)
+        markers = "os^Dv<>ph*"
+        for index, (method, values) in enumerate(zip(methods, series, strict=True)):
+            if joined:  # rounds not evaluated (NaN, --eval-every) are left out of the line
+                x = np.arange(1, len(values) + 1)
+                shown = np.isfinite(values)
+                axes.plot(x[shown], values[shown], marker=".", label=method.name)
+            else:
+                axes.plot(
+                    np.arange(1, len(values) + 1),
+                    values,
+                    linestyle="none",
+                    marker=markers[index % len(markers)],
+                    markersize=6,
+                    alpha=0.8,
+                    label=method.name,
+                )
         axes.set(xlabel=xlabel, ylabel=ylabel, ylim=(0, 1), title=title)
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds and ranks are whole
         axes.grid(alpha=0.3)
@@ -350,5 +436,6 @@ def plot_results(out_dir: Path, methods: Sequence[MethodResult], run_name: str =
         "final accuracy",
         "Final accuracy per peer" + suffix,
         PER_PEER_PLOT_FILE,
+        joined=False,
     )
     return written

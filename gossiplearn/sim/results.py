@@ -14,10 +14,11 @@ import numpy as np
 
 @dataclass
 class MethodResult:
-    #: "gossiplearn", "local", "fedavg" or "fedper"
+    #: "gossiplearn" or a baseline's name ("local", "fedavg", "fedper", ...)
     name: str
     #: accuracy_per_round[r][p]: peer p's accuracy on its own held-out data after round r+1
-    #: (for gossiplearn: after the peer's (r+1)-th completed round).
+    #: (for gossiplearn: after the peer's (r+1)-th completed round); a round that was not
+    #: evaluated (``--eval-every``) is a row of NaN.
     accuracy_per_round: list[list[float]] = field(default_factory=list)
     #: mean bytes each peer sent over the whole run (0 for local-only)
     bytes_per_peer: float = 0.0
@@ -27,11 +28,27 @@ class MethodResult:
     #: ``sim --audit``: the membership-inference audit of each peer's final model (keys in
     #: gossiplearn/sim/audit.py AUDIT_KEYS); None when not audited
     audit: dict[str, Any] | None = None
+    #: optimizer steps per peer per round, {"train", "head", "total"} (see
+    #: gossiplearn/sim/steps.py); None where they could not be counted (a user's trainer in
+    #: process mode's daemons), a part None where only the total was
+    steps_per_round: dict[str, float | None] | None = None
+    #: False while the method runs, and for one a signal stopped
+    complete: bool = True
+
+    @property
+    def rounds_done(self) -> int:
+        return len(self.accuracy_per_round)
+
+    @property
+    def evaluated_rounds(self) -> list[int]:
+        """The rounds (1-based) after which the peers were evaluated."""
+        return [r + 1 for r, row in enumerate(self.accuracy_per_round) if _evaluated(row)]
 
     @property
     def final(self) -> list[float]:
-        """Each peer's accuracy at the end of the run."""
-        return self.accuracy_per_round[-1] if self.accuracy_per_round else []
+        """Each peer's accuracy at the end of the run (after the last round evaluated)."""
+        rows = [row for row in self.accuracy_per_round if _evaluated(row)]
+        return rows[-1] if rows else []
 
     def summary(self) -> dict[str, float]:
         """Mean, 10th percentile and minimum of the peers' final accuracies."""
@@ -43,6 +60,10 @@ class MethodResult:
             "p10": float(np.percentile(final, 10)),
             "min": float(final.min()),
         }
+
+
+def _evaluated(row: Sequence[float]) -> bool:
+    return any(np.isfinite(np.asarray(row, dtype=np.float64)))
 
 
 def accuracy_of(metrics: Mapping[str, float]) -> float:

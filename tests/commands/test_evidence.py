@@ -9,7 +9,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from gossiplearn.cli import app
-from gossiplearn.crypto.identity import Identity
+from gossiplearn.crypto.identity import Identity, write_key_file
 from gossiplearn.peer.evidence_store import EVIDENCE_DIR, ProofStore
 from gossiplearn.protocol.envelope import encode_envelope, verify_envelope
 from gossiplearn.protocol.evidence import EquivocationProof
@@ -41,7 +41,14 @@ def proof_against(cheat: Identity) -> bytes:
     return EquivocationProof(*statements).encode()
 
 
+def peer_directory(directory: Path) -> Path:
+    """``directory`` as `gossiplearn init` leaves it, as far as `evidence` looks."""
+    write_key_file(directory / "identity.key", Identity.generate())
+    return directory
+
+
 def test_a_kept_proof_is_private_listed_and_cleared(tmp_path: Path) -> None:
+    peer_directory(tmp_path)
     store = ProofStore(tmp_path / EVIDENCE_DIR)
     stored = store.save(proof_against(CHEAT))
     assert stored.peer == CHEAT.public_key and stored.group == GROUP
@@ -63,8 +70,12 @@ def test_a_kept_proof_is_private_listed_and_cleared(tmp_path: Path) -> None:
     assert cleared.output.startswith(f"cleared {CHEAT.peer_id}: 1 proof(s) deleted")
     assert store.load() == [] and not stored.path.exists()
     again = runner.invoke(app, ["evidence", str(tmp_path), "--clear", CHEAT.peer_id])
-    assert again.exit_code == 1
-    assert f"no proof against {CHEAT.peer_id}" in again.output
+    assert again.exit_code == 2
+    assert again.output == (
+        f"gossiplearn: --clear {CHEAT.peer_id}: no proof against this peer in "
+        f"{store.directory}, so nothing to clear; `gossiplearn evidence {tmp_path}` lists the "
+        "peers refused\n"
+    )
 
 
 def test_a_file_that_is_not_a_proof_is_skipped(tmp_path: Path) -> None:
@@ -75,6 +86,7 @@ def test_a_file_that_is_not_a_proof_is_skipped(tmp_path: Path) -> None:
 
 
 def test_clear_needs_a_peer_id(tmp_path: Path) -> None:
+    peer_directory(tmp_path)
     result = runner.invoke(app, ["evidence", str(tmp_path), "--clear", "nonsense"])
     assert result.exit_code == 2
     assert "--clear 'nonsense': not a peer id (12D3KooW...)" in result.output
@@ -82,5 +94,8 @@ def test_clear_needs_a_peer_id(tmp_path: Path) -> None:
 
 def test_evidence_of_a_missing_directory_says_how_to_make_one(tmp_path: Path) -> None:
     result = runner.invoke(app, ["evidence", str(tmp_path / "nope")])
-    assert result.exit_code == 1
-    assert "is not a peer directory: create one with `gossiplearn init" in result.output
+    assert result.exit_code == 2
+    assert result.output == (
+        f"gossiplearn: {tmp_path / 'nope'} does not exist; give a peer directory "
+        "(`gossiplearn init DIR` makes one)\n"
+    )

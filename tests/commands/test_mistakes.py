@@ -7,6 +7,7 @@ directory or port in use, a key others can read, ...). Daemons run as real proce
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,8 +31,17 @@ CLI = [sys.executable, "-m", "gossiplearn.cli"]
 STARTUP_S = 60.0
 
 
-def cli(*args: object, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+def cli(
+    *args: object, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def exactly(result: subprocess.CompletedProcess[str], code: int, line: str) -> None:
+    """The command exited with ``code`` and printed ``line`` alone on stderr."""
+    assert (result.returncode, result.stderr) == (code, line + "\n"), result.stderr
 
 
 def one_line(result: subprocess.CompletedProcess[str], code: int, *parts: str) -> str:
@@ -293,7 +304,16 @@ def test_a_lone_daemon_says_why_nothing_happens(running):
     assert "fresh model" in text and "training" in text  # resumed from, samples
 
 
-def test_sigterm_to_sim_stops_every_peer(tmp_path: Path):
+def ignore_sigint() -> None:
+    """As a POSIX shell starts a background job (`gossiplearn sim ... &` in a script or CI)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("sigint", ["default", "ignored"])
+def test_sigterm_to_sim_stops_every_peer(tmp_path: Path, sigint: str):
+    """SIGTERM stops a simulation and all its daemons even where SIGINT is ignored (it used to
+    be re-raised as SIGINT, and such a run went on to the end), exits 143, and removes the
+    peers' directories, and --out which this run made."""
     out = tmp_path / "sim"
     sim = subprocess.Popen(
         [
@@ -312,11 +332,12 @@ def test_sigterm_to_sim_stops_every_peer(tmp_path: Path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=ignore_sigint if sigint == "ignored" else None,
     )
     try:
         locks = [out / "peers" / f"peer-{i}" / LOCK_FILE for i in range(3)]
         deadline = time.monotonic() + STARTUP_S
-        while not all(read_holder(lock) for lock in locks):
+        while not all(read_holder(lock) for lock in locks):  # every daemon runs
             assert sim.poll() is None and time.monotonic() < deadline, sim.stderr
             time.sleep(0.5)
         pids = [read_holder(lock) for lock in locks]
@@ -325,8 +346,10 @@ def test_sigterm_to_sim_stops_every_peer(tmp_path: Path):
     finally:
         if sim.poll() is None:
             sim.kill()
-    assert sim.returncode == 130
-    assert stderr.strip() == "interrupted: every peer was stopped; no results written"
+    assert (sim.returncode, stderr) == (
+        143,
+        "gossiplearn: interrupted by SIGTERM; every peer was stopped, no results written\n",
+    )
     alive = []
     for pid in pids:
         assert pid is not None
@@ -336,6 +359,7 @@ def test_sigterm_to_sim_stops_every_peer(tmp_path: Path):
         except ProcessLookupError:
             pass
     assert alive == []
+    assert not out.exists()  # OUT/peers is scratch; OUT was this run's and is empty
 
 
 # ---- the other commands ----------------------------------------------------------------------
@@ -390,3 +414,294 @@ def test_allow_refuses_invalid_ports(tmp_path: Path, port: str, message: str):
     address = f"/ip4/127.0.0.1/tcp/{port}/p2p/{Identity.generate().peer_id}"
     one_line(cli("allow", directory, address), 2, message)
     assert load_config(directory).peer.bootstrap == []
+
+
+# ---- the issue's cases, each with its exact line and exit code -------------------------------
+
+
+@contextlib.contextmanager
+def unwritable(directory: Path) -> Iterator[str]:
+    """``directory`` made unwritable for this test; yields the error a write gets there. As
+    root, mode bits do not stop a write: the immutable attribute does, where the file
+    system has it (else the test is skipped)."""
+    os.chmod(directory, 0o555)
+    immutable = False
+    try:
+        try:
+            (directory / ".probe").touch()
+        except OSError:
+            pass
+        else:
+            (directory / ".probe").unlink()
+            immutable = subprocess.run(["chattr", "+i", str(directory)]).returncode == 0
+            if not immutable:
+                pytest.skip("cannot make a directory unwritable here (root, no chattr +i)")
+        try:
+            (directory / ".probe").touch()
+        except OSError as error:
+            yield error.strerror
+        else:
+            pytest.skip("the directory stays writable")
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(directory)], check=True)
+        os.chmod(directory, 0o700)
+
+
+def test_allow_on_a_directory_it_cannot_write(tmp_path: Path):
+    directory = new_peer(tmp_path)
+    other = Identity.generate().peer_id
+    with unwritable(directory) as why:
+        result = cli("allow", directory, other)
+    exactly(
+        result,
+        1,
+        f"gossiplearn: cannot write {directory / 'config.toml'} ({why}); make {directory} "
+        "writable by this user (the config is replaced by a new file in it), then run this again",
+    )
+    assert load_config(directory).peer.allow == []
+
+
+def test_commands_given_a_file_or_a_plain_directory_say_so(tmp_path: Path):
+    directory = new_peer(tmp_path)
+    config_file = directory / "config.toml"
+    for command in ("run", "status", "evidence", "audit"):
+        exactly(
+            cli(command, config_file),
+            2,
+            f"gossiplearn: {config_file} is not a directory; give a peer directory (the one "
+            "`gossiplearn init` made, holding config.toml and identity.key)",
+        )
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    exactly(
+        cli("keys", "show", plain),
+        2,
+        f"gossiplearn: {plain} is not a peer directory (no config.toml, no identity.key); "
+        "create one with `gossiplearn init DIR`, or give the directory `init` made",
+    )
+    odd = new_peer(tmp_path, "odd")
+    (odd / "config.toml").unlink()
+    (odd / "config.toml").mkdir()  # unreadable as a file, even by root
+    exactly(
+        cli("allow", odd, Identity.generate().peer_id),
+        2,
+        f"gossiplearn: cannot read {odd / 'config.toml'} (Is a directory); give a peer "
+        "directory whose config.toml this user can read",
+    )
+    exactly(
+        cli("keys", "show", tmp_path / "nowhere"),
+        2,
+        f"gossiplearn: {tmp_path / 'nowhere'} does not exist; give a peer directory "
+        "(`gossiplearn init DIR` makes one)",
+    )
+
+
+def test_a_deleted_identity_key_says_how_to_recover(tmp_path: Path):
+    directory = new_peer(tmp_path)
+    (directory / "identity.key").unlink()
+    line = (
+        f"gossiplearn: no identity key file at {directory / 'identity.key'}: restore it from a "
+        "backup (the peer id others admit is derived from it), or start a new identity with "
+        "`gossiplearn init NEW_DIR` and have the other peers admit its id"
+    )
+    exactly(cli("keys", "show", directory), 1, line)
+    exactly(cli("run", directory), 1, line)
+
+
+def test_status_addr_of_a_peer_that_does_not_admit_us(running, tmp_path: Path):
+    directory, _ = running
+    stranger = new_peer(tmp_path, "stranger")
+    address = status_json(directory)["addrs"][0]  # type: ignore[index]
+    us = load_key_file(stranger / "identity.key").peer_id
+    exactly(
+        cli("status", "--addr", address, "--identity", stranger),
+        1,
+        f"gossiplearn: {us} (--identity {stranger}) is not admitted by {address}; admit it "
+        f"there with `gossiplearn allow THAT_PEER_DIR {us}` and restart that daemon",
+    )
+
+
+def test_status_addr_of_a_peer_that_does_not_answer(running, tmp_path: Path):
+    directory, daemon = running
+    asker = new_peer(tmp_path, "asker")
+    address = status_json(directory)["addrs"][0]  # type: ignore[index]
+    daemon.send_signal(signal.SIGSTOP)  # the port still accepts; nothing answers on it
+    try:
+        result = cli("status", "--addr", address, "--identity", asker)
+    finally:
+        daemon.send_signal(signal.SIGCONT)
+    exactly(
+        result,
+        1,
+        f"gossiplearn: cannot connect to {address} (no answer to the connection); check that "
+        "the peer runs there, under that peer id",
+    )
+
+
+INTERRUPTED_IMPORT = """
+import importlib.abc, os, runpy, signal, sys
+
+class CtrlC(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "gossiplearn.commands.sim":  # Ctrl-C while the commands load
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, CtrlC())
+sys.argv = ["gossiplearn", "status", "--help"]
+runpy.run_module("gossiplearn.cli", run_name="__main__")
+"""
+
+
+def test_ctrl_c_while_the_commands_load_exits_130_without_a_traceback():
+    result = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_IMPORT], capture_output=True, text=True, timeout=60
+    )
+    assert (result.returncode, result.stderr, result.stdout) == (130, "", "")
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "line"),
+    [
+        (
+            "--partition",
+            "foo:1",
+            "gossiplearn: --partition 'foo:1' is not 'iid', 'dirichlet:ALPHA' with ALPHA > 0 or "
+            "'shards:C' with C >= 1",
+        ),
+        (
+            "--status-port",
+            "70000",
+            "gossiplearn: --status-port must be a TCP port (0..65535; 0: pick a free one), got "
+            "70000",
+        ),
+        (
+            "--trainer",
+            "trainer",
+            "gossiplearn: --trainer 'trainer' is not of the form 'package.module:function'",
+        ),
+    ],
+)
+def test_init_checks_every_option_before_writing(
+    tmp_path: Path, option: str, value: str, line: str
+):
+    directory = tmp_path / "org"
+    exactly(cli("init", directory, option, value, "--no-check"), 2, line)
+    assert not directory.exists()
+
+
+SIM = ("sim", "--peers", "3", "--rounds", "1", "--mode", "memory", "--no-baselines")
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "line"),
+    [
+        (
+            "--dataset",
+            "nosuch",
+            "gossiplearn: --dataset 'nosuch' is not a built-in dataset: choose digits, "
+            "fashion-mnist or synthetic, or give your own with --data",
+        ),
+        (
+            "--partition",
+            "foo:1",
+            "gossiplearn: --partition 'foo:1' is not 'iid', 'dirichlet:ALPHA' with ALPHA > 0 or "
+            "'shards:C' with C >= 1",
+        ),
+        ("--lr", "-1", "gossiplearn: --lr must be > 0, got -1"),
+        ("--mode", "cloud", "gossiplearn: --mode must be process, inproc or memory, got 'cloud'"),
+        ("--hidden", "abc", "gossiplearn: --hidden takes layer sizes like 64,64, got 'abc'"),
+        (
+            "--peers",
+            "abc",
+            "gossiplearn: Invalid value for '--peers': Input should be a valid integer, unable "
+            "to parse string as an integer; see `gossiplearn sim --help`",
+        ),
+    ],
+)
+def test_sim_refuses_a_bad_argument_before_drawing_or_writing_anything(
+    tmp_path: Path, option: str, value: str, line: str
+):
+    out = tmp_path / "out"
+    result = cli(*SIM, "--out", out, option, value)
+    exactly(result, 2, line)
+    assert result.stdout == ""  # no progress bar first
+    assert not out.exists()
+
+
+def test_a_failed_sim_leaves_no_empty_out(tmp_path: Path):
+    (tmp_path / "broken_data.py").write_text(
+        "def data(peer, peers):\n    raise RuntimeError('the data is not there')\n"
+    )
+    out = tmp_path / "out"
+    result = cli(
+        *SIM,
+        "--data",
+        "broken_data:data",
+        "--out",
+        out,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )
+    exactly(
+        result,
+        1,
+        "gossiplearn: --data 'broken_data:data' failed for peer 0 of 3: RuntimeError: the data "
+        "is not there",
+    )
+    assert not out.exists()
+
+
+def test_help_shows_names_not_types(tmp_path: Path):
+    wide = {**os.environ, "COLUMNS": "200"}
+    allow = cli("allow", "--help", env=wide).stdout
+    assert "Usage: gossiplearn allow [OPTIONS] DIR PEER..." in allow
+    sim = cli("sim", "--help", env=wide).stdout
+    assert "pip install 'gossiplearn[dp]'" in sim  # rich once took [dp] for markup
+    for text in (allow, sim, cli("init", "--help", env=wide).stdout):
+        assert "<bool>" not in text and "<list[" not in text and "{" not in text, text
+
+
+def test_status_watch_into_a_pipe_writes_each_refresh_and_stops_on_sigterm(running):
+    """Into a pipe, each refresh arrives as it is made (it used to wait for the end, and a
+    SIGTERM left nothing); SIGTERM ends the watch as Ctrl-C does, exit 0."""
+    directory, _ = running
+    peer_id = status_json(directory)["peer_id"]  # type: ignore[index]
+    for options, wanted in ((["--json"], None), ([], ["peer", "id", peer_id])):
+        watch = subprocess.Popen(
+            [*CLI, "status", str(directory), "--watch", *options],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert watch.stdout is not None
+            line = watch.stdout.readline()  # the first refresh, while the watch goes on
+            if wanted is None:
+                assert json.loads(line)["peer_id"] == peer_id  # one document a line
+            else:
+                assert line.startswith("status at ")
+                while line and line.split() != wanted:  # the table under it
+                    line = watch.stdout.readline()
+                assert line.split() == wanted
+            watch.send_signal(signal.SIGTERM)
+            watch.stdout.read()
+            watch.wait(timeout=30)
+            assert watch.stderr is not None
+            stderr = watch.stderr.read()
+        finally:
+            if watch.poll() is None:
+                watch.kill()
+        assert (watch.returncode, stderr) == (0, "")
+
+
+def test_evidence_clear_of_a_peer_without_a_proof(tmp_path: Path):
+    directory = new_peer(tmp_path)
+    nobody = Identity.generate().peer_id
+    exactly(
+        cli("evidence", directory, "--clear", nobody),
+        2,
+        f"gossiplearn: --clear {nobody}: no proof against this peer in "
+        f"{directory / 'evidence'}, so nothing to clear; `gossiplearn evidence {directory}` "
+        "lists the peers refused",
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from rich.console import Console
 
 from gossiplearn.commands.status import render
@@ -52,7 +54,7 @@ def test_averages_and_blocked_peers_are_shown() -> None:
 
 
 def test_nothing_to_show_is_a_dash() -> None:
-    text = text_of({"peer_id": "me", "learning": {"acceptance": False}})
+    text = text_of({"peer_id": "me", "learning": {"acceptance": False}, "blocked_peers": {}})
     assert any(
         line.split()
         == ["averages", "0", "applied,", "0", "refused", "(personal", "acceptance", "off)"]
@@ -61,32 +63,52 @@ def test_nothing_to_show_is_a_dash() -> None:
     assert any(line.split() == ["blocked", "-"] for line in text.splitlines())
 
 
-def test_a_remote_document_shows_the_rounds_with_you_and_nothing_of_the_peers_own() -> None:
-    document = {
+def row(text: str, name: str) -> str:
+    """The value shown on the row called ``name`` (whitespace collapsed)."""
+    for line in text.splitlines():
+        if line.startswith(name + "  "):
+            return " ".join(line[len(name) :].split())
+    raise AssertionError(f"no row {name!r} in:\n{text}")
+
+
+def test_a_remote_peers_figures_it_does_not_share_read_not_shared() -> None:
+    """What a remote peer sends (``status --addr``) lacks most keys: each such row says "not
+    shared", never a figure it did not send ("privacy off", "refused 0", "last round -", an
+    empty neighbours table). Whatever it sends is shown, the rounds the asker was in too."""
+    remote = {
         "schema": 1,
         "remote": True,
-        "version": "9.9",
-        "peer_id": "them",
-        "addrs": ["/ip4/10.0.0.2/tcp/4001/p2p/them"],
-        "uptime_s": 120.0,
+        "peer_id": CHEAT,
+        "uptime_s": 12.0,
         "rounds": {
             "with_you": [
-                {
-                    "group": "abcdef0123456789",
-                    "members": [CHEAT, SLOW],
-                    "role": "initiator",
-                    "started_at": 1_700_000_000,
-                    "ended_at": 1_700_000_002,
-                    "outcome": "finished",
-                }
+                {"group": "ab" * 16, "members": [CHEAT, SLOW, "x"], "role": "member",
+                 "seconds": 0.25, "outcome": "finished"},
             ]
         },
-    }
-    lines = text_of(document).splitlines()
-    assert any(line.split() == ["rounds", "with", "you", "1", "finished"] for line in lines)
-    row = next(line for line in lines if "abcdef01" in line)
-    assert [cell.strip() for cell in row.split("│")][-3:-1] == ["initiator", "finished"]
-    assert short_id(CHEAT) in row and short_id(SLOW) in row
-    # None of the local document's rows, not even as a dash.
-    for local_only in ("accuracy", "samples", "averages", "model digest", "blocked", "privacy"):
-        assert not any(line.startswith(local_only) for line in lines), local_only
+    }  # fmt: skip
+    text = text_of(remote)
+    for name in (
+        "addresses", "waiting", "rounds", "in progress", "last round", "abort reasons",
+        "resumed from", "samples", "model digest", "accuracy", "averages", "privacy",
+        "blocked", "refused", "rejected", "neighbours",
+    ):  # fmt: skip
+        assert row(text, name) == "not shared", name
+    assert row(text, "peer id") == CHEAT and row(text, "uptime") == "12 s"
+    assert row(text, "rounds with you") == "1"
+    assert "group abababab, 3 members, role member, 0.25 s, outcome finished" in text
+    # The keys the reduced remote document has (a start and an end time) read as well.
+    now = time.time()
+    entry = {"group": "cd" * 16, "started_at": now - 12.25, "ended_at": now - 10.0}
+    later = text_of({"remote": True, "rounds": {"with_you": [entry]}})
+    assert "group cdcdcdcd, started 12 s ago, ended 10 s ago, 2.25 s" in later
+    assert "┏" not in text  # no (empty) neighbours table
+    # Figures the local endpoint sends as null still read as before: privacy off, a dash.
+    local = text_of({"peer_id": "me", "privacy": None, "rounds": {"last": None}})
+    assert row(local, "privacy") == "off" and row(local, "last round") == "-"
+
+
+def test_a_peers_strings_are_shown_as_they_are_not_as_markup() -> None:
+    text = text_of({"peer_id": "[bold]x[/bold] [/oops]", "rejected_messages": {"[/a]": 1}})
+    assert row(text, "peer id") == "[bold]x[/bold] [/oops]"
+    assert row(text, "rejected") == "[/a]: 1"

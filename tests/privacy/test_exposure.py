@@ -3,6 +3,8 @@ bootstrap intervals and the verdict, on scores with known answers."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from gossiplearn.privacy.exposure import auc, evaluate_attack, tpr_at_fpr, verdict
@@ -57,3 +59,23 @@ def test_verdict_levels() -> None:
     middle = evaluate_attack("loss", "loss", rng.normal(0.45, 1, 500), rng.normal(0, 1, 500))
     assert 0.55 < middle.auc < 0.65
     assert verdict([middle], 500).level == "moderate"
+
+
+def test_an_auc_whose_interval_holds_chance_is_not_called_exposure() -> None:
+    """The issue's audit: "moderate ... AUC 0.57 [0.49, 0.64]". The point estimate is above
+    LOW_AUC, but the interval holds 0.5: no evidence an attacker does better than chance."""
+    rng = np.random.default_rng(2)
+    middle = evaluate_attack("loss", "loss", rng.normal(0.45, 1, 500), rng.normal(0, 1, 500))
+    uncertain = dataclasses.replace(middle, auc=0.57, auc_ci=(0.49, 0.64))
+    found = verdict([uncertain], 500)
+    assert found.level == "low"
+    assert found.text == (
+        "low exposure: an attacker tells your training records from others no better than "
+        "chance, as far as this audit can tell (AUC 0.57 [0.49, 0.64], loss: the interval holds "
+        "0.5; more records, --samples, narrow it)"
+    )
+    # The same AUC with an interval clear of 0.5 is moderate; a high one clear of it, high.
+    assert verdict([dataclasses.replace(uncertain, auc_ci=(0.52, 0.62))], 500).level == "moderate"
+    strong = dataclasses.replace(uncertain, auc=0.70, auc_ci=(0.48, 0.90))
+    assert verdict([strong], 500).level == "low"  # a wide interval: not evidence
+    assert verdict([dataclasses.replace(strong, auc_ci=(0.6, 0.8))], 500).level == "high"

@@ -167,7 +167,7 @@ def test_digits_is_deterministic_in_its_seed():
         ({"holdout": 1.0}, "holdout"),
         ({"shard": "5/5"}, "shard"),
         ({"shard": "0/1000", "partition": "iid"}, "cannot give"),
-        ({"partition": "shards:0"}, "classes per shard"),
+        ({"partition": "shards:0"}, "'shards:C' with C >= 1"),
         ({"partition": "shards:two"}, "shards:C"),
         ({"partition": "shards:-1"}, "partition"),
         ({"shard": "0/1000", "partition": "shards:2"}, "cannot give"),
@@ -511,3 +511,20 @@ def test_digits_are_read_without_importing_scikit_learn_and_equal_its_loader():
     table, bunch = _digits_table(), load_digits()
     assert np.array_equal(table[:, :-1], bunch.data)
     assert np.array_equal(table[:, -1], bunch.target)
+
+
+def test_the_names_and_partitions_checked_without_loading_are_the_datasets() -> None:
+    """init and sim check --dataset and --partition before importing torch
+    (gossiplearn/sim/specs.py): the same names, and the same specs the split accepts."""
+    from gossiplearn.sim.specs import DATASET_NAMES, check_partition
+
+    assert tuple(DATASETS) == DATASET_NAMES
+    for spec in ("iid", "dirichlet:0.3", "shards:2"):
+        check_partition(spec, "digits")
+        check_partition(spec, "synthetic")  # accepted there, meaning Synthetic(1, 1)
+    check_partition("synthetic:0.5,1", "synthetic")
+    for spec, dataset in (("foo:1", "digits"), ("shards:0", "digits"), ("dirichlet:-1", "digits"),
+                          ("synthetic:1,1", "digits"), ("synthetic:a,b", "synthetic"),
+                          ("foo", "synthetic")):  # fmt: skip
+        with pytest.raises(ValueError, match=f"partition '{spec}' is not"):
+            check_partition(spec, dataset)

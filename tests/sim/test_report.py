@@ -219,3 +219,84 @@ def test_the_progress_bar_and_the_table_read_the_same_figure():
     assert _accuracies_after(documents, 2) == [0.6, 0.8]
     result = _result_from_documents(documents, 2, wall_s=1.0)
     assert result.final == [0.6, 0.8] and result.accuracy_per_round[0] == [0.5, 0.4]
+
+
+def test_process_mode_ends_its_progress_on_the_tables_figures(tmp_path, monkeypatch):
+    """The bar's last update is the table's final row (mean accuracy and bytes sent), read
+    off the same status documents: it once ended on the poll before the last one (bar 0.793 /
+    360 KiB, table 85.0% / 440 KiB). Three fake daemons, each a round further per poll."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    import gossiplearn.peer.config
+    from gossiplearn.sim import daemons
+    from gossiplearn.sim.config import SimConfig
+
+    rounds = 3
+    polls = {0: 0, 1: 0, 2: 0}
+
+    def status(port: int) -> dict:
+        polls[port] += 1
+        done = min(polls[port], rounds + 1)  # peer 2 is one round further than the others
+        done = done if port != 2 else min(done + 1, rounds + 1)
+        history = [{"accuracy": 0.1 * r + 0.01 * port} for r in range(1, done + 1)]
+        return {
+            "accuracy": history[-1]["accuracy"],
+            "rounds": {"completed": done, "history": history},
+            "neighbours": [{"bytes_out": 1000 * done + port}],
+        }
+
+    process = SimpleNamespace(
+        poll=lambda: None, send_signal=lambda signum: None, wait=lambda timeout=None: 0
+    )
+    monkeypatch.setattr(
+        daemons, "prepare_peers", lambda out, config: [out / f"p{i}" for i in range(3)]
+    )
+    monkeypatch.setattr(
+        gossiplearn.peer.config,
+        "load_config",
+        lambda d: SimpleNamespace(status=SimpleNamespace(port=int(d.name[1:]))),
+    )
+    monkeypatch.setattr(daemons, "start_peer", lambda directory: process)
+    monkeypatch.setattr(daemons, "_fetch_status", status)
+    monkeypatch.setattr(daemons.time, "sleep", lambda seconds: None)
+    reported: list[tuple[int, float, float]] = []
+    config = SimConfig(peers=3, rounds=rounds, mode="process").validate()
+    result = daemons.run_process(config, tmp_path, lambda *figures: reported.append(figures))
+    assert reported[-1] == (
+        rounds,
+        pytest.approx(float(np.mean(result.final))),
+        result.bytes_per_peer,
+    )
+    assert [r[0] for r in reported] == [1, 2, 3]
+
+
+def test_the_per_peer_plot_does_not_join_peers_and_dp_runs_say_epsilon(tmp_path, monkeypatch):
+    """Neighbouring x positions of the per-peer plot are different peers: markers, no line
+    (the per-round plot keeps its lines). A DP run's plots name epsilon in their titles."""
+    import matplotlib.figure
+
+    from gossiplearn.sim.config import SimConfig
+    from gossiplearn.sim.experiment import run_title
+
+    drawn: dict[str, set[str]] = {}
+    save = matplotlib.figure.Figure.savefig
+
+    def seen(figure, *args, **kwargs):
+        axes = figure.axes[0]
+        drawn[axes.get_title()] = {line.get_linestyle() for line in axes.get_lines()}
+        return save(figure, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", seen)
+    title = run_title(SimConfig(peers=3, rounds=2, dp_epsilon=8.0))
+    assert (
+        title
+        == "digits, dirichlet:0.3, 3 peers, 2 rounds, process mode, DP epsilon 8 (delta 1e-05)"
+    )
+    assert run_title(SimConfig(peers=3, rounds=2)).endswith("process mode")
+    plot_results(tmp_path, methods(), title)
+    assert drawn == {
+        f"Mean accuracy over peers, per round\n{title}": {"-"},
+        f"Final accuracy per peer\n{title}": {"None"},
+    }

@@ -75,12 +75,9 @@ LEGACY_MODULES = {
 }
 
 
-def resolve(
-    spec: str, what: str = "data loader", error: type[DataLoaderError] = DataLoaderError
-) -> Callable[..., Any]:
-    """The callable named by ``"package.module:function"`` (the function may be dotted; a
-    module named as in :data:`LEGACY_MODULES` is looked up where it lives now); errors are
-    ``error``s whose message starts with ``what`` (say, "model.factory")."""
+def spec_problem(spec: str, what: str) -> str | None:
+    """Why ``spec`` cannot name a callable (``"package.module:function"``), without importing
+    anything; None if it can. The message starts with ``what`` (say, "--model")."""
     module_name, separator, attribute_path = spec.partition(":")
     if (
         not separator
@@ -88,7 +85,20 @@ def resolve(
         or not all(part.isidentifier() for part in module_name.split("."))
         or not all(part.isidentifier() for part in attribute_path.split("."))
     ):
-        raise error(f"{what} {spec!r} is not of the form {_SPEC_FORM}")
+        return f"{what} {spec!r} is not of the form {_SPEC_FORM}"
+    return None
+
+
+def resolve(
+    spec: str, what: str = "data loader", error: type[DataLoaderError] = DataLoaderError
+) -> Callable[..., Any]:
+    """The callable named by ``"package.module:function"`` (the function may be dotted; a
+    module named as in :data:`LEGACY_MODULES` is looked up where it lives now); errors are
+    ``error``s whose message starts with ``what`` (say, "model.factory")."""
+    problem = spec_problem(spec, what)
+    if problem:
+        raise error(problem)
+    module_name, _, attribute_path = spec.partition(":")
     module_name = LEGACY_MODULES.get(module_name, module_name)
     try:
         target: Any = importlib.import_module(module_name)

@@ -146,15 +146,20 @@ class Learner:
             self.reference[1].train_round()
         return self.model.get_backbone()
 
-    def apply(self, average: np.ndarray, contribution: np.ndarray) -> Applied:
+    def apply(
+        self, average: np.ndarray, contribution: np.ndarray, evaluate: bool = True
+    ) -> Applied:
         """Take in a round's ``average`` of the members' contributions (this peer's own was
-        ``contribution``); keep it only if it does not hurt (see AcceptanceConfig)."""
+        ``contribution``); keep it only if it does not hurt (see AcceptanceConfig).
+
+        The validation data is evaluated once for the peer's own model and once for the
+        average (one pass each with a trainer that has ``per_sample_metrics``; the tie-break
+        loss comes from the same pass). ``evaluate``: also measure the model kept on the test
+        data (``Applied.metrics``; the simulation, which evaluates when it reports, passes
+        False and gets ``{}``)."""
         if average.shape != contribution.shape:
             raise ValueError("the average and the contribution differ in length")
-        own = self._validation(self.trainer)
-        own_tie = (
-            self._per_sample(self.trainer, TIE_BREAK_METRIC) if self.acceptance.enabled else None
-        )
+        own, own_tie = self._figures(self.trainer, tie=self.acceptance.enabled)
         saved = self._snapshot()
         target = landed(average, self.model.get_backbone(), contribution)
         self.model.set_backbone(target, mix=self.mix)
@@ -164,12 +169,14 @@ class Learner:
             # No budget left to fit the head to the average: keep the peer's own model.
             self._restore(saved)
             self.refused += 1
-            return Applied(False, float(np.mean(own)), math.nan, self.trainer.evaluate(), "privacy")
-        new = self._validation(self.trainer)
+            metrics = self.trainer.evaluate() if evaluate else {}
+            return Applied(False, float(np.mean(own)), math.nan, metrics, "privacy")
+        new, new_tie = self._figures(self.trainer, tie=False)
         own_loss, new_loss = float(np.mean(own)), float(np.mean(new))
         refusal = "worse" if self.acceptance.enabled and self._hurts(own, new) else None
         if refusal is None and own_tie is not None:
-            new_tie = self._per_sample(self.trainer, TIE_BREAK_METRIC)
+            if new_tie is None:
+                new_tie = self._per_sample(self.trainer, TIE_BREAK_METRIC)
             if new_tie is not None:
                 refusal = self._breaks(own, new, own_tie, new_tie)
         accepted = refusal is None
@@ -180,10 +187,32 @@ class Learner:
             self.refused += 1
         if self.reference is not None:
             alone_model, alone = self.reference
-            if np.mean(self._validation(self.trainer)) > np.mean(self._validation(alone)):
+            kept = new if accepted else own  # the figures of the model this peer now holds
+            if np.mean(kept) > np.mean(self._validation(alone)):
                 self._restore(alone_model.module.state_dict())
                 self.fell_back += 1
-        return Applied(accepted, own_loss, new_loss, self.trainer.evaluate(), refusal)
+        metrics = self.trainer.evaluate() if evaluate else {}
+        return Applied(accepted, own_loss, new_loss, metrics, refusal)
+
+    def _figures(self, trainer: TrainerProtocol, tie: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """(the acceptance metric, the tie-break loss or None) on the validation data. One
+        pass with a trainer's ``per_sample_metrics`` (every per-sample metric at once; the
+        loss comes with it, ``tie`` or not); else the acceptance metric, and the loss only if
+        ``tie``, each asked for on its own."""
+        metric = self.acceptance.metric
+        every = getattr(trainer, "per_sample_metrics", None)
+        if every is not None:
+            figures = every("validation")
+            if metric in figures:
+                loss = figures.get(TIE_BREAK_METRIC) if metric != TIE_BREAK_METRIC else None
+                if loss is None or not self.acceptance.enabled:
+                    return np.asarray(figures[metric], dtype=np.float64), None
+                return (
+                    np.asarray(figures[metric], dtype=np.float64),
+                    np.asarray(loss, dtype=np.float64),
+                )
+        figures_tie = self._per_sample(trainer, TIE_BREAK_METRIC) if tie else None
+        return self._validation(trainer), figures_tie
 
     def _per_sample(self, trainer: TrainerProtocol, metric: str) -> np.ndarray | None:
         """``metric`` per validation sample, if the trainer can say (and it is not the

@@ -135,8 +135,10 @@ def checked_module(module: object, model_name: str) -> torch.nn.Module:
     """``module`` if a model factory (named ``model_name``) returned a torch module; else a
     one-line ModelFactoryError."""
     if not isinstance(module, torch.nn.Module):
+        kind = type(module).__name__
+        article = "an" if kind[:1].lower() in "aeiou" else "a"
         raise ModelFactoryError(
-            f"{model_name} returned a {type(module).__name__}, not a torch.nn.Module"
+            f"{model_name} returned {article} {kind}, not a torch.nn.Module: return the model"
         )
     return module
 
@@ -459,12 +461,17 @@ class Trainer:
         """Each sample's ``metric`` on ``split``: "error" (0 if classified right, else 1) or
         "loss"/"cross_entropy". Optional in the protocol: with it, personal acceptance can
         tell harm from noise."""
+        figures = self.per_sample_metrics(split)
+        if metric not in figures:
+            raise KeyError(metric)
+        return figures[metric]
+
+    def per_sample_metrics(self, split: str) -> dict[str, np.ndarray]:
+        """Every per-sample metric of :meth:`losses` on ``split`` from one pass over it.
+        Optional in the protocol: with it, personal acceptance reads the validation data once
+        per model instead of once per metric."""
         losses, correct = self._per_sample(self._split(split))
-        if metric == "error":
-            return (~correct).astype(np.float64)
-        if metric in ("loss", "cross_entropy"):
-            return losses
-        raise KeyError(metric)
+        return {"error": (~correct).astype(np.float64), "loss": losses, "cross_entropy": losses}
 
     def _split(self, split: str) -> Dataset:
         if split not in SPLITS:

@@ -84,13 +84,13 @@ dht.shutdown()
 """
 
 
-def find_hivemind(explicit: str | None) -> tuple[str | None, str]:
-    """(interpreter, why not) for the interpreter that imports hivemind."""
-    candidates = [c for c in (explicit, os.environ.get("HIVEMIND_PYTHON"), sys.executable) if c]
-    for python in candidates:
+def find_interpreter(explicit: str | None, module: str, variable: str) -> tuple[str | None, str]:
+    """(interpreter, version) for the first of ``explicit``, ``$variable`` and this interpreter
+    that imports ``module``; (None, why not) when none does."""
+    for python in (c for c in (explicit, os.environ.get(variable), sys.executable) if c):
         try:
             found = subprocess.run(
-                [python, "-c", "import hivemind; print(hivemind.__version__)"],
+                [python, "-c", f"import {module}; print({module}.__version__)"],
                 capture_output=True,
                 text=True,
                 timeout=120,
@@ -99,7 +99,13 @@ def find_hivemind(explicit: str | None) -> tuple[str | None, str]:
             continue
         if found.returncode == 0:
             return python, found.stdout.strip()
-    return None, "no interpreter given with --hivemind-python or $HIVEMIND_PYTHON imports it"
+    flag = "--" + module.replace("flwr", "flower") + "-python"
+    return None, f"no interpreter given with {flag} or ${variable} imports {module}"
+
+
+def find_hivemind(explicit: str | None) -> tuple[str | None, str]:
+    """(interpreter, version or why not) for the interpreter that imports hivemind."""
+    return find_interpreter(explicit, "hivemind", "HIVEMIND_PYTHON")
 
 
 def hivemind_steps(python: str, n: int, steps: int) -> list[float]:
@@ -346,19 +352,8 @@ run_simulation(
 
 
 def find_flower(explicit: str | None) -> tuple[str | None, str]:
-    for python in (c for c in (explicit, os.environ.get("FLOWER_PYTHON"), sys.executable) if c):
-        try:
-            found = subprocess.run(
-                [python, "-c", "import flwr; print(flwr.__version__)"],
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        if found.returncode == 0:
-            return python, found.stdout.strip()
-    return None, "no interpreter given with --flower-python or $FLOWER_PYTHON imports flwr"
+    """(interpreter, version or why not) for the interpreter that imports flwr."""
+    return find_interpreter(explicit, "flwr", "FLOWER_PYTHON")
 
 
 def timed(command: list[str], env: dict[str, str] | None = None) -> float:

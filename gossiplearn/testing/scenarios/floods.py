@@ -31,6 +31,7 @@ import trio
 from gossiplearn.crypto.identity import Identity, load_key_file, public_key_from_peer_id
 from gossiplearn.peer.config import IDENTITY_FILE, load_config, save_config
 from gossiplearn.peer.daemon import Daemon
+from gossiplearn.peer.net.bulk import make_header
 from gossiplearn.peer.net.host import (
     MAX_STREAMS_PER_PEER,
     ROUND_PROTOCOL,
@@ -301,3 +302,46 @@ async def stranger_flood_scenario(
         result["crashed"] = dead([victim])
     result["stopped_cleanly"] = victim.done.is_set() and victim.error is None
     return result
+
+
+# ---- bulk-channel starvation ----
+
+
+@dataclass
+class Stalling:
+    """Connections to the victim's bulk port whose header names its round in progress and a
+    real member, then silence (renewed when the victim closes them)."""
+
+    opened: int = 0
+    answered: int = 0  # connections that got any byte back
+
+
+async def stall(victim: Any, members: list[bytes], per_member: int, stats: Stalling) -> None:
+    """Keep ``per_member`` stalled connections per member in ``members`` open to ``victim``'s
+    bulk port (bulk-channel starvation, round v3 class 4), until cancelled."""
+    assert victim.engine.bulk is not None and victim.engine.bulk.port is not None
+    address = ("127.0.0.1", victim.engine.bulk.port)
+    me = bytes(victim.identity.public_key)  # a Daemon (testing.cluster), not a Victim
+
+    async def one(member: bytes) -> None:
+        while True:
+            group = victim.engine.view.current_group
+            if group is None:
+                await victim.engine._view_changed.wait()
+                continue
+            try:
+                stream = await trio.open_tcp_stream(*address)
+            except OSError:
+                await trio.sleep(0.01)
+                continue
+            stats.opened += 1
+            async with stream:
+                with contextlib.suppress(trio.BrokenResourceError):
+                    await stream.send_all(make_header(group, member, me))
+                    if await stream.receive_some(10):
+                        stats.answered += 1
+
+    async with trio.open_nursery() as nursery:
+        for member in members:
+            for _ in range(per_member):
+                nursery.start_soon(one, member)

@@ -23,6 +23,7 @@ import trio
 
 from gossiplearn.crypto.identity import peer_id_from_public_key
 from gossiplearn.peer.evidence_store import EVIDENCE_DIR, ProofStore
+from gossiplearn.peer.net.engine import PEER_FRAMES
 from gossiplearn.protocol.evidence import verify_proof
 from gossiplearn.protocol.node import Node
 from gossiplearn.testing.cluster import key_of, prepare, running
@@ -35,6 +36,7 @@ from gossiplearn.testing.insider import (
     RosterReorder,
     Spoiler,
 )
+from gossiplearn.testing.scenarios.floods import Stalling, stall
 
 #: The classes of the round v3 red team (and round v2's holder), by name: the insider's round
 #: machine class and a function making its attack from the honest peers' keys.
@@ -44,7 +46,15 @@ ATTACKS: dict[str, tuple[type[Insider], Callable[[list[bytes]], Attack]]] = {
     "roster_order": (Insider, lambda honest: RosterReorder(target=honest[-1])),
     "spoiling": (Insider, lambda honest: Spoiler(when="parts")),
     "holder": (Insider, lambda honest: Holder()),
+    # Round v3's class 4: the insider plays its rounds honestly and, beside them, keeps
+    # stalled bulk connections open to one honest peer's bulk port, each naming that peer's
+    # round in progress and one of its partners (STALLED_PER_MEMBER per partner).
+    "bulk_starvation": (Insider, lambda honest: Attack()),
 }
+
+#: Stalled connections per partner of the bulk-starvation victim: one more than a member's
+#: frame quota, which round v2 let them take whole.
+STALLED_PER_MEMBER = PEER_FRAMES + 1
 
 #: Honest peers forget ended group ids after this many (1,024 by default, which the red team
 #: passed with INVITE + CANCEL pairs in 73 s): the framer may reuse ids within a minute.
@@ -109,9 +119,15 @@ async def honest_rounds_per_minute(
         collect()
         seen_before = set(finished)
         began = time.monotonic()
-        while time.monotonic() - began < seconds:
-            await trio.sleep(0.25)
-            collect()
+        async with trio.open_nursery() as nursery:
+            if attack == "bulk_starvation":
+                victim = others[0]
+                partners = [key_of(p) for p in peers if p is not victim]
+                nursery.start_soon(stall, victim, partners, STALLED_PER_MEMBER, Stalling())
+            while time.monotonic() - began < seconds:
+                await trio.sleep(0.25)
+                collect()
+            nursery.cancel_scope.cancel()
         elapsed = time.monotonic() - began
         new = {g: w for g, w in finished.items() if g not in seen_before}
         honest_groups = list(new)

@@ -66,6 +66,10 @@ class LearningOptions:
     poison: str | None = None
     local_reference: bool = False
     seed: int = 0
+    #: gossiplearn's secure sum in each of these rings: 32, or the narrow 16 and 8 bits (a
+    #: narrow ring's method is named gossiplearn_MODE_ringBITS); clip for the narrow ones
+    rings: tuple[int, ...] = (32,)
+    clip: float = 8.0
 
     def config(self, peers: int) -> SimConfig:
         hidden = self.hidden or ((200, 200) if self.dataset == "fashion-mnist" else (64, 64))
@@ -161,8 +165,10 @@ def learning_figures(peers: int, options: LearningOptions) -> dict[str, Any]:
     factory, training = model_factory(base), train_config(base)
     results: dict[str, MethodResult] = {}
     for mode in options.modes:
-        config = dataclasses.replace(base, mode=mode)
-        results[f"gossiplearn_{mode}"] = run_gossiplearn(config, shards, options.poison)
+        for ring in options.rings:
+            config = dataclasses.replace(base, mode=mode, ring_bits=ring, clip=options.clip)
+            name = f"gossiplearn_{mode}" + ("" if ring == 32 else f"_ring{ring}")
+            results[name] = run_gossiplearn(config, shards, options.poison)
     for run in (run_local_only, run_fedavg, run_fedper):
         result = run(
             shards, factory, training, base.rounds, seed=base.seed, max_weight=base.max_weight
@@ -173,6 +179,15 @@ def learning_figures(peers: int, options: LearningOptions) -> dict[str, Any]:
         name: {r: summary_at(result, r, honest) for r in options.checkpoints}
         for name, result in results.items()
     }
+    targets = _targets(results, figures, options.checkpoints, options.poison)
+    for ring in (r for r in options.rings if r != 32):
+        for mode in options.modes:
+            narrow, full = f"gossiplearn_{mode}_ring{ring}", f"gossiplearn_{mode}"
+            if full in figures:
+                last = max(options.checkpoints)
+                points = 100 * (figures[narrow][last]["mean"] - figures[full][last]["mean"])
+                targets[f"{narrow}_minus_ring32_points"] = round(points, 2)
+                targets[f"{narrow}_within_half_a_point"] = abs(points) <= 0.5
     return {
         "bench": "learning",
         "dataset": base.dataset,
@@ -185,11 +200,12 @@ def learning_figures(peers: int, options: LearningOptions) -> dict[str, Any]:
         "overlap": options.overlap,
         "local_reference": options.local_reference,
         "poison": options.poison,
+        "rings": list(options.rings),
         "accuracy": figures,
         "extra": {name: r.extra for name, r in results.items()},
         "bytes_per_peer": {name: round(r.bytes_per_peer) for name, r in results.items()},
         "wall_s": {name: round(r.wall_s, 1) for name, r in results.items()},
-        "targets": _targets(results, figures, options.checkpoints, options.poison),
+        "targets": targets,
         "total_s": round(time.perf_counter() - started, 1),
     }
 

@@ -54,8 +54,11 @@ class MemoryRound:
     hops: float  # the round's virtual duration in network latencies: sequential message steps
 
 
-def run_round(node_class: type[Node], k: int, vectors: np.ndarray, seed: int) -> MemoryRound:
-    """One round of k members over a network with a 1 ms latency and no jitter."""
+def run_round(
+    node_class: type[Node], k: int, vectors: np.ndarray, seed: int, ring: int = 32
+) -> MemoryRound:
+    """One round of k members in a ``ring``-bit ring over a network with a 1 ms latency and no
+    jitter."""
     net = MemoryNetwork(seed=seed, latency_ms=1.0)
     confirm_bytes = 0
 
@@ -65,7 +68,7 @@ def run_round(node_class: type[Node], k: int, vectors: np.ndarray, seed: int) ->
             confirm_bytes += len(send.frame)
 
     net.intercept = count
-    config = RoundConfig(max_group_size=k, round_timeout_ms=3_600_000)
+    config = RoundConfig(max_group_size=k, round_timeout_ms=3_600_000, ring_bits=ring)
     for i in range(k):
         node = node_class(
             Identity(bytes([seed % 256, i + 1]) * 16),
@@ -89,16 +92,17 @@ def run_round(node_class: type[Node], k: int, vectors: np.ndarray, seed: int) ->
     return MemoryRound(cpu, sum(net.bytes_sent[key] for key in keys) / k, confirm_bytes / k, hops)
 
 
-def memory_figures(k: int, n: int, repeats: int = 2) -> dict[str, Any]:
-    """round_bench's line for groups of ``k`` and vectors of ``n``: the secure round against the
-    plaintext one, the minimum CPU over ``repeats`` alternating runs after a warm-up."""
+def memory_figures(k: int, n: int, repeats: int = 2, ring: int = 32) -> dict[str, Any]:
+    """round_bench's line for groups of ``k`` and vectors of ``n``: the secure round (in a
+    ``ring``-bit ring) against the plaintext one, the minimum CPU over ``repeats`` alternating
+    runs after a warm-up."""
     vectors = np.random.default_rng(n + k).normal(0, 1, size=(k, n)).astype(np.float32)
     # The first big round in a process pays for growing the heap (page faults); an untimed
     # warm-up keeps that out of whichever variant would run first.
     run_round(PlaintextNode, k, vectors, seed=99)
     secure, plain = [], []
     for seed in range(repeats):
-        secure.append(run_round(Node, k, vectors, seed))
+        secure.append(run_round(Node, k, vectors, seed, ring))
         plain.append(run_round(PlaintextNode, k, vectors, seed))
     del vectors
     gc.collect()
@@ -107,6 +111,7 @@ def memory_figures(k: int, n: int, repeats: int = 2) -> dict[str, Any]:
     return {
         "bench": "round",
         "net": "memory",
+        "ring": ring,
         "k": k,
         "n": n,
         "bytes_per_member_over_model": round(secure[0].bytes_per_member / (4 * n), 4),

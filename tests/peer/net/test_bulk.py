@@ -8,11 +8,9 @@ a live round between real daemons uses it, and stalled connections naming its me
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +43,7 @@ from gossiplearn.peer.net.runtime import PeerRuntime
 from gossiplearn.protocol.events import RoundFinished
 from gossiplearn.testing.cluster import key_of, prepare, running
 from gossiplearn.testing.fakes import IdleMachine
+from gossiplearn.testing.scenarios.floods import Stalling, stall
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -381,44 +380,6 @@ async def test_a_live_round_moves_its_parts_over_the_bulk_channel(
 
 class AttackSucceeded(AssertionError):
     """The attack did what its defence is there to prevent."""
-
-
-@dataclass
-class Stalling:
-    """Connections to the victim's bulk port whose header names its round in progress and a
-    real member, then silence (renewed when the victim closes them)."""
-
-    opened: int = 0
-    answered: int = 0  # connections that got any byte back
-
-
-async def stall(victim: Any, members: list[bytes], per_member: int, stats: Stalling) -> None:
-    assert victim.engine.bulk is not None and victim.engine.bulk.port is not None
-    address = ("127.0.0.1", victim.engine.bulk.port)
-    me = key_of(victim)
-
-    async def one(member: bytes) -> None:
-        while True:
-            group = victim.engine.view.current_group
-            if group is None:
-                await victim.engine._view_changed.wait()
-                continue
-            try:
-                stream = await trio.open_tcp_stream(*address)
-            except OSError:
-                await trio.sleep(0.01)
-                continue
-            stats.opened += 1
-            async with stream:
-                with contextlib.suppress(trio.BrokenResourceError):
-                    await stream.send_all(make_header(group, member, me))
-                    if await stream.receive_some(10):
-                        stats.answered += 1
-
-    async with trio.open_nursery() as nursery:
-        for member in members:
-            for _ in range(per_member):
-                nursery.start_soon(one, member)
 
 
 @pytest.mark.timeout(240)
