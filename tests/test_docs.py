@@ -83,6 +83,7 @@ RUN_BY: dict[str, str] = {
     "gossiplearn sim --peers 8 --rounds 10 --dataset digits --partition dirichlet:0.3 --group-size 4 --mode process --seed 0 --out sim-out": "tests/sim/test_modes.py::test_sim_command_process_mode_runs_real_daemons",  # 4 peers, 2 rounds
     "gossiplearn sim --peers 4 --rounds 5 --mode process --seed 1 --out out/sim-1": "tests/sim/test_modes.py::test_sim_command_process_mode_runs_real_daemons",
     "gossiplearn sim --peers 4 --rounds 5 --mode process --seed 2 --out out/sim-2": "tests/sim/test_modes.py::test_sim_command_process_mode_runs_real_daemons",
+    "gossiplearn sim --mode process --ray auto --peers 100 --rounds 20 --peer-cpus 0.5": "tests/sim/test_ray.py::test_six_daemons_on_two_nodes_complete_their_rounds",  # 6 peers, 3 rounds, on a 2-node Cluster
     'gossiplearn sim --mode memory --peers 6 --rounds 20 --seed 1 --model mytask:model --model-option hidden=64 --data mytask:data --data-option lines=2000 --data-option seed=3 --trainer mytask:Trainer --trainer-option lr=0.01 --trainer-option steps=10 --methods gossiplearn,fedper-plain,fedavg-ft --eval-every 5 --out run-1': "tests/sim/test_research_task.py::test_a_researchers_task_stopped_half_way_keeps_its_completed_rounds",  # its task (tests/sim/research_task.py), 4 peers, 6 rounds
     "gossiplearn sim --mode memory --peers 8 --rounds 10 --seed 0 --methods gossiplearn,local,local-ft,fedavg,fedavg-ft,fedper,fedper-plain --out all-methods": "tests/sim/test_sim_methods.py::test_sim_runs_the_methods_asked_for_and_shows_their_steps",  # 3 of the methods, 3 peers, 3 rounds
     "python benchmarks/learning_bench.py --dataset fashion-mnist --peers 10,50 --rounds 30": SMALL,
@@ -115,6 +116,8 @@ RUN_BY: dict[str, str] = {
 #: Commands shown that no test runs, and why.
 NOT_RUN: dict[str, str] = {
     "make test": "runs the test suite itself",
+    "ray start --head --num-cpus 8": "starts a Ray cluster on machines of its own; tests/sim/test_ray.py starts one of two nodes on one machine (ray.cluster_utils.Cluster)",
+    "ray start --address HEAD_IP:6379 --num-cpus 8": "joins a Ray cluster from another machine; see the line above",
     "python benchmarks/compare_hivemind.py --hivemind-python PATH --launches 2": "needs hivemind in another interpreter (PATH); without it the script only says it skipped",
     "python benchmarks/compare_hivemind.py --hivemind-python PATH --launches 2 --ring 16": "needs hivemind in another interpreter (PATH); without it the script only says it skipped",
     "python benchmarks/compare_flower.py --flower-python PATH --launches 1": "needs Flower in another interpreter (PATH); without it the script only says it skipped",
@@ -268,6 +271,8 @@ def test_a_command_shown_parses(command: str) -> None:
         assert words[2] == "pytest" and (ROOT / words[3]).exists()
     elif words[0] == "python":
         check_script(words[1:])
+    elif words[0] == "ray":
+        assert words[1] == "start" and ("--head" in words or "--address" in words)
     elif words[0] == "make":
         assert re.search(rf"^{words[1]}:", (ROOT / "Makefile").read_text(), re.MULTILINE)
     else:

@@ -135,6 +135,17 @@ def sim(
     audit_references: int = typer.Option(
         2, help="Reference models per peer for --audit's LiRA (0: the loss attack only)."
     ),
+    ray: str = typer.Option(
+        "",
+        "--ray",
+        metavar="ADDRESS",
+        help="On a Ray cluster: process mode puts each daemon on a node with room, memory "
+        "mode splits the peers over one actor per CPU. ADDRESS: auto (the cluster `ray "
+        "start` set up here), local (a new one) or HOST:PORT. Needs pip install "
+        "'gossiplearn[ray]'.",
+    ),
+    peer_cpus: float = typer.Option(1.0, help="With --ray: CPUs each daemon holds (fractions ok)."),
+    peer_gpus: float = typer.Option(0.0, help="With --ray: GPUs each daemon holds (fractions ok)."),
     baselines: bool = typer.Option(True, help="Also run local-only, FedAvg and FedPer."),
     methods: str = typer.Option(
         "",
@@ -192,9 +203,17 @@ def sim(
             dp_max_grad_norm=dp_max_grad_norm,
             audit=audit,
             audit_references=audit_references,
+            ray=ray,
+            peer_cpus=peer_cpus,
+            peer_gpus=peer_gpus,
         ).validate()
     except ValueError as exc:
         fail(str(exc), 2)
+    if ray:
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            fail("--ray needs Ray: pip install 'gossiplearn[ray]'", 2)
     from gossiplearn.sim.stopping import SIGINT_EXIT, SIGTERM_EXIT, Terminated, sigterm_raises
 
     created = not out.exists()

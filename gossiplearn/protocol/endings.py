@@ -338,6 +338,7 @@ class Endings:
             self._remember(group.aggregation)
 
     def _remember(self, aggregation: Aggregation) -> None:
+        aggregation.shed()
         self._recent[aggregation.group.id] = aggregation
         while len(self._recent) > REMEMBERED_ROUNDS:
             self._recent.popitem(last=False)

@@ -338,8 +338,22 @@ def _data_frame_parts(header: dict[str, Any], body: Message, sig: bytes) -> tupl
         )
 
     empty, one = frame_with(b""), frame_with(b"\x00")
-    at = next(i for i, (x, y) in enumerate(zip(empty, one, strict=False)) if x != y) - 1
+    at = _first_difference(empty, one) - 1
     return empty[:at], empty[at + 2 :]
+
+
+def _first_difference(a: bytes, b: bytes) -> int:
+    """The first index where ``a`` and ``b`` differ (they must, within the shorter): by
+    bisection on prefixes, compared in C (a Python loop over each byte cost 10% of a
+    1000-peer memory-mode simulation)."""
+    low, high = 0, min(len(a), len(b))  # a[:low] == b[:low]; they differ before high
+    while high - low > 1:
+        middle = (low + high) // 2
+        if a[:middle] == b[:middle]:
+            low = middle
+        else:
+            high = middle
+    return low
 
 
 def _canonical_detached(raw: bytes, header: dict[str, Any], body: Message) -> bool:

@@ -99,6 +99,13 @@ class SimConfig:
     audit: bool = False
     #: reference models of each peer's offline LiRA (0: the loss attack only)
     audit_references: int = 2
+    #: process or memory mode over a Ray cluster (see ray_peers.py, memory.py): its address
+    #: ("auto": the one `ray start` set up here, "local": a new one for this run, or
+    #: HOST:PORT); "" runs here. Each daemon holds ``peer_cpus`` CPUs and ``peer_gpus`` GPUs
+    #: of its node (memory mode: one actor per CPU of the cluster).
+    ray: str = ""
+    peer_cpus: float = 1.0
+    peer_gpus: float = 0.0
 
     def validate(self) -> SimConfig:
         """Raise ValueError naming the first bad setting by its ``gossiplearn sim`` flag."""
@@ -182,6 +189,12 @@ class SimConfig:
                 f"{self.mode} leaves in its daemons; use --mode memory (or run gossiplearn "
                 "audit OUT/peers/peer-I on each daemon's directory)"
             )
+        if self.ray and self.mode == "inproc":
+            raise ValueError("--ray runs --mode process (daemons) or --mode memory, not inproc")
+        if self.ray and self.audit:
+            raise ValueError("--audit keeps the final models here: run it without --ray")
+        if not (self.peer_cpus >= 0 and self.peer_gpus >= 0):
+            raise ValueError("--peer-cpus and --peer-gpus must be >= 0")
         if self.audit_references < 0 or self.audit_references == 1:
             raise ValueError(
                 "--audit-references must be 0 (the loss attack only) or at least 2 (LiRA "

@@ -39,18 +39,25 @@ from gossiplearn.sim.steps import StepCounter
 from gossiplearn.sim.stopping import raise_noted, stop_signals_noted, trio_stop_on_signals
 
 
-def prepare_peers(out_dir: Path, config: SimConfig) -> list[Path]:
-    """Create one peer directory per peer (identity, documented config), admitting each other."""
+def prepare_peers(
+    out_dir: Path, config: SimConfig, places: Sequence[tuple[str, int, int]] | None = None
+) -> list[Path]:
+    """Create one peer directory per peer (identity, documented config), admitting each other.
+    ``places``: each peer's (IP, libp2p port, status port) on the machine that will run it
+    (``--ray``: see ray_peers.py); default: free ports on 127.0.0.1 here."""
     from gossiplearn.peer.net.ports import free_port
     from gossiplearn.sim.datasets import DATASETS
 
     peers_dir = out_dir / "peers"
     peers_dir.mkdir(parents=True, exist_ok=True)
     identities = [Identity.generate() for _ in range(config.peers)]
-    ports = [free_port() for _ in identities]
+    if places is None:
+        places = [("127.0.0.1", free_port(), free_port()) for _ in identities]
+    hosts = [host for host, _, _ in places]
+    ports = [port for _, port, _ in places]
     addresses = [
-        f"/ip4/127.0.0.1/tcp/{port}/p2p/{identity.peer_id}"
-        for port, identity in zip(ports, identities, strict=True)
+        f"/ip4/{host}/tcp/{port}/p2p/{identity.peer_id}"
+        for host, port, identity in zip(hosts, ports, identities, strict=True)
     ]
     dirs = []
     for i, identity in enumerate(identities):
@@ -58,7 +65,7 @@ def prepare_peers(out_dir: Path, config: SimConfig) -> list[Path]:
         directory.mkdir(exist_ok=True)
         write_key_file(directory / IDENTITY_FILE, identity)
         peer_config = PeerConfig()
-        peer_config.peer.listen = [f"/ip4/127.0.0.1/tcp/{ports[i]}"]
+        peer_config.peer.listen = [f"/ip4/{hosts[i]}/tcp/{ports[i]}"]
         peer_config.peer.allow = [other.peer_id for other in identities if other is not identity]
         # A few bootstrap peers each; peer exchange finds the rest.
         neighbours = [(i + step) % config.peers for step in (1, 2, 3) if step < config.peers]
@@ -111,7 +118,7 @@ def prepare_peers(out_dir: Path, config: SimConfig) -> list[Path]:
             privacy.delta = config.dp_delta
             privacy.max_grad_norm = config.dp_max_grad_norm
             privacy.rounds = config.rounds
-        peer_config.status.port = free_port()
+        peer_config.status.port = places[i][2]
         save_config(directory, peer_config)
         dirs.append(directory)
     return dirs

@@ -273,8 +273,26 @@ def _run(
                 if config.mode == "memory":
                     with honoured_within(stuck):
                         result = run_memory(
-                            config, shards, on_round, final_models=keep, on_result=on_result
+                            config,
+                            shards,
+                            on_round,
+                            final_models=keep,
+                            on_result=on_result,
+                            ray=config.ray,
                         )
+                elif config.ray:  # process mode on a Ray cluster
+                    from gossiplearn.sim.ray_peers import run_ray_process
+
+                    result = run_ray_process(
+                        config,
+                        out,
+                        on_round,
+                        address=config.ray,
+                        peer_cpus=config.peer_cpus,
+                        peer_gpus=config.peer_gpus,
+                        on_result=on_result,
+                        steps=planned_steps(config, shards),
+                    )
                 elif config.mode == "inproc":
                     planned = planned_steps(config, shards)
                     result = run_inproc(config, out, on_round, on_result=on_result, steps=planned)

@@ -213,7 +213,8 @@ def learning_figures(peers: int, options: LearningOptions) -> dict[str, Any]:
 def scale_figures(
     peers: int = 1000, rounds: int = 20, group_size: int = 4, seed: int = 0
 ) -> dict[str, Any]:
-    """scale_bench's line: wall time, peak RSS, aborts and the mean accuracy at the end."""
+    """scale_bench's line: wall time (and of it, set-up and seconds per round), peak RSS of
+    this process, aborts and the mean accuracy at the end."""
     import torch
 
     torch.set_num_threads(1)
@@ -227,10 +228,25 @@ def scale_figures(
         seed=seed,
         hidden=(32,),
     ).validate()
+
+    def cpu() -> float:  # this process and its (joined) workers, user and system
+        usage = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+        return sum(u.ru_utime + u.ru_stime for u in usage)
+
+    cpu_before = cpu()
     started = time.perf_counter()
-    result = run_memory(config, load_data(config))
+    ends: list[float] = []  # when each round ended
+    result = run_memory(config, load_data(config), lambda *_: ends.append(time.perf_counter()))
     wall = time.perf_counter() - started
+    cpu_s = cpu() - cpu_before
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # memory mode's worker processes (from 200 peers), each counting the pages it shares
+    # with this one (forked) as its own: the largest
+    worker_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    # The first round carries the set-up (data, models, identities, workers); the others are
+    # the rounds alone.
+    first = ends[0] - started if ends else wall
+    per_round = (ends[-1] - ends[0]) / (len(ends) - 1) if len(ends) > 1 else first
     return {
         "bench": "scale",
         "mode": "memory",
@@ -238,7 +254,13 @@ def scale_figures(
         "rounds": config.rounds,
         "dataset": config.dataset,
         "wall_s": round(wall, 1),
+        "first_round_s": round(first, 1),
+        "s_per_round": round(per_round, 2),
+        # on a shared machine, the figure that does not depend on the neighbours: CPU seconds
+        # of this process and its workers (on W free cores, wall >= cpu_s / W)
+        "cpu_s": round(cpu_s, 1),
         "peak_rss_mb": round(peak_rss_mb, 1),
+        "worker_peak_rss_mb": round(worker_rss_mb, 1),
         "rounds_aborted": result.extra.get("rounds_aborted", 0),
         "averages_refused": result.extra.get("averages_refused", 0),
         "mean_accuracy": round(result.summary()["mean"], 4),
