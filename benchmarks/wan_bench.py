@@ -4,7 +4,7 @@ For each backbone size (--n: "digits", the built-in digits MLP's 8,320 parameter
 backbone) and each (RTT, bandwidth) of the grid, 4 peer processes run in the network lab
 (gossiplearn/testing/netlab.py: a namespace each, tbf on every access link, the RTT on every
 path), each a libp2p host driving the round engine (no training); peer 0 initiates one
-warm-up round and --rounds timed ones (gossiplearn/testing/wan_rounds.py). One JSON line per
+warm-up round and --rounds timed ones (gossiplearn/testing/scenarios/wan_rounds.py). One JSON line per
 point: bench, n, model_mb, k, rtt_ms, mbit, loss, congestion (the lab's TCP congestion
 control), transport, round_s (median of the timed rounds), rounds_s, lower_bound_s
 (7 x RTT / 2 + 2 (k - 1) / k x 4n / bandwidth), over_bound, steps_s and transfer_s (the
@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 
 from gossiplearn.testing.netlab import unavailable_reason
-from gossiplearn.testing.wan_rounds import digits_backbone_size, measure, plot
+from gossiplearn.testing.scenarios.wan_rounds import digits_backbone_size, measure, plot
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from gossiplearn.testing.netlab import unavailable_reason
-from gossiplearn.testing.wan_rounds import lower_bound_s
+from gossiplearn.testing.scenarios.wan_rounds import lower_bound_s
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "wan_bench.py"

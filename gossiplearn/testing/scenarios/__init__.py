@@ -9,6 +9,8 @@ with small counts.
   replays, garbage parts; :mod:`~gossiplearn.testing.scenarios.floods` (stream and handshake
   floods) and :mod:`~gossiplearn.testing.scenarios.skew` (a neighbour's skewed clock).
 - :mod:`~gossiplearn.testing.scenarios.insider`: honest rounds per minute under one insider.
+- :mod:`~gossiplearn.testing.scenarios.wan_rounds`: rounds timed across the network lab
+  (benchmarks/wan_bench.py; tests/testing/test_wan_bench.py).
 - :mod:`~gossiplearn.testing.scenarios.soak`, :mod:`~gossiplearn.testing.scenarios.churn`,
   :mod:`~gossiplearn.testing.scenarios.idle`: real daemon processes over time.
 - :mod:`~gossiplearn.testing.scenarios.checkpoint_crash`: kill -9 during checkpoint saves.
