@@ -328,7 +328,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(args) == 3 and args[0] == "child":
         child(json.loads(Path(args[1]).read_text()), int(args[2]))
         return 0
-    print("usage: python -m gossiplearn.testing.scenarios.wan_rounds child SPEC.json INDEX", file=sys.stderr)
+    print(
+        "usage: python -m gossiplearn.testing.scenarios.wan_rounds child SPEC.json INDEX",
+        file=sys.stderr,
+    )
     return 2
 
 
