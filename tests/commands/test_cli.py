@@ -45,10 +45,18 @@ def test_init_refuses_to_overwrite_an_identity(tmp_path):
     assert load_key_file(peer / "identity.key") == first
 
 
-@pytest.mark.parametrize("bad", ["--shard=3/3", "--shard=x", "--listen=/dns/example/tcp/1"])
-def test_init_refuses_bad_options(tmp_path, bad):
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [
+        ("--shard=3/3", "--shard: shard '3/3': need 0 <= i < N"),
+        ("--shard=x", "--shard: shard 'x' is not of the form 'i/N'"),
+        ("--listen=/dns/example/tcp/1", "--listen must look like /ip4/127.0.0.1/tcp/PORT"),
+    ],
+)
+def test_init_refuses_bad_options(tmp_path, bad, why):
     result = invoke("init", tmp_path / "p", bad)
-    assert result.exit_code != 0
+    assert result.exit_code == 2
+    assert why in result.output
     assert not (tmp_path / "p" / "identity.key").exists()
 
 
@@ -68,7 +76,8 @@ def test_allow_refuses_garbage(tmp_path):
     peer = tmp_path / "org-a"
     invoke("init", peer)
     result = invoke("allow", peer, "not-a-peer")
-    assert result.exit_code != 0
+    assert result.exit_code == 2
+    assert "'not-a-peer' is neither a peer id" in result.output
     assert load_config(peer).peer.allow == []
 
 
