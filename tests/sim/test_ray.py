@@ -89,6 +89,13 @@ def live_actors(cluster) -> list[str]:
     return [a["ActorID"] for a in table.values() if a["State"] != "DEAD"]
 
 
+def wait_until_no_actor_lives(cluster) -> None:
+    deadline = time.monotonic() + 60
+    while live_actors(cluster):  # ray.kill is asynchronous
+        assert time.monotonic() < deadline, "actors left alive"
+        time.sleep(0.2)
+
+
 @needs_ray
 @pytest.mark.slow
 @pytest.mark.timeout(900)
@@ -133,10 +140,7 @@ def test_sigterm_stops_every_daemon_and_actor(cluster, tmp_path):
     os.kill(process.pid, signal.SIGTERM)
     assert process.wait(timeout=120) == 143  # SIGTERM_EXIT
     assert not daemons_running(directories)
-    deadline = time.monotonic() + 60
-    while live_actors(cluster):  # ray.kill is asynchronous
-        assert time.monotonic() < deadline, "actors left alive"
-        time.sleep(0.2)
+    wait_until_no_actor_lives(cluster)
 
 
 @needs_ray
@@ -163,10 +167,7 @@ def test_memory_mode_over_actors_on_both_nodes_gives_the_local_results(cluster):
     assert spread.accuracy_per_round == here.accuracy_per_round
     assert spread.extra == here.extra and spread.bytes_per_peer == here.bytes_per_peer
     assert not ray.is_initialized()  # it disconnected
-    deadline = time.monotonic() + 60
-    while live_actors(cluster):  # ray.kill is asynchronous
-        assert time.monotonic() < deadline, "actors left alive"
-        time.sleep(0.2)
+    wait_until_no_actor_lives(cluster)
 
 
 @needs_ray
