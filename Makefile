@@ -54,8 +54,12 @@ $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 sim: $(VENV)/.installed
 	$(BIN)/gossiplearn sim --peers 4 --rounds 5 --mode process --out out/sim --overwrite
 
+# Two workers: the live scenarios mostly wait on deadlines and sockets, so they overlap the
+# short tests (tests/conftest.py starts them first). A module runs in one worker, so its
+# module fixtures are built once. `make test TEST_WORKERS=0` runs the suite serially.
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed-dev datasets
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 bench: $(VENV)/.installed-dev datasets
 	$(PY) benchmarks/crypto_bench.py

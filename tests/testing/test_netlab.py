@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import socket
-import statistics
 import subprocess
 import threading
 import time
@@ -37,6 +36,9 @@ BULK_BYTES = 6 << 20
 #: The rate is measured after this much has arrived (TCP's slow start is over by then).
 WARM_BYTES = 2 << 20
 DATAGRAMS = 2000
+# Linux's <asm-generic/socket.h>; Python's socket module does not name it. Root (the lab's
+# condition) may set a receive buffer above net.core.rmem_max with it.
+SO_RCVBUFFORCE = 33
 
 REASON = unavailable_reason()
 
@@ -104,9 +106,11 @@ def test_round_trip_time_is_the_configured_one(lab: NetLab) -> None:
 
     samples = lab.call(0, ping)
     server.join(10)
-    median = statistics.median(samples)
-    print(f"TCP echo round trip: median {median:.1f} ms (configured {RTT_MS:.0f})")
-    assert RTT_MS <= median <= RTT_MS + 10, samples
+    # The fastest sample is the link's delay plus the least scheduling delay: a busy machine
+    # wakes the echo thread late in some samples (median 161 ms at load 9), never early.
+    fastest = min(samples)
+    print(f"TCP echo round trip: fastest {fastest:.1f} ms (configured {RTT_MS:.0f})")
+    assert RTT_MS <= fastest <= RTT_MS + 10, samples
 
 
 def test_bandwidth_is_the_configured_one(lab: NetLab) -> None:
@@ -138,6 +142,9 @@ def test_bandwidth_is_the_configured_one(lab: NetLab) -> None:
 
 def test_loss_rate_is_the_configured_one(lab: NetLab) -> None:
     def count(server: socket.socket) -> int:
+        # Room for every datagram (~1 KiB of buffer each), so a receiver the machine's load
+        # delays loses none to a full socket buffer (138 of 2000 at load 9 with the default).
+        server.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 4 << 20)
         server.settimeout(2)
         seen = 0
         with pytest.raises(TimeoutError):

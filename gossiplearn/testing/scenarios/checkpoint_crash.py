@@ -8,7 +8,8 @@ the parent sends SIGKILL, then checks that ``load_checkpoint`` raises nothing an
 k_last (the last logged round, or the previous trial's round if none was logged: "old") or
 k_last + 1 (the save in flight: "new"), with the digest the parent computes itself for that
 round; "none" (no file) only while no save ever completed. The ``model.json`` sidecar, written
-after the model, must hold the model's round or the one before. Finally the parent saves once
+after the model, must hold the model's round, the one before, or (a kill between the model and
+the sidecar of the child's first save) what it held before the trial. Finally the parent saves once
 more and checks no temp file is left.
 
 Kills are scheduled by trial number, with seeded random delays. Trials 0, 3, 6, ...
@@ -219,9 +220,12 @@ def _kill(process: subprocess.Popen[str]) -> str:
 
 
 def _check(
-    directory: Path, disk: SplitModel, rounds: RoundModels, k_last: int
+    directory: Path, disk: SplitModel, rounds: RoundModels, k_last: int, sidecar_before: int
 ) -> tuple[int, list[str]]:
-    """Check the directory after a kill; returns the round on disk (0: none) and problems."""
+    """Check the directory after a kill; returns the round on disk (0: none) and problems.
+
+    ``sidecar_before``: the sidecar's round before the trial's child started.
+    """
     try:
         meta = load_checkpoint(directory, disk)
     except CheckpointError as exc:
@@ -240,7 +244,8 @@ def _check(
     except (ValueError, KeyError) as exc:
         problems.append(f"{SIDECAR_FILE} is unreadable: {exc!r}")
     else:
-        if sidecar not in (k - 1, k) or (k == 0 and sidecar != 0):
+        # Two kills in a row between a model and its sidecar leave the sidecar two saves back.
+        if sidecar not in (k - 1, k, sidecar_before) or sidecar > k or (k == 0 and sidecar != 0):
             problems.append(f"{SIDECAR_FILE} holds round {sidecar}, the model round {k}")
     return k, problems
 
@@ -272,6 +277,7 @@ def run_trials(
                 spares.popleft()
                 raise RuntimeError(f"a child did not start: {_kill(process)}")
             temps_before = _model_temp_files(directory)
+            sidecar_before = _sidecar_round(directory)
             with contextlib.suppress(BrokenPipeError):  # a child that died: _kill reports it
                 process.stdin.write(f"{on_disk + 1}\n")
                 process.stdin.flush()
@@ -285,7 +291,7 @@ def run_trials(
                 problems.append(f"the child logged a wrong digest for round {k_last}")
             if _model_temp_files(directory) - temps_before:
                 report.killed_mid_write += 1
-            on_disk, check_problems = _check(directory, disk, rounds, k_last)
+            on_disk, check_problems = _check(directory, disk, rounds, k_last, sidecar_before)
             problems += check_problems
             if problems:
                 report.failures.append(f"trial {trial}: " + "; ".join(problems))
