@@ -20,8 +20,11 @@ apart, e.g.:
   && /tmp/hivemind-venv/bin/pip install hivemind==1.1.12
 
 Usage: python benchmarks/compare_hivemind.py [--n 10000000] [--launches 2] [--steps 3]
-       [--rounds 3] [--hivemind-python PATH] [--no-plain] [--ring 32|16|8]
-(--ring: the secure round's ring, 32 bits or the narrow 16 or 8; the line says which.)
+       [--rounds 3] [--hivemind-python PATH] [--no-plain] [--ring 32|16|8] [--load N]
+(--ring: the secure round's ring, 32 bits or the narrow 16 or 8; the line says which.
+--load N: N spinning processes run beside both systems for the whole run, as `stress --cpu N`
+does, so the load average is at least N; the line gives hogs and the load average after each
+launch, load_average.)
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ def main() -> None:
     parser.add_argument("--hivemind-python", help="an interpreter that can import hivemind")
     parser.add_argument("--no-plain", action="store_true", help="skip gossiplearn plaintext")
     parser.add_argument("--ring", type=int, choices=(32, 16, 8), default=32, help="ring bits")
+    parser.add_argument(
+        "--load", type=int, default=0, help="spinning processes beside both (stress --cpu N)"
+    )
     args = parser.parse_args()
     python, version = find_hivemind(args.hivemind_python)
     if python is None:
@@ -48,7 +54,15 @@ def main() -> None:
         return
     for n in (int(float(x)) for x in args.n.split(",")):
         line = compare_hivemind(
-            python, version, n, args.launches, args.steps, args.rounds, not args.no_plain, args.ring
+            python,
+            version,
+            n,
+            args.launches,
+            args.steps,
+            args.rounds,
+            not args.no_plain,
+            args.ring,
+            args.load,
         )
         print(json.dumps(line), flush=True)
 

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gossiplearn.testing.load import cpu_hogs, load_average
 from gossiplearn.testing.scenarios.rounds import libp2p_rounds
 
 #: The directory holding the gossiplearn package: Flower's interpreter imports it from there.
@@ -167,21 +168,25 @@ def compare_hivemind(
     rounds: int,
     plain: bool = True,
     ring: int = 32,
+    load: int = 0,
 ) -> dict[str, Any]:
     """compare_hivemind's line for vectors of ``n``: ``launches`` launches, each hivemind then
-    gossiplearn secure (in a ``ring``-bit ring) then (if ``plain``) plaintext."""
-    hive, secure, plain_s, ratios, plain_ratios = [], [], [], [], []
+    gossiplearn secure (in a ``ring``-bit ring) then (if ``plain``) plaintext, all beside
+    ``load`` spinning processes (:func:`gossiplearn.testing.load.cpu_hogs`)."""
+    hive, secure, plain_s, ratios, plain_ratios, loads = [], [], [], [], [], []
     began = time.perf_counter()
-    for _ in range(launches):
-        h = statistics.median(hivemind_steps(python, n, steps))
-        s = libp2p_rounds(n, rounds, "secure", ring=ring)["round_s"]
-        hive.append(h)
-        secure.append(s)
-        ratios.append(s / h)
-        if plain:
-            p = libp2p_rounds(n, rounds, "plain")["round_s"]
-            plain_s.append(p)
-            plain_ratios.append(p / h)
+    with cpu_hogs(load):
+        for _ in range(launches):
+            h = statistics.median(hivemind_steps(python, n, steps))
+            s = libp2p_rounds(n, rounds, "secure", ring=ring)["round_s"]
+            hive.append(h)
+            secure.append(s)
+            ratios.append(s / h)
+            if plain:
+                p = libp2p_rounds(n, rounds, "plain")["round_s"]
+                plain_s.append(p)
+                plain_ratios.append(p / h)
+            loads.append(load_average())
     line: dict[str, Any] = {
         "bench": "compare_hivemind",
         "n": n,
@@ -189,6 +194,8 @@ def compare_hivemind(
         "ring": ring,
         "hivemind": version,
         "launches": launches,
+        "hogs": load,
+        "load_average": loads,
         "hivemind_step_s": round(statistics.median(hive), 3),
         "secure_round_s": round(statistics.median(secure), 3),
         "secure_over_hivemind": round(statistics.median(ratios), 3),
