@@ -265,8 +265,9 @@ def _run(
             reporter.start(name)
 
             def on_result(result: MethodResult) -> None:
-                recorder.update(result)
+                # The line first: a run stopped once results.json holds a round has shown it.
                 reporter.round(result)
+                recorder.update(result)
 
             if name == "gossiplearn":
                 on_round = reporter.on_round

@@ -312,16 +312,19 @@ class BuiltinLearning:
         learner = self.learner
         assert learner is not None
 
-        def apply() -> Any:
+        def apply() -> tuple[Any, str]:
             applied = learner.apply(result.average, result.contribution)
             self.accuracy = applied.metrics.get("accuracy")
+            # Taken here, under the lock: once it is released the next budget trains this
+            # backbone in a worker thread (a digest taken then was of a model mid-step).
+            backbone = self.model.backbone_digest()
             self._checkpoint(runtime)  # the runtime has counted the round already
             if runtime.config.privacy.enabled:
                 self._save_privacy_ledger(runtime)  # the head fine-tune spent budget too
-            return applied
+            return applied, backbone
 
         async with self._lock:  # counted under the lock, as the learner counts it
-            applied = await trio.to_thread.run_sync(apply)
+            applied, backbone = await trio.to_thread.run_sync(apply)
             runtime.metrics.averages.labels("accepted" if applied.accepted else "refused").inc()
             runtime.metrics.accuracy.set(self.accuracy or 0.0)
             self._update_privacy_metrics(runtime)
@@ -337,7 +340,7 @@ class BuiltinLearning:
             "accepted": applied.accepted,
             "refusal": applied.refusal,
             "validation_loss": {"own": applied.own_loss, "average": applied.new_loss},
-            "backbone_digest": self.model.backbone_digest(),
+            "backbone_digest": backbone,
             "accuracy": self.accuracy,
             "outcome": f"finished, average {decision}: validation loss {applied.own_loss:.4f} "
             f"-> {applied.new_loss:.4f}, accuracy {accuracy}",

@@ -57,7 +57,11 @@ def test_a_thousand_stranger_handshakes_then_a_new_peer_connects_and_a_round_com
     # back once the strangers are gone (without our fix: 0 left after 250).
     assert result["inbound_slots_before"] == result["inbound_slots_after"] == 250
     # Two new admitted peers reach the victim (it dials nobody) and it completes a round.
-    assert result["newcomers_met_victim"] == ["inbound", "inbound"]
+    # It dials nobody: the first newcomer came in; the second came in too, or the first named
+    # it before its own connection arrived ("exchange", when a loaded machine orders them so).
+    assert "inbound" in result["newcomers_met_victim"], result
+    assert set(result["newcomers_met_victim"]) <= {"inbound", "exchange"}, result
+    assert len(result["newcomers_met_victim"]) == 2, result
     assert result["round_after_flood_s"] is not None, result
     assert result["crashed"] == 0 and result["stopped_cleanly"]
 
@@ -402,7 +406,12 @@ def test_strangers_with_many_addresses_cannot_fill_the_inbound_slots(
     assert result["pending_highest"] == MAX_PENDING, result
     # The two admitted peers (at most 2 connections each) were all that held slots besides.
     assert result["inbound_slots_free_lowest"] >= LIBP2P_INBOUND_SLOTS - 2 * MAX_PENDING - 4
-    assert result["met_victim"] == ["inbound", "inbound"], result
+    # The victim knew nobody: the first newcomer came in; the second came in too, or was
+    # named to the victim by the first before its own connection arrived (a loaded machine
+    # orders them so), which the table records as "exchange".
+    assert "inbound" in result["met_victim"], result
+    assert set(result["met_victim"]) <= {"inbound", "exchange"}, result
+    assert len(result["met_victim"]) == 2, result
     assert result["round_after_s"] is not None, result
     assert result["refused"].get("no_ip", 0) + result["refused"].get("evicted", 0) > 0, result
 
