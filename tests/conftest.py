@@ -1,4 +1,5 @@
-"""Shared test configuration: Hypothesis profiles.
+"""Shared test configuration: Hypothesis profiles, the order the long scenarios start in, and
+each pytest-xdist worker's own ports.
 
 CI runs the "ci" profile (no deadline: a loaded 2-core CI machine must not turn slowness into
 flaky failures). Set HYPOTHESIS_PROFILE=dev for a quicker local run.
@@ -9,6 +10,8 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
+from gossiplearn.peer.net.ports import PORTS_VARIABLE, port_range
+
 settings.register_profile(
     "ci", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
 )
@@ -16,6 +19,31 @@ settings.register_profile(
     "dev", deadline=None, max_examples=50, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+#: The ports the suite's peers take: gossiplearn.peer.net.ports' range (below the kernel's
+#: ephemeral ports, or GOSSIPLEARN_PORTS if the caller set it), read before it is split.
+DEFAULT_PORTS = port_range()
+
+
+def worker_ports(worker: str | None, count: int) -> str | None:
+    """GOSSIPLEARN_PORTS for pytest-xdist's worker ``worker`` ("gw0"...) of ``count``: its
+    own slice of DEFAULT_PORTS, so two workers never choose one port. None: not a worker."""
+    if worker is None:
+        return None
+    index = int(worker.removeprefix("gw"))
+    low, high = DEFAULT_PORTS
+    size = (high - low + 1) // count
+    first = low + index * size
+    last = high if index == count - 1 else first + size - 1
+    return f"{first}-{last}"
+
+
+# Set before any test runs: the daemons and sims the tests start inherit it.
+_share = worker_ports(
+    os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+)
+if _share is not None:
+    os.environ[PORTS_VARIABLE] = _share
 
 
 def _module_weight(items: list[pytest.Item]) -> dict[str, int]:

@@ -36,7 +36,15 @@ def _listen_address(listen: str) -> str:
     if match["port"] != "0":
         return listen
     bind_ip = match["ip"] if match["ip"] != "0.0.0.0" else "127.0.0.1"
-    return f"/ip4/{match['ip']}/tcp/{free_port(bind_ip)}"
+    return f"/ip4/{match['ip']}/tcp/{_free_port(bind_ip)}"
+
+
+def _free_port(host: str = "127.0.0.1") -> int:
+    """A port for the new peer; a bad GOSSIPLEARN_PORTS or a full range is one line."""
+    try:
+        return free_port(host)
+    except (ValueError, OSError) as exc:
+        fail(str(exc))
 
 
 def init(
@@ -154,7 +162,7 @@ def init(
     config.model.options.update(parse_options("--model-option", model_option))
     config.data.options.update(parse_options("--data-option", data_option))
     config.training.trainer = trainer
-    config.status.port = status_port or free_port()
+    config.status.port = status_port or _free_port()
     try:
         config.validate()
     except ValueError as exc:

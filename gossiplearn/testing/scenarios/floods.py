@@ -237,8 +237,7 @@ async def handshake_flood(
             while attempts < handshakes:
                 attempts += 1
                 try:
-                    with trio.fail_after(HANDSHAKE_ATTEMPT_TIMEOUT_S):
-                        await host.connect(address)
+                    await host.connect(address, HANDSHAKE_ATTEMPT_TIMEOUT_S)
                     outcomes["handshake"] += 1
                 except Exception as exc:  # closed before the handshake (rate limit), ...
                     outcomes[type(exc).__name__] += 1
