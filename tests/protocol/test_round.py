@@ -52,7 +52,8 @@ def route(
     sent: list[tuple[bytes, Send]] | None = None,
     drop: Callable[[bytes, Send], bool] | None = None,
 ) -> dict[bytes, list]:
-    """Deliver every Send in FIFO order (no latency) until quiet; returns outcomes per node.
+    """Deliver every Send in FIFO order (no latency) until quiet, ticking a node that asks to
+    be woken now (Aggregation.work); returns outcomes per node.
     ``actions`` came from the node with key ``first`` (default: the first node). Every
     (sender, Send) is appended to ``sent``; those ``drop`` is true for are lost."""
     by_key = {n.public_key: n for n in nodes}
@@ -69,7 +70,10 @@ def route(
             queue.extend(
                 (action.to, a) for a in target.receive(action.frame, now_ms, from_peer=origin)
             )
-        elif not isinstance(action, Wake):
+        elif isinstance(action, Wake):
+            if action.at_ms <= now_ms:  # the round streams: the node has shards to send now
+                queue.extend((origin, a) for a in by_key[origin].tick(now_ms))
+        else:
             outcomes[origin].append(action)
     return outcomes
 
@@ -324,8 +328,8 @@ def test_next_deadline_in_closing_is_when_closing_ends():
     )
     deadline = nodes[0].current_round[2]  # type: ignore[index]
     # A member still waiting for READYs asks to be ticked at once, to encode and mask its
-    # vector meanwhile; once it has, its next deadline is the round's.
-    assert nodes[0].next_deadline() <= START_MS
+    # vector's shards meanwhile (route ticked it); once it has, its next deadline is the
+    # round's.
     for node in nodes:
         assert [a for a in node.tick(START_MS) if not isinstance(a, Wake)] == []
     assert [n.next_deadline() for n in nodes] == [deadline] * 3  # RUNNING: the deadline
