@@ -79,10 +79,10 @@ def prg_at(
         return out
     block, skip = divmod(first, _CHACHA_BLOCK)
     # Keystream = ChaCha20 of zeros; the counter is little-endian before the 96-bit nonce.
-    stream = np.zeros(skip + count * wire.itemsize, dtype=np.uint8)
+    stream = bytearray(skip + count * wire.itemsize)
     nonce = block.to_bytes(4, "little") + _PRG_NONCE
     Cipher(algorithms.ChaCha20(seed, nonce), None).encryptor().update_into(stream, stream)
-    out.view(np.uint8)[:] = stream[skip:]
+    out.view(np.uint8)[:] = np.frombuffer(stream, dtype=np.uint8, offset=skip)
     return out
 
 

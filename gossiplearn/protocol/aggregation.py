@@ -54,7 +54,7 @@ import dataclasses
 import enum
 import hashlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import msgpack
 import numpy as np
@@ -430,8 +430,8 @@ class Aggregation:
             np.add(piece, elements, out=piece)
             self._own_taken = at + elements.size
             return []
-        piece = make_shard(elements, shard, total, shard * per_shard)
-        return [(part, Part(self.transcript, part, piece))]
+        data = make_shard(elements, shard, total, shard * per_shard)
+        return [(part, Part(self.transcript, part, data))]
 
     def _share(self) -> list[Outgoing]:
         """Every READY agreed: this member's masked shards may go out, the first of them now.

@@ -145,7 +145,9 @@ def split_shards(array: np.ndarray, max_bytes: int = MAX_SHARD_BYTES) -> list[Sh
     flat = np.ascontiguousarray(array.reshape(-1), dtype=wire)
     per_shard, total = shard_layout(flat.size, wire.itemsize, max_bytes)
     return [
-        make_shard(flat[index * per_shard : (index + 1) * per_shard], index, total, index * per_shard)
+        make_shard(
+            flat[index * per_shard : (index + 1) * per_shard], index, total, index * per_shard
+        )
         for index in range(total)
     ]
 

@@ -150,6 +150,15 @@ class _Abort:
     done: trio.Event
 
 
+@dataclass
+class _BulkQueue:
+    """Bulky frames of one round waiting for one peer's bulk sender (RoundEngine._drain_bulk)."""
+
+    group: bytes
+    pair_key: bytes
+    frames: list[bytes]
+
+
 @dataclass(frozen=True)
 class _Unreachable:
     """Frames of ``group`` could not reach ``peer``, or its connection died and it could
@@ -200,6 +209,7 @@ class RoundEngine:
         self._out: dict[bytes, object] = {}  # our open round stream to each peer
         self._out_locks: dict[bytes, trio.Lock] = {}
         self._bulk_addresses: dict[bytes, tuple[str, int]] = {}
+        self._bulk_queues: dict[bytes, _BulkQueue] = {}  # frames waiting for each peer's sender
         self._no_bulk_until: dict[bytes, float] = {}
         self.bulk_frames_sent = 0
         self.bulk_fallbacks = 0
@@ -288,14 +298,23 @@ class RoundEngine:
                             exc.strerror or exc,
                         )
                         self.bulk = None
+                frame_first = False
                 while True:
                     deadline = self.node.next_deadline()
                     timeout = (
                         math.inf if deadline is None else max(0.0, (deadline - now_ms()) / 1000)
                     )
                     command = None
-                    with trio.move_on_after(timeout):
-                        command = await self._inbox.receive()
+                    if timeout > 0:
+                        with trio.move_on_after(timeout):
+                            command = await self._inbox.receive()
+                    elif frame_first:
+                        # Work is due now (the round streams: shards to mask and send, see
+                        # Aggregation.work): it alternates with what arrived meanwhile, so
+                        # reducing the others' shards overlaps masking and sending ours.
+                        with contextlib.suppress(trio.WouldBlock):
+                            command = self._inbox.receive_nowait()
+                    frame_first = command is None
                     if command is None:
                         actions = await self._call(self.node.tick, now_ms())
                     else:
@@ -383,7 +402,7 @@ class RoundEngine:
                 and self._no_bulk_until.get(key, 0.0) <= time.monotonic()
                 and not self._relayed(key)
             ):
-                self._nursery.start_soon(self._send_bulk, key, bulky, group, pair_key)
+                self._queue_bulk(key, bulky, group, pair_key)
                 frames = [s.frame for s in sends if s.kind not in BULK_KINDS]
             else:
                 frames = [s.frame for s in sends]
@@ -468,6 +487,32 @@ class RoundEngine:
             return False
         self.bulk_relayed += 1
         return True
+
+    def _queue_bulk(self, key: bytes, frames: list[bytes], group: bytes, pair_key: bytes) -> None:
+        """Queue bulky frames for ``key``: one task per peer sends them, on one connection
+        at a time, whatever has queued up meanwhile on each (the round streams a shard or two
+        per step: a connection per step would cost a handshake each and overrun the
+        receiver's MAX_PER_SENDER)."""
+        assert self._nursery is not None
+        queue = self._bulk_queues.get(key)
+        if queue is not None and queue.group == group:
+            queue.frames.extend(frames)
+            return
+        queue = _BulkQueue(group, pair_key, list(frames))
+        self._bulk_queues[key] = queue
+        self._nursery.start_soon(self._drain_bulk, key, queue)
+
+    async def _drain_bulk(self, key: bytes, queue: _BulkQueue) -> None:
+        try:
+            while queue.frames:
+                frames, queue.frames = queue.frames, []
+                if self._no_bulk_until.get(key, 0.0) > time.monotonic():
+                    await self._send_batch(key, frames, SEND_TIMEOUT_S, queue.group)
+                else:
+                    await self._send_bulk(key, frames, queue.group, queue.pair_key)
+        finally:
+            if self._bulk_queues.get(key) is queue:
+                del self._bulk_queues[key]
 
     async def _send_bulk(
         self, key: bytes, frames: list[bytes], group: bytes, pair_key: bytes
