@@ -112,11 +112,18 @@ _SENT = np.empty(0, np.uint8)
 RING_DTYPES = {32: "u4", 16: "u2", 8: "u1"}
 
 
+def part_hasher() -> blake3:
+    """A part digest computed incrementally: update it with the shards' data in order."""
+    return blake3(derive_key_context=_PART_CONTEXT)
+
+
 def part_digest(reduced: np.ndarray) -> bytes:
     """The digest a reducer signs in the last REDUCED shard of its part (ring elements of any
     width, little-endian): what :class:`_Incoming` hashes shard by shard."""
     data = np.ascontiguousarray(reduced, dtype=reduced.dtype.newbyteorder("<"))
-    return blake3(data.view(np.uint8).data, derive_key_context=_PART_CONTEXT).digest(32)
+    hasher = part_hasher()
+    hasher.update(data.view(np.uint8).data)
+    return hasher.digest(32)
 
 
 @dataclass(frozen=True)
@@ -304,7 +311,7 @@ class Aggregation:
         self._parts = {j: _Incoming(end - start, self._dtype) for j in range(m) if j != index}
         self._reduced_layout = shard_layout(end - start, itemsize, shard_bytes)
         self._reduced_sent = 0  # shards of the reduced part sent
-        self._own_hasher = blake3(derive_key_context=_PART_CONTEXT)
+        self._own_hasher = part_hasher()
         self._own_digest: bytes | None = None
         # The reduced parts of the others, hashed and decoded as their shards arrive.
         self._reduced = {
@@ -312,7 +319,7 @@ class Aggregation:
             for j, (begin, stop) in enumerate(self._bounds)
             if j != index
         }
-        self._hashers = {j: blake3(derive_key_context=_PART_CONTEXT) for j in self._reduced}
+        self._hashers = {j: part_hasher() for j in self._reduced}
         self._average: np.ndarray | None = None
         self._ready: set[int] = set()
         # reducer index -> (part digest, REDUCED statement) of what this member received
