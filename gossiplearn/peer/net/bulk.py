@@ -412,12 +412,15 @@ class BulkChannel:
         frames: list[bytes],
         connect_timeout_s: float = math.inf,
         progress_timeout_s: float = math.inf,
+        more: Callable[[], Awaitable[list[bytes]]] | None = None,
     ) -> None:
         """Send ``frames`` to ``recipient`` at ``address``; returns once it acknowledged them
         all (raises otherwise: the caller falls back to libp2p). The TCP connect is given up
         after ``connect_timeout_s``, and each later step (writing a record, the answer) after
         ``progress_timeout_s`` without progress: however slow the link, a transfer that moves
-        goes on."""
+        goes on. ``more``: awaited once the frames are written, for frames to write next on
+        the same connection (a streamed round's next shards), until it returns none; the
+        caller bounds how long it waits (the receiver gives a record RECORD_TIMEOUT_S)."""
         if not frames:
             raise ValueError("nothing to send: the receiver answers only after a frame")
         header = make_header(group, self.me, recipient)
@@ -427,11 +430,13 @@ class BulkChannel:
         async with stream:
             with trio.fail_after(progress_timeout_s):
                 await stream.send_all(header + sealer.hello())
-            for frame in frames:
-                sealed = sealer.seal(frame)
-                with trio.fail_after(progress_timeout_s):
-                    await stream.send_all(len(sealed).to_bytes(4, "big"))
-                    await stream.send_all(sealed)
+            while frames:
+                for frame in frames:
+                    sealed = sealer.seal(frame)
+                    with trio.fail_after(progress_timeout_s):
+                        await stream.send_all(len(sealed).to_bytes(4, "big"))
+                        await stream.send_all(sealed)
+                frames = await more() if more is not None else []
             await stream.send_eof()
             with trio.fail_after(progress_timeout_s):
                 answer = await stream.receive_some(1)

@@ -67,6 +67,9 @@ BULK_MIN_BYTES = 256 * 1024
 #: firewall that drops connections to the port answers nothing, and the frames must not wait
 #: for the kernel's 2 minutes of SYN retries (the round's slack is 3 s): they go over libp2p.
 BULK_CONNECT_TIMEOUT_S = 2.0
+#: A bulk connection waits this long for a round's next frames (the round streams them a
+#: few at a time) before it ends; later ones open a new connection.
+BULK_LINGER_S = 1.0
 #: After a failed bulk send to a peer, its frames go over libp2p for this long.
 BULK_RETRY_S = 60.0
 
@@ -157,6 +160,7 @@ class _BulkQueue:
     group: bytes
     pair_key: bytes
     frames: list[bytes]
+    queued: trio.Event = field(default_factory=trio.Event)  # set when frames are added
 
 
 @dataclass(frozen=True)
@@ -298,7 +302,7 @@ class RoundEngine:
                             exc.strerror or exc,
                         )
                         self.bulk = None
-                frame_first = False
+                arrived = 0  # commands queued when the machine last worked, to take first
                 while True:
                     deadline = self.node.next_deadline()
                     timeout = (
@@ -308,15 +312,17 @@ class RoundEngine:
                     if timeout > 0:
                         with trio.move_on_after(timeout):
                             command = await self._inbox.receive()
-                    elif frame_first:
+                    elif arrived:
                         # Work is due now (the round streams: shards to mask and send, see
-                        # Aggregation.work): it alternates with what arrived meanwhile, so
-                        # reducing the others' shards overlaps masking and sending ours.
+                        # Aggregation.work): what was queued after the last work step goes
+                        # first, then the next step, so that reducing and forwarding the
+                        # others' shards keeps pace with masking and sending ours.
+                        arrived -= 1
                         with contextlib.suppress(trio.WouldBlock):
                             command = self._inbox.receive_nowait()
-                    frame_first = command is None
                     if command is None:
                         actions = await self._call(self.node.tick, now_ms())
+                        arrived = self._inbox.statistics().current_buffer_used
                     else:
                         actions = await self._execute(command)
                     self._refresh_view()
@@ -497,6 +503,7 @@ class RoundEngine:
         queue = self._bulk_queues.get(key)
         if queue is not None and queue.group == group:
             queue.frames.extend(frames)
+            queue.queued.set()
             return
         queue = _BulkQueue(group, pair_key, list(frames))
         self._bulk_queues[key] = queue
@@ -509,16 +516,48 @@ class RoundEngine:
                 if self._no_bulk_until.get(key, 0.0) > time.monotonic():
                     await self._send_batch(key, frames, SEND_TIMEOUT_S, queue.group)
                 else:
-                    await self._send_bulk(key, frames, queue.group, queue.pair_key)
+                    await self._send_bulk(key, frames, queue.group, queue.pair_key, queue)
         finally:
             if self._bulk_queues.get(key) is queue:
                 del self._bulk_queues[key]
 
+    async def _more_bulk(self, queue: _BulkQueue) -> list[bytes]:
+        """The frames queued for the same connection meanwhile, waiting up to BULK_LINGER_S
+        for some while the round goes on; none: the connection ends."""
+        with trio.move_on_after(BULK_LINGER_S):
+            while not queue.frames and self.view.current_group == queue.group:
+                queue.queued = trio.Event()
+                async with trio.open_nursery() as nursery:  # whichever comes first
+
+                    async def either(event: trio.Event) -> None:
+                        await event.wait()
+                        nursery.cancel_scope.cancel()
+
+                    nursery.start_soon(either, queue.queued)
+                    nursery.start_soon(either, self._view_changed)
+        frames, queue.frames = queue.frames, []
+        return frames
+
     async def _send_bulk(
-        self, key: bytes, frames: list[bytes], group: bytes, pair_key: bytes
+        self,
+        key: bytes,
+        frames: list[bytes],
+        group: bytes,
+        pair_key: bytes,
+        queue: _BulkQueue | None = None,
     ) -> None:
-        """Frames over the bulk channel; over libp2p if that fails for any reason."""
+        """Frames over the bulk channel, and those ``queue`` gets meanwhile on the same
+        connection; over libp2p if that fails for any reason."""
         assert self.bulk is not None
+        sent = list(frames)
+
+        async def more() -> list[bytes]:
+            if queue is None:
+                return []
+            frames = await self._more_bulk(queue)
+            sent.extend(frames)
+            return frames
+
         try:
             address = await self._bulk_address(key)
             await self.bulk.send(
@@ -529,17 +568,18 @@ class RoundEngine:
                 frames,
                 connect_timeout_s=BULK_CONNECT_TIMEOUT_S,
                 progress_timeout_s=SEND_TIMEOUT_S,
+                more=more,
             )
-            self.bulk_frames_sent += len(frames)
-            for frame in frames:
+            self.bulk_frames_sent += len(sent)
+            for frame in sent:
                 self.host.counters.bytes_out[key] += 4 + len(frame)
             return
         except Exception as exc:
             self.bulk_fallbacks += 1
             self._bulk_addresses.pop(key, None)
             self._no_bulk_until[key] = time.monotonic() + BULK_RETRY_S
-            log.debug("bulk send of %d frame(s) failed (%r): over libp2p", len(frames), exc)
-        await self._send_batch(key, frames, SEND_TIMEOUT_S, group)
+            log.debug("bulk send of %d frame(s) failed (%r): over libp2p", len(sent), exc)
+        await self._send_batch(key, sent, SEND_TIMEOUT_S, group)
 
     async def _bulk_address(self, key: bytes) -> tuple[str, int]:
         """The peer's bulk channel: the IP of our libp2p connection to it and the port it
