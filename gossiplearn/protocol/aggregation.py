@@ -295,12 +295,13 @@ class Aggregation:
             )
         start, end = self._bounds[index]
         itemsize = np.dtype(self._dtype).itemsize
-        # What this member masks and sends, one shard of every part at a time (its own part
-        # first: its share of the sum it reduces).
+        # What this member masks and sends, one shard of every part at a time: its own part
+        # first (its share of the sum it reduces), then the next members' in turn from its
+        # own index on, so that the reducers are not all served in the same order.
         self._layouts = [
             shard_layout(stop - begin, itemsize, shard_bytes) for begin, stop in self._bounds
         ]
-        order = [index, *(j for j in range(m) if j != index)]
+        order = [(index + step) % m for step in range(m)]
         most = max(total for _, total in self._layouts)
         self._chunks = [(p, s) for s in range(most) for p in order if s < self._layouts[p][1]]
         self._masked_chunks: list[tuple[int, int, np.ndarray]] = []  # (part, shard, elements)
