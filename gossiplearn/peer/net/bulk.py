@@ -21,6 +21,7 @@ and the IP of its libp2p connection to that peer)::
     header  = "GLB2" | group id (16) | sender key (32) | recipient key (32) | salt (32)
     hello   = 4-byte big-endian length (16) | AES-256-GCM(b"")       the first record
     records = (4-byte big-endian length | AES-256-GCM(frame))+,  then EOF
+              (a streamed round's frames as they come; EOF once none came for a while)
     answer  = one byte, 0x01, once the receiver queued every frame (never before the first)
 
 Each record is sealed with ``BLAKE2b-256(key=pair key, person="gossiplearn.blk1",
@@ -112,14 +113,16 @@ RECORD_TIMEOUT_S = 30.0
 #: waiting (REDUCED ones come after our PARTs, which need the roster), at most 15 in a group
 #: of 16 (round.group_size <= 16); 32 is twice that, and bounds a stranger to 32 sockets.
 MAX_UNAUTHENTICATED = 32
-#: Authenticated connections of one member at once. An honest member opens one per batch of
-#: bulky frames it sends us: its PART batch, then its REDUCED batch (which may overlap the
-#: first if we are slow to read it): 2; 4 leaves room for an earlier round's connection still
-#: draining, and bounds a member stalling its own connections to 4 of its 32 quota slots.
+#: Authenticated connections of one member at once. An honest member sends us a round's
+#: streamed PART and REDUCED frames on one connection at a time (its engine queues them per
+#: peer; a connection lingers a second for the next frames): 1, or 2 while an earlier round's
+#: connection still drains; 4 leaves room, and bounds a member stalling its own connections
+#: to 4 of its 32 quota slots.
 MAX_PER_SENDER = 4
 #: Salts of authenticated connections remembered (32 bytes each: 128 KiB), so that a replayed
-#: connection is refused. A round brings us at most 2 connections per other member (30 in a
-#: group of 16), so this covers the last 136 rounds at least; a replay of an older round's
+#: connection is refused. A round brings us one connection per other member, a few if its
+#: frames pause for over a second (say 2: 30 in a group of 16), so this covers the last 136
+#: rounds at least; a replay of an older round's
 #: connection names a group that is not ours any more and is refused anyway.
 SEEN_SALTS = 4096
 
