@@ -297,7 +297,10 @@ def test_spoiled_rounds_single_out_the_spoiler_and_strike_no_honest_member(
     # aborts every round right after the roster. Round v2 blamed nobody for the garbage and
     # struck the honest member whose ABORT arrived first: 139 spoiled rounds in 60 s, blocked
     # peers empty everywhere, honest members backing each other off.
-    swarm = build_swarm(5, k=4, max_weight=1, safeguards=safeguards, insiders=[0])
+    # Jitter of 10 ms lets an honest member's ABORT overtake the last reduced shards of
+    # another (with the round streamed, members otherwise find the average implausible
+    # within the same few milliseconds, before any ABORT arrives).
+    swarm = build_swarm(5, k=4, max_weight=1, safeguards=safeguards, insiders=[0], jitter_ms=10)
     attacker, *honest = swarm.keys
     insider_of(swarm, attacker).attack = Spoiler(when=when)
     spoil(swarm, attacker, 12, np.random.default_rng(3))
