@@ -312,7 +312,7 @@ class Aggregation:
         self._parts = {j: _Incoming(end - start, self._dtype) for j in range(m) if j != index}
         self._reduced_layout = shard_layout(end - start, itemsize, shard_bytes)
         self._reduced_sent = 0  # shards of the reduced part sent
-        self._own_hasher = part_hasher()
+        self._own_hasher: blake3 | None = part_hasher()
         self._own_digest: bytes | None = None
         # The reduced parts of the others, hashed and decoded as their shards arrive.
         self._reduced = {
@@ -521,6 +521,10 @@ class Aggregation:
         self._reduced = {}
         self._masked_chunks = []
         self._sum = self._average = None
+        # Hash states of the streamed parts: done with, and a remembered round must pickle
+        # (memory mode moves round machines between worker processes).
+        self._own_hasher = None
+        self._hashers = {}
         if self.result is not None:
             self.result = dataclasses.replace(self.result, average=empty)
 
@@ -573,6 +577,7 @@ class Aggregation:
             if end > ready:
                 break
             shard = make_shard(self._sum[at:end], index, total, at)
+            assert self._own_hasher is not None
             self._own_hasher.update(shard.data)
             self._decode_into_average(start + at, self._sum[at:end])
             self._reduced_sent += 1
