@@ -11,9 +11,11 @@ mode, ``memory``, is memory.py; the settings every mode shares, config.py.)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import runpy
 import signal
 import subprocess
 import sys
@@ -70,7 +72,9 @@ def prepare_peers(
         # A few bootstrap peers each; peer exchange finds the rest.
         neighbours = [(i + step) % config.peers for step in (1, 2, 3) if step < config.peers]
         peer_config.peer.bootstrap = [addresses[j] for j in dict.fromkeys(neighbours) if j != i]
-        peer_config.discovery.ping_interval_s = 1.0
+        # Pings at the daemon's default interval: at 1 s they opened 9 streams a second per
+        # peer, a sixth of a daemon's CPU during the rounds; neighbours are found by dialing
+        # (bootstrap, and the peers that bootstrap to this one) and peer exchange anyway.
         peer_config.discovery.max_neighbours = max(16, config.group_size * 2)
         peer_config.round = round_section(config)
         if config.model:
@@ -111,6 +115,9 @@ def prepare_peers(
         training.acceptance_metric = config.acceptance_metric
         training.overlap = config.overlap
         training.local_reference = config.local_reference
+        # Nothing restarts a simulated peer: its checkpoint is written when it stops, not
+        # after each round (four fsyncs each, holding the model: a quarter of a daemon's time).
+        training.checkpoint_every = 0
         if config.dp_epsilon:
             privacy = peer_config.privacy
             privacy.enabled = True
@@ -268,6 +275,92 @@ def start_peer(directory: Path) -> subprocess.Popen[bytes]:
         )
 
 
+#: What ``gossiplearn run`` imports before it serves (its command, torch, libp2p, the trainer,
+#: the checkpoints, the built-in datasets): process mode imports them once, in a fork server,
+#: and forks every daemon from it (:func:`fork_peer`). Ten daemons importing them each took
+#: ~2.5 CPU-s apiece, the most of a simulation's start-up on two cores. Not gossiplearn.cli
+#: itself: a child of the fork server first runs the launcher's main module as
+#: ``__mp_main__`` (multiprocessing does), and runpy warns on stderr when that module (``python
+#: -m gossiplearn.cli``) was imported already.
+DAEMON_MODULES = [
+    *(
+        f"gossiplearn.commands.{name}"
+        for name in ("allow", "audit", "common", "evidence", "init", "keys", "run", "sim", "status")
+    ),
+    "gossiplearn.peer.daemon",
+    "gossiplearn.peer.learning.checkpoint",
+    "gossiplearn.peer.learning.trainer",
+    "gossiplearn.sim.datasets",
+    "gossiplearn.sim.user",
+    "libp2p",
+]
+
+
+class ForkedPeer:
+    """A daemon forked from the fork server, as :class:`subprocess.Popen` is used here
+    (``poll``, ``send_signal``, ``wait``, ``kill``, ``returncode``, ``pid``)."""
+
+    def __init__(self, process: Any) -> None:
+        self._process = process
+        self.pid: int = process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.exitcode
+
+    def poll(self) -> int | None:
+        return self._process.exitcode
+
+    def send_signal(self, signum: int) -> None:
+        if self._process.exitcode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        self._process.kill()
+
+    def wait(self, timeout: float | None = None) -> int:
+        self._process.join(timeout)
+        if self._process.exitcode is None:
+            raise subprocess.TimeoutExpired("gossiplearn run", timeout or 0.0)
+        return self._process.exitcode
+
+
+def _run_forked(directory: str) -> None:
+    """In a daemon forked from the fork server: ``python -m gossiplearn.cli run DIRECTORY``,
+    the command's own code, its output appended to DIRECTORY/stdout.log, in a session of
+    its own (as :func:`start_peer`)."""
+    os.setsid()
+    log = os.open(Path(directory) / "stdout.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 - the process's own
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+    sys.argv = ["gossiplearn", "run", directory]
+    # As `python -m gossiplearn.cli` runs it: afresh, also where the launcher's main module
+    # (the `gossiplearn` script, run again here by multiprocessing) imported it.
+    sys.modules.pop("gossiplearn.cli", None)
+    runpy.run_module("gossiplearn.cli", run_name="__main__", alter_sys=True)
+
+
+def fork_peer(directory: Path) -> ForkedPeer:
+    """``gossiplearn run DIRECTORY`` forked from a fork server that imported DAEMON_MODULES
+    (multiprocessing's, started by the first call, with this process's environment and
+    working directory): the daemon's code from its command line on, without importing it all
+    again. As with any multiprocessing fork server, a script that calls this must guard its
+    own code with ``if __name__ == "__main__":`` (each child runs the main module first)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(DAEMON_MODULES)
+    process = context.Process(
+        target=_run_forked, args=(str(Path(directory).resolve()),), name="gossiplearn run"
+    )
+    process.start()
+    return ForkedPeer(process)
+
+
 def run_process(
     config: SimConfig,
     out_dir: Path,
@@ -285,14 +378,14 @@ def run_process(
     started = time.perf_counter()
     dirs = prepare_peers(out_dir, config)
     ports = [load_config(d).status.port for d in dirs]
-    processes: list[subprocess.Popen[bytes]] = []
+    processes: list[subprocess.Popen[bytes] | ForkedPeer] = []
     documents: list[dict[str, Any] | None] = [None] * len(dirs)
     reported = [0]
     try:
         # Started one by one inside the try: a stop signal between two starts must still
         # stop the ones already running (they are in sessions of their own).
         for directory in dirs:
-            processes.append(start_peer(directory))
+            processes.append(fork_peer(directory))
         deadline = time.monotonic() + _budget_s(config, timeout_s)
         while time.monotonic() < deadline:
             for i, port in enumerate(ports):
@@ -314,7 +407,9 @@ def run_process(
     return _result_from_documents(documents, config.rounds, time.perf_counter() - started, steps)
 
 
-def _stop_all(processes: Sequence[subprocess.Popen[bytes]], grace_s: float = 10.0) -> None:
+def _stop_all(
+    processes: Sequence[subprocess.Popen[bytes] | ForkedPeer], grace_s: float = 10.0
+) -> None:
     for process in processes:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)

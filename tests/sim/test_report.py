@@ -258,7 +258,7 @@ def test_process_mode_ends_its_progress_on_the_tables_figures(tmp_path, monkeypa
         "load_config",
         lambda d: SimpleNamespace(status=SimpleNamespace(port=int(d.name[1:]))),
     )
-    monkeypatch.setattr(daemons, "start_peer", lambda directory: process)
+    monkeypatch.setattr(daemons, "fork_peer", lambda directory: process)
     monkeypatch.setattr(daemons, "_fetch_status", status)
     monkeypatch.setattr(daemons.time, "sleep", lambda seconds: None)
     reported: list[tuple[int, float, float]] = []
