@@ -69,13 +69,17 @@ def prepare_peers(
         peer_config = PeerConfig()
         peer_config.peer.listen = [f"/ip4/{hosts[i]}/tcp/{ports[i]}"]
         peer_config.peer.allow = [other.peer_id for other in identities if other is not identity]
-        # A few bootstrap peers each; peer exchange finds the rest.
-        neighbours = [(i + step) % config.peers for step in (1, 2, 3) if step < config.peers]
+        # Every other peer as a bootstrap peer while they fit in the neighbour table, else a
+        # few, peer exchange finding the rest. A round's members dial each other: a member
+        # that knows no address of another yet aborts the round as member_unreachable, and
+        # two such failures back a peer off, which then trails the others to the last round.
+        max_neighbours = max(16, config.group_size * 2)
+        steps = range(1, config.peers) if config.peers <= max_neighbours else (1, 2, 3)
+        neighbours = [(i + step) % config.peers for step in steps if step < config.peers]
         peer_config.peer.bootstrap = [addresses[j] for j in dict.fromkeys(neighbours) if j != i]
-        # Pings at the daemon's default interval: at 1 s they opened 9 streams a second per
-        # peer, a sixth of a daemon's CPU during the rounds; neighbours are found by dialing
-        # (bootstrap, and the peers that bootstrap to this one) and peer exchange anyway.
-        peer_config.discovery.max_neighbours = max(16, config.group_size * 2)
+        # Pings at the daemon's default interval (5 s): at 1 s they opened 9 streams a second
+        # per peer, a sixth of a daemon's CPU during the rounds.
+        peer_config.discovery.max_neighbours = max_neighbours
         peer_config.round = round_section(config)
         if config.model:
             peer_config.model.factory = config.model
