@@ -1,7 +1,8 @@
 """Real daemons on 127.0.0.1, each with its own directory, admitting each other, in one of two
 modes:
 
-- ``process``: N ``gossiplearn run`` subprocesses: exactly what an organization runs.
+- ``process``: N ``gossiplearn run`` subprocesses: exactly what an organization runs (forked
+  from a fork server that imported the daemon's modules once: :func:`fork_peer`).
 - ``inproc``: N daemons (libp2p hosts and all) in one trio process.
 
 Each returns a :class:`MethodResult` for "gossiplearn" with each peer's accuracy on its own
@@ -42,11 +43,26 @@ from gossiplearn.sim.stopping import raise_noted, stop_signals_noted, trio_stop_
 
 
 def prepare_peers(
-    out_dir: Path, config: SimConfig, places: Sequence[tuple[str, int, int]] | None = None
+    out_dir: Path,
+    config: SimConfig,
+    places: Sequence[tuple[str, int, int]] | None = None,
+    *,
+    simulation: bool = False,
 ) -> list[Path]:
     """Create one peer directory per peer (identity, documented config), admitting each other.
     ``places``: each peer's (IP, libp2p port, status port) on the machine that will run it
-    (``--ray``: see ray_peers.py); default: free ports on 127.0.0.1 here."""
+    (``--ray``: see ray_peers.py); default: free ports on 127.0.0.1 here.
+
+    ``simulation``: the settings of process mode's own peers, which nothing kills or
+    restarts, each found where its time went (in config.toml; the daemon's code is the same):
+    every other peer as a bootstrap peer while they fit the neighbour table (a round's members
+    dial each other: one that knows no address of another yet aborts the round as
+    member_unreachable, two such failures back a peer off, and it then trails the others to
+    the last round); pings at the daemon's default 5 s (at 1 s, 9 new streams a second per
+    peer, a sixth of a daemon's CPU); a checkpoint only when it stops (four fsyncs a round,
+    holding the model, were a quarter of a daemon's time). Else the settings the test
+    scenarios (churn, soak, faults) were built on: 3 bootstrap peers, peer exchange finding
+    the rest, pings every second, a checkpoint after every round."""
     from gossiplearn.peer.net.ports import free_port
     from gossiplearn.sim.datasets import DATASETS
 
@@ -69,16 +85,13 @@ def prepare_peers(
         peer_config = PeerConfig()
         peer_config.peer.listen = [f"/ip4/{hosts[i]}/tcp/{ports[i]}"]
         peer_config.peer.allow = [other.peer_id for other in identities if other is not identity]
-        # Every other peer as a bootstrap peer while they fit in the neighbour table, else a
-        # few, peer exchange finding the rest. A round's members dial each other: a member
-        # that knows no address of another yet aborts the round as member_unreachable, and
-        # two such failures back a peer off, which then trails the others to the last round.
         max_neighbours = max(16, config.group_size * 2)
-        steps = range(1, config.peers) if config.peers <= max_neighbours else (1, 2, 3)
+        everyone = simulation and config.peers <= max_neighbours
+        steps = range(1, config.peers) if everyone else (1, 2, 3)
         neighbours = [(i + step) % config.peers for step in steps if step < config.peers]
         peer_config.peer.bootstrap = [addresses[j] for j in dict.fromkeys(neighbours) if j != i]
-        # Pings at the daemon's default interval (5 s): at 1 s they opened 9 streams a second
-        # per peer, a sixth of a daemon's CPU during the rounds.
+        if not simulation:
+            peer_config.discovery.ping_interval_s = 1.0
         peer_config.discovery.max_neighbours = max_neighbours
         peer_config.round = round_section(config)
         if config.model:
@@ -119,9 +132,8 @@ def prepare_peers(
         training.acceptance_metric = config.acceptance_metric
         training.overlap = config.overlap
         training.local_reference = config.local_reference
-        # Nothing restarts a simulated peer: its checkpoint is written when it stops, not
-        # after each round (four fsyncs each, holding the model: a quarter of a daemon's time).
-        training.checkpoint_every = 0
+        if simulation:
+            training.checkpoint_every = 0
         if config.dp_epsilon:
             privacy = peer_config.privacy
             privacy.enabled = True
@@ -394,7 +406,7 @@ def run_process(
     from gossiplearn.peer.config import load_config
 
     started = time.perf_counter()
-    dirs = prepare_peers(out_dir, config)
+    dirs = prepare_peers(out_dir, config, simulation=True)
     ports = [load_config(d).status.port for d in dirs]
     processes: list[subprocess.Popen[bytes] | ForkedPeer] = []
     documents: list[dict[str, Any] | None] = [None] * len(dirs)
