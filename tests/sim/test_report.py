@@ -251,7 +251,7 @@ def test_process_mode_ends_its_progress_on_the_tables_figures(tmp_path, monkeypa
         poll=lambda: None, send_signal=lambda signum: None, wait=lambda timeout=None: 0
     )
     monkeypatch.setattr(
-        daemons, "prepare_peers", lambda out, config: [out / f"p{i}" for i in range(3)]
+        daemons, "prepare_peers", lambda out, config, **_: [out / f"p{i}" for i in range(3)]
     )
     monkeypatch.setattr(
         gossiplearn.peer.config,
