@@ -94,7 +94,22 @@ def main() -> None:
         if hasattr(error, "format_message") and hasattr(error, "exit_code"):  # click's errors
             _usage_error(error)
         raise
-    sys.exit(code if isinstance(code, int) else 0)
+    _exit_now(code if isinstance(code, int) else 0)
+
+
+def _exit_now(code: int) -> NoReturn:
+    """Exit without the interpreter's teardown once a command has returned: what it made is
+    on disk (written atomically) or printed, and tearing down torch, matplotlib and friends
+    took another second after a simulation (`gossiplearn run` skips it too, on its stop)."""
+    import logging
+
+    logging.shutdown()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:  # the reader is gone, as above
+        os._exit(1)
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -168,6 +168,10 @@ def sim(
     from gossiplearn.sim.config import DEFAULT_METHODS, SimConfig
 
     chosen = _parse_methods(methods, baselines) or DEFAULT_METHODS
+    if mode == "process" and not ray:
+        from gossiplearn.sim.daemons import start_fork_server
+
+        start_fork_server()  # the daemons' imports, beside this command's own
     try:
         config = SimConfig(
             peers=peers,

@@ -128,6 +128,7 @@ class TrainingSection:
     device: str = "cpu"
     trainer: str = ""
     options: dict[str, Any] = field(default_factory=dict)
+    checkpoint_every: int = 1
 
     def to_train_config(self, privacy: PrivacyConfig | None = None) -> TrainConfig:
         """The trainer's settings: every :class:`TrainConfig` field but ``privacy`` is the
@@ -305,6 +306,11 @@ class PeerConfig:
             raise ConfigError(f"training.head_epochs must be >= 0, got {training.head_epochs}")
         if training.threads < 1:
             raise ConfigError(f"training.threads must be >= 1, got {training.threads}")
+        if training.checkpoint_every < 0:
+            raise ConfigError(
+                "training.checkpoint_every must be >= 0 (1: after every round; 0: only when the "
+                f"peer stops), got {training.checkpoint_every}"
+            )
         privacy = self.privacy
         problem = privacy_problem(
             privacy.epsilon,
@@ -507,6 +513,9 @@ _DOCS: dict[str, str] = {
     "training.options": "Keyword arguments for training.trainer.",
     "training.overlap": "Train the next budget while a round runs (the round's change is applied\n"
     "on top). Off: the peer waits for its round, as the simulation's memory mode does.",
+    "training.checkpoint_every": "Write a checkpoint after every Nth round this peer completes (1:\n"
+    "after each; 0: only when the peer stops). A restart resumes from the last one written, so\n"
+    "the rounds since are lost; fewer writes (each fsynced) help when rounds take milliseconds.",
     "privacy": "Record-level differential privacy (DP-SGD through Opacus; pip install\n"
     "'gossiplearn[dp]'). On: every training step (the round's budget and the head fine-tune)\n"
     "clips each record's gradient and adds Gaussian noise, so all this peer shares is\n"

@@ -54,8 +54,10 @@ class SimConfig:
     acceptance: bool = True
     acceptance_tolerance: float = 0.02
     acceptance_metric: str = "error"
-    #: process/inproc: mean seconds between a peer's invitations
-    interval_s: float = 1.0
+    #: process/inproc: mean seconds between a peer's invitations (round.interval_s; the
+    #: daemon's default, 10 s, paces a network whose rounds take seconds: a simulation's take
+    #: tens of milliseconds, and waiting 1 s was most of process mode's time)
+    interval_s: float = 0.3
     #: process/inproc: train the next budget while a round runs (training.overlap)
     overlap: bool = False
     #: each gossiplearn peer also trains a local-only reference and falls back to it when it

@@ -1,7 +1,8 @@
 """Real daemons on 127.0.0.1, each with its own directory, admitting each other, in one of two
 modes:
 
-- ``process``: N ``gossiplearn run`` subprocesses: exactly what an organization runs.
+- ``process``: N ``gossiplearn run`` subprocesses: exactly what an organization runs (forked
+  from a fork server that imported the daemon's modules once: :func:`fork_peer`).
 - ``inproc``: N daemons (libp2p hosts and all) in one trio process.
 
 Each returns a :class:`MethodResult` for "gossiplearn" with each peer's accuracy on its own
@@ -11,9 +12,11 @@ mode, ``memory``, is memory.py; the settings every mode shares, config.py.)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import runpy
 import signal
 import subprocess
 import sys
@@ -40,11 +43,26 @@ from gossiplearn.sim.stopping import raise_noted, stop_signals_noted, trio_stop_
 
 
 def prepare_peers(
-    out_dir: Path, config: SimConfig, places: Sequence[tuple[str, int, int]] | None = None
+    out_dir: Path,
+    config: SimConfig,
+    places: Sequence[tuple[str, int, int]] | None = None,
+    *,
+    simulation: bool = False,
 ) -> list[Path]:
     """Create one peer directory per peer (identity, documented config), admitting each other.
     ``places``: each peer's (IP, libp2p port, status port) on the machine that will run it
-    (``--ray``: see ray_peers.py); default: free ports on 127.0.0.1 here."""
+    (``--ray``: see ray_peers.py); default: free ports on 127.0.0.1 here.
+
+    ``simulation``: the settings of process mode's own peers, which nothing kills or
+    restarts, each found where its time went (in config.toml; the daemon's code is the same):
+    every other peer as a bootstrap peer while they fit the neighbour table (a round's members
+    dial each other: one that knows no address of another yet aborts the round as
+    member_unreachable, two such failures back a peer off, and it then trails the others to
+    the last round); pings at the daemon's default 5 s (at 1 s, 9 new streams a second per
+    peer, a sixth of a daemon's CPU); a checkpoint only when it stops (four fsyncs a round,
+    holding the model, were a quarter of a daemon's time). Else the settings the test
+    scenarios (churn, soak, faults) were built on: 3 bootstrap peers, peer exchange finding
+    the rest, pings every second, a checkpoint after every round."""
     from gossiplearn.peer.net.ports import free_port
     from gossiplearn.sim.datasets import DATASETS
 
@@ -67,11 +85,14 @@ def prepare_peers(
         peer_config = PeerConfig()
         peer_config.peer.listen = [f"/ip4/{hosts[i]}/tcp/{ports[i]}"]
         peer_config.peer.allow = [other.peer_id for other in identities if other is not identity]
-        # A few bootstrap peers each; peer exchange finds the rest.
-        neighbours = [(i + step) % config.peers for step in (1, 2, 3) if step < config.peers]
+        max_neighbours = max(16, config.group_size * 2)
+        everyone = simulation and config.peers <= max_neighbours
+        steps = range(1, config.peers) if everyone else (1, 2, 3)
+        neighbours = [(i + step) % config.peers for step in steps if step < config.peers]
         peer_config.peer.bootstrap = [addresses[j] for j in dict.fromkeys(neighbours) if j != i]
-        peer_config.discovery.ping_interval_s = 1.0
-        peer_config.discovery.max_neighbours = max(16, config.group_size * 2)
+        if not simulation:
+            peer_config.discovery.ping_interval_s = 1.0
+        peer_config.discovery.max_neighbours = max_neighbours
         peer_config.round = round_section(config)
         if config.model:
             peer_config.model.factory = config.model
@@ -111,6 +132,8 @@ def prepare_peers(
         training.acceptance_metric = config.acceptance_metric
         training.overlap = config.overlap
         training.local_reference = config.local_reference
+        if simulation:
+            training.checkpoint_every = 0
         if config.dp_epsilon:
             privacy = peer_config.privacy
             privacy.enabled = True
@@ -130,6 +153,10 @@ def _fetch_status(port: int) -> dict[str, Any] | None:
             return dict(json.load(response))
     except (OSError, ValueError):
         return None
+
+
+#: For its last rounds, process mode's launcher polls the daemons every 0.25 s, not 1 s.
+LAST_ROUNDS = 2
 
 
 def _budget_s(config: SimConfig, timeout_s: float | None) -> float:
@@ -268,6 +295,102 @@ def start_peer(directory: Path) -> subprocess.Popen[bytes]:
         )
 
 
+#: What ``gossiplearn run`` imports before it serves (its command, torch, libp2p, the trainer,
+#: the checkpoints, the built-in datasets): process mode imports them once, in a fork server,
+#: and forks every daemon from it (:func:`fork_peer`). Ten daemons importing them each took
+#: ~2.5 CPU-s apiece, the most of a simulation's start-up on two cores. Not gossiplearn.cli
+#: itself: a child of the fork server first runs the launcher's main module as
+#: ``__mp_main__`` (multiprocessing does), and runpy warns on stderr when that module (``python
+#: -m gossiplearn.cli``) was imported already.
+DAEMON_MODULES = [
+    *(
+        f"gossiplearn.commands.{name}"
+        for name in ("allow", "audit", "common", "evidence", "init", "keys", "run", "sim", "status")
+    ),
+    "gossiplearn.peer.daemon",
+    "gossiplearn.peer.learning.checkpoint",
+    "gossiplearn.peer.learning.trainer",
+    "gossiplearn.sim.datasets",
+    "gossiplearn.sim.user",
+    "libp2p",
+]
+
+
+class ForkedPeer:
+    """A daemon forked from the fork server, as :class:`subprocess.Popen` is used here
+    (``poll``, ``send_signal``, ``wait``, ``kill``, ``returncode``, ``pid``)."""
+
+    def __init__(self, process: Any) -> None:
+        self._process = process
+        self.pid: int = process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.exitcode
+
+    def poll(self) -> int | None:
+        return self._process.exitcode
+
+    def send_signal(self, signum: int) -> None:
+        if self._process.exitcode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        self._process.kill()
+
+    def wait(self, timeout: float | None = None) -> int:
+        self._process.join(timeout)
+        if self._process.exitcode is None:
+            raise subprocess.TimeoutExpired("gossiplearn run", timeout or 0.0)
+        return self._process.exitcode
+
+
+def _run_forked(directory: str) -> None:
+    """In a daemon forked from the fork server: ``python -m gossiplearn.cli run DIRECTORY``,
+    the command's own code, its output appended to DIRECTORY/stdout.log, in a session of
+    its own (as :func:`start_peer`)."""
+    os.setsid()
+    log = os.open(Path(directory) / "stdout.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 - the process's own
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+    sys.argv = ["gossiplearn", "run", directory]
+    # As `python -m gossiplearn.cli` runs it: afresh, also where the launcher's main module
+    # (the `gossiplearn` script, run again here by multiprocessing) imported it.
+    sys.modules.pop("gossiplearn.cli", None)
+    runpy.run_module("gossiplearn.cli", run_name="__main__", alter_sys=True)
+
+
+def start_fork_server() -> None:
+    """Start :func:`fork_peer`'s fork server now (it imports DAEMON_MODULES, seconds of CPU,
+    while the caller goes on with its own start-up); the first fork_peer starts it
+    otherwise."""
+    from multiprocessing import forkserver
+
+    forkserver.set_forkserver_preload(DAEMON_MODULES)
+    forkserver.ensure_running()
+
+
+def fork_peer(directory: Path) -> ForkedPeer:
+    """``gossiplearn run DIRECTORY`` forked from a fork server that imported DAEMON_MODULES
+    (multiprocessing's, started by the first call, with this process's environment and
+    working directory): the daemon's code from its command line on, without importing it all
+    again. As with any multiprocessing fork server, a script that calls this must guard its
+    own code with ``if __name__ == "__main__":`` (each child runs the main module first)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(DAEMON_MODULES)
+    process = context.Process(
+        target=_run_forked, args=(str(Path(directory).resolve()),), name="gossiplearn run"
+    )
+    process.start()
+    return ForkedPeer(process)
+
+
 def run_process(
     config: SimConfig,
     out_dir: Path,
@@ -283,16 +406,16 @@ def run_process(
     from gossiplearn.peer.config import load_config
 
     started = time.perf_counter()
-    dirs = prepare_peers(out_dir, config)
+    dirs = prepare_peers(out_dir, config, simulation=True)
     ports = [load_config(d).status.port for d in dirs]
-    processes: list[subprocess.Popen[bytes]] = []
+    processes: list[subprocess.Popen[bytes] | ForkedPeer] = []
     documents: list[dict[str, Any] | None] = [None] * len(dirs)
     reported = [0]
     try:
         # Started one by one inside the try: a stop signal between two starts must still
         # stop the ones already running (they are in sessions of their own).
         for directory in dirs:
-            processes.append(start_peer(directory))
+            processes.append(fork_peer(directory))
         deadline = time.monotonic() + _budget_s(config, timeout_s)
         while time.monotonic() < deadline:
             for i, port in enumerate(ports):
@@ -306,15 +429,20 @@ def run_process(
             # documents), not the previous poll's.
             _report(documents, config.rounds, progress)
             _partial(on_result, documents, config.rounds, reported, started, lambda: steps)
-            if min(_rounds_done(documents)) >= config.rounds:
+            done = min(_rounds_done(documents))
+            if done >= config.rounds:
                 break
-            time.sleep(1.0)
+            # Every second (each poll asks every daemon for its whole status), and four times
+            # as often for the last rounds: the run ends when the last peer is seen done.
+            time.sleep(1.0 if done < config.rounds - LAST_ROUNDS else 0.25)
     finally:
         _stop_all(processes)
     return _result_from_documents(documents, config.rounds, time.perf_counter() - started, steps)
 
 
-def _stop_all(processes: Sequence[subprocess.Popen[bytes]], grace_s: float = 10.0) -> None:
+def _stop_all(
+    processes: Sequence[subprocess.Popen[bytes] | ForkedPeer], grace_s: float = 10.0
+) -> None:
     for process in processes:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)

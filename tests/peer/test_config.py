@@ -52,6 +52,7 @@ def test_every_key_is_documented():
         ('[peer]\nrelays = ["/ip4/203.0.113.7/tcp/4001"]\n', "peer.relays: .*/p2p/PEER_ID"),
         (f'[peer]\nrelays = ["/ip4/203.0.113.7/tcp/4001/p2p/{PEER}"]\n', "not admitted.*allow"),
         ("[round]\nassumed_mbit = 0\n", "round.assumed_mbit must be > 0"),
+        ("[training]\ncheckpoint_every = -1\n", "training.checkpoint_every must be >= 0"),
     ],
 )
 def test_bad_configs_are_refused_with_the_key_named(text, message):

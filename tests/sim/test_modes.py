@@ -91,6 +91,36 @@ def test_sim_command_process_mode_runs_real_daemons(tmp_path):
     assert document["config"]["mode"] == "process"
     assert document["methods"]["gossiplearn"]["extra"]["peers_short_of_rounds"] == 0
     assert sorted(p.name for p in (out / "peers").iterdir()) == [f"peer-{i}" for i in range(4)]
+    for i in range(4):
+        peer = out / "peers" / f"peer-{i}"
+        # Forked daemons write their output where `gossiplearn run` subprocesses did, and
+        # their one checkpoint (training.checkpoint_every = 0) when they stop.
+        assert "listening on" in (peer / "stdout.log").read_text()
+        assert (peer / "checkpoints" / "model.safetensors").exists()
+
+
+def test_simulated_peers_are_configured_for_a_simulation(tmp_path):
+    """What process mode sets in each daemon's config.toml, rather than in code: a checkpoint
+    only at stop, invitations every 0.3 s, every other peer to bootstrap from (while they fit
+    the neighbour table), pings at the daemon's default."""
+    from gossiplearn.peer.config import PeerConfig, load_config
+    from gossiplearn.sim.config import SimConfig
+    from gossiplearn.sim.daemons import prepare_peers
+
+    for peers, bootstraps in ((5, 4), (40, 3)):
+        config = SimConfig(peers=peers, rounds=1).validate()
+        places = [("127.0.0.1", 1, 2)] * peers
+        dirs = prepare_peers(tmp_path / str(peers), config, places, simulation=True)
+        read = load_config(dirs[0])
+        assert read.training.checkpoint_every == 0
+        assert read.round.interval_s == 0.3
+        assert len(read.peer.bootstrap) == bootstraps
+        assert read.discovery.ping_interval_s == PeerConfig().discovery.ping_interval_s
+    # The test scenarios' peers (churn kills and restarts them) keep theirs.
+    config = SimConfig(peers=5, rounds=1).validate()
+    read = load_config(prepare_peers(tmp_path / "scenario", config, [("127.0.0.1", 1, 2)] * 5)[0])
+    assert (read.training.checkpoint_every, len(read.peer.bootstrap)) == (1, 3)
+    assert read.discovery.ping_interval_s == 1.0
 
 
 @pytest.mark.slow

@@ -251,14 +251,14 @@ def test_process_mode_ends_its_progress_on_the_tables_figures(tmp_path, monkeypa
         poll=lambda: None, send_signal=lambda signum: None, wait=lambda timeout=None: 0
     )
     monkeypatch.setattr(
-        daemons, "prepare_peers", lambda out, config: [out / f"p{i}" for i in range(3)]
+        daemons, "prepare_peers", lambda out, config, **_: [out / f"p{i}" for i in range(3)]
     )
     monkeypatch.setattr(
         gossiplearn.peer.config,
         "load_config",
         lambda d: SimpleNamespace(status=SimpleNamespace(port=int(d.name[1:]))),
     )
-    monkeypatch.setattr(daemons, "start_peer", lambda directory: process)
+    monkeypatch.setattr(daemons, "fork_peer", lambda directory: process)
     monkeypatch.setattr(daemons, "_fetch_status", status)
     monkeypatch.setattr(daemons.time, "sleep", lambda seconds: None)
     reported: list[tuple[int, float, float]] = []

@@ -6,8 +6,9 @@ organization's data (``data.loader``), the trainer (the built-in one or ``traini
 and resumes from the last checkpoint. Then, over and over, it trains one round's fixed budget,
 offers the backbone to exactly one round, and waits for that round to be over (see
 :meth:`BuiltinLearning.run`); when a round finishes it takes the average in through personal
-acceptance (learner.py), evaluates on its own test data and writes a checkpoint. A checkpoint
-that cannot be written is logged, counted and survived (the last good one stays on disk).
+acceptance (learner.py), evaluates on its own test data and writes a checkpoint (every
+``training.checkpoint_every`` rounds, and when it stops). A checkpoint that cannot be written
+is logged, counted and survived (the last good one stays on disk).
 """
 
 from __future__ import annotations
@@ -308,9 +309,12 @@ class BuiltinLearning:
     async def round_finished(
         self, runtime: PeerRuntime, result: RoundFinished
     ) -> Mapping[str, Any]:
-        """Take in a finished round's average (see Learner.apply), checkpoint."""
+        """Take in a finished round's average (see Learner.apply), checkpoint (every
+        ``training.checkpoint_every`` rounds)."""
         learner = self.learner
         assert learner is not None
+
+        every = runtime.config.training.checkpoint_every
 
         def apply() -> tuple[Any, str]:
             applied = learner.apply(result.average, result.contribution)
@@ -318,7 +322,8 @@ class BuiltinLearning:
             # Taken here, under the lock: once it is released the next budget trains this
             # backbone in a worker thread (a digest taken then was of a model mid-step).
             backbone = self.model.backbone_digest()
-            self._checkpoint(runtime)  # the runtime has counted the round already
+            if every and runtime.rounds.completed % every == 0:  # counted already
+                self._checkpoint(runtime)
             if runtime.config.privacy.enabled:
                 self._save_privacy_ledger(runtime)  # the head fine-tune spent budget too
             return applied, backbone

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -283,6 +284,7 @@ from gossiplearn.sim.datasets import digits
 
 PEERS, ROUNDS, EPOCHS = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 HIDDEN = tuple(int(x) for x in sys.argv[4].split(","))
+RAY_DIR = sys.argv[5]
 BATCH, LR, MOMENTUM = 32, 0.05, 0.9
 accuracies = {}
 
@@ -353,7 +355,11 @@ run_simulation(
     server_app=ServerApp(server_fn=server_fn),
     client_app=ClientApp(client_fn=client_fn),
     num_supernodes=PEERS,
-    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
+    backend_config={
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        # A Ray instance of its own, never a cluster found on the machine (compare.py says why).
+        "init_args": {"address": "local", "_temp_dir": RAY_DIR, "include_dashboard": False},
+    },
 )
 """
 
@@ -363,11 +369,47 @@ def find_flower(explicit: str | None) -> tuple[str | None, str]:
     return find_interpreter(explicit, "flwr", "FLOWER_PYTHON")
 
 
-def timed(command: list[str], env: dict[str, str] | None = None) -> float:
+# Flower gets a Ray instance of its own. Its backend calls ``ray.init()`` without an address,
+# and Ray then joins the cluster named by $RAY_ADDRESS or by /tmp/ray/ray_current_cluster, which
+# ``ray start`` and ``ray.cluster_utils.Cluster`` write (tests/sim/test_ray.py does, while the
+# suite runs beside a benchmark) and which stays behind when that cluster is killed: Flower
+# then waited on a cluster that was busy or gone, retrying its GCS (7 CPU-s in 16 minutes).
+# So the app asks for ``address="local"`` in a temporary directory of its own (kept, with
+# Ray's logs, when the run fails), $RAY_ADDRESS is dropped, and a run is stopped after
+# flower_budget_s.
+
+
+def flower_budget_s(rounds: int) -> float:
+    """How long one Flower run may take before it is stopped: start-up plus 20 s a round."""
+    return 300 + 20 * rounds
+
+
+def timed(
+    command: list[str], env: dict[str, str] | None = None, timeout_s: float | None = None
+) -> float:
+    """Wall seconds of ``command``; a failure or a timeout raises one line naming the command
+    and the last line it wrote to stderr."""
     began = time.perf_counter()
-    subprocess.run(
-        command, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    with tempfile.TemporaryFile() as err:
+        try:
+            subprocess.run(
+                command,
+                check=True,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                timeout=timeout_s,
+            )
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            err.seek(0)
+            lines = [line for line in err.read().decode(errors="replace").splitlines() if line]
+            last = lines[-1].strip() if lines else "nothing on stderr"
+            what = (
+                f"did not finish within {timeout_s:.0f} s"
+                if isinstance(exc, subprocess.TimeoutExpired)
+                else f"exited with code {exc.returncode}"
+            )
+            raise RuntimeError(f"{Path(command[0]).name} ... {what}; last: {last}") from exc
     return time.perf_counter() - began
 
 
@@ -398,11 +440,19 @@ def compare_flower(
     """compare_flower's line: ``launches`` launches of Flower, then gossiplearn process mode,
     then memory mode, on the same workload."""
     env = dict(os.environ, PYTHONPATH=str(PACKAGE_ROOT), RAY_DEDUP_LOGS="0")
+    env.pop("RAY_ADDRESS", None)  # a Ray instance of its own: see flower_budget_s
     flower, process, memory, accuracy = [], [], [], {}
     with tempfile.TemporaryDirectory(prefix="gossiplearn-flower-") as work:
         for launch in range(launches):
-            flower_cmd = [python, "-c", FLOWER_APP, str(peers), str(rounds)]
-            flower.append(timed([*flower_cmd, str(epochs), FLOWER_HIDDEN], env))
+            # Short: Ray's socket paths under it must fit in 107 bytes.
+            ray_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+            flower_cmd = [python, "-c", FLOWER_APP, str(peers), str(rounds), str(epochs)]
+            flower_cmd += [FLOWER_HIDDEN, ray_dir]
+            try:
+                flower.append(timed(flower_cmd, env, flower_budget_s(rounds)))
+            except RuntimeError as exc:
+                raise RuntimeError(f"Flower: {exc} (Ray's logs: {ray_dir})") from exc
+            shutil.rmtree(ray_dir, ignore_errors=True)
             out = Path(work) / f"process-{launch}"
             seconds, accuracy["process"] = gossiplearn_sim("process", peers, rounds, epochs, out)
             process.append(seconds)
