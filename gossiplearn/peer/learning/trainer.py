@@ -539,14 +539,23 @@ class Trainer:
 
     @torch.no_grad()
     def _forward(self, dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
-        self.model.module.eval()
+        module = self.model.module
+        module.eval()
         device = self._device
         samples: int = len(dataset)  # type: ignore[arg-type]
-        losses, correct = [], []
-        for indices in torch.arange(samples).split(max(self.config.batch_size, _MIN_EVAL_BATCH)):
+        size = max(self.config.batch_size, _MIN_EVAL_BATCH)
+        if isinstance(dataset, TensorDataset) and samples <= size:
+            # One batch of every sample, in order: the dataset's own tensors (the same
+            # values as gathered rows, without the gather and the concatenations).
+            inputs, labels = (tensor.to(device).contiguous() for tensor in dataset.tensors)
+            logits = module(inputs)
+            losses = F.cross_entropy(logits, labels, reduction="none").double().cpu()
+            return losses.numpy(), (logits.argmax(dim=1) == labels).cpu().numpy()
+        losses_of, correct_of = [], []
+        for indices in torch.arange(samples).split(size):
             inputs, labels = _batch(dataset, indices)
             inputs, labels = inputs.to(device), labels.to(device)
-            logits = self.model.module(inputs)
-            losses.append(F.cross_entropy(logits, labels, reduction="none").double().cpu())
-            correct.append((logits.argmax(dim=1) == labels).cpu())
-        return torch.cat(losses).numpy(), torch.cat(correct).numpy()
+            logits = module(inputs)
+            losses_of.append(F.cross_entropy(logits, labels, reduction="none").double().cpu())
+            correct_of.append((logits.argmax(dim=1) == labels).cpu())
+        return torch.cat(losses_of).numpy(), torch.cat(correct_of).numpy()
