@@ -225,6 +225,30 @@ class TrainConfig:
             raise ValueError("momentum must be in [0, 1)")
 
 
+def _step_hooks() -> tuple[Mapping[int, Any], Mapping[int, Any]] | None:
+    """torch's global optimizer step (pre, post) hooks, where torch 2 keeps them; None if
+    this torch keeps them elsewhere."""
+    from torch.optim import optimizer
+
+    pre = getattr(optimizer, "_global_optimizer_pre_hooks", None)
+    post = getattr(optimizer, "_global_optimizer_post_hooks", None)
+    return (pre, post) if isinstance(pre, Mapping) and isinstance(post, Mapping) else None
+
+
+_STEP_HOOKS = _step_hooks()
+
+
+class _SGDSteps:
+    """What torch's global optimizer step hooks are given for the built-in trainer's SGD
+    steps (see Trainer._fit): a torch.optim.SGD's ``param_groups`` and ``defaults``, and its
+    momentum kept elsewhere (an empty ``state``)."""
+
+    def __init__(self, parameters: Sequence[torch.nn.Parameter], lr: float, momentum: float):
+        self.defaults = {"lr": lr, "momentum": momentum, "dampening": 0, "weight_decay": 0}
+        self.param_groups = [{"params": list(parameters), **self.defaults}]
+        self.state: dict[Any, Any] = {}
+
+
 def _batch(dataset: Dataset, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Collate the (input, label) samples at ``indices``."""
     if isinstance(dataset, TensorDataset):
@@ -402,10 +426,17 @@ class Trainer:
         (a fresh momentum per call: the first step's buffer is that step's gradient, then
         ``buffer = momentum * buffer + gradient``; ``parameter -= lr * buffer``), bit for bit,
         without the optimizer's per-call and per-step machinery (its construction, step
-        wrappers, hooks and profiling): for a small model that machinery cost more than the
-        arithmetic (memory mode, 1000 peers: a third of the training time)."""
+        wrappers and profiling, and the first construction's import of torch._dynamo, 3 s in
+        each process): for a small model that machinery cost more than the arithmetic (memory
+        mode, 1000 peers: a third of the training time). torch's global optimizer step hooks
+        (``register_optimizer_step_pre_hook`` / ``_post_hook``) still see every step, given
+        a :class:`_SGDSteps` for the optimizer (the simulation counts steps with them)."""
+        if _STEP_HOOKS is None:  # a torch without them where we look: its own SGD
+            return self._fit_with_optimizer(parameters, batches)
+        pre_hooks, post_hooks = _STEP_HOOKS
         lr, momentum = self.config.lr, self.config.momentum
         momenta: list[torch.Tensor | None] = [None] * len(parameters)
+        steps = _SGDSteps(parameters, lr, momentum)
         module = self.model.module
         device = self._device
         total_loss, seen = 0.0, 0
@@ -416,6 +447,8 @@ class Trainer:
                 parameter.grad = None
             loss = F.cross_entropy(module(inputs), labels)
             loss.backward()
+            for pre_hook in tuple(pre_hooks.values()):
+                pre_hook(steps, (steps,), {})
             with torch.no_grad():
                 for i, parameter in enumerate(parameters):
                     step = parameter.grad
@@ -429,6 +462,26 @@ class Trainer:
                             buffer.mul_(momentum).add_(step)
                         step = buffer
                     parameter.add_(step, alpha=-lr)
+            for post_hook in tuple(post_hooks.values()):
+                post_hook(steps, (steps,), {})
+            total_loss += loss.item() * len(labels)
+            seen += len(labels)
+        return {"loss": total_loss / seen if seen else math.nan}
+
+    def _fit_with_optimizer(
+        self, parameters: Sequence[torch.nn.Parameter], batches: Iterable[torch.Tensor]
+    ) -> dict[str, float]:
+        """:meth:`_fit` through a fresh ``torch.optim.SGD``."""
+        optimizer = torch.optim.SGD(parameters, lr=self.config.lr, momentum=self.config.momentum)
+        device = self._device
+        total_loss, seen = 0.0, 0
+        for indices in batches:
+            inputs, labels = _batch(self.train_data, indices)
+            inputs, labels = inputs.to(device), labels.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(self.model.module(inputs), labels)
+            loss.backward()
+            optimizer.step()
             total_loss += loss.item() * len(labels)
             seen += len(labels)
         return {"loss": total_loss / seen if seen else math.nan}
