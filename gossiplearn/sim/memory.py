@@ -91,6 +91,10 @@ def run_memory(
         else:
             forked = stack.enter_context(_Forked(part, count))
             rounds = forked.rounds(plan, config.eval_every)
+            # The workers hold the learners now: this process's copies can go (and the
+            # pages they shared with the workers with them, as the workers train).
+            learners.clear()
+            part.learners.clear()
         result = MethodResult("gossiplearn", accuracy_per_round, complete=False)
         for done, record in enumerate(rounds, 1):
             refused += record.refused
@@ -540,6 +544,7 @@ class _Forked:
 
         context = multiprocessing.get_context("fork")
         self.part = part
+        self.peers = len(part.learners)
         self.count = count
         self.connections: list[Any] = []
         self.processes: list[Any] = []
@@ -584,7 +589,7 @@ class _Forked:
     ) -> Iterator[RoundRecord]:
         """Run ``plan`` (each round's groups); yield each round's record once every peer
         took in its average of that round (and was evaluated, if it was to be)."""
-        peers = len(self.part.learners)
+        peers = self.peers
         last = len(plan) - 1
         # peer -> (the round it is for, its contribution), as the workers send them back
         contributions: dict[int, tuple[int, tuple[np.ndarray, int, bytes]]] = {}
