@@ -623,6 +623,20 @@ class _Forked:
             if len(waiting[worker]) >= self.BATCH:
                 ask(worker)
 
+        # The round whose groups run now: each group's members still training for it, and
+        # the groups ready to run (all their members' contributions are here).
+        current_round = -1
+        missing: dict[int, int] = {}
+        group_of: dict[int, int] = {}
+        ready: list[int] = []
+
+        def arrived(peer: int, round_index: int) -> None:
+            if round_index == current_round and peer in group_of:
+                g = group_of[peer]
+                missing[g] -= 1
+                if not missing[g]:
+                    ready.append(g)
+
         def take_answer() -> None:
             kind, answer = self.answers.get()
             if kind == "error":
@@ -630,6 +644,7 @@ class _Forked:
             round_index, stepped, refused, accuracies, trained, stats = answer
             for peer, contribution in trained.items():
                 contributions[peer] = (round_index + 1, contribution)
+                arrived(peer, round_index + 1)
             tally.stepped(round_index, stepped, refused, accuracies, stats)
 
         # The first contributions, in the order the first round's groups need them.
@@ -644,21 +659,23 @@ class _Forked:
         now_ms: float = START_MS
         for round_index, groups in enumerate(plan):
             end_ms = now_ms
-            pending = list(enumerate(groups))
-            while pending:
-                ready = [
-                    (g, group)
-                    for g, group in pending
-                    if all(contributions.get(p, (-1,))[0] == round_index for p in group)
-                ]
+            current_round = round_index
+            group_of = {p: g for g, group in enumerate(groups) for p in group}
+            missing = {g: len(group) for g, group in enumerate(groups)}
+            ready = []
+            for peer in group_of:
+                if contributions.get(peer, (-1,))[0] == round_index:
+                    arrived(peer, round_index)
+            left = len(groups)
+            while left:
                 if not ready:
                     for worker in range(self.count):
                         ask(worker)  # what is waiting may be what the workers need to answer
                     take_answer()
                     continue
-                running = {g for g, _ in ready}
-                pending = [(g, group) for g, group in pending if g not in running]
-                for g, group in ready:
+                running, ready = ready, []
+                for g in running:
+                    group = groups[g]
                     shares = {p: contributions.pop(p)[1] for p in group}
                     adopt = [p for p in group if p not in self.part.nodes]
                     (finished, aborted, sent, group_end), _ = self.part.net(
@@ -668,9 +685,9 @@ class _Forked:
                     tally.ran(round_index, aborted, sent)
                     for p in group:
                         queue_step(round_index, p, finished.get(p, ()))
-            in_groups = {p for group in groups for p in group}
+                left -= len(running)
             for peer in range(peers):
-                if peer not in in_groups:  # sat this round out: evaluated and trained all the same
+                if peer not in group_of:  # sat this round out: evaluated and trained all the same
                     queue_step(round_index, peer, ())
             for worker in range(self.count):
                 ask(worker)
