@@ -437,9 +437,10 @@ class _Serial:
 
 
 class _Routed:
-    """The peers over ``count`` workers: peer p learns in worker p mod count; group g of
-    each round runs in worker g mod count, with its members' round machines (moved between
-    workers, pickled, when their next group runs elsewhere). This process only routes:
+    """The peers over ``count`` workers (memory mode over Ray, :class:`_RayPool`): peer p
+    learns in worker p mod count; group g of each round runs in worker g mod count, with its
+    members' round machines (moved between workers, pickled, when their next group runs
+    elsewhere: over Ray, for more peers than one machine holds). This process only routes:
     contributions to the groups, averages to the learners. A subclass says how a worker is
     asked (``_ask``: one (request, arguments) per worker, their answers)."""
 
