@@ -566,6 +566,9 @@ class _Forked:
             try:
                 self.answers.put(connection.recv())
             except (EOFError, OSError):
+                # A worker that died (killed, out of memory) answers nothing more: whoever
+                # waits for an answer learns it (after a normal stop nobody waits).
+                self.answers.put(("error", RuntimeError("a memory-mode worker process ended")))
                 return
 
     def __enter__(self) -> _Forked:
