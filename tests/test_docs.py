@@ -99,6 +99,8 @@ RUN_BY: dict[str, str] = {
     "python benchmarks/round_bench.py --net libp2p": SMALL,
     "python benchmarks/round_bench.py --net libp2p --n 1000000,10000000": SMALL,
     "python benchmarks/scale_bench.py": SMALL,
+    "python benchmarks/scale_bench.py --peers 1000 --rounds 20": SMALL,
+    "python benchmarks/scale_bench.py --peers 10000 --rounds 20": SMALL,
     "python benchmarks/crypto_bench.py": SMALL,
     "python benchmarks/idle_bench.py": SMALL,
     "python benchmarks/insider_bench.py": SMALL,

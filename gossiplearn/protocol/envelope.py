@@ -53,7 +53,7 @@ from gossiplearn.protocol.messages import (
 from gossiplearn.protocol.prescan import prescan
 from gossiplearn.protocol.replay import ReplayGuard
 from gossiplearn.protocol.schema import Record, binary, text, uint
-from gossiplearn.protocol.shards import MAX_SHARD_BYTES, Shard, shard_digest
+from gossiplearn.protocol.shards import MAX_SHARD_BYTES, SHARD_SCHEMA, Shard, shard_digest
 
 #: 3: round v3 (every round statement bound to its transcript, the READY roster agreement,
 #: weights declared in ACCEPT, no WEIGHT_SHARE). Frames of any other version are refused
@@ -189,7 +189,7 @@ def encode_envelope(
     sig = signer.sign(signed)
     if _detaches(body):
         fields = {"sender": sender, "recipient": recipient, "group": group, "seq": seq, "ts": ts}
-        before, after = _data_frame_parts(fields, body, sig)
+        before, after = _data_frame_parts(fields, body, sig, signed)
         data = body.shard.data  # type: ignore[attr-defined]
         return b"".join((before, _bin_header(len(data)), data, after))
     return _frame(signed, sig)
@@ -291,7 +291,9 @@ def verify_envelope(
     header, body = _decode(raw, limits, detached=False)
     signed = _signed(header, body)
     statement = _frame(signed, header["sig"])
-    if not (_canonical_detached(raw, header, body) if _detaches(body) else raw == statement):
+    if not (
+        _canonical_detached(raw, header, body, signed) if _detaches(body) else raw == statement
+    ):
         raise NonCanonicalEncoding("frame is not the canonical encoding of its content")
 
     sender = header["sender"]
@@ -316,11 +318,30 @@ def _bin_header(length: int) -> bytes:
     return b"\xc6" + length.to_bytes(4, "big")
 
 
-def _data_frame_parts(header: dict[str, Any], body: Message, sig: bytes) -> tuple[bytes, bytes]:
+def _data_last(body: Message) -> bool:
+    """Whether the shard's data is the last value of ``body``'s map (the shard is the body's
+    last field, the data the shard's last), so the last value of the signed map (whose body
+    is the last but one entry of the envelope, before "sig")."""
+    fields = body.SCHEMA.fields
+    return bool(fields) and fields[-1][0] == "shard" and SHARD_SCHEMA.fields[-1][0] == "data"
+
+
+def _data_frame_parts(
+    header: dict[str, Any], body: Message, sig: bytes, signed: bytes | None = None
+) -> tuple[bytes, bytes]:
     """(A, B) with the canonical frame of a message with shard data = A + bin(len) + data + B,
     found without packing the data (a 1 MiB copy, and msgpack's buffer growth): the frame
     packed with empty data is A + bin8(0) + B, and packed with one byte of data it differs
-    first at the length byte right after A."""
+    first at the length byte right after A.
+
+    ``signed``: the signed map (shard data left out, :func:`_signed_map`), if at hand. When the
+    data is the map's last value (PART and REDUCED: :func:`_data_last`), the frame with empty
+    data is the statement ``_frame(signed, sig)``, whose bin8(0) is the signed map's last two
+    bytes: A and B are cut from it, nothing packed again (memory mode, 1000 peers: 4% of a
+    run packed these frames twice more per message, at its sender and its receiver)."""
+    if signed is not None and _data_last(body) and signed.endswith(b"\xc4\x00"):
+        statement = _frame(signed, sig)
+        return statement[: len(signed) - 2], statement[len(signed) :]
 
     def frame_with(data: bytes) -> bytes:
         wire = body.to_wire()
@@ -356,11 +377,13 @@ def _first_difference(a: bytes, b: bytes) -> int:
     return low
 
 
-def _canonical_detached(raw: bytes, header: dict[str, Any], body: Message) -> bool:
+def _canonical_detached(
+    raw: bytes, header: dict[str, Any], body: Message, signed: bytes | None = None
+) -> bool:
     """Whether ``raw`` is the canonical frame of a message with shard data (which the
     decoder read from between the two parts that must match)."""
     data = body.shard.data  # type: ignore[attr-defined]
-    before, after = _data_frame_parts(header, body, header["sig"])
+    before, after = _data_frame_parts(header, body, header["sig"], signed)
     data_header = _bin_header(len(data))
     start = len(before) + len(data_header)
     end = start + len(data)

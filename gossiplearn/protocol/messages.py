@@ -88,6 +88,9 @@ class Message:
 
 
 def _to_wire(value: Any) -> Any:
+    kind = type(value)
+    if kind is bytes or kind is int or kind is str:  # most fields: no dataclass to look for
+        return value
     if isinstance(value, tuple):
         return [_to_wire(v) for v in value]
     if dataclasses.is_dataclass(value) and hasattr(value, "to_wire"):

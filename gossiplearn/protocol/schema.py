@@ -70,7 +70,13 @@ def array(item: Check, max_len: int, min_len: int = 0) -> Check:
             raise SchemaViolation(f"{where}: expected a list, got {type(value).__name__}")
         if not min_len <= len(value) <= max_len:
             raise SchemaViolation(f"{where}: {len(value)} items, expected {min_len}..{max_len}")
-        return tuple(item(element, f"{where}[{i}]") for i, element in enumerate(value))
+        try:
+            # Each element's place is only named if one fails (formatting it for every
+            # element of every frame cost more than the checks).
+            return tuple([item(element, where) for element in value])
+        except SchemaViolation:
+            # The checks are pure: the same element fails again, now with its place.
+            return tuple(item(element, f"{where}[{i}]") for i, element in enumerate(value))
 
     return check
 
@@ -90,7 +96,11 @@ class Record:
             expected = [key for key, _ in self.fields]
             got = [repr(k)[:32] for k in list(value)[: len(self.fields) + 2]]
             raise SchemaViolation(f"{where}: keys {got} do not match {expected}")
-        return {key: check(value[key], f"{where}.{key}") for key, check in self.fields}
+        try:
+            # Each field's place is only named if one fails (as in array).
+            return {key: check(value[key], where) for key, check in self.fields}
+        except SchemaViolation:
+            return {key: check(value[key], f"{where}.{key}") for key, check in self.fields}
 
     def __call__(self, value: Any, where: str) -> dict[str, Any]:
         return self.validate(value, where)

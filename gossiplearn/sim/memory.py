@@ -14,8 +14,8 @@ import os
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -82,36 +82,29 @@ def run_memory(
     with contextlib.ExitStack() as stack:
         stack.callback(gc.unfreeze)
         part = _Part(learners, nodes.__getitem__, config.max_weight, config.seed)
-        pool: _Serial | _Routed
+        rounds: Iterator[RoundRecord]
         if ray:
             pool = stack.enter_context(_RayPool(config, shards, ray))
+            rounds = _in_steps(pool, plan, config.eval_every)
         elif count <= 1:
-            pool = _Serial(part)
+            rounds = _in_steps(_Serial(part), plan, config.eval_every)
         else:
-            pool = stack.enter_context(_Forked(part, count))
-        finished: Finished = {}
-        now_ms: float = START_MS
+            forked = stack.enter_context(_Forked(part, count))
+            rounds = forked.rounds(plan, config.eval_every)
+            # The workers hold the learners now: this process's copies can go (and the
+            # pages they shared with the workers with them, as the workers train).
+            learners.clear()
+            part.learners.clear()
         result = MethodResult("gossiplearn", accuracy_per_round, complete=False)
-        for round_index, groups in enumerate(plan):
-            refusals, _, contributions, _ = pool.learn(finished, evaluate=False, train=True)
-            refused += refusals
-            following = plan[round_index + 1] if round_index + 1 < len(plan) else []
-            finished, round_aborted, round_sent, now_ms = pool.net(
-                round_index, now_ms, groups, following, contributions
-            )
-            aborted += round_aborted
-            sent.update(round_sent)
-            # Each peer takes in its round's average, then is evaluated (trained again at
-            # the start of the next round).
-            done = round_index + 1
-            evaluate = done % config.eval_every == 0 or done == config.rounds
-            refusals, accuracies, _, stats = pool.learn(finished, evaluate=evaluate, train=False)
-            refused += refusals
-            finished = {}
-            row = [accuracies[p] for p in range(peers)] if evaluate else [math.nan] * peers
+        for done, record in enumerate(rounds, 1):
+            refused += record.refused
+            aborted += record.aborted
+            sent.update(record.sent)
+            accuracies = record.accuracies
+            row = [accuracies[p] for p in range(peers)] if accuracies else [math.nan] * peers
             accuracy_per_round.append(row)
             bytes_per_peer = sum(sent.values()) / peers
-            train_steps, head_steps, fell_back, spent = stats
+            train_steps, head_steps, fell_back, spent = record.stats
             runs = max(peers * done, 1)
             result.bytes_per_peer = bytes_per_peer
             result.wall_s = time.perf_counter() - started
@@ -193,6 +186,14 @@ Finished = Mapping[int, Sequence[tuple[np.ndarray, np.ndarray]]]
 NetResult = tuple[dict[int, list[tuple[np.ndarray, np.ndarray]]], int, dict[int, int], float]
 
 
+#: What :meth:`_Part.step` did: (its round, how many peers it stepped, averages refused,
+#: accuracies by peer, contributions by peer, (training steps, head fine-tune steps, peers
+#: that fell back to their local model, epsilon spent by peer)).
+Stepped = tuple[
+    int, int, int, dict[int, float], Contributions, tuple[int, int, int, dict[int, float]]
+]
+
+
 def _processes(peers: int) -> int:
     """One worker per CPU this process may use, from PARALLEL_FROM peers (else none)."""
     if peers < PARALLEL_FROM:
@@ -204,6 +205,42 @@ def _epsilon(spent: Sequence[float]) -> dict[str, float]:
     if not spent or not any(spent):
         return {}
     return {"epsilon_spent_mean": float(np.mean(spent)), "epsilon_spent_max": float(max(spent))}
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """What a round did: averages refused, the peers' accuracies (peer -> accuracy, empty if
+    not evaluated), rounds aborted and bytes sent (peer -> bytes) in it, and :data:`Stats`
+    after it (cumulative)."""
+
+    refused: int
+    accuracies: Mapping[int, float]
+    aborted: int
+    sent: Mapping[int, int]
+    stats: Stats
+
+
+def _in_steps(
+    pool: _Serial | _Routed, plan: Sequence[Sequence[Sequence[int]]], eval_every: int
+) -> Iterator[RoundRecord]:
+    """The rounds of ``plan`` (each round's groups) in three steps each: every peer trains,
+    then every group runs its round, then every peer takes in its average (and is evaluated
+    every ``eval_every`` rounds and after the last)."""
+    finished: Finished = {}
+    now_ms: float = START_MS
+    for round_index, groups in enumerate(plan):
+        refusals, _, contributions, _ = pool.learn(finished, evaluate=False, train=True)
+        following = plan[round_index + 1] if round_index + 1 < len(plan) else []
+        finished, aborted, sent, now_ms = pool.net(
+            round_index, now_ms, groups, following, contributions
+        )
+        # Each peer takes in its round's average, then is evaluated (trained again at the
+        # start of the next round).
+        done = round_index + 1
+        evaluate = done % eval_every == 0 or done == len(plan)
+        applied, accuracies, _, stats = pool.learn(finished, evaluate=evaluate, train=False)
+        finished = {}
+        yield RoundRecord(refusals + applied, accuracies, aborted, sent, stats)
 
 
 class _Part:
@@ -255,6 +292,59 @@ class _Part:
                 contributions[peer] = (vector, weight, learner.model.schema_hash)
         fell_back, spent = self.finish()
         return refused, accuracies, contributions, (steps.train, steps.head, fell_back, spent)
+
+    def step(
+        self,
+        round_index: int,
+        items: Sequence[tuple[int, Sequence[tuple[np.ndarray, np.ndarray]]]],
+        evaluate: bool,
+        train: bool,
+    ) -> Stepped:
+        """Each peer of ``items`` ((peer, its averages of round ``round_index`` with its
+        contributions)), one after the other: takes in its averages, is evaluated (if asked)
+        and trains its next contribution (if asked); with what that did (:data:`Stepped`).
+        A peer's learner is its own: what one peer does changes nothing of another's, so
+        peers may be stepped in any order, in any process."""
+        from gossiplearn.sim.steps import PhaseSteps
+
+        steps = self.__dict__.setdefault("steps", PhaseSteps())
+        head_before, train_before = steps.head, steps.train
+        refused = fell_back = 0
+        accuracies: dict[int, float] = {}
+        spent: dict[int, float] = {}
+        contributions: Contributions = {}
+        for peer, pairs in items:
+            learner = self.learners[peer]
+            fell_before = learner.fell_back
+            for average, contribution in pairs:
+                with steps.phase("head"):
+                    applied = learner.apply(average, contribution, evaluate=False)
+                refused += not applied.accepted
+            fell_back += learner.fell_back - fell_before
+            if evaluate:
+                accuracies[peer] = accuracy_of(learner.evaluate())
+            privacy_spent = getattr(learner.trainer, "privacy_spent", None)
+            if callable(privacy_spent):
+                spent[peer] = float(privacy_spent()[0])
+            if train:
+                with steps.phase("train"):
+                    vector = learner.train_round()
+                weight = min(learner.trainer.num_train_samples, self.max_weight)
+                contributions[peer] = (vector, weight, learner.model.schema_hash)
+        head, trained = steps.head - head_before, steps.train - train_before
+        return (
+            round_index,
+            len(items),
+            refused,
+            accuracies,
+            contributions,
+            (
+                trained,
+                head,
+                fell_back,
+                spent,
+            ),
+        )
 
     def net(
         self,
@@ -334,8 +424,11 @@ class _Serial:
         contributions: Contributions,
     ) -> NetResult:
         adopt = [p for group in groups for p in group if p not in self.part.nodes]
+        # Only the groups' members contribute (a peer that sits the round out may have no
+        # round machine yet).
+        shares = {p: contributions[p] for group in groups for p in group}
         result, _ = self.part.net(
-            round_index, start_ms, list(enumerate(groups)), adopt, {}, contributions, []
+            round_index, start_ms, list(enumerate(groups)), adopt, {}, shares, []
         )
         return result
 
@@ -344,9 +437,10 @@ class _Serial:
 
 
 class _Routed:
-    """The peers over ``count`` workers: peer p learns in worker p mod count; group g of
-    each round runs in worker g mod count, with its members' round machines (moved between
-    workers, pickled, when their next group runs elsewhere). This process only routes:
+    """The peers over ``count`` workers (memory mode over Ray, :class:`_RayPool`): peer p
+    learns in worker p mod count; group g of each round runs in worker g mod count, with its
+    members' round machines (moved between workers, pickled, when their next group runs
+    elsewhere: over Ray, for more peers than one machine holds). This process only routes:
     contributions to the groups, averages to the learners. A subclass says how a worker is
     asked (``_ask``: one (request, arguments) per worker, their answers)."""
 
@@ -428,19 +522,36 @@ class _Routed:
         return sum(a[0] for a in answers), [e for a in answers for e in a[1]]
 
 
-class _Forked(_Routed):
-    """:class:`_Routed` over forked worker processes, each with a copy of everything built
-    so far (its own peers' learners, every round machine as created)."""
+class _Forked:
+    """Memory mode over forked worker processes: the peers' learners in ``count`` workers
+    (peer p in worker p mod count, each worker with a copy of everything built so far),
+    every round machine here, where every group's round runs. Round machines never move
+    (pickling one costs more than its round once it remembers 16 rounds' statements), and
+    the workers learn while this process runs the groups: as soon as a group's round is
+    over, its members take in their averages, are evaluated and train their next
+    contributions in their workers, and a group of the next round runs as soon as its
+    members' contributions are back. The groups of a round run from the virtual time the
+    last group of the round before ended, each on a network of its own, so the results are
+    those of one process."""
+
+    #: A worker is asked to step at most this many peers at once (smaller: the next
+    #: round's groups wait less for their members; larger: fewer messages).
+    BATCH = 32
 
     def __init__(self, part: _Part, count: int) -> None:
         import multiprocessing
+        import queue
+        import threading
 
         context = multiprocessing.get_context("fork")
+        self.part = part
+        self.peers = len(part.learners)
         self.count = count
-        self.home = {}
-        self.in_transit = {}
         self.connections: list[Any] = []
         self.processes: list[Any] = []
+        # Answers, read by one thread per worker: a worker that answers while this process
+        # is sending it more work never waits on a full pipe for this process to read.
+        self.answers: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         for index in range(count):
             here, there = context.Pipe()
             process = context.Process(target=_work, args=(there, part, index, count), daemon=True)
@@ -448,12 +559,25 @@ class _Forked(_Routed):
             there.close()
             self.connections.append(here)
             self.processes.append(process)
+            threading.Thread(target=self._read, args=(here,), daemon=True).start()
+
+    def _read(self, connection: Any) -> None:
+        while True:
+            try:
+                self.answers.put(connection.recv())
+            except (EOFError, OSError):
+                # A worker that died (killed, out of memory) answers nothing more: whoever
+                # waits for an answer learns it (after a normal stop nobody waits).
+                self.answers.put(("error", RuntimeError("a memory-mode worker process ended")))
+                return
+
+    def __enter__(self) -> _Forked:
+        return self
 
     def __exit__(self, failed: object, *_: object) -> None:
         for connection in self.connections:
             with contextlib.suppress(OSError):
                 connection.send(("stop", ()))
-            connection.close()
         for process in self.processes:
             if failed is not None:  # Ctrl-C, SIGTERM, an error: no waiting for a busy worker
                 process.kill()
@@ -461,17 +585,186 @@ class _Forked(_Routed):
             if process.is_alive():
                 process.kill()
                 process.join()
-
-    def _ask(self, messages: Sequence[tuple[str, tuple[Any, ...]]]) -> list[Any]:
-        for connection, message in zip(self.connections, messages, strict=True):
-            connection.send(message)
-        answers = []
         for connection in self.connections:
-            kind, answer = connection.recv()
+            connection.close()
+
+    def rounds(
+        self, plan: Sequence[Sequence[Sequence[int]]], eval_every: int
+    ) -> Iterator[RoundRecord]:
+        """Run ``plan`` (each round's groups); yield each round's record once every peer
+        took in its average of that round (and was evaluated, if it was to be)."""
+        peers = self.peers
+        last = len(plan) - 1
+        # peer -> (the round it is for, its contribution), as the workers send them back
+        contributions: dict[int, tuple[int, tuple[np.ndarray, int, bytes]]] = {}
+        waiting: list[list[tuple[int, Sequence[tuple[np.ndarray, np.ndarray]]]]] = [
+            [] for _ in range(self.count)
+        ]
+        asked: list[tuple[int, bool, bool]] = [(-1, False, True)] * self.count
+        tally = _Tally(len(plan))
+
+        def ask(worker: int) -> None:
+            items = waiting[worker]
+            if items:
+                round_index, evaluate, train = asked[worker]
+                self.connections[worker].send(("step", (round_index, items, evaluate, train)))
+                waiting[worker] = []
+
+        def queue_step(
+            round_index: int, peer: int, pairs: Sequence[tuple[np.ndarray, np.ndarray]]
+        ) -> None:
+            worker = peer % self.count
+            done = round_index + 1
+            how = (
+                round_index,
+                round_index >= 0 and (done % eval_every == 0 or round_index == last),
+                round_index < last,
+            )
+            if asked[worker] != how:
+                ask(worker)
+                asked[worker] = how
+            waiting[worker].append((peer, pairs))
+            if len(waiting[worker]) >= self.BATCH:
+                ask(worker)
+
+        # The round whose groups run now: each group's members still training for it, and
+        # the groups ready to run (all their members' contributions are here).
+        current_round = -1
+        missing: dict[int, int] = {}
+        group_of: dict[int, int] = {}
+        ready: list[int] = []
+
+        def arrived(peer: int, round_index: int) -> None:
+            if round_index == current_round and peer in group_of:
+                g = group_of[peer]
+                missing[g] -= 1
+                if not missing[g]:
+                    ready.append(g)
+
+        def take_answer() -> None:
+            kind, answer = self.answers.get()
             if kind == "error":
                 raise answer
-            answers.append(answer)
-        return answers
+            round_index, stepped, refused, accuracies, trained, stats = answer
+            for peer, contribution in trained.items():
+                contributions[peer] = (round_index + 1, contribution)
+                arrived(peer, round_index + 1)
+            tally.stepped(round_index, stepped, refused, accuracies, stats)
+
+        # The first contributions, in the order the first round's groups need them.
+        first = plan[0] if plan else []
+        order = [p for group in first for p in group]
+        order += sorted(set(range(peers)) - set(order))
+        for peer in order:
+            queue_step(-1, peer, ())
+        for worker in range(self.count):
+            ask(worker)
+        emitted = 0
+        now_ms: float = START_MS
+        for round_index, groups in enumerate(plan):
+            end_ms = now_ms
+            current_round = round_index
+            group_of = {p: g for g, group in enumerate(groups) for p in group}
+            missing = {g: len(group) for g, group in enumerate(groups)}
+            ready = []
+            for peer in group_of:
+                if contributions.get(peer, (-1,))[0] == round_index:
+                    arrived(peer, round_index)
+            left = len(groups)
+            while left:
+                if not ready:
+                    for worker in range(self.count):
+                        ask(worker)  # what is waiting may be what the workers need to answer
+                    take_answer()
+                    continue
+                running, ready = ready, []
+                for g in running:
+                    group = groups[g]
+                    shares = {p: contributions.pop(p)[1] for p in group}
+                    adopt = [p for p in group if p not in self.part.nodes]
+                    (finished, aborted, sent, group_end), _ = self.part.net(
+                        round_index, now_ms, [(g, group)], adopt, {}, shares, []
+                    )
+                    end_ms = max(end_ms, group_end)
+                    tally.ran(round_index, aborted, sent)
+                    for p in group:
+                        queue_step(round_index, p, finished.get(p, ()))
+                left -= len(running)
+            for peer in range(peers):
+                if peer not in group_of:  # sat this round out: evaluated and trained all the same
+                    queue_step(round_index, peer, ())
+            for worker in range(self.count):
+                ask(worker)
+            now_ms = end_ms
+            while emitted < round_index + 1 and tally.complete(emitted, peers):
+                yield tally.record(emitted, peers)
+                emitted += 1
+        while emitted < len(plan):
+            if tally.complete(emitted, peers):
+                yield tally.record(emitted, peers)
+                emitted += 1
+            else:
+                take_answer()
+
+
+class _Tally:
+    """What :class:`_Forked` heard of each round so far, into :class:`RoundRecord` s."""
+
+    def __init__(self, rounds: int) -> None:
+        self.stepped_peers = [0] * rounds
+        self.refused = [0] * rounds
+        self.accuracies: list[dict[int, float]] = [{} for _ in range(rounds)]
+        self.aborted = [0] * rounds
+        self.sent: list[dict[int, int]] = [{} for _ in range(rounds)]
+        # training steps for round r (taken after round r - 1), head steps of round r, peers
+        # that fell back in round r, epsilon spent by peer after round r
+        self.train = [0] * (rounds + 1)
+        self.head = [0] * rounds
+        self.fell_back = [0] * rounds
+        self.spent: list[dict[int, float]] = [{} for _ in range(rounds)]
+
+    def ran(self, round_index: int, aborted: int, sent: Mapping[int, int]) -> None:
+        self.aborted[round_index] += aborted
+        self.sent[round_index].update(sent)
+
+    def stepped(
+        self,
+        round_index: int,
+        peers: int,
+        refused: int,
+        accuracies: Mapping[int, float],
+        stats: tuple[int, int, int, Mapping[int, float]],
+    ) -> None:
+        trained, head, fell_back, spent = stats
+        self.train[round_index + 1] += trained
+        if round_index < 0:
+            return
+        self.stepped_peers[round_index] += peers
+        self.refused[round_index] += refused
+        self.accuracies[round_index].update(accuracies)
+        self.head[round_index] += head
+        self.fell_back[round_index] += fell_back
+        self.spent[round_index].update(spent)
+
+    def complete(self, round_index: int, peers: int) -> bool:
+        return self.stepped_peers[round_index] == peers
+
+    def record(self, round_index: int, peers: int) -> RoundRecord:
+        upto = round_index + 1
+        spent = self.spent[round_index]
+        stats: Stats = (
+            sum(self.train[:upto]),
+            sum(self.head[:upto]),
+            sum(self.fell_back[:upto]),
+            [spent[p] for p in sorted(spent)],
+        )
+        return RoundRecord(
+            self.refused[round_index],
+            self.accuracies[round_index],
+            self.aborted[round_index],
+            self.sent[round_index],
+            stats,
+        )
 
 
 class _RayPool(_Routed):
@@ -554,9 +847,11 @@ def _work(connection: Any, part: _Part, index: int, count: int) -> None:
         if kind == "stop":
             return
         try:
-            if kind == "learn":
+            if kind == "step":
+                answer: Any = part.step(*payload)
+            elif kind == "learn":
                 finished, evaluate, train = payload
-                answer: Any = part.learn(finished, evaluate=evaluate, train=train)
+                answer = part.learn(finished, evaluate=evaluate, train=train)
             elif kind == "net":
                 answer = part.net(*payload)
             else:  # "finish"

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from gossiplearn.crypto import Identity
+from gossiplearn.protocol import envelope as envelope_module
 from gossiplearn.protocol.envelope import VERSION, decode_envelope, encode_envelope
 from gossiplearn.protocol.errors import NonCanonicalEncoding
 from gossiplearn.protocol.messages import Part, Reduced
@@ -51,3 +52,18 @@ def test_shard_data_in_a_wider_container_is_non_canonical() -> None:
     assert wider != frame
     with pytest.raises(NonCanonicalEncoding):
         decode_envelope(wider, recipient=BOB.public_key, now_ms=1_000, replay=ReplayGuard())
+
+
+@pytest.mark.parametrize("body", _bodies(), ids=lambda b: f"{b.TYPE}-{b.shard.length}")
+def test_frame_parts_cut_from_the_statement_are_the_packed_ones(body: Part | Reduced) -> None:
+    """PART and REDUCED end with their shard's data: the parts around it are cut from the
+    signed map, and are those found by packing the frame twice and comparing."""
+    header: dict[str, object] = {"sender": ALICE.public_key, "recipient": BOB.public_key}
+    header |= {"group": GROUP, "seq": 5, "ts": 1_000}
+    signed = envelope_module._signed_map(
+        VERSION, body.TYPE, ALICE.public_key, BOB.public_key, GROUP, 5, 1_000, body.to_signed_wire()
+    )
+    sig = ALICE.sign(signed)
+    assert envelope_module._data_last(body)
+    cut = envelope_module._data_frame_parts(header, body, sig, signed)
+    assert cut == envelope_module._data_frame_parts(header, body, sig)

@@ -1,6 +1,6 @@
 """Memory mode in worker processes (from PARALLEL_FROM peers): each peer learns in one
-worker, each group's round runs in one worker (round machines move between workers, pickled),
-and the results are exactly those of one process."""
+worker while the groups' rounds run in the main process (round machines never move), and
+the results are exactly those of one process."""
 
 import pytest
 
@@ -27,3 +27,25 @@ def test_workers_give_the_results_of_one_process():
     assert split.extra == alone.extra and split.bytes_per_peer == alone.bytes_per_peer
     assert alone.extra["rounds_aborted"] == 0 and len(alone.final) == 23
     assert [r[0] for r in reported] == [1, 2, 3]
+
+
+@pytest.mark.timeout(300)
+def test_workers_with_a_peer_sitting_rounds_out_give_the_results_of_one_process():
+    # 5 peers in groups of 3..4: one sits each round out (and is evaluated and trained all
+    # the same); evaluated every other round and after the last
+    config = SimConfig(
+        peers=5,
+        rounds=3,
+        dataset="synthetic",
+        partition="synthetic:1,1",
+        mode="memory",
+        hidden=(16,),
+        group_size=4,
+        eval_every=2,
+    ).validate()
+    shards = load_data(config)
+    alone = run_memory(config, shards, processes=1)
+    split = run_memory(config, shards, processes=2)
+    assert str(split.accuracy_per_round) == str(alone.accuracy_per_round)  # NaN rows too
+    assert split.extra == alone.extra and split.bytes_per_peer == alone.bytes_per_peer
+    assert split.steps_per_round == alone.steps_per_round

@@ -10,7 +10,7 @@ different optimizer, another batch source): it is built as
 ``Class(model, data, config, **training.options)``.
 
 Deterministic by construction: each epoch's shuffle comes from a fresh ``torch.Generator``
-seeded from ``(config.seed, epoch counter)``, and a fresh optimizer is made per call (momentum
+seeded from ``(config.seed, epoch counter)``, and each call starts SGD with a fresh momentum (momentum
 from before an averaging round would point the wrong way after it). The daemon runs these
 calls in a worker thread, so nothing here touches torch's global state (no set_num_threads,
 no global seeding, no DataLoader worker processes or threads).
@@ -225,11 +225,42 @@ class TrainConfig:
             raise ValueError("momentum must be in [0, 1)")
 
 
+def _step_hooks() -> tuple[Mapping[int, Any], Mapping[int, Any]] | None:
+    """torch's global optimizer step (pre, post) hooks, where torch 2 keeps them; None if
+    this torch keeps them elsewhere."""
+    from torch.optim import optimizer
+
+    pre = getattr(optimizer, "_global_optimizer_pre_hooks", None)
+    post = getattr(optimizer, "_global_optimizer_post_hooks", None)
+    return (pre, post) if isinstance(pre, Mapping) and isinstance(post, Mapping) else None
+
+
+_STEP_HOOKS = _step_hooks()
+
+
+class _SGDSteps:
+    """What torch's global optimizer step hooks are given for the built-in trainer's SGD
+    steps (see Trainer._fit): a torch.optim.SGD's ``param_groups`` and ``defaults``, and its
+    momentum kept elsewhere (an empty ``state``)."""
+
+    def __init__(self, parameters: Sequence[torch.nn.Parameter], lr: float, momentum: float):
+        self.defaults = {"lr": lr, "momentum": momentum, "dampening": 0, "weight_decay": 0}
+        self.param_groups = [{"params": list(parameters), **self.defaults}]
+        self.state: dict[Any, Any] = {}
+
+
 def _batch(dataset: Dataset, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Collate the (input, label) samples at ``indices``."""
     if isinstance(dataset, TensorDataset):
-        # Fancy indexing whole tensors is much faster than one __getitem__ per sample.
-        inputs, labels = (tensor[indices] for tensor in dataset.tensors)
+        # Gathering from whole tensors is much faster than one __getitem__ per sample, and
+        # index_select (the same rows, copied) a few times faster than fancy indexing's
+        # parsing of the index for a small batch.
+        inputs, labels = (
+            torch.index_select(tensor, 0, indices)
+            if tensor.device == indices.device
+            else tensor[indices]
+            for tensor in dataset.tensors
+        )
     else:
         inputs, labels = default_collate([dataset[int(i)] for i in indices])
     return inputs, labels
@@ -389,7 +420,58 @@ class Trainer:
     def _fit(
         self, parameters: Sequence[torch.nn.Parameter], batches: Iterable[torch.Tensor]
     ) -> dict[str, float]:
-        """SGD on ``parameters`` over ``batches`` (index tensors); the mean per-sample loss."""
+        """SGD on ``parameters`` over ``batches`` (index tensors); the mean per-sample loss.
+
+        The arithmetic of ``torch.optim.SGD(parameters, lr, momentum)``'s single-tensor path
+        (a fresh momentum per call: the first step's buffer is that step's gradient, then
+        ``buffer = momentum * buffer + gradient``; ``parameter -= lr * buffer``), bit for bit,
+        without the optimizer's per-call and per-step machinery (its construction, step
+        wrappers and profiling, and the first construction's import of torch._dynamo, 3 s in
+        each process): for a small model that machinery cost more than the arithmetic (memory
+        mode, 1000 peers: a third of the training time). torch's global optimizer step hooks
+        (``register_optimizer_step_pre_hook`` / ``_post_hook``) still see every step, given
+        a :class:`_SGDSteps` for the optimizer (the simulation counts steps with them)."""
+        if _STEP_HOOKS is None:  # a torch without them where we look: its own SGD
+            return self._fit_with_optimizer(parameters, batches)
+        pre_hooks, post_hooks = _STEP_HOOKS
+        lr, momentum = self.config.lr, self.config.momentum
+        momenta: list[torch.Tensor | None] = [None] * len(parameters)
+        steps = _SGDSteps(parameters, lr, momentum)
+        module = self.model.module
+        device = self._device
+        total_loss, seen = 0.0, 0
+        for indices in batches:
+            inputs, labels = _batch(self.train_data, indices)
+            inputs, labels = inputs.to(device), labels.to(device)
+            for parameter in parameters:
+                parameter.grad = None
+            loss = F.cross_entropy(module(inputs), labels)
+            loss.backward()
+            for pre_hook in tuple(pre_hooks.values()):
+                pre_hook(steps, (steps,), {})
+            with torch.no_grad():
+                for i, parameter in enumerate(parameters):
+                    step = parameter.grad
+                    if step is None:
+                        continue  # as torch's SGD: no gradient, no step (nor momentum)
+                    if momentum != 0:
+                        buffer = momenta[i]
+                        if buffer is None:
+                            buffer = momenta[i] = step.detach().clone()
+                        else:
+                            buffer.mul_(momentum).add_(step)
+                        step = buffer
+                    parameter.add_(step, alpha=-lr)
+            for post_hook in tuple(post_hooks.values()):
+                post_hook(steps, (steps,), {})
+            total_loss += loss.item() * len(labels)
+            seen += len(labels)
+        return {"loss": total_loss / seen if seen else math.nan}
+
+    def _fit_with_optimizer(
+        self, parameters: Sequence[torch.nn.Parameter], batches: Iterable[torch.Tensor]
+    ) -> dict[str, float]:
+        """:meth:`_fit` through a fresh ``torch.optim.SGD``."""
         optimizer = torch.optim.SGD(parameters, lr=self.config.lr, momentum=self.config.momentum)
         device = self._device
         total_loss, seen = 0.0, 0
@@ -434,17 +516,29 @@ class Trainer:
         """
         module = self.model.module
         module.train()
-        for module_name, submodule in module.named_modules():
-            tensor_names = (
-                f"{module_name}.{name}" if module_name else name
-                for name, _ in chain(submodule.named_parameters(), submodule.named_buffers())
-            )
-            if not any(self.model.is_head(name) for name in tensor_names):
-                submodule.eval()
+        for submodule in self._headless(module):
+            submodule.eval()
         with _frozen(self.model.backbone_parameters()):
             if self.privacy is not None:
                 return self._fit_private(self.model.head_parameters(), self.planned_steps()[1])
             return self._fit(self.model.head_parameters(), self._epochs(self.config.head_epochs))
+
+    def _headless(self, module: torch.nn.Module) -> list[torch.nn.Module]:
+        """The submodules of ``module`` that hold no head tensor (found once per module: a
+        walk over every submodule's tensor names each fine-tune cost more than the fine-tune
+        of a small head)."""
+        found = getattr(self, "_headless_of", None)
+        if found is None or found[0] is not module:
+            headless = []
+            for module_name, submodule in module.named_modules():
+                tensor_names = (
+                    f"{module_name}.{name}" if module_name else name
+                    for name, _ in chain(submodule.named_parameters(), submodule.named_buffers())
+                )
+                if not any(self.model.is_head(name) for name in tensor_names):
+                    headless.append(submodule)
+            found = self._headless_of = (module, headless)
+        return found[1]
 
     def evaluate(self, split: str = "test") -> dict[str, float]:
         """Accuracy, error (1 - accuracy) and mean cross-entropy ("loss") on ``split``."""
@@ -498,14 +592,23 @@ class Trainer:
 
     @torch.no_grad()
     def _forward(self, dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
-        self.model.module.eval()
+        module = self.model.module
+        module.eval()
         device = self._device
         samples: int = len(dataset)  # type: ignore[arg-type]
-        losses, correct = [], []
-        for indices in torch.arange(samples).split(max(self.config.batch_size, _MIN_EVAL_BATCH)):
+        size = max(self.config.batch_size, _MIN_EVAL_BATCH)
+        if isinstance(dataset, TensorDataset) and samples <= size:
+            # One batch of every sample, in order: the dataset's own tensors (the same
+            # values as gathered rows, without the gather and the concatenations).
+            inputs, labels = (tensor.to(device).contiguous() for tensor in dataset.tensors)
+            logits = module(inputs)
+            losses = F.cross_entropy(logits, labels, reduction="none").double().cpu()
+            return losses.numpy(), (logits.argmax(dim=1) == labels).cpu().numpy()
+        losses_of, correct_of = [], []
+        for indices in torch.arange(samples).split(size):
             inputs, labels = _batch(dataset, indices)
             inputs, labels = inputs.to(device), labels.to(device)
-            logits = self.model.module(inputs)
-            losses.append(F.cross_entropy(logits, labels, reduction="none").double().cpu())
-            correct.append((logits.argmax(dim=1) == labels).cpu())
-        return torch.cat(losses).numpy(), torch.cat(correct).numpy()
+            logits = module(inputs)
+            losses_of.append(F.cross_entropy(logits, labels, reduction="none").double().cpu())
+            correct_of.append((logits.argmax(dim=1) == labels).cpu())
+        return torch.cat(losses_of).numpy(), torch.cat(correct_of).numpy()

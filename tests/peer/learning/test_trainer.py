@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from gossiplearn.peer.learning.architectures import mlp
 from gossiplearn.peer.learning.split_model import SplitModel
@@ -120,3 +121,24 @@ def test_generic_datasets_train_like_tensor_datasets(shard):
     generic.train_local()
     assert fast.model.model_digest() == generic.model.model_digest()
     assert fast.evaluate() == generic.evaluate()
+
+
+def test_sgd_is_torchs_bit_for_bit_and_its_steps_are_seen_by_the_global_hooks(shard):
+    """The trainer does torch.optim.SGD's arithmetic itself (no optimizer per call): the
+    same weights, bit for bit, and torch's global step hooks see every step."""
+    config = TrainConfig(epochs=2, head_epochs=1, momentum=0.9)
+    ours, theirs = make_trainer(shard, config), make_trainer(shard, config)
+    theirs._fit = theirs._fit_with_optimizer  # type: ignore[method-assign]
+    seen: list[object] = []
+    handle = register_optimizer_step_post_hook(lambda optimizer, *_: seen.append(optimizer))
+    try:
+        ours.train_local()
+        ours.finetune_head()
+    finally:
+        handle.remove()
+    theirs.train_local()
+    theirs.finetune_head()
+    assert ours.model.model_digest() == theirs.model.model_digest()
+    batches = -(-len(shard[0]) // config.batch_size)
+    assert len(seen) == (config.epochs + config.head_epochs) * batches
+    assert all(group["lr"] == config.lr for step in seen for group in step.param_groups)
