@@ -8,17 +8,23 @@ from gossiplearn.sim.config import SimConfig, load_data
 from gossiplearn.sim.memory import run_memory
 
 
-@pytest.mark.timeout(300)
-def test_workers_give_the_results_of_one_process():
-    config = SimConfig(
-        peers=23,
+def synthetic_config(peers: int, **overrides: object) -> SimConfig:
+    """Memory mode, 3 rounds of groups of up to 4 on Synthetic(1, 1) data, a small MLP."""
+    return SimConfig(
+        peers=peers,
         rounds=3,
         dataset="synthetic",
         partition="synthetic:1,1",
         mode="memory",
         hidden=(16,),
         group_size=4,
+        **overrides,  # type: ignore[arg-type]
     ).validate()
+
+
+@pytest.mark.timeout(300)
+def test_workers_give_the_results_of_one_process():
+    config = synthetic_config(peers=23)
     shards = load_data(config)
     alone = run_memory(config, shards, processes=1)
     reported = []
@@ -33,16 +39,7 @@ def test_workers_give_the_results_of_one_process():
 def test_workers_with_a_peer_sitting_rounds_out_give_the_results_of_one_process():
     # 5 peers in groups of 3..4: one sits each round out (and is evaluated and trained all
     # the same); evaluated every other round and after the last
-    config = SimConfig(
-        peers=5,
-        rounds=3,
-        dataset="synthetic",
-        partition="synthetic:1,1",
-        mode="memory",
-        hidden=(16,),
-        group_size=4,
-        eval_every=2,
-    ).validate()
+    config = synthetic_config(peers=5, eval_every=2)
     shards = load_data(config)
     alone = run_memory(config, shards, processes=1)
     split = run_memory(config, shards, processes=2)

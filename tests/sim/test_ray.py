@@ -149,18 +149,11 @@ def test_sigterm_stops_every_daemon_and_actor(cluster, tmp_path):
 def test_memory_mode_over_actors_on_both_nodes_gives_the_local_results(cluster):
     import ray
 
-    from gossiplearn.sim.config import SimConfig, load_data
+    from gossiplearn.sim.config import load_data
     from gossiplearn.sim.memory import run_memory
+    from tests.sim.test_memory_workers import synthetic_config
 
-    config = SimConfig(
-        peers=30,
-        rounds=3,
-        dataset="synthetic",
-        partition="synthetic:1,1",
-        mode="memory",
-        hidden=(16,),
-        group_size=4,
-    ).validate()
+    config = synthetic_config(peers=30)
     shards = load_data(config)
     here = run_memory(config, shards, processes=1)
     spread = run_memory(config, shards, ray=cluster.address)  # 6 actors: 6 CPUs, 2 nodes
