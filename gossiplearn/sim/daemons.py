@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import runpy
@@ -160,8 +161,60 @@ LAST_ROUNDS = 2
 
 
 def _budget_s(config: SimConfig, timeout_s: float | None) -> float:
-    """How long real daemons get to finish their rounds: start-up plus 30 s a round."""
+    """How long Ray may take to place the daemons: start-up plus 30 s a round."""
     return timeout_s if timeout_s is not None else 120 + 30 * config.rounds
+
+
+#: Real daemons are given up on once none of them made progress (answered its status for the
+#: first time, finished a round) for this long. On a quiet machine 10 daemons start in 3-4 s
+#: and a round takes under a second; beside six spinning processes on 2 cores (load 12-20) a
+#: Ray run's six daemons needed over 200 s to start and finish 3 rounds. A fixed budget for the
+#: whole run (it was 120 s + 30 s a round) cut such runs short although they were progressing;
+#: a stall of 5 minutes with nothing finished anywhere is a sim that is stuck.
+STALL_S = 300.0
+
+log = logging.getLogger("gossiplearn.sim")
+
+
+class Patience:
+    """When to give up on real daemons: after ``stall_s`` without progress (see
+    :data:`STALL_S`), or after ``timeout_s`` in all if one is given."""
+
+    def __init__(self, stall_s: float = STALL_S, timeout_s: float | None = None) -> None:
+        self.stall_s = stall_s
+        self.began = self.progressed = time.monotonic()
+        self.timeout_s = timeout_s
+        self._seen: tuple[int, int] = (0, 0)
+
+    def note(self, documents: Sequence[dict[str, Any] | None]) -> None:
+        """Record the latest status documents (None: not answering yet)."""
+        seen = (sum(d is not None for d in documents), sum(_rounds_done(documents)))
+        if seen != self._seen:
+            self._seen = seen
+            self.progressed = time.monotonic()
+
+    def expired(self) -> bool:
+        now = time.monotonic()
+        if self.timeout_s is not None and now - self.began >= self.timeout_s:
+            return True
+        return now - self.progressed >= self.stall_s
+
+    def gave_up(self, documents: Sequence[dict[str, Any] | None], rounds: int, logs: str) -> None:
+        """Say, in the log, why the run ends with peers short of rounds, and where the
+        daemons' own logs are (``logs``)."""
+        short = sum(done < rounds for done in _rounds_done(documents))
+        if self.timeout_s is not None and time.monotonic() - self.began >= self.timeout_s:
+            why = f"the run's {self.timeout_s:g} s are up"
+        else:
+            why = f"no daemon started or finished a round for {self.stall_s:g} s"
+        log.warning(
+            "gave up on the daemons: %s; %d of %d peers are short of %d rounds (their logs: %s)",
+            why,
+            short,
+            len(documents),
+            rounds,
+            logs,
+        )
 
 
 def _rounds_done(documents: Sequence[dict[str, Any] | None]) -> list[int]:
@@ -416,8 +469,8 @@ def run_process(
         # stop the ones already running (they are in sessions of their own).
         for directory in dirs:
             processes.append(fork_peer(directory))
-        deadline = time.monotonic() + _budget_s(config, timeout_s)
-        while time.monotonic() < deadline:
+        patience = Patience(timeout_s=timeout_s)
+        while True:
             for i, port in enumerate(ports):
                 documents[i] = _fetch_status(port) or documents[i]
                 if processes[i].poll() is not None:
@@ -431,6 +484,10 @@ def run_process(
             _partial(on_result, documents, config.rounds, reported, started, lambda: steps)
             done = min(_rounds_done(documents))
             if done >= config.rounds:
+                break
+            patience.note(documents)
+            if patience.expired():
+                patience.gave_up(documents, config.rounds, f"{out_dir}/peers/*/logs/peer.log")
                 break
             # Every second (each poll asks every daemon for its whole status), and four times
             # as often for the last rounds: the run ends when the last peer is seen done.
@@ -473,7 +530,7 @@ def run_inproc(
 
     started = time.perf_counter()
     dirs = prepare_peers(out_dir, config)
-    budget = _budget_s(config, timeout_s)
+    patience = Patience(timeout_s=timeout_s)
     documents: list[dict[str, Any] | None] = [None] * len(dirs)
     reported = [0]
     counter = StepCounter()
@@ -487,7 +544,7 @@ def run_inproc(
         async with trio.open_nursery() as nursery:
             for peer in peers:
                 nursery.start_soon(peer.run, stop)
-            with trio.move_on_after(budget) as waiting:
+            with trio.CancelScope() as waiting:
                 async with trio.open_nursery() as watch:
                     # SIGTERM or Ctrl-C ends the waiting; the peers then stop as at the end.
                     watch.start_soon(trio_stop_on_signals, signals, waiting)
@@ -499,6 +556,11 @@ def run_inproc(
                         _report(documents, config.rounds, progress)
                         _partial(on_result, documents, config.rounds, reported, started, steps_now)
                         if min(_rounds_done(documents)) >= config.rounds:
+                            break
+                        patience.note(documents)
+                        if patience.expired():
+                            logs = f"{out_dir}/peers/inproc.log"
+                            patience.gave_up(documents, config.rounds, logs)
                             break
                     watch.cancel_scope.cancel()
             stop.set()

@@ -28,6 +28,7 @@ from typing import Any
 
 from gossiplearn.sim.config import Progress, SimConfig
 from gossiplearn.sim.daemons import (
+    Patience,
     _budget_s,
     _partial,
     _report,
@@ -185,8 +186,8 @@ def run_ray_process(
         for directory, (ip, _, _, node), remote in zip(dirs, places, remote_dirs, strict=True):
             placement = {"ip": ip, "node": node, "directory": remote}
             (directory / "placement.json").write_text(json.dumps(placement) + "\n")
-        deadline = time.monotonic() + _budget_s(config, timeout_s)
-        while time.monotonic() < deadline:
+        patience = Patience(timeout_s=timeout_s)
+        while True:
             _poll(ray, hosts, lost, documents, dirs)
             live = [documents[i] for i in range(config.peers) if i not in lost]
             if not live:
@@ -194,6 +195,11 @@ def run_ray_process(
             _report(documents, config.rounds, progress)
             _partial(on_result, live, config.rounds, reported, started, lambda: steps)
             if min(_rounds_done(live)) >= config.rounds:
+                break
+            patience.note(live)
+            if patience.expired():
+                where = f"on their nodes, placement.json in {out_dir}/peers/* says where"
+                patience.gave_up(live, config.rounds, where)
                 break
             time.sleep(1.0)
     finally:

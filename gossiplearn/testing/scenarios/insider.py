@@ -92,9 +92,17 @@ async def honest_rounds_per_minute(
     seconds: float = 60.0,
     honest: int = 4,
     interval_s: float = 0.5,
+    min_rounds: int | None = None,
+    until_blocked: bool = False,
 ) -> InsiderRun:
     """Run ``honest`` daemons and an insider running ``attack`` for ``seconds``; see the
-    module docstring."""
+    module docstring.
+
+    With ``min_rounds`` (and ``until_blocked``), the run ends as soon as honest peers finished
+    that many rounds (and at least one honest peer backs the insider off), ``seconds`` being
+    only the bound: a test then waits for the count it asserts, not for wall time a loaded
+    machine may stretch. Without them it runs ``seconds`` whole (the benchmark's rate).
+    """
     if attack not in ATTACKS:
         raise ValueError(f"attack must be one of {', '.join(ATTACKS)}")
     node_class, make_attack = ATTACKS[attack]
@@ -127,6 +135,9 @@ async def honest_rounds_per_minute(
             while time.monotonic() - began < seconds:
                 await trio.sleep(0.25)
                 collect()
+                enough = min_rounds is not None and len(set(finished) - seen_before) >= min_rounds
+                if enough and (not until_blocked or _blocked_by(insider, others) >= 1):
+                    break
             nursery.cancel_scope.cancel()
         elapsed = time.monotonic() - began
         new = {g: w for g, w in finished.items() if g not in seen_before}
@@ -141,10 +152,15 @@ async def honest_rounds_per_minute(
             for stored in ProofStore(peer.directory / EVIDENCE_DIR).load():
                 if verify_proof(stored.proof).peer in honest_keys:
                     proofs += 1
-        blocked_by = sum(key_of(insider) in p.engine.view.blocked for p in others)
+        blocked_by = _blocked_by(insider, others)
     return InsiderRun(
         attack, elapsed, len(honest_groups), len(with_insider), aborts, proofs, blocked_by
     )
+
+
+def _blocked_by(insider: Any, others: list[Any]) -> int:
+    """Honest peers backing the insider off or refusing it now."""
+    return sum(key_of(insider) in p.engine.view.blocked for p in others)
 
 
 def run(work_dir: Path, attack: str, **options: Any) -> InsiderRun:
@@ -153,18 +169,33 @@ def run(work_dir: Path, attack: str, **options: Any) -> InsiderRun:
 
 
 def insider_figures(
-    work_dir: Path, classes: list[str], *, seconds: float = 60.0, interval_s: float = 10.0
+    work_dir: Path,
+    classes: list[str],
+    *,
+    seconds: float = 60.0,
+    interval_s: float = 10.0,
+    min_rounds: int | None = None,
 ) -> dict[str, Any]:
     """insider_bench's line: per attack class, a control run (the insider runs honest code)
-    then the attack, ``seconds`` each; the ratios are taken against the mean of the controls."""
+    then the attack, ``seconds`` each; the ratios are taken against the mean of the controls.
+
+    With ``min_rounds``, each run ends once honest peers finished that many rounds (an attack
+    run: and one of them backs the insider off), ``seconds`` being the bound (tests)."""
     unknown = [attack for attack in classes if attack not in ATTACKS]
     if unknown:
         raise ValueError(f"attack must be one of {', '.join(ATTACKS)}, not {unknown}")
     controls, results = [], {}
     for i, attack in enumerate(classes):
-        options = {"seconds": seconds, "interval_s": interval_s}
+        options: dict[str, Any] = {
+            "seconds": seconds,
+            "interval_s": interval_s,
+            "min_rounds": min_rounds,
+        }
         controls.append(run(Path(work_dir) / f"control-{i}", "none", **options))
-        results[attack] = run(Path(work_dir) / attack, attack, **options)
+        until_blocked = min_rounds is not None and attack != "none"
+        results[attack] = run(
+            Path(work_dir) / attack, attack, **options, until_blocked=until_blocked
+        )
     control = sum(c.honest_rounds_per_minute for c in controls) / max(len(controls), 1)
     line: dict[str, Any] = {
         "seconds": seconds,
