@@ -103,7 +103,11 @@ async def test_only_admitted_peers_reserve_and_are_relayed() -> None:
     foreign = Host(outsider, listen(), Admission([r.public_key, f.public_key]))
     async with relay.run(), hidden.run(), unknown.run(), foreign.run():
         await reserved(hidden)
-        await trio.sleep(1.0)  # the stranger's reservation attempts have failed by now
+        # The stranger tried: the relay refused its connection (not admitted), so no
+        # reservation of its can exist, now or later.
+        with trio.fail_after(30):
+            while relay.counters.refused_connections == 0:
+                await trio.sleep(0.02)
         assert unknown.relaying is not None and not unknown.relaying.held()
         served = relay.relaying.status()["service"]  # type: ignore[union-attr]
         assert served["reservations"] == 1
