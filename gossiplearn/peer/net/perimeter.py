@@ -378,8 +378,8 @@ def _remember_scopes(swarm: object) -> None:
 def _release_scopes(slot: _InboundSlot) -> None:
     """Close the scopes of a connection whose upgrade never returned. libp2p closes them in
     its own cleanup, unless its handler was cancelled first (it did not return within UNWIND_S
-    of its socket being closed: on a machine at load 12-20, 29 of ~1,600 stranger connections
-    in one run): that cleanup then stops at its first await, and the scope's count stays in the
+    of its socket being closed: 29 counts in one flood of silent strangers, on a machine at
+    load 12-20): that cleanup then stops at its first await, and the scope's count stays in the
     resource manager for good (at 1,000 it refuses everyone). A scope's close is idempotent."""
     for scope in slot.scopes:
         with contextlib.suppress(Exception):
