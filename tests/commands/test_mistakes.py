@@ -309,6 +309,11 @@ def ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def default_sigint() -> None:
+    """As a terminal's foreground job has it (whatever the suite itself was started with)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sigint", ["default", "ignored"])
 def test_sigterm_to_sim_stops_every_peer(tmp_path: Path, sigint: str):
     """SIGTERM stops a simulation and all its daemons even where SIGINT is ignored (it used to
@@ -332,7 +337,7 @@ def test_sigterm_to_sim_stops_every_peer(tmp_path: Path, sigint: str):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=ignore_sigint if sigint == "ignored" else None,
+        preexec_fn=ignore_sigint if sigint == "ignored" else default_sigint,
     )
     try:
         locks = [out / "peers" / f"peer-{i}" / LOCK_FILE for i in range(3)]
@@ -541,6 +546,10 @@ def test_status_addr_of_a_peer_that_does_not_answer(running, tmp_path: Path):
 
 INTERRUPTED_IMPORT = """
 import importlib.abc, os, runpy, signal, sys
+
+# Ctrl-C as a terminal's foreground job gets it: a suite started in the background of a script
+# (`make test &`) runs with SIGINT ignored, and its children inherit that.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 class CtrlC(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
