@@ -9,22 +9,35 @@ Once the roster is known (its transcript T names this round instance), member i 
    that sent two members the roster in different orders made their masks add instead of
    cancel, and read the difference of their vectors.
 2. **Share**: sends member p part p of its masked vector (PART shards): it encodes
-   (w_i / W) * x_i in Z/2^32, W the sum of the weights every member declared in its signed
+   (w_i / W) * x_i in the ring, W the sum of the weights every member declared in its signed
    ACCEPT (all in the roster, so W is agreed with the transcript), and adds its pairwise masks.
    Pair seeds are derived from the transcript and mask signs from the order of the members'
    identity keys, so a mask cancels only between two members that hold the same transcript.
    This is the moment the contribution is spent (:attr:`Aggregation.shared`).
-3. **Reduce**: once it holds every member's piece of its part p, it sums them (the masks
-   cancel) and sends the reduced part to every member (REDUCED shards, each carrying the
-   digest of the whole reduced part).
-4. **Confirm**: once it holds every reduced part, it computes the average, checks it is
-   plausible, and sends every member a CONFIRM: a digest of the transcript and every part
-   digest, and the REDUCED statements it received. Nothing is applied yet.
+3. **Reduce**: it adds every member's piece of its part p into the sum as the shards arrive,
+   and sends each shard of the reduced part to every member (REDUCED) as soon as every
+   member's elements of it are in; the part's last shard carries the digest of the whole
+   reduced part (hashed shard by shard as they go).
+4. **Confirm**: once it holds every reduced part (each decoded into the average and hashed as
+   its shards arrived, and the hash checked against the reducer's signed part digest), it
+   checks the average is plausible and sends every member a CONFIRM: a digest of the
+   transcript and every part digest, and the REDUCED statements (last shards' headers) it
+   received. Nothing is applied yet.
 5. **Done**: every other member's CONFIRM arrived and its digest equals this member's. A
    relayed statement that conflicts with one this member holds is an equivocation proof; a
    digest that differs without such a proof is its sender's fault (an honest member's digest
    can only differ from another honest member's if some reducer equivocated, and then its
    evidence proves it).
+
+**The round streams.** Steps 2 to 4 overlap, shard by shard (as hivemind's butterfly
+all-reduce does): :meth:`Aggregation.work` encodes and masks one shard of every part at a
+time (the masks of that range only, the PRG seeked to it: crypto/masks.py), first while the
+READYs travel and then sending each as it is masked; a reducer adds each PART shard as it
+arrives and sends reduced shards on at once; a member decodes and hashes reduced shards as
+they arrive. The driver calls :meth:`work` whenever it has nothing else to feed the machine
+(``pending_work``). What is signed and checked is unchanged but for one thing: a reducer's
+statement about its part (the digest CONFIRM compares) is signed once, in the last shard,
+since it is known only then.
 
 Every PART, REDUCED and CONFIRM carries T; one of another instance is its signer's fault (all
 members agreed on T first). Any failure raises :class:`~gossiplearn.protocol.events.RoundFault`
@@ -41,7 +54,7 @@ import dataclasses
 import enum
 import hashlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import msgpack
 import numpy as np
@@ -66,10 +79,11 @@ from gossiplearn.protocol.messages import (
     Roster,
 )
 from gossiplearn.protocol.safeguards import Safeguards
-from gossiplearn.protocol.shards import Shard, ordered_shards, split_shards
+from gossiplearn.protocol.shards import Shard, make_shard, shard_layout
 
-#: Adds a member's pairwise masks to ``vector`` in place: (vector, my index, seeds by index).
-Masking = Callable[[np.ndarray, int, Mapping[int, bytes]], object]
+#: Adds a member's pairwise masks to ``vector`` in place: (vector, my index, seeds by index,
+#: the element of the whole vector that ``vector`` starts at).
+Masking = Callable[[np.ndarray, int, Mapping[int, bytes], int], object]
 PAIRWISE_MASKS: Masking = apply_pairwise_masks
 
 _MASK_LABEL = b"mask"
@@ -78,7 +92,9 @@ _DIGEST_PERSON = b"gossiplearn.cfm3"
 _PART_CONTEXT = "gossiplearn round v3 reduced part digest"
 
 
-def no_masks(vector: np.ndarray, index: int, seeds: Mapping[int, bytes]) -> np.ndarray:
+def no_masks(
+    vector: np.ndarray, index: int, seeds: Mapping[int, bytes], offset: int = 0
+) -> np.ndarray:
     """The plaintext baseline's "masking": none (benchmarks only; see plaintext.py)."""
     return vector
 
@@ -89,15 +105,25 @@ def part_bounds(length: int, parts: int) -> list[tuple[int, int]]:
     return list(zip(cuts[:-1], cuts[1:], strict=True))
 
 
+#: What a masked shard's elements are replaced with once they went out.
+_SENT = np.empty(0, np.uint8)
+
 #: The wire dtype of each ring's elements.
 RING_DTYPES = {32: "u4", 16: "u2", 8: "u1"}
 
 
+def part_hasher() -> blake3:
+    """A part digest computed incrementally: update it with the shards' data in order."""
+    return blake3(derive_key_context=_PART_CONTEXT)
+
+
 def part_digest(reduced: np.ndarray) -> bytes:
-    """The digest a reducer signs in every REDUCED shard of its part (ring elements of any
-    width, little-endian)."""
+    """The digest a reducer signs in the last REDUCED shard of its part (ring elements of any
+    width, little-endian): what :class:`_Incoming` hashes shard by shard."""
     data = np.ascontiguousarray(reduced, dtype=reduced.dtype.newbyteorder("<"))
-    return blake3(data.view(np.uint8).data, derive_key_context=_PART_CONTEXT).digest(32)
+    hasher = part_hasher()
+    hasher.update(data.view(np.uint8).data)
+    return hasher.digest(32)
 
 
 @dataclass(frozen=True)
@@ -127,45 +153,61 @@ class Step(enum.Enum):
 Outgoing = tuple[int, Message]  # (member index, body)
 
 
-@dataclass
-class _ShardSet:
-    """Shards of one vector piece from one sender, bounded by the piece's expected size."""
+class _Incoming:
+    """Shards of one vector piece from one sender, taken in order of their offsets as they
+    arrive (a shard ahead of a gap waits for it), bounded by the piece's expected size.
 
-    expected_length: int
-    dtype: str = "u4"
-    shards: dict[int, Shard] = field(default_factory=dict)
-    total: int | None = None
-    received_elements: int = 0
+    Each element is taken exactly once: a shard that overlaps one taken or waiting is refused,
+    and a complete set must cover the piece without a gap.
+    """
 
-    def add(self, shard: Shard, what: str, blamed: tuple[bytes, ...]) -> None:
+    def __init__(self, expected_length: int, dtype: str) -> None:
+        self.expected_length = expected_length
+        self.dtype = dtype
+        self.total: int | None = None
+        self.indices: set[int] = set()
+        self.received_elements = 0
+        #: Elements [0, taken) were handed out by :meth:`add`, in order.
+        self.taken = 0
+        self._waiting: dict[int, Shard] = {}  # by offset
+
+    def add(self, shard: Shard, what: str, blamed: tuple[bytes, ...]) -> list[Shard]:
+        """Check and keep ``shard``; returns the shards that now continue the taken prefix,
+        in order."""
         if shard.dtype != self.dtype:
             raise RoundFault(f"bad_{what}_dtype", blamed)
         if self.total is not None and shard.total != self.total:
             raise RoundFault(f"inconsistent_{what}_shards", blamed)
-        if shard.index in self.shards:
+        if shard.index in self.indices:
             raise RoundFault(f"duplicate_{what}_shard", blamed)
         self.received_elements += shard.length
-        if self.received_elements > self.expected_length:
+        if (
+            self.received_elements > self.expected_length
+            or shard.offset + shard.length > self.expected_length
+        ):
             raise RoundFault(f"oversized_{what}", blamed)
+        if shard.offset < self.taken or shard.offset in self._waiting:
+            raise RoundFault(f"bad_{what}", blamed)  # overlaps a shard already in
         self.total = shard.total
-        self.shards[shard.index] = shard
+        self.indices.add(shard.index)
+        self._waiting[shard.offset] = shard
+        ready = []
+        while self.taken in self._waiting:
+            nxt = self._waiting.pop(self.taken)
+            ready.append(nxt)
+            self.taken += nxt.length
+        if len(self.indices) == self.total and not self.complete:
+            raise RoundFault(f"bad_{what}", blamed)  # every shard in, and a gap or overlap
+        return ready
 
     @property
     def complete(self) -> bool:
-        return self.total is not None and len(self.shards) == self.total
-
-    def ordered(self, what: str, blamed: tuple[bytes, ...]) -> list[Shard]:
-        """The complete set in order (checked: no gap, overlap or excess), data not copied."""
-        try:
-            # Every shard here came in a verified envelope: its data matched its digest.
-            return ordered_shards(
-                self.shards.values(),
-                dtype=self.dtype,
-                length=self.expected_length,
-                digests_checked=True,
-            )
-        except ProtocolError:
-            raise RoundFault(f"bad_{what}", blamed) from None
+        return (
+            self.total is not None
+            and len(self.indices) == self.total
+            and self.taken == self.expected_length
+            and not self._waiting
+        )
 
 
 class Aggregation:
@@ -252,17 +294,35 @@ class Aggregation:
                 secret, binding, me, member, _CHANNEL_LABEL
             )
         start, end = self._bounds[index]
-        self._parts = {j: _ShardSet(end - start, self._dtype) for j in range(m) if j != index}
+        itemsize = np.dtype(self._dtype).itemsize
+        # What this member masks and sends, one shard of every part at a time: its own part
+        # first (its share of the sum it reduces), then the next members' in turn from its
+        # own index on, so that the reducers are not all served in the same order.
+        self._layouts = [
+            shard_layout(stop - begin, itemsize, shard_bytes) for begin, stop in self._bounds
+        ]
+        order = [(index + step) % m for step in range(m)]
+        most = max(total for _, total in self._layouts)
+        self._chunks = [(p, s) for s in range(most) for p in order if s < self._layouts[p][1]]
+        self._masked_chunks: list[tuple[int, int, np.ndarray]] = []  # (part, shard, elements)
+        self._chunks_sent = 0
+        # Reducing part `index`: the sum so far, and each member's pieces, taken in order.
+        self._sum: np.ndarray | None = np.zeros(end - start, dtype=self._dtype)
+        self._own_taken = 0  # elements of this member's own piece added to the sum
+        self._parts = {j: _Incoming(end - start, self._dtype) for j in range(m) if j != index}
+        self._reduced_layout = shard_layout(end - start, itemsize, shard_bytes)
+        self._reduced_sent = 0  # shards of the reduced part sent
+        self._own_hasher: blake3 | None = part_hasher()
+        self._own_digest: bytes | None = None
+        # The reduced parts of the others, hashed and decoded as their shards arrive.
         self._reduced = {
-            j: _ShardSet(stop - begin, self._dtype)
+            j: _Incoming(stop - begin, self._dtype)
             for j, (begin, stop) in enumerate(self._bounds)
             if j != index
         }
+        self._hashers = {j: part_hasher() for j in self._reduced}
+        self._average: np.ndarray | None = None
         self._ready: set[int] = set()
-        self._masked: np.ndarray | None = None
-        self._own_part: np.ndarray | None = None
-        self._own_reduced: np.ndarray | None = None
-        self._own_digest: bytes | None = None
         # reducer index -> (part digest, REDUCED statement) of what this member received
         self._seen: dict[int, tuple[bytes, bytes]] = {}
         self._confirms: dict[int, tuple[Confirm, bytes]] = {}  # (body, statement)
@@ -316,47 +376,76 @@ class Aggregation:
         proof = EquivocationProof(self.group.roster_statement, ready.roster).encode()
         return RoundFault("equivocation", (initiator,), proof)
 
-    # ---- step 2: share ----
+    # ---- step 2: share (streamed) ----
 
     @property
     def pending_work(self) -> bool:
-        """Whether :meth:`prepare` has work to do: encoding and masking this member's vector
-        while it waits for the READYs (nothing it needs depends on them; nothing goes out)."""
-        return self.step is Step.AGREE and self._masked is None
+        """Whether :meth:`work` has work to do: shards to encode and mask while the READYs
+        travel (nothing goes out before they agreed), or masked shards still to send."""
+        if self.step is Step.AGREE:
+            return len(self._masked_chunks) < len(self._chunks)
+        return self.step is Step.COLLECT and self._chunks_sent < len(self._chunks)
 
-    def prepare(self) -> None:
-        """Encode and mask this member's vector ahead of the READYs (the driver calls it once
-        the READYs are sent: the masks are generated while the others' READYs travel)."""
-        if self._masked is not None:
-            return
+    def work(self) -> list[Outgoing]:
+        """One step of this member's own work: encode and mask the next shard of every part;
+        once every READY agreed, send them (and what its own shard lets it reduce)."""
+        if not self.pending_work:
+            return []
+        if self.step is Step.AGREE:
+            for _ in range(self._step_size(len(self._masked_chunks))):
+                self._mask_next()
+            return []
+        return self._send_next() + self._progress()
+
+    def _step_size(self, done: int) -> int:
+        """Chunks in one step from chunk ``done`` on: one shard of every part that has one."""
+        return len({part for part, _ in self._chunks[done : done + len(self.members)]})
+
+    def _send_next(self) -> list[Outgoing]:
+        out: list[Outgoing] = []
+        for _ in range(self._step_size(self._chunks_sent)):
+            if self._chunks_sent == len(self._masked_chunks):
+                self._mask_next()
+            part, shard, elements = self._masked_chunks[self._chunks_sent]
+            out += self._send_chunk(part, shard, elements)
+            self._masked_chunks[self._chunks_sent] = (part, shard, _SENT)  # not kept twice
+            self._chunks_sent += 1
+        return out
+
+    def _mask_next(self) -> None:
+        """Encode and mask the next shard of the plan (masks of that range only)."""
+        part, shard = self._chunks[len(self._masked_chunks)]
+        start = self._bounds[part][0]
+        per_shard, _ = self._layouts[part]
+        begin = start + shard * per_shard
+        stop = min(begin + per_shard, self._bounds[part][1])
         share = self.group.weights[self.index] / self._total_weight
+        values = self.contribution.vector[begin:stop]
         if self._narrow is not None:
-            encoded, self.clipped = self._narrow.encode(
-                self.contribution.vector, share, self._rounding
-            )
+            encoded, clipped = self._narrow.encode(values, share, self._rounding)
         else:
-            encoded, self.clipped = encode(
-                self.contribution.vector, self.group.params.frac_bits, scale=share
-            )
-        self._masking(encoded, self._rank[self.index], self._mask_seeds)
-        self._masked = encoded
+            encoded, clipped = encode(values, self.group.params.frac_bits, scale=share)
+        self.clipped += clipped
+        self._masking(encoded, self._rank[self.index], self._mask_seeds, begin)
+        self._masked_chunks.append((part, shard, encoded))
+
+    def _send_chunk(self, part: int, shard: int, elements: np.ndarray) -> list[Outgoing]:
+        per_shard, total = self._layouts[part]
+        if part == self.index:
+            assert self._sum is not None
+            at = shard * per_shard
+            piece = self._sum[at : at + elements.size]
+            np.add(piece, elements, out=piece)
+            self._own_taken = at + elements.size
+            return []
+        data = make_shard(elements, shard, total, shard * per_shard)
+        return [(part, Part(self.transcript, part, data))]
 
     def _share(self) -> list[Outgoing]:
-        """This member's PARTs: the moment its contribution is spent."""
-        out: list[Outgoing] = []
-        self.prepare()
-        encoded = self._masked
-        assert encoded is not None
+        """Every READY agreed: this member's masked shards may go out, the first of them now.
+        The moment its contribution is spent."""
         self.shared = True
-        for j, (start, end) in enumerate(self._bounds):
-            if j == self.index:
-                self._own_part = encoded[start:end]
-                continue
-            out += [
-                (j, Part(self.transcript, j, shard))
-                for shard in split_shards(encoded[start:end], self._shard_bytes)
-            ]
-        return out
+        return self._send_next()
 
     # ---- inputs ----
 
@@ -374,17 +463,31 @@ class Aggregation:
         if isinstance(body, Part):
             if body.part != self.index:
                 raise RoundFault("misaddressed_part", blamed)
-            self._parts[sender].add(body.shard, "part", blamed)
+            incoming = self._parts[sender]
+            taken = incoming.add(body.shard, "part", blamed)
+            assert self._sum is not None  # a round that ended gets no more frames
+            for shard in taken:
+                piece = self._sum[shard.offset : shard.offset + shard.length]
+                np.add(piece, shard.array(), out=piece)
         elif isinstance(body, Reduced):
             if body.part != sender:
                 raise RoundFault("misattributed_reduced", blamed)
-            known = self._seen.get(sender)
-            if known is None:
-                self._seen[sender] = (body.part_digest, envelope.statement)
-            elif known[0] != body.part_digest:
-                proof = EquivocationProof(known[1], envelope.statement).encode()
-                raise RoundFault("equivocation", blamed, proof)
-            self._reduced[sender].add(body.shard, "reduced", blamed)
+            if body.final:
+                known = self._seen.get(sender)
+                if known is None:
+                    self._seen[sender] = (body.part_digest, envelope.statement)
+                elif known[0] != body.part_digest:
+                    proof = EquivocationProof(known[1], envelope.statement).encode()
+                    raise RoundFault("equivocation", blamed, proof)
+            reduced = self._reduced[sender]
+            start = self._bounds[sender][0]
+            for shard in reduced.add(body.shard, "reduced", blamed):
+                self._hashers[sender].update(shard.data)
+                self._decode_into_average(start + shard.offset, shard.array())
+            if reduced.complete:
+                claimed = self._seen.get(sender)
+                if claimed is None or self._hashers[sender].digest(32) != claimed[0]:
+                    raise RoundFault("bad_reduced_digest", blamed)
         else:
             if sender in self._confirms:
                 raise RoundFault("unexpected_confirm", blamed)
@@ -396,6 +499,8 @@ class Aggregation:
         for (informational: such a member may itself be waiting for someone else)."""
         if self.step is Step.AGREE:
             return tuple(self.members[j] for j in self._ready_expected() if j not in self._ready)
+        if self._chunks_sent < len(self._chunks):
+            return ()  # this member's own shards are still going out: it waits for nobody
         first = [j for j in self._others() if not self._parts[j].complete]
         if first:
             return tuple(self.members[j] for j in first)
@@ -414,7 +519,12 @@ class Aggregation:
         self.contribution = dataclasses.replace(self.contribution, vector=empty)
         self._parts = {}
         self._reduced = {}
-        self._masked = self._own_part = self._own_reduced = None
+        self._masked_chunks = []
+        self._sum = self._average = None
+        # Hash states of the streamed parts: done with, and a remembered round must pickle
+        # (memory mode moves round machines between worker processes).
+        self._own_hasher = None
+        self._hashers = {}
         if self.result is not None:
             self.result = dataclasses.replace(self.result, average=empty)
 
@@ -442,8 +552,7 @@ class Aggregation:
             out += self._share()
         if self.step is Step.AGREE:
             return out
-        if self._own_reduced is None and all(s.complete for s in self._parts.values()):
-            out += self._reduce()
+        out += self._reduce()
         if self.step is Step.COLLECT and self._view_complete():
             out += self._confirm()
             if not self._safeguards.confirm:
@@ -454,57 +563,57 @@ class Aggregation:
         return out
 
     def _reduce(self) -> list[Outgoing]:
-        assert self._own_part is not None
-        reduced = self._own_part.copy()
-        for j, shard_set in self._parts.items():
-            for shard in shard_set.ordered("part", (self.members[j],)):
-                piece = reduced[shard.offset : shard.offset + shard.length]
-                np.add(piece, shard.array(), out=piece)
-        self._own_reduced = reduced
-        digest = part_digest(reduced)
-        self._own_digest = digest
-        shards = split_shards(reduced, self._shard_bytes)
-        return [
-            (j, Reduced(self.transcript, self.index, digest, shard))
-            for j in self._others()
-            for shard in shards
-        ]
+        """Send every shard of the reduced part whose elements every member has added."""
+        if self._sum is None or self._own_digest is not None:
+            return []
+        ready = min([self._own_taken, *(incoming.taken for incoming in self._parts.values())])
+        per_shard, total = self._reduced_layout
+        out: list[Outgoing] = []
+        start = self._bounds[self.index][0]
+        while self._reduced_sent < total:
+            index = self._reduced_sent
+            at = index * per_shard
+            end = min(at + per_shard, self._sum.size)
+            if end > ready:
+                break
+            shard = make_shard(self._sum[at:end], index, total, at)
+            assert self._own_hasher is not None
+            self._own_hasher.update(shard.data)
+            self._decode_into_average(start + at, self._sum[at:end])
+            self._reduced_sent += 1
+            digest = b""
+            if index == total - 1:
+                digest = self._own_digest = self._own_hasher.digest(32)
+            reduced = Reduced(self.transcript, self.index, digest, shard)
+            out += [(j, reduced) for j in self._others()]
+        return out
+
+    def _decode_into_average(self, at: int, piece: np.ndarray) -> None:
+        """decode(sum) of ``piece`` straight into the float32 average, shard by shard (no
+        full-size temporaries)."""
+        if self._average is None:
+            self._average = np.empty(self.group.params.length, dtype=np.float32)
+        target = self._average[at : at + piece.size]
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # see _confirm
+            if self._narrow is not None:
+                self._narrow.decode(piece, out=target)
+            else:
+                decode(piece, self.group.params.frac_bits, RING32, np.float32, out=target)
 
     def _view_complete(self) -> bool:
-        return self._own_reduced is not None and all(s.complete for s in self._reduced.values())
+        return self._own_digest is not None and all(s.complete for s in self._reduced.values())
 
     def _confirm(self) -> list[Outgoing]:
-        assert self._own_reduced is not None and self._own_digest is not None
-        params = self.group.params
-        # decode(sum) straight into the float32 average, part by part (no full-size
-        # temporaries: a 10M-element round used to make four).
-        average = np.empty(params.length, dtype=np.float32)
-        digests = []
-        for j, (start, _end) in enumerate(self._bounds):
-            if j == self.index:
-                pieces = [(0, self._own_reduced)]
-                digests.append(self._own_digest)
-            else:
-                # Shard by shard, never joined: the part's digest is the hash of their data
-                # in order (the same bytes part_digest hashes), and each decodes in place.
-                blamed = (self.members[j],)
-                shards = self._reduced[j].ordered("reduced", blamed)
-                hasher = blake3(derive_key_context=_PART_CONTEXT)
-                for shard in shards:
-                    hasher.update(shard.data)
-                claimed = self._seen[j][0]
-                if hasher.digest(32) != claimed:
-                    raise RoundFault("bad_reduced_digest", blamed)
-                digests.append(claimed)
-                pieces = [(shard.offset, shard.array()) for shard in shards]
-            for offset, piece in pieces:
-                at = start + offset
-                target = average[at : at + piece.size]
-                with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # see below
-                    if self._narrow is not None:
-                        self._narrow.decode(piece, out=target)
-                    else:
-                        decode(piece, params.frac_bits, RING32, np.float32, out=target)
+        assert self._own_digest is not None
+        # Every reduced part was decoded into the average and its hash checked against its
+        # reducer's signed digest as its shards arrived (receive).
+        average = self._average
+        if average is None:
+            average = self._average = np.empty(0, dtype=np.float32)
+        digests = [
+            self._own_digest if j == self.index else self._seen[j][0]
+            for j in range(len(self.members))
+        ]
         # Garbage from a member decodes to values spread over the ring's range; every honest
         # member holds this same average, so all reach the same verdict (NaN fails it too:
         # min and max are NaN if any element is).

@@ -1,7 +1,7 @@
 """Evidence of what a member was sent, and proofs that a peer equivocated.
 
 Some messages of a round are one value meant for every member: the initiator's ROSTER, a
-reducer's REDUCED part (committed by its ``part_digest``) and a member's CONFIRM (its digest
+reducer's REDUCED part (committed by the ``part_digest`` of its last shard) and a member's CONFIRM (its digest
 of the result). A member that sends different values of one of these to different members is
 equivocating: that is how one insider could make the others compute different averages, or
 mask them so that they add up instead of cancelling.
@@ -51,6 +51,8 @@ def claim_of(envelope: Envelope, *, bind_transcript: bool = True) -> tuple[Slot,
     if isinstance(body, Roster):
         return ("ROSTER", b"", 0), msgpack.packb(body.to_wire(), use_bin_type=True)
     if isinstance(body, Reduced):
+        if not body.final:  # a shard before the last commits to no part digest
+            return None
         bound = body.transcript if bind_transcript else b""
         return ("REDUCED", bound, body.part), body.part_digest
     if isinstance(body, Confirm):

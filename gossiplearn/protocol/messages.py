@@ -265,9 +265,13 @@ class Part(_ShardMessage):
 class Reduced(_ShardMessage):
     """One shard of reduced part ``part`` (that part of the group's sum), sent to every member.
 
-    ``part_digest`` is the digest of the whole reduced part, the same in each of its shards:
-    one signed shard header therefore commits its reducer to the entire part, so members can
-    compare what they received with a single relayed statement per part (see CONFIRM).
+    The round streams: a reducer sends each shard as soon as every member's pieces of it are
+    in, before the rest of the part is reduced. So only the part's last shard (index total - 1)
+    carries ``part_digest``, the digest of the whole reduced part, hashed incrementally over
+    the shards in order; the others carry an empty one. That one signed header commits its
+    reducer to the entire part, so members compare what they received with a single relayed
+    statement per part (see CONFIRM), and a receiver that hashed the shards it got checks
+    them against it.
     """
 
     TYPE = "REDUCED"
@@ -276,7 +280,7 @@ class Reduced(_ShardMessage):
         (
             ("transcript", _transcript),
             ("part", uint(MAX_GROUP - 1)),
-            ("part_digest", binary(HASH_BYTES)),
+            ("part_digest", binary(sizes=(0, HASH_BYTES))),
             ("shard", SHARD_SCHEMA),
         ),
     )
@@ -284,6 +288,16 @@ class Reduced(_ShardMessage):
     part: int
     part_digest: bytes
     shard: Shard
+
+    def __post_init__(self) -> None:
+        last = self.shard.index == self.shard.total - 1
+        if last != bool(self.part_digest):
+            raise SchemaViolation("REDUCED: the part digest comes with the last shard only")
+
+    @property
+    def final(self) -> bool:
+        """The part's last shard: its header is the reducer's statement about the part."""
+        return bool(self.part_digest)
 
 
 @dataclass(frozen=True)

@@ -225,7 +225,7 @@ class Node(Endings):
         if group.phase is Phase.CLOSING:
             return group.closing_until_ms
         if group.aggregation is not None and group.aggregation.pending_work:
-            return group.stats.started_ms  # now: masks to generate while the READYs travel
+            return group.stats.started_ms  # now: shards to mask or send (Aggregation.work)
         if group.phase is not Phase.RUNNING:
             return min(group.invite_deadline_ms, group.deadline_ms)
         return group.deadline_ms
@@ -378,7 +378,13 @@ class Node(Endings):
                 actions.extend(self._end_closing(group, now_ms))
             return actions
         if group.aggregation is not None and group.aggregation.pending_work:
-            group.aggregation.prepare()
+            # The round streams: mask the next shards (and send them once the READYs agreed).
+            try:
+                self._emit(group, group.aggregation.work(), now_ms, actions)
+            except RoundFault as fault:
+                actions.extend(self._abort(group, fault, now_ms))
+            if self._group is not group:
+                return actions
         if (
             now_ms >= group.deadline_ms
             and group.phase is Phase.RUNNING
@@ -626,8 +632,6 @@ class Node(Endings):
             safeguards=self._safeguards,
         )
         self._emit(group, group.aggregation.start(), now_ms, actions)
-        if group.aggregation is not None and group.aggregation.pending_work:
-            actions.append(Wake(now_ms))  # encode and mask once the READYs are out
 
     def _dispatch(
         self,
@@ -726,6 +730,8 @@ class Node(Endings):
         for index, body in outgoing:
             actions.append(self._send(group, group.members[index], body, now_ms))
         if aggregation.step is not Step.DONE:
+            if aggregation.pending_work:
+                actions.append(Wake(now_ms))  # shards to mask or send: the driver's idle time
             return
         result = aggregation.result
         assert result is not None

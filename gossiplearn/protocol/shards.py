@@ -119,28 +119,37 @@ def dtype_name(dtype: np.dtype) -> str:
     raise ShardError(f"dtype {dtype} has no wire form (expected one of {sorted(DTYPES)})")
 
 
+def shard_layout(length: int, itemsize: int, max_bytes: int = MAX_SHARD_BYTES) -> tuple[int, int]:
+    """(elements per shard, number of shards) of a vector of ``length`` elements cut into
+    shards of at most ``max_bytes``: the layout :func:`split_shards` uses, known before any
+    element is (a streamed part's shards name their total from the first one)."""
+    if not 0 < max_bytes <= MAX_SHARD_BYTES:
+        raise ValueError(f"max_bytes must be in (0, {MAX_SHARD_BYTES}]")
+    per_shard = max(1, max_bytes // itemsize)
+    return per_shard, max(1, -(-length // per_shard))
+
+
+def make_shard(piece: np.ndarray, index: int, total: int, offset: int) -> Shard:
+    """Shard ``index`` of ``total`` holding ``piece`` (1-D), which starts at element ``offset``."""
+    name = dtype_name(piece.dtype)
+    data = np.ascontiguousarray(piece, dtype=DTYPES[name]).tobytes()
+    return Shard(index, total, offset, name, piece.size, shard_digest(data), data)
+
+
 def split_shards(array: np.ndarray, max_bytes: int = MAX_SHARD_BYTES) -> list[Shard]:
     """Split a 1-D array into contiguous shards of at most ``max_bytes`` each.
 
     An empty array is one empty shard, so a shard set always says its own total.
     """
-    name = dtype_name(array.dtype)
-    wire = DTYPES[name]
+    wire = DTYPES[dtype_name(array.dtype)]
     flat = np.ascontiguousarray(array.reshape(-1), dtype=wire)
-    if not 0 < max_bytes <= MAX_SHARD_BYTES:
-        raise ValueError(f"max_bytes must be in (0, {MAX_SHARD_BYTES}]")
-    per_shard = max(1, max_bytes // wire.itemsize)
-    total = max(1, -(-flat.size // per_shard))
-    shards = []
-    for index in range(total):
-        start = index * per_shard
-        piece = flat[start : start + per_shard].tobytes()
-        shards.append(
-            Shard(
-                index, total, start, name, len(piece) // wire.itemsize, shard_digest(piece), piece
-            )
+    per_shard, total = shard_layout(flat.size, wire.itemsize, max_bytes)
+    return [
+        make_shard(
+            flat[index * per_shard : (index + 1) * per_shard], index, total, index * per_shard
         )
-    return shards
+        for index in range(total)
+    ]
 
 
 def ordered_shards(

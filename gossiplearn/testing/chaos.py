@@ -173,6 +173,8 @@ class ChaosAttack(Attack):
         self._batch = 0
         self._names = list(self.operations)
         self._weights = [self.operations[name] for name in self._names]
+        #: (group, recipient) -> {offset: values} of the REDUCED shards it perturbed
+        self._altered: dict[tuple[bytes, bytes], dict[int, np.ndarray]] = {}
 
     # -- what it has seen --
 
@@ -285,8 +287,15 @@ class ChaosAttack(Attack):
             data = values.astype(array.dtype).tobytes()
             shard = replace(body.shard, data=data, digest=shard_digest(data))
             new_body = replace(body, shard=shard)
-            if isinstance(new_body, Reduced) and rng.random() < 0.5:
-                new_body = replace(new_body, part_digest=_digest_of_part(node, envelope, values))
+            if isinstance(new_body, Reduced):
+                # The round streams: the part digest comes in the last shard only. Remember
+                # what this recipient was sent instead, so that the last shard may carry a
+                # digest consistent with every shard perturbed for it.
+                altered = self._altered.setdefault((envelope.group, envelope.recipient), {})
+                altered[body.shard.offset] = values
+                if new_body.final and rng.random() < 0.5:
+                    digest = _digest_of_part(node, envelope, altered)
+                    new_body = replace(new_body, part_digest=digest)
         if new_body is None or new_body == body:
             return [send]
         if isinstance(body, Part | Reduced | Accept):
@@ -440,17 +449,19 @@ class ChaosAttack(Attack):
         return sorted(found)
 
 
-def _digest_of_part(node: Insider, envelope: Envelope, shard_values: np.ndarray) -> bytes:
-    """The part digest of the insider's own reduced part with one shard replaced (a digest
-    consistent with the perturbed data, so that only the agreement can catch it)."""
+def _digest_of_part(node: Insider, envelope: Envelope, altered: dict[int, np.ndarray]) -> bytes:
+    """The part digest of the insider's own reduced part with the shards it perturbed for
+    this recipient replaced (offset -> values): a digest consistent with the perturbed data,
+    so that only the agreement can catch it."""
     body = envelope.body
     assert isinstance(body, Reduced)
     aggregation = getattr(node, "aggregations", {}).get(envelope.group)
-    own = getattr(aggregation, "_own_reduced", None)
-    if own is None or body.shard.offset + body.shard.length > own.size:
+    own = getattr(aggregation, "_sum", None)  # the whole reduced part, once its last shard is
+    if own is None or any(offset + values.size > own.size for offset, values in altered.items()):
         return body.part_digest
     part = own.copy()
-    part[body.shard.offset : body.shard.offset + body.shard.length] = shard_values
+    for offset, values in altered.items():
+        part[offset : offset + values.size] = values
     return part_digest(part)
 
 

@@ -36,7 +36,7 @@ import numpy as np
 
 from gossiplearn.crypto.identity import Identity
 from gossiplearn.crypto.ring import RING32, decode
-from gossiplearn.protocol.aggregation import part_digest
+from gossiplearn.protocol.aggregation import part_hasher
 from gossiplearn.protocol.envelope import Envelope, encode_envelope, verify_envelope
 from gossiplearn.protocol.errors import ProtocolError
 from gossiplearn.protocol.events import Action, Send
@@ -431,34 +431,39 @@ class ReducerEquivocation(Attack):
     """Its true reduced part to every member but ``victim``, which gets the part + ``delta``
     (ring units) in every element. ``same_digest``: keep the true part digest (so the victim
     finds the data does not match it) instead of signing the digest of the altered part (so
-    the victim's CONFIRM evidence conflicts with the others')."""
+    the victim's CONFIRM evidence conflicts with the others'). The round streams, so it
+    alters each shard as it goes and hashes what it sent the victim, for the last shard."""
 
     victim: bytes
     delta: int = 1 << 16
     same_digest: bool = False
     altered: list[bytes] = field(default_factory=list)  # groups it equivocated in
 
+    def __post_init__(self) -> None:
+        self._hashers: dict[bytes, Any] = {}  # group -> hash of the altered shards so far
+
     def rewrite(self, node: Insider, sends: list[Send]) -> list[Send]:
-        mine = [s for s in sends if s.kind == Reduced.TYPE and s.to == self.victim]
-        if not mine:
-            return sends
-        envelopes = [verify_envelope(s.frame) for s in mine]
-        shards = sorted((e.body.shard for e in envelopes), key=lambda s: s.index)  # type: ignore[attr-defined]
-        part = np.concatenate([s.array() for s in shards]) + np.uint32(self.delta)
-        first = envelopes[0].body
-        assert isinstance(first, Reduced)
-        digest = first.part_digest if self.same_digest else part_digest(part)
         replaced: dict[int, Send] = {}
-        for send, envelope in zip(mine, envelopes, strict=True):
+        for send in sends:
+            if send.kind != Reduced.TYPE or send.to != self.victim:
+                continue
+            envelope = verify_envelope(send.frame)
             body = envelope.body
             assert isinstance(body, Reduced)
             shard = body.shard
-            data = part[shard.offset : shard.offset + shard.length].tobytes()
+            values = shard.array() + shard.array().dtype.type(self.delta)
+            data = values.tobytes()
+            hasher = self._hashers.setdefault(envelope.group, part_hasher())
+            hasher.update(data)
+            digest = body.part_digest
+            if body.final and not self.same_digest:
+                digest = hasher.digest(32)
             altered = replace(shard, digest=shard_digest(data), data=data)
             replaced[id(send)] = _resent(
                 node, envelope, Reduced(body.transcript, body.part, digest, altered)
             )
-        self.altered.append(envelopes[0].group)
+            if envelope.group not in self.altered:
+                self.altered.append(envelope.group)
         return [replaced.get(id(send), send) for send in sends]
 
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from gossiplearn.crypto.agreement import EphemeralKey, pair_seed
 from gossiplearn.crypto.identity import Identity
-from gossiplearn.crypto.masks import apply_pairwise_masks, prg
+from gossiplearn.crypto.masks import apply_pairwise_masks, prg, prg_at
 from gossiplearn.crypto.ring import decode, encode
 
 
@@ -31,6 +31,30 @@ def test_prg_is_chacha20_ietf_keystream():
     keystream = Cipher(algorithms.ChaCha20(seed, counter_and_nonce), mode=None).encryptor()
     assert prg(seed, 5000).tobytes() == keystream.update(bytes(20000))
     assert prg(bytes(32), 2).tobytes().hex() == "a11f8f12d0876f73"
+
+
+@given(
+    offset=st.integers(0, 3000),
+    count=st.integers(0, 1100),
+    dtype=st.sampled_from([np.uint8, np.uint16, np.uint32, np.uint64]),
+)
+@settings(max_examples=60)
+def test_prg_at_is_the_same_stream_from_any_offset(offset, count, dtype):
+    # The round streams: a member masks each shard just before sending it, with the masks
+    # of that range only; they must be the same elements as the whole vector's masks.
+    seed = bytes(range(7, 39))
+    whole = prg(seed, offset + count, dtype)
+    assert np.array_equal(prg_at(seed, offset, count, dtype), whole[offset:])
+
+
+def test_masks_applied_shard_by_shard_equal_the_whole_vector_s():
+    seeds = {0: b"\x01" * 32, 2: b"\x02" * 32}
+    vector = np.arange(10_007, dtype=np.uint32)
+    whole = apply_pairwise_masks(vector.copy(), 1, seeds)
+    pieces = vector.copy()
+    for start in range(0, pieces.size, 1_000):
+        apply_pairwise_masks(pieces[start : start + 1_000], 1, seeds, offset=start)
+    assert np.array_equal(whole, pieces)
 
 
 def test_prg_prefix_property_and_seed_sensitivity():

@@ -10,7 +10,7 @@ from gossiplearn.crypto.identity import Identity
 from gossiplearn.protocol.aggregation import part_digest
 from gossiplearn.protocol.backoff import Backoff
 from gossiplearn.protocol.envelope import encode_envelope, verify_envelope, verify_statement
-from gossiplearn.protocol.errors import BadSignature, ProtocolError
+from gossiplearn.protocol.errors import BadSignature, ProtocolError, SchemaViolation
 from gossiplearn.protocol.events import (
     ABORT_REASONS,
     BUSY_REASONS,
@@ -119,6 +119,24 @@ def test_two_reduced_parts_with_different_digests_prove_equivocation() -> None:
     assert claim_of(a)[0] == claim_of(b)[0] == ("REDUCED", TRANSCRIPT, 1)  # type: ignore[index]
     proven = verify_proof(EquivocationProof(a.statement, b.statement).encode())
     assert proven == Proven(ALICE.public_key, GROUP, TRANSCRIPT, ("REDUCED", TRANSCRIPT, 1))
+
+
+def test_only_the_last_reduced_shard_states_the_part_and_no_other_makes_a_proof() -> None:
+    # The round streams: a reducer sends each shard before the part is reduced, so only the
+    # last one carries the part digest. A shard before it claims nothing, so it can never
+    # "conflict" with the last shard of the same (honest) reducer's part.
+    values = np.arange(40, dtype=np.uint32)
+    first, *_, last = split_shards(values, max_bytes=64)
+    with pytest.raises(SchemaViolation, match="last shard only"):
+        Reduced(TRANSCRIPT, 1, part_digest(values), first)
+    with pytest.raises(SchemaViolation, match="last shard only"):
+        Reduced(TRANSCRIPT, 1, b"", last)
+    early = verify_envelope(frame(Reduced(TRANSCRIPT, 1, b"", first), to=BOB, seq=1))
+    final = verify_envelope(frame(Reduced(TRANSCRIPT, 1, part_digest(values), last), seq=2))
+    assert claim_of(early) is None
+    assert claim_of(final) == (("REDUCED", TRANSCRIPT, 1), part_digest(values))
+    with pytest.raises(InvalidProof):
+        verify_proof(EquivocationProof(early.statement, final.statement).encode())
 
 
 def test_two_rosters_signed_for_one_group_prove_equivocation() -> None:

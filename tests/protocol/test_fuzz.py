@@ -103,7 +103,7 @@ def _accept_from(member: Identity) -> bytes:
 
 def _sample_bodies() -> list[Message]:
     part_shard = split_shards(np.arange(5, dtype=np.uint32))[0]
-    reduced_shard = split_shards(np.arange(6, dtype=np.uint64), max_bytes=16)[1]
+    reduced_shard = split_shards(np.arange(6, dtype=np.uint64), max_bytes=16)[-1]
     record = PeerRecord.create(
         SENDER, SENDER.public_key, ("/ip4/127.0.0.1/tcp/4001",), 7, NOW_MS + 60_000
     )

@@ -33,6 +33,7 @@ from gossiplearn.protocol.events import (
 from gossiplearn.protocol.evidence import verify_proof
 from gossiplearn.protocol.messages import MAX_WEIGHT, Busy, Part
 from gossiplearn.protocol.safeguards import Safeguards
+from gossiplearn.protocol.shards import MAX_SHARD_BYTES
 from gossiplearn.sim.memnet import Outcome
 from gossiplearn.testing.insider import (
     ConfirmSplit,
@@ -296,7 +297,10 @@ def test_spoiled_rounds_single_out_the_spoiler_and_strike_no_honest_member(
     # aborts every round right after the roster. Round v2 blamed nobody for the garbage and
     # struck the honest member whose ABORT arrived first: 139 spoiled rounds in 60 s, blocked
     # peers empty everywhere, honest members backing each other off.
-    swarm = build_swarm(5, k=4, max_weight=1, safeguards=safeguards, insiders=[0])
+    # Jitter of 10 ms lets an honest member's ABORT overtake the last reduced shards of
+    # another (with the round streamed, members otherwise find the average implausible
+    # within the same few milliseconds, before any ABORT arrives).
+    swarm = build_swarm(5, k=4, max_weight=1, safeguards=safeguards, insiders=[0], jitter_ms=10)
     attacker, *honest = swarm.keys
     insider_of(swarm, attacker).attack = Spoiler(when=when)
     spoil(swarm, attacker, 12, np.random.default_rng(3))
@@ -400,11 +404,16 @@ def test_a_holder_cannot_stop_the_network(safeguards: Safeguards) -> None:
 # ---- 5: reducer equivocation -------------------------------------------------------------------
 
 
+#: One shard per part, and several (the round streams them; jitter reorders them).
+SHARD_SIZES = [MAX_SHARD_BYTES, 64]
+
+
+@pytest.mark.parametrize("shard_bytes", SHARD_SIZES)
 @pytest.mark.parametrize("safeguards", defence("confirm"))
-def test_reducer_equivocation_is_proven(safeguards: Safeguards) -> None:
+def test_reducer_equivocation_is_proven(safeguards: Safeguards, shard_bytes: int) -> None:
     # M signs a different reduced part (and its digest) for one victim than for the others:
     # the victim's average would differ. The victims' CONFIRM evidence conflicts: a proof.
-    swarm = build_swarm(4, safeguards=safeguards, insiders=[2])
+    swarm = build_swarm(4, safeguards=safeguards, insiders=[2], shard_bytes=shard_bytes)
     attacker, victim = swarm.keys[2], swarm.keys[1]
     insider = insider_of(swarm, attacker)
     insider.attack = ReducerEquivocation(victim=victim)
@@ -418,10 +427,11 @@ def test_reducer_equivocation_is_proven(safeguards: Safeguards) -> None:
     assert len(proofs_against(swarm, attacker)) == 3
 
 
-def test_a_reduced_part_that_does_not_match_its_digest_aborts() -> None:
+@pytest.mark.parametrize("shard_bytes", SHARD_SIZES)
+def test_a_reduced_part_that_does_not_match_its_digest_aborts(shard_bytes: int) -> None:
     # The same, but M keeps the true part digest in the altered shards: the victim finds the
     # data does not match what M signed, blames M, and nobody applies anything.
-    swarm = build_swarm(4, insiders=[2])
+    swarm = build_swarm(4, insiders=[2], shard_bytes=shard_bytes)
     attacker, victim = swarm.keys[2], swarm.keys[1]
     insider = insider_of(swarm, attacker)
     insider.attack = ReducerEquivocation(victim=victim, same_digest=True)

@@ -52,7 +52,8 @@ def route(
     sent: list[tuple[bytes, Send]] | None = None,
     drop: Callable[[bytes, Send], bool] | None = None,
 ) -> dict[bytes, list]:
-    """Deliver every Send in FIFO order (no latency) until quiet; returns outcomes per node.
+    """Deliver every Send in FIFO order (no latency) until quiet, ticking a node that asks to
+    be woken now (Aggregation.work); returns outcomes per node.
     ``actions`` came from the node with key ``first`` (default: the first node). Every
     (sender, Send) is appended to ``sent``; those ``drop`` is true for are lost."""
     by_key = {n.public_key: n for n in nodes}
@@ -69,7 +70,10 @@ def route(
             queue.extend(
                 (action.to, a) for a in target.receive(action.frame, now_ms, from_peer=origin)
             )
-        elif not isinstance(action, Wake):
+        elif isinstance(action, Wake):
+            if action.at_ms <= now_ms:  # the round streams: the node has shards to send now
+                queue.extend((origin, a) for a in by_key[origin].tick(now_ms))
+        else:
             outcomes[origin].append(action)
     return outcomes
 
@@ -151,6 +155,83 @@ def test_each_member_sends_in_the_order_of_round_v3():
             assert readies == {n.public_key for n in nodes} - {node.public_key}
         for kind in ("PART", "REDUCED", "CONFIRM"):  # one shard per part here
             assert kinds.count(kind) == k - 1
+
+
+def test_the_round_streams_shard_by_shard():
+    # Parts masked, sent, reduced and sent back shard by shard: a reducer sends its first
+    # REDUCED shard before it has every member's PART shards, and every member sends its
+    # first PART shard before it has masked its whole vector. Only the last REDUCED shard
+    # of a part carries the part's digest (the reducer's statement about the whole part).
+    k, n = 4, 40_000
+    config = RoundConfig(max_group_size=k, shard_bytes=4096)
+    nodes = make_nodes(k, config)
+    vectors, _ = contribute(nodes, n, 5)
+    sent: list[tuple[bytes, Send]] = []
+    outcomes = route(
+        nodes, nodes[0].start_round([x.public_key for x in nodes[1:]], START_MS), sent=sent
+    )
+    averages = [outcomes[node.public_key][0].average for node in nodes]
+    assert all(np.array_equal(averages[0], a) for a in averages[1:])
+    assert np.abs(averages[0] - vectors.mean(axis=0)).max() < 1e-5
+    for node in nodes:
+        me = node.public_key
+        first_reduced = next(
+            i for i, (origin, send) in enumerate(sent) if origin == me and send.kind == "REDUCED"
+        )
+        last_part_in = max(
+            i for i, (_, send) in enumerate(sent) if send.to == me and send.kind == "PART"
+        )
+        assert first_reduced < last_part_in
+        reduced = [
+            verify_envelope(send.frame).body
+            for origin, send in sent
+            if origin == me and send.kind == "REDUCED"
+        ]
+        shards_per_part = reduced[0].shard.total
+        assert shards_per_part == -(-(n // k) * 4 // 4096) > 1
+        finals = [body for body in reduced if body.part_digest]
+        assert len(finals) == k - 1 and all(b.final for b in finals)
+        assert {b.shard.index for b in finals} == {shards_per_part - 1}
+        assert sum(1 for body in reduced if not body.part_digest) == (k - 1) * (shards_per_part - 1)
+
+
+@pytest.mark.parametrize("order", ["reversed", "shuffled"])
+def test_shards_out_of_order_are_taken_in_order(order):
+    # The reducer adds PART shards, and members hash REDUCED shards, in the order of their
+    # offsets whatever order they arrive in (a shard ahead of a gap waits for it).
+    k, n = 3, 9_000
+    config = RoundConfig(max_group_size=k, shard_bytes=1024)
+    nodes = make_nodes(k, config, seed=9)
+    vectors, _ = contribute(nodes, n, 6)
+    rng = random.Random(order)
+    by_key = {x.public_key: x for x in nodes}
+    outcomes: dict[bytes, list] = {x.public_key: [] for x in nodes}
+    pending = [(nodes[0].public_key, a) for a in nodes[0].start_round(list(by_key)[1:], START_MS)]
+    while pending:
+        # Deliver the other actions first, then the bulky ones in a scrambled order.
+        bulky = [
+            (o, a) for o, a in pending if isinstance(a, Send) and a.kind in ("PART", "REDUCED")
+        ]
+        rest = [(o, a) for o, a in pending if (o, a) not in bulky]
+        if order == "reversed":
+            bulky.reverse()
+        else:
+            rng.shuffle(bulky)
+        pending = []
+        for origin, action in rest + bulky:
+            if isinstance(action, Send):
+                target = by_key[action.to]
+                pending += [
+                    (action.to, a) for a in target.receive(action.frame, START_MS, from_peer=origin)
+                ]
+            elif isinstance(action, Wake):
+                if action.at_ms <= START_MS:
+                    pending += [(origin, a) for a in by_key[origin].tick(START_MS)]
+            else:
+                outcomes[origin].append(action)
+    results = [outcomes[x.public_key] for x in nodes]
+    assert all(len(r) == 1 and isinstance(r[0], RoundFinished) for r in results), results
+    assert np.abs(results[0][0].average - vectors.mean(axis=0)).max() < 1e-5
 
 
 def report_of(send: Send) -> Abort:
@@ -324,8 +405,8 @@ def test_next_deadline_in_closing_is_when_closing_ends():
     )
     deadline = nodes[0].current_round[2]  # type: ignore[index]
     # A member still waiting for READYs asks to be ticked at once, to encode and mask its
-    # vector meanwhile; once it has, its next deadline is the round's.
-    assert nodes[0].next_deadline() <= START_MS
+    # vector's shards meanwhile (route ticked it); once it has, its next deadline is the
+    # round's.
     for node in nodes:
         assert [a for a in node.tick(START_MS) if not isinstance(a, Wake)] == []
     assert [n.next_deadline() for n in nodes] == [deadline] * 3  # RUNNING: the deadline

@@ -21,6 +21,7 @@ and the IP of its libp2p connection to that peer)::
     header  = "GLB2" | group id (16) | sender key (32) | recipient key (32) | salt (32)
     hello   = 4-byte big-endian length (16) | AES-256-GCM(b"")       the first record
     records = (4-byte big-endian length | AES-256-GCM(frame))+,  then EOF
+              (a streamed round's frames as they come; EOF once none came for a while)
     answer  = one byte, 0x01, once the receiver queued every frame (never before the first)
 
 Each record is sealed with ``BLAKE2b-256(key=pair key, person="gossiplearn.blk1",
@@ -112,14 +113,16 @@ RECORD_TIMEOUT_S = 30.0
 #: waiting (REDUCED ones come after our PARTs, which need the roster), at most 15 in a group
 #: of 16 (round.group_size <= 16); 32 is twice that, and bounds a stranger to 32 sockets.
 MAX_UNAUTHENTICATED = 32
-#: Authenticated connections of one member at once. An honest member opens one per batch of
-#: bulky frames it sends us: its PART batch, then its REDUCED batch (which may overlap the
-#: first if we are slow to read it): 2; 4 leaves room for an earlier round's connection still
-#: draining, and bounds a member stalling its own connections to 4 of its 32 quota slots.
+#: Authenticated connections of one member at once. An honest member sends us a round's
+#: streamed PART and REDUCED frames on one connection at a time (its engine queues them per
+#: peer; a connection lingers a second for the next frames): 1, or 2 while an earlier round's
+#: connection still drains; 4 leaves room, and bounds a member stalling its own connections
+#: to 4 of its 32 quota slots.
 MAX_PER_SENDER = 4
 #: Salts of authenticated connections remembered (32 bytes each: 128 KiB), so that a replayed
-#: connection is refused. A round brings us at most 2 connections per other member (30 in a
-#: group of 16), so this covers the last 136 rounds at least; a replay of an older round's
+#: connection is refused. A round brings us one connection per other member, a few if its
+#: frames pause for over a second (say 2: 30 in a group of 16), so this covers the last 136
+#: rounds at least; a replay of an older round's
 #: connection names a group that is not ours any more and is refused anyway.
 SEEN_SALTS = 4096
 
@@ -412,12 +415,15 @@ class BulkChannel:
         frames: list[bytes],
         connect_timeout_s: float = math.inf,
         progress_timeout_s: float = math.inf,
+        more: Callable[[], Awaitable[list[bytes]]] | None = None,
     ) -> None:
         """Send ``frames`` to ``recipient`` at ``address``; returns once it acknowledged them
         all (raises otherwise: the caller falls back to libp2p). The TCP connect is given up
         after ``connect_timeout_s``, and each later step (writing a record, the answer) after
         ``progress_timeout_s`` without progress: however slow the link, a transfer that moves
-        goes on."""
+        goes on. ``more``: awaited once the frames are written, for frames to write next on
+        the same connection (a streamed round's next shards), until it returns none; the
+        caller bounds how long it waits (the receiver gives a record RECORD_TIMEOUT_S)."""
         if not frames:
             raise ValueError("nothing to send: the receiver answers only after a frame")
         header = make_header(group, self.me, recipient)
@@ -427,11 +433,13 @@ class BulkChannel:
         async with stream:
             with trio.fail_after(progress_timeout_s):
                 await stream.send_all(header + sealer.hello())
-            for frame in frames:
-                sealed = sealer.seal(frame)
-                with trio.fail_after(progress_timeout_s):
-                    await stream.send_all(len(sealed).to_bytes(4, "big"))
-                    await stream.send_all(sealed)
+            while frames:
+                for frame in frames:
+                    sealed = sealer.seal(frame)
+                    with trio.fail_after(progress_timeout_s):
+                        await stream.send_all(len(sealed).to_bytes(4, "big"))
+                        await stream.send_all(sealed)
+                frames = await more() if more is not None else []
             await stream.send_eof()
             with trio.fail_after(progress_timeout_s):
                 answer = await stream.receive_some(1)

@@ -67,6 +67,9 @@ BULK_MIN_BYTES = 256 * 1024
 #: firewall that drops connections to the port answers nothing, and the frames must not wait
 #: for the kernel's 2 minutes of SYN retries (the round's slack is 3 s): they go over libp2p.
 BULK_CONNECT_TIMEOUT_S = 2.0
+#: A bulk connection waits this long for a round's next frames (the round streams them a
+#: few at a time) before it ends; later ones open a new connection.
+BULK_LINGER_S = 1.0
 #: After a failed bulk send to a peer, its frames go over libp2p for this long.
 BULK_RETRY_S = 60.0
 
@@ -150,6 +153,16 @@ class _Abort:
     done: trio.Event
 
 
+@dataclass
+class _BulkQueue:
+    """Bulky frames of one round waiting for one peer's bulk sender (RoundEngine._drain_bulk)."""
+
+    group: bytes
+    pair_key: bytes
+    frames: list[bytes]
+    queued: trio.Event = field(default_factory=trio.Event)  # set when frames are added
+
+
 @dataclass(frozen=True)
 class _Unreachable:
     """Frames of ``group`` could not reach ``peer``, or its connection died and it could
@@ -200,6 +213,7 @@ class RoundEngine:
         self._out: dict[bytes, object] = {}  # our open round stream to each peer
         self._out_locks: dict[bytes, trio.Lock] = {}
         self._bulk_addresses: dict[bytes, tuple[str, int]] = {}
+        self._bulk_queues: dict[bytes, _BulkQueue] = {}  # frames waiting for each peer's sender
         self._no_bulk_until: dict[bytes, float] = {}
         self.bulk_frames_sent = 0
         self.bulk_fallbacks = 0
@@ -288,16 +302,27 @@ class RoundEngine:
                             exc.strerror or exc,
                         )
                         self.bulk = None
+                arrived = 0  # commands queued when the machine last worked, to take first
                 while True:
                     deadline = self.node.next_deadline()
                     timeout = (
                         math.inf if deadline is None else max(0.0, (deadline - now_ms()) / 1000)
                     )
                     command = None
-                    with trio.move_on_after(timeout):
-                        command = await self._inbox.receive()
+                    if timeout > 0:
+                        with trio.move_on_after(timeout):
+                            command = await self._inbox.receive()
+                    elif arrived:
+                        # Work is due now (the round streams: shards to mask and send, see
+                        # Aggregation.work): what was queued after the last work step goes
+                        # first, then the next step, so that reducing and forwarding the
+                        # others' shards keeps pace with masking and sending ours.
+                        arrived -= 1
+                        with contextlib.suppress(trio.WouldBlock):
+                            command = self._inbox.receive_nowait()
                     if command is None:
                         actions = await self._call(self.node.tick, now_ms())
+                        arrived = self._inbox.statistics().current_buffer_used
                     else:
                         actions = await self._execute(command)
                     self._refresh_view()
@@ -383,7 +408,7 @@ class RoundEngine:
                 and self._no_bulk_until.get(key, 0.0) <= time.monotonic()
                 and not self._relayed(key)
             ):
-                self._nursery.start_soon(self._send_bulk, key, bulky, group, pair_key)
+                self._queue_bulk(key, bulky, group, pair_key)
                 frames = [s.frame for s in sends if s.kind not in BULK_KINDS]
             else:
                 frames = [s.frame for s in sends]
@@ -469,11 +494,70 @@ class RoundEngine:
         self.bulk_relayed += 1
         return True
 
+    def _queue_bulk(self, key: bytes, frames: list[bytes], group: bytes, pair_key: bytes) -> None:
+        """Queue bulky frames for ``key``: one task per peer sends them, on one connection
+        at a time, whatever has queued up meanwhile on each (the round streams a shard or two
+        per step: a connection per step would cost a handshake each and overrun the
+        receiver's MAX_PER_SENDER)."""
+        assert self._nursery is not None
+        queue = self._bulk_queues.get(key)
+        if queue is not None and queue.group == group:
+            queue.frames.extend(frames)
+            queue.queued.set()
+            return
+        queue = _BulkQueue(group, pair_key, list(frames))
+        self._bulk_queues[key] = queue
+        self._nursery.start_soon(self._drain_bulk, key, queue)
+
+    async def _drain_bulk(self, key: bytes, queue: _BulkQueue) -> None:
+        try:
+            while queue.frames:
+                frames, queue.frames = queue.frames, []
+                if self._no_bulk_until.get(key, 0.0) > time.monotonic():
+                    await self._send_batch(key, frames, SEND_TIMEOUT_S, queue.group)
+                else:
+                    await self._send_bulk(key, frames, queue.group, queue.pair_key, queue)
+        finally:
+            if self._bulk_queues.get(key) is queue:
+                del self._bulk_queues[key]
+
+    async def _more_bulk(self, queue: _BulkQueue) -> list[bytes]:
+        """The frames queued for the same connection meanwhile, waiting up to BULK_LINGER_S
+        for some while the round goes on; none: the connection ends."""
+        with trio.move_on_after(BULK_LINGER_S):
+            while not queue.frames and self.view.current_group == queue.group:
+                queue.queued = trio.Event()
+                async with trio.open_nursery() as nursery:  # whichever comes first
+
+                    async def either(event: trio.Event) -> None:
+                        await event.wait()
+                        nursery.cancel_scope.cancel()
+
+                    nursery.start_soon(either, queue.queued)
+                    nursery.start_soon(either, self._view_changed)
+        frames, queue.frames = queue.frames, []
+        return frames
+
     async def _send_bulk(
-        self, key: bytes, frames: list[bytes], group: bytes, pair_key: bytes
+        self,
+        key: bytes,
+        frames: list[bytes],
+        group: bytes,
+        pair_key: bytes,
+        queue: _BulkQueue | None = None,
     ) -> None:
-        """Frames over the bulk channel; over libp2p if that fails for any reason."""
+        """Frames over the bulk channel, and those ``queue`` gets meanwhile on the same
+        connection; over libp2p if that fails for any reason."""
         assert self.bulk is not None
+        sent = list(frames)
+
+        async def more() -> list[bytes]:
+            if queue is None:
+                return []
+            frames = await self._more_bulk(queue)
+            sent.extend(frames)
+            return frames
+
         try:
             address = await self._bulk_address(key)
             await self.bulk.send(
@@ -484,17 +568,18 @@ class RoundEngine:
                 frames,
                 connect_timeout_s=BULK_CONNECT_TIMEOUT_S,
                 progress_timeout_s=SEND_TIMEOUT_S,
+                more=more,
             )
-            self.bulk_frames_sent += len(frames)
-            for frame in frames:
+            self.bulk_frames_sent += len(sent)
+            for frame in sent:
                 self.host.counters.bytes_out[key] += 4 + len(frame)
             return
         except Exception as exc:
             self.bulk_fallbacks += 1
             self._bulk_addresses.pop(key, None)
             self._no_bulk_until[key] = time.monotonic() + BULK_RETRY_S
-            log.debug("bulk send of %d frame(s) failed (%r): over libp2p", len(frames), exc)
-        await self._send_batch(key, frames, SEND_TIMEOUT_S, group)
+            log.debug("bulk send of %d frame(s) failed (%r): over libp2p", len(sent), exc)
+        await self._send_batch(key, sent, SEND_TIMEOUT_S, group)
 
     async def _bulk_address(self, key: bytes) -> tuple[str, int]:
         """The peer's bulk channel: the IP of our libp2p connection to it and the port it
