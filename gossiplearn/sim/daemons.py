@@ -193,17 +193,27 @@ class Patience:
             self._seen = seen
             self.progressed = time.monotonic()
 
+    def _timed_out(self, now: float) -> bool:
+        return self.timeout_s is not None and now - self.began >= self.timeout_s
+
     def expired(self) -> bool:
         now = time.monotonic()
-        if self.timeout_s is not None and now - self.began >= self.timeout_s:
-            return True
-        return now - self.progressed >= self.stall_s
+        return self._timed_out(now) or now - self.progressed >= self.stall_s
+
+    def gives_up(self, documents: Sequence[dict[str, Any] | None], rounds: int, logs: str) -> bool:
+        """One poll of a launcher's loop: note ``documents``; if it is time to give up, say so
+        (:meth:`gave_up`) and return True."""
+        self.note(documents)
+        if not self.expired():
+            return False
+        self.gave_up(documents, rounds, logs)
+        return True
 
     def gave_up(self, documents: Sequence[dict[str, Any] | None], rounds: int, logs: str) -> None:
         """Say, in the log, why the run ends with peers short of rounds, and where the
         daemons' own logs are (``logs``)."""
         short = sum(done < rounds for done in _rounds_done(documents))
-        if self.timeout_s is not None and time.monotonic() - self.began >= self.timeout_s:
+        if self._timed_out(time.monotonic()):
             why = f"the run's {self.timeout_s:g} s are up"
         else:
             why = f"no daemon started or finished a round for {self.stall_s:g} s"
@@ -485,9 +495,7 @@ def run_process(
             done = min(_rounds_done(documents))
             if done >= config.rounds:
                 break
-            patience.note(documents)
-            if patience.expired():
-                patience.gave_up(documents, config.rounds, f"{out_dir}/peers/*/logs/peer.log")
+            if patience.gives_up(documents, config.rounds, f"{out_dir}/peers/*/logs/peer.log"):
                 break
             # Every second (each poll asks every daemon for its whole status), and four times
             # as often for the last rounds: the run ends when the last peer is seen done.
@@ -557,10 +565,8 @@ def run_inproc(
                         _partial(on_result, documents, config.rounds, reported, started, steps_now)
                         if min(_rounds_done(documents)) >= config.rounds:
                             break
-                        patience.note(documents)
-                        if patience.expired():
-                            logs = f"{out_dir}/peers/inproc.log"
-                            patience.gave_up(documents, config.rounds, logs)
+                        logs = f"{out_dir}/peers/inproc.log"
+                        if patience.gives_up(documents, config.rounds, logs):
                             break
                     watch.cancel_scope.cancel()
             stop.set()

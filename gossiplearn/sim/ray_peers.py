@@ -196,10 +196,8 @@ def run_ray_process(
             _partial(on_result, live, config.rounds, reported, started, lambda: steps)
             if min(_rounds_done(live)) >= config.rounds:
                 break
-            patience.note(live)
-            if patience.expired():
-                where = f"on their nodes, placement.json in {out_dir}/peers/* says where"
-                patience.gave_up(live, config.rounds, where)
+            where = f"on their nodes, placement.json in {out_dir}/peers/* says where"
+            if patience.gives_up(live, config.rounds, where):
                 break
             time.sleep(1.0)
     finally:

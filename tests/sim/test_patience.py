@@ -72,3 +72,11 @@ def test_a_timeout_bounds_the_whole_run(
         "gave up on the daemons: the run's 50 s are up; 1 of 1 peers are short of 5 rounds "
         "(their logs: OUT/peers/inproc.log)"
     ]
+
+
+def test_a_launchers_poll_gives_up_only_on_a_stall(clock: list[float]) -> None:
+    patience = Patience()
+    documents: list[dict | None] = [status(1)]
+    assert not patience.gives_up(documents, 3, "LOGS")  # progress: the first answer
+    clock[0] += STALL_S
+    assert patience.gives_up(documents, 3, "LOGS")
