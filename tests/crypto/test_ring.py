@@ -100,3 +100,16 @@ def test_decode_scalar_refuses_non_ring_values():
         decode_scalar(-1)
     with pytest.raises(ValueError):
         decode_scalar(2**64)
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.25, 8.0, 0.3, -0.5])
+@pytest.mark.parametrize("frac_bits", [0, 20, 30])
+def test_decode_to_float32_is_the_float64_result_rounded_once(scale, frac_bits):
+    # Power-of-two factors take a float32 path (one rounding in the int32 cast, an exact
+    # product); it must give the float64 computation's float32 result bit for bit.
+    rng = np.random.default_rng(frac_bits)
+    edges = np.array([0, 1, 2**24 + 1, 2**31 - 1, 2**31, 2**32 - 1, 2**25 + 3], np.uint32)
+    v = np.concatenate([edges, rng.integers(0, 2**32, 100_000, dtype=np.uint32)])
+    expected = (v.view(np.int32).astype(np.float64) * (scale / 2**frac_bits)).astype(np.float32)
+    decoded = decode(v, frac_bits, scale=scale)
+    assert decoded.tobytes() == expected.tobytes()

@@ -128,6 +128,9 @@ def memory_figures(k: int, n: int, repeats: int = 2, ring: int = 32) -> dict[str
 LIBP2P_PEERS = 4
 SINK_PROTOCOL = "/gossiplearn/bench-sink/1.0.0"
 STOP_PROTOCOL = "/gossiplearn/bench-stop/1.0.0"
+#: Peer 0 asks every member before each round: answered once the member is out of the last
+#: round and holds its next contribution (hivemind's peers likewise say "ready" before a step).
+READY_PROTOCOL = "/gossiplearn/bench-ready/1.0.0"
 STREAM_MIB = 64
 
 
@@ -268,9 +271,35 @@ async def libp2p_child(args: argparse.Namespace) -> None:
         stop.set()
         await stream.close()  # type: ignore[attr-defined]
 
+    async def until_ready() -> None:
+        # Out of the last round, its next contribution set: a round timed from here is not
+        # slowed by the members still finishing the last one or making their next vector
+        # (at 100M that is seconds of CPU on a shared core).
+        with trio.fail_after(300):
+            while engine.view.busy or not engine.view.contribution_fresh:
+                await trio.sleep(0.005)
+
+    async def on_ready(key: bytes, stream: object) -> None:
+        await until_ready()
+        await host.send_frame(key, stream, b"ok")
+        await stream.close()  # type: ignore[attr-defined]
+
+    async def everyone_ready(others: list[bytes]) -> None:
+        async def ask(key: bytes) -> None:
+            stream = await host.open_stream(key, READY_PROTOCOL)
+            with trio.fail_after(300):
+                await host.receive_frame(key, stream, 16)
+            await stream.close()  # type: ignore[attr-defined]
+
+        async with trio.open_nursery() as asking:
+            asking.start_soon(until_ready)
+            for key in others:
+                asking.start_soon(ask, key)
+
     host.handle(ROUND_PROTOCOL, engine.handle_stream)
     host.handle(SINK_PROTOCOL, sink)
     host.handle(STOP_PROTOCOL, on_stop)
+    host.handle(READY_PROTOCOL, on_ready)
     async with host.run(), trio.open_nursery() as nursery:
         if args.child == 1:
             await nursery.start(_tcp_sink, int(args.tcp_port))
@@ -290,6 +319,7 @@ async def libp2p_child(args: argparse.Namespace) -> None:
         tcp_mb_s = await _tcp_mb_s(int(args.tcp_port))
         times, sent, cpu = [], [], []
         for _attempt in range(args.rounds + 1 + 20):  # one warm-up; retries if a peer was busy
+            await everyone_ready(others)
             round_over = trio.Event()
             began = time.perf_counter()
             began_cpu = time.process_time()
@@ -303,7 +333,6 @@ async def libp2p_child(args: argparse.Namespace) -> None:
                 sent.append(result.stats.bytes_sent)
                 if len(times) == args.rounds + 1:
                     break
-            await trio.sleep(0.5)  # let every member finish the last round
         for key in others:
             with trio.move_on_after(5):
                 stream = await host.open_stream(key, STOP_PROTOCOL)
