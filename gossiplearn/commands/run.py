@@ -126,6 +126,10 @@ def run(
     import trio
 
     from gossiplearn.peer.daemon import Daemon
+    from gossiplearn.peer.heap import keep_freed_memory
+
+    if config.peer.keep_freed_memory:
+        keep_freed_memory()
 
     try:
         peer = Daemon(directory, config)

@@ -52,6 +52,7 @@ class PeerSection:
     announce: list[str] = field(default_factory=list)
     relays: list[str] = field(default_factory=list)
     relay_service: bool = False
+    keep_freed_memory: bool = True
 
 
 @dataclass
@@ -436,6 +437,11 @@ _DOCS: dict[str, str] = {
     "peer.relay_service": "Relay connections between admitted peers that cannot reach each\n"
     "other (circuit relay v2): only peers on the allowlist may reserve or be relayed. Costs\n"
     "this peer the bandwidth of every relayed round, twice.",
+    "peer.keep_freed_memory": "Keep the memory a round frees for the next round instead of\n"
+    "returning it to the operating system (glibc's malloc: no mmap'd chunks, up to 256 MiB\n"
+    "kept free): a round's buffers are then not page-faulted in afresh each time (10M\n"
+    "parameters: ~10% less round time). The resident memory stays near its peak between\n"
+    "rounds. No effect without glibc.",
     "discovery": "Finding and watching neighbours.",
     "discovery.peer_exchange": "Exchange signed address records of admitted peers with neighbours.",
     "discovery.mdns": "Announce on the local network with mDNS (off by default; binds every\n"

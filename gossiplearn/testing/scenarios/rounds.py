@@ -219,8 +219,11 @@ def libp2p_figures(n: int, rounds: int, transport: str = "bulk") -> dict[str, An
 
 async def libp2p_child(args: argparse.Namespace) -> None:
     """One peer process: a host, the round engine, a synthetic backbone. Peer 0 measures."""
+    from gossiplearn.peer.heap import keep_freed_memory
     from gossiplearn.peer.net.engine import RoundEngine
     from gossiplearn.peer.net.host import ROUND_PROTOCOL, Admission, Host
+
+    keep_freed_memory()  # as the daemon does by default (peer.keep_freed_memory)
 
     identities = [Identity(bytes.fromhex(s)) for s in args.seeds.split(",")]
     ports = args.ports.split(",")
