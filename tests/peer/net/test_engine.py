@@ -4,6 +4,7 @@ and the machine, so these run without a network."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
@@ -115,3 +116,62 @@ async def test_a_failed_send_is_reported_for_the_group_it_was_for() -> None:
         assert node.unreachable == [(DEAD, GROUP)]
         assert engine.send_failures == 2
         nursery.cancel_scope.cancel()
+
+
+class RecordingMachine(IdleMachine):
+    """Records each frame with the number of the worker-thread call that took it; the first
+    frame blocks its call until released (so that the others queue up behind it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+        self.taken: list[tuple[bytes, int]] = []
+        self.release = threading.Event()
+
+    def receive(self, frame: bytes, now_ms: int, *, from_peer: bytes | None = None) -> list[Any]:
+        if not self.taken:
+            assert self.release.wait(10)
+        self.taken.append((frame, self.calls))
+        return []
+
+
+class FramesHost(FakeHost):
+    def __init__(self, frames: list[bytes]) -> None:
+        super().__init__()
+        self.frames = list(frames)
+
+    async def receive_frame(self, key: bytes, stream: object, limit: int) -> bytes | None:
+        await trio.sleep(0)
+        return self.frames.pop(0) if self.frames else None
+
+
+async def test_queued_frames_are_taken_together_in_order_and_a_command_behind_them_after() -> None:
+    frames = [bytes([i]) * 8 for i in range(12)]
+    host, node = FramesHost(frames), RecordingMachine()
+    engine = RoundEngine(host, node, lambda action: None)  # type: ignore[arg-type]
+    plain_call = engine._call
+
+    async def counted_call(fn: Any, *args: object, **kwargs: object) -> Any:
+        node.calls += 1
+        return await plain_call(fn, *args, **kwargs)
+
+    engine._call = counted_call  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        await settle(engine, nursery)
+        nursery.start_soon(engine.handle_stream, ALIVE, FakeStream())
+        with trio.fail_after(10):
+            while engine.queued_frames(ALIVE) < len(frames):  # all read, the first one held
+                await trio.sleep(0.01)
+        called_after = []
+        nursery.start_soon(engine.call, lambda machine: called_after.append(node.calls))
+        await trio.testing.wait_all_tasks_blocked()
+        node.release.set()
+        with trio.fail_after(10):
+            while not called_after:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert [frame for frame, _ in node.taken] == frames
+    # Call 1 took the first frame alone (nothing was queued yet); the 11 behind it went in
+    # calls of FRAME_BATCH (8) and 3; the command queued after them ran after the last.
+    assert [call for _, call in node.taken] == [1] + [2] * 8 + [3] * 3
+    assert called_after == [4]
