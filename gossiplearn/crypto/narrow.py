@@ -11,8 +11,9 @@ clip C (a power of two, agreed in the round's parameters like b):
     v_i = SR(a_i * clip(x_i, -C, C) / s)
 
 where a_i = w_i / W is member i's share of the weight (the shares sum to 1) and SR rounds
-stochastically: up with probability equal to the fraction, so E[v_i] is exact and the
-rounding error of the average is zero-mean (at most one unit per member). Overflow is
+stochastically: up with probability equal to the fraction (resolved to 2^-8 of a unit), so
+E[v_i] is exact within 2^-9 of a unit and the rounding error of the average is zero-mean to
+that resolution (at most one unit per member). Overflow is
 impossible by construction: |a_i x_i / s| <= a_i L, rounding adds less than 1, so
 |sum v_i| <= L + m - 1 < 2^(b-1): the masked sum always decodes to sum a_i clip(x_i), up to
 the rounding, never wrapped. Masks are uniform in Z/2^b and cancel exactly as in any ring.

@@ -345,6 +345,7 @@ async def libp2p_child(args: argparse.Namespace) -> None:
             json.dumps(
                 {
                     "round_s": statistics.median(timed),
+                    "round_times_s": [round(t, 4) for t in timed],
                     "bytes_sent": sent[-1],
                     "stream_mb_s": stream_mb_s,
                     "tcp_mb_s": tcp_mb_s,
