@@ -95,7 +95,7 @@ RUN_BY: dict[str, str] = {
     "python benchmarks/round_bench.py --net memory --n 100000,10000000": SMALL,
     "python benchmarks/round_bench.py --net memory --k 4 --n 10000000 --ring 16": SMALL,
     "python benchmarks/round_bench.py --net memory --k 4 --n 10000000 --repeats 3": SMALL,
-    "python benchmarks/learning_bench.py --dataset digits --peers 8 --rounds 20 --rings 32,16,8": SMALL,
+    "python benchmarks/learning_bench.py --dataset digits --peers 8 --rounds 20 --rings 32,16,8 --clip 4": SMALL,
     "python benchmarks/learning_bench.py --dataset fashion-mnist --peers 10 --rounds 20 --rings 32,16": SMALL,
     "python benchmarks/round_bench.py --net libp2p": SMALL,
     "python benchmarks/round_bench.py --net libp2p --n 1000000,10000000": SMALL,
@@ -125,7 +125,10 @@ NOT_RUN: dict[str, str] = {
     "python benchmarks/compare_hivemind.py --hivemind-python PATH --launches 2 --ring 16": "needs hivemind in another interpreter (PATH); without it the script only says it skipped",
     "python benchmarks/compare_hivemind.py --hivemind-python PATH --launches 2 --load 8": "needs hivemind in another interpreter (PATH); without it the script only says it skipped",
     "python benchmarks/compare_hivemind.py --hivemind-python PATH --launches 2 --ring 16 --load 8": "needs hivemind in another interpreter (PATH); without it the script only says it skipped",
+    "python benchmarks/compare_hivemind.py --hivemind-python PATH --launches 3": "needs hivemind in another interpreter (PATH); without it the script only says it skipped",
+    "python benchmarks/compare_hivemind.py --hivemind-python PATH --launches 3 --ring 16": "needs hivemind in another interpreter (PATH); without it the script only says it skipped",
     "python benchmarks/compare_flower.py --flower-python PATH --launches 1": "needs Flower in another interpreter (PATH); without it the script only says it skipped",
+    "python benchmarks/compare_flower.py --flower-python PATH --launches 3": "needs Flower in another interpreter (PATH); without it the script only says it skipped",
     "python benchmarks/round_sizes.py --hivemind-python PATH --rings 32,16 --plot docs/round_time_vs_size.png": "needs hivemind, and rounds of up to 400 MB; its plot is redrawn from the figures by the --from-json command, which is run",
 }  # fmt: skip
 

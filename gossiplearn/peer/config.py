@@ -441,7 +441,8 @@ _DOCS: dict[str, str] = {
     "returning it to the operating system (glibc's malloc: no mmap'd chunks, up to 256 MiB\n"
     "kept free): a round's buffers are then not page-faulted in afresh each time (10M\n"
     "parameters: ~10% less round time). The resident memory stays near its peak between\n"
-    "rounds. No effect without glibc.",
+    "rounds. No effect without glibc, nor in the Python API (gossiplearn.Peer: call\n"
+    "gossiplearn.peer.heap.keep_freed_memory() in your program for the same).",
     "discovery": "Finding and watching neighbours.",
     "discovery.peer_exchange": "Exchange signed address records of admitted peers with neighbours.",
     "discovery.mdns": "Announce on the local network with mDNS (off by default; binds every\n"
