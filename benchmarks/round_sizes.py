@@ -9,7 +9,7 @@ and plain_s (median of --rounds rounds), secure_over_hivemind; first a line sayi
 skipped, if it was. With --plot PATH, draws the three curves (log-log) into a PNG; with
 --from-json FILE, only plots the lines of an earlier run.
 
-Usage: python benchmarks/round_sizes.py [--n 1e6,3e6,1e7,3e7,1e8] [--rounds 2] [--steps 2]
+Usage: python benchmarks/round_sizes.py [--n 1e6,3e6,1e7,3e7,1e8] [--rounds 3] [--steps 3]
        [--hivemind-python PATH] [--rings 32,16] [--plot docs/round_time_vs_size.png]
        [--from-json FILE]
 (--rings: a secure_s figure for the 32-bit ring, secure16_s for the 16-bit one, ...)
@@ -27,8 +27,8 @@ from gossiplearn.testing.scenarios.compare import find_hivemind, plot_round_size
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", default="1e6,3e6,1e7,3e7,1e8")
-    parser.add_argument("--rounds", type=int, default=2, help="timed gossiplearn rounds")
-    parser.add_argument("--steps", type=int, default=2, help="timed hivemind steps")
+    parser.add_argument("--rounds", type=int, default=3, help="timed gossiplearn rounds (median)")
+    parser.add_argument("--steps", type=int, default=3, help="timed hivemind steps (median)")
     parser.add_argument("--hivemind-python")
     parser.add_argument("--rings", default="32", help="secure rounds' rings, e.g. 32,16")
     parser.add_argument("--plot", type=Path, help="write the PNG here")
