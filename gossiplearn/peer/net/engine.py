@@ -199,7 +199,6 @@ class RoundEngine:
         self._on_action = on_action
         self._on_unreachable = on_unreachable
         self._inbox_send, self._inbox = trio.open_memory_channel[object](INBOX_CAPACITY)
-        self._held: object | None = None  # a command taken behind a batch of frames
         self._quota = _PeerQuota(PEER_FRAMES)
         self._nursery: trio.Nursery | None = None
         self.send_failures = 0
@@ -310,18 +309,17 @@ class RoundEngine:
                         )
                         self.bulk = None
                 arrived = 0  # commands queued when the machine last worked, to take first
+                held: object | None = None  # taken out of the inbox behind a batch of frames
                 while True:
                     deadline = self.node.next_deadline()
                     timeout = (
                         math.inf if deadline is None else max(0.0, (deadline - now_ms()) / 1000)
                     )
-                    command, self._held = self._held, None
-                    if command is not None:
-                        pass  # taken out of the inbox by the last batch of frames
-                    elif timeout > 0:
+                    command, held = held, None
+                    if command is None and timeout > 0:
                         with trio.move_on_after(timeout):
                             command = await self._inbox.receive()
-                    elif arrived:
+                    elif command is None and arrived:
                         # Work is due now (the round streams: shards to mask and send, see
                         # Aggregation.work): what was queued after the last work step goes
                         # first, then the next step, so that reducing and forwarding the
@@ -333,7 +331,7 @@ class RoundEngine:
                         actions = await self._call(self.node.tick, now_ms())
                         arrived = self._inbox.statistics().current_buffer_used
                     elif isinstance(command, _Frame):
-                        frames = self._frames_queued_after(command)
+                        frames, held = self._frames_queued_after(command)
                         arrived = max(0, arrived - len(frames))
                         actions = await self._receive_frames(frames)
                     else:
@@ -349,9 +347,10 @@ class RoundEngine:
         """Run a machine method in a worker thread (only this task ever touches the machine)."""
         return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
 
-    def _frames_queued_after(self, first: _Frame) -> list[_Frame]:
-        """``first`` and the frames queued right behind it, up to FRAME_BATCH (the first
-        other command is held for the next turn: the order of inputs is kept)."""
+    def _frames_queued_after(self, first: _Frame) -> tuple[list[_Frame], object | None]:
+        """``first`` and the frames queued right behind it, up to FRAME_BATCH, and the first
+        other command taken out of the inbox behind them if any (it goes next: the order of
+        inputs is kept)."""
         frames = [first]
         while len(frames) < FRAME_BATCH:
             try:
@@ -359,10 +358,9 @@ class RoundEngine:
             except trio.WouldBlock:
                 break
             if not isinstance(command, _Frame):
-                self._held = command
-                break
+                return frames, command
             frames.append(command)
-        return frames
+        return frames, None
 
     async def _receive_frames(self, frames: list[_Frame]) -> list[Action]:
         """The machine takes ``frames`` in order, in one call on a worker thread."""

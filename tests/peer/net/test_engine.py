@@ -4,6 +4,7 @@ and the machine, so these run without a network."""
 
 from __future__ import annotations
 
+import math
 import threading
 from typing import Any
 
@@ -120,34 +121,40 @@ async def test_a_failed_send_is_reported_for_the_group_it_was_for() -> None:
 
 class RecordingMachine(IdleMachine):
     """Records each frame with the number of the worker-thread call that took it; the first
-    frame blocks its call until released (so that the others queue up behind it)."""
+    frame says it arrived and blocks its call until released (the others queue behind it)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.calls = 0
         self.taken: list[tuple[bytes, int]] = []
+        self.entered = threading.Event()
         self.release = threading.Event()
 
     def receive(self, frame: bytes, now_ms: int, *, from_peer: bytes | None = None) -> list[Any]:
         if not self.taken:
+            self.entered.set()
             assert self.release.wait(10)
         self.taken.append((frame, self.calls))
         return []
 
 
 class FramesHost(FakeHost):
-    def __init__(self, frames: list[bytes]) -> None:
+    """A round stream whose frames the test hands over one by one (closed: the peer is done)."""
+
+    def __init__(self) -> None:
         super().__init__()
-        self.frames = list(frames)
+        self.give, self._frames = trio.open_memory_channel[bytes](math.inf)
 
     async def receive_frame(self, key: bytes, stream: object, limit: int) -> bytes | None:
-        await trio.sleep(0)
-        return self.frames.pop(0) if self.frames else None
+        try:
+            return await self._frames.receive()
+        except trio.EndOfChannel:
+            return None
 
 
 async def test_queued_frames_are_taken_together_in_order_and_a_command_behind_them_after() -> None:
     frames = [bytes([i]) * 8 for i in range(12)]
-    host, node = FramesHost(frames), RecordingMachine()
+    host, node = FramesHost(), RecordingMachine()
     engine = RoundEngine(host, node, lambda action: None)  # type: ignore[arg-type]
     plain_call = engine._call
 
@@ -156,19 +163,29 @@ async def test_queued_frames_are_taken_together_in_order_and_a_command_behind_th
         return await plain_call(fn, *args, **kwargs)
 
     engine._call = counted_call  # type: ignore[method-assign]
+    called_after: list[int] = []
+    called = trio.Event()
+
+    async def call_behind_the_frames() -> None:
+        await engine.call(lambda machine: called_after.append(node.calls))
+        called.set()
+
     async with trio.open_nursery() as nursery:
         await settle(engine, nursery)
         nursery.start_soon(engine.handle_stream, ALIVE, FakeStream())
-        with trio.fail_after(10):
-            while engine.queued_frames(ALIVE) < len(frames):  # all read, the first one held
-                await trio.sleep(0.01)
-        called_after = []
-        nursery.start_soon(engine.call, lambda machine: called_after.append(node.calls))
+        await host.give.send(frames[0])
+        with trio.fail_after(10):  # the machine holds the first frame, alone
+            await trio.to_thread.run_sync(node.entered.wait)
+        for frame in frames[1:]:
+            await host.give.send(frame)
+        await host.give.aclose()
+        await trio.testing.wait_all_tasks_blocked()  # every frame read and queued
+        assert engine.queued_frames(ALIVE) == len(frames)
+        nursery.start_soon(call_behind_the_frames)
         await trio.testing.wait_all_tasks_blocked()
         node.release.set()
         with trio.fail_after(10):
-            while not called_after:
-                await trio.sleep(0.01)
+            await called.wait()
         nursery.cancel_scope.cancel()
     assert [frame for frame, _ in node.taken] == frames
     # Call 1 took the first frame alone (nothing was queued yet); the 11 behind it went in
